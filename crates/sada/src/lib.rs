@@ -1,0 +1,25 @@
+//! # sada
+//!
+//! Stability-guided Adaptive Diffusion Acceleration (SADA, Jiang et al., ICML 2025) for
+//! diffusion and flow-matching samplers.
+//!
+//! The crate is laid out the way the method is:
+//! - [`schedule`] and [`solvers`]: noise schedules and ODE solvers, exact ports of diffusers;
+//!   they know nothing about networks.
+//! - [`policy`]: what each step costs. [`policy::Sada`] reads the solver's trajectory, decides
+//!   whether the next step is computed in full, computed on a subset of tokens, or skipped, and
+//!   supplies the approximation for skipped steps.
+//! - [`denoiser`]: the one trait every network implements, and classifier-free guidance.
+//! - [`sampling`]: the loop that runs solver + policy + denoiser and records a [`sampling::Trace`].
+//! - [`gmm`]: the exact posterior-mean denoiser of a Gaussian mixture, for tests and benchmarks.
+
+pub mod denoiser;
+pub mod error;
+pub mod gmm;
+pub mod metrics;
+pub mod policy;
+pub mod sampling;
+pub mod schedule;
+pub mod solvers;
+
+pub use error::{Error, Result};

@@ -1,0 +1,158 @@
+//! Training noise schedule: betas and `alphas_cumprod` (diffusers' scheduler `__init__`).
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The keys of a diffusers `scheduler_config.json` that define the training schedule.
+/// Defaults are diffusers' constructor defaults, shared by DDPM/DDIM/DPM-Solver/Euler.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TrainingSchedule {
+    #[serde(default = "default_num_train_timesteps")]
+    pub num_train_timesteps: usize,
+    #[serde(default = "default_beta_start")]
+    pub beta_start: f64,
+    #[serde(default = "default_beta_end")]
+    pub beta_end: f64,
+    #[serde(default = "default_beta_schedule")]
+    pub beta_schedule: String,
+    #[serde(default)]
+    pub trained_betas: Option<Vec<f64>>,
+    #[serde(default)]
+    pub rescale_betas_zero_snr: bool,
+}
+
+fn default_num_train_timesteps() -> usize {
+    1000
+}
+fn default_beta_start() -> f64 {
+    0.0001
+}
+fn default_beta_end() -> f64 {
+    0.02
+}
+fn default_beta_schedule() -> String {
+    "linear".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BetaSchedule {
+    Linear,
+    ScaledLinear,
+    SquaredcosCapV2,
+}
+
+impl BetaSchedule {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "linear" => Ok(Self::Linear),
+            "scaled_linear" => Ok(Self::ScaledLinear),
+            "squaredcos_cap_v2" => Ok(Self::SquaredcosCapV2),
+            other => Err(Error::unsupported(
+                "beta_schedule",
+                other,
+                "expected one of linear, scaled_linear, squaredcos_cap_v2",
+            )),
+        }
+    }
+}
+
+/// Betas and their cumulative products, in float32 as diffusers holds them.
+#[derive(Debug, Clone)]
+pub struct NoiseSchedule {
+    pub betas: Vec<f32>,
+    pub alphas_cumprod: Vec<f32>,
+}
+
+impl NoiseSchedule {
+    pub fn new(cfg: &TrainingSchedule) -> Result<Self> {
+        let n = cfg.num_train_timesteps;
+        if n < 2 {
+            return Err(Error::unsupported("num_train_timesteps", n, "expected at least 2"));
+        }
+        if cfg.rescale_betas_zero_snr {
+            return Err(Error::unsupported("rescale_betas_zero_snr", true, "only false is supported"));
+        }
+        let betas: Vec<f32> = match &cfg.trained_betas {
+            Some(b) => {
+                if b.len() != n {
+                    return Err(Error::unsupported(
+                        "trained_betas",
+                        format!("{} values", b.len()),
+                        format!("expected num_train_timesteps = {n} values"),
+                    ));
+                }
+                b.iter().map(|&x| x as f32).collect()
+            }
+            None => match BetaSchedule::parse(&cfg.beta_schedule)? {
+                BetaSchedule::Linear => torch_linspace_f32(cfg.beta_start as f32, cfg.beta_end as f32, n),
+                BetaSchedule::ScaledLinear => {
+                    torch_linspace_f32(cfg.beta_start.sqrt() as f32, cfg.beta_end.sqrt() as f32, n)
+                        .into_iter()
+                        .map(|b| b * b)
+                        .collect()
+                }
+                BetaSchedule::SquaredcosCapV2 => betas_for_alpha_bar(n).into_iter().map(|b| b as f32).collect(),
+            },
+        };
+        if let Some(i) = betas.iter().position(|b| !(*b > 0.0 && *b < 1.0)) {
+            return Err(Error::unsupported("betas", betas[i], format!("every beta must lie in (0, 1); index {i} does not")));
+        }
+        // torch.cumprod accumulates float32 in double on CPU and rounds each output.
+        let mut acc = 1.0f64;
+        let alphas_cumprod = betas
+            .iter()
+            .map(|&b| {
+                acc *= (1.0f32 - b) as f64;
+                acc as f32
+            })
+            .collect();
+        Ok(Self { betas, alphas_cumprod })
+    }
+
+    /// The sigma table `((1 - alphas_cumprod) / alphas_cumprod) ** 0.5`, float32.
+    pub fn sigmas(&self) -> Vec<f32> {
+        self.alphas_cumprod.iter().map(|&a| ((1.0 - a) / a).sqrt()).collect()
+    }
+
+    pub fn log_sigmas(&self) -> Vec<f32> {
+        self.sigmas().iter().map(|s| s.ln()).collect()
+    }
+
+    /// beta at a training timestep; fractional timesteps (Euler) are truncated, as SADA's
+    /// reference code indexes `betas[int(t)]`.
+    pub fn beta_at(&self, t: f64) -> f64 {
+        self.betas[self.index(t)] as f64
+    }
+
+    /// `sqrt(alphas_cumprod[int(t)])`.
+    pub fn sqrt_alphas_cumprod_at(&self, t: f64) -> f64 {
+        (self.alphas_cumprod[self.index(t)] as f64).sqrt()
+    }
+
+    fn index(&self, t: f64) -> usize {
+        (t.max(0.0) as usize).min(self.betas.len() - 1)
+    }
+}
+
+/// `torch.linspace(start, end, n, dtype=float32)` as ATen evaluates it: one float32 step,
+/// the first half counted up from `start`, the second half down from `end`.
+fn torch_linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
+    let step = (end - start) / (n - 1) as f32;
+    let half = n / 2;
+    (0..n)
+        .map(|i| if i < half { start + step * i as f32 } else { end - step * (n - i - 1) as f32 })
+        .collect()
+}
+
+/// diffusers' `betas_for_alpha_bar` with the cosine alpha-bar (Nichol & Dhariwal), max_beta 0.999.
+fn betas_for_alpha_bar(n: usize) -> Vec<f64> {
+    let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+    (0..n)
+        .map(|i| {
+            let t1 = i as f64 / n as f64;
+            let t2 = (i + 1) as f64 / n as f64;
+            (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999)
+        })
+        .collect()
+}

@@ -1,0 +1,95 @@
+//! `timestep_spacing`: how N inference timesteps are picked from the training grid
+//! (Table 2 of Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed").
+//!
+//! DPM-Solver and Euler spell the same three options slightly differently in diffusers
+//! (integer vs float grids, N+1 vs N points); both variants live here side by side.
+
+use super::round_half_even;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestepSpacing {
+    Linspace,
+    Leading,
+    Trailing,
+}
+
+impl TimestepSpacing {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "linspace" => Ok(Self::Linspace),
+            "leading" => Ok(Self::Leading),
+            "trailing" => Ok(Self::Trailing),
+            other => Err(Error::unsupported(
+                "timestep_spacing",
+                other,
+                "expected one of linspace, leading, trailing",
+            )),
+        }
+    }
+}
+
+/// Integer timesteps as `DPMSolverMultistepScheduler.set_timesteps` builds them.
+/// `last_timestep` is `num_train_timesteps` minus the `lambda_min_clipped` cut.
+pub fn dpm_timesteps(
+    spacing: TimestepSpacing,
+    n: usize,
+    num_train_timesteps: usize,
+    last_timestep: usize,
+    steps_offset: usize,
+) -> Vec<f64> {
+    match spacing {
+        TimestepSpacing::Linspace => {
+            let mut v: Vec<f64> = super::np_linspace(0.0, last_timestep as f64 - 1.0, n + 1)
+                .into_iter()
+                .map(round_half_even)
+                .collect();
+            v.reverse();
+            v.truncate(n);
+            v
+        }
+        TimestepSpacing::Leading => {
+            let ratio = last_timestep / (n + 1);
+            let mut v: Vec<f64> = (0..=n).map(|i| (i * ratio + steps_offset) as f64).collect();
+            v.reverse();
+            v.truncate(n);
+            v
+        }
+        TimestepSpacing::Trailing => {
+            let ratio = num_train_timesteps as f64 / n as f64;
+            np_arange_down(last_timestep as f64, ratio).into_iter().map(|t| round_half_even(t) - 1.0).collect()
+        }
+    }
+}
+
+/// Float timesteps as `EulerDiscreteScheduler.set_timesteps` builds them (float32 values).
+pub fn euler_timesteps(spacing: TimestepSpacing, n: usize, num_train_timesteps: usize, steps_offset: usize) -> Vec<f64> {
+    match spacing {
+        TimestepSpacing::Linspace => {
+            // np.linspace(..., dtype=float32): computed in float64, then rounded to float32
+            let mut v: Vec<f64> = super::np_linspace(0.0, num_train_timesteps as f64 - 1.0, n)
+                .into_iter()
+                .map(|t| t as f32 as f64)
+                .collect();
+            v.reverse();
+            v
+        }
+        TimestepSpacing::Leading => {
+            let ratio = num_train_timesteps / n;
+            (0..n).rev().map(|i| (i * ratio) as f64 + steps_offset as f64).collect()
+        }
+        TimestepSpacing::Trailing => {
+            let ratio = num_train_timesteps as f64 / n as f64;
+            np_arange_down(num_train_timesteps as f64, ratio)
+                .into_iter()
+                .map(|t| (round_half_even(t) as f32 - 1.0) as f64)
+                .collect()
+        }
+    }
+}
+
+/// `np.arange(start, 0, -step)`: `ceil(start / step)` values `start - i * step`.
+fn np_arange_down(start: f64, step: f64) -> Vec<f64> {
+    let len = (start / step).ceil() as usize;
+    (0..len).map(|i| start + i as f64 * -step).collect()
+}

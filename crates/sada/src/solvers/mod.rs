@@ -1,0 +1,145 @@
+//! ODE solvers, each a port of one diffusers scheduler class, behind one trait.
+//!
+//! A solver step in diffusers converts the network output to a data prediction x0 and then
+//! runs its (multistep) update. The two halves are separate here because SADA replaces the
+//! first half on skipped steps: it hands the solver a substitute x0 (or velocity) and the
+//! solver's ordinary update, history included, runs on it.
+
+pub mod config;
+pub mod dpm_solver;
+pub mod euler;
+pub mod flow_match_euler;
+
+use candle_core::Tensor;
+
+use crate::error::{Error, Result};
+pub use config::{load_scheduler_config, SolverKind};
+pub use dpm_solver::{DpmSolverConfig, DpmSolverMultistep};
+pub use euler::{EulerDiscrete, EulerDiscreteConfig};
+pub use flow_match_euler::{FlowMatchEulerDiscrete, FlowMatchEulerDiscreteConfig, FlowTimesteps};
+
+/// What the network was trained to predict (`prediction_type` in diffusers configs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum PredictionType {
+    Epsilon,
+    VPrediction,
+    Sample,
+    /// Flow matching: the velocity `noise - x0`.
+    FlowVelocity,
+}
+
+impl PredictionType {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "epsilon" => Ok(Self::Epsilon),
+            "v_prediction" => Ok(Self::VPrediction),
+            "sample" => Ok(Self::Sample),
+            other => Err(Error::unsupported(
+                "prediction_type",
+                other,
+                "expected one of epsilon, v_prediction, sample",
+            )),
+        }
+    }
+}
+
+/// How the solver's latent relates to the variance-preserving one: SADA's drift is defined
+/// in VP scale, so the policy needs to know how to get there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatentScale {
+    /// DPM-Solver++: the latent is x^VP = alpha x0 + sigma eps.
+    VariancePreserving,
+    /// Euler (EDM style): the latent is x^VP / alpha = x0 + s eps.
+    VarianceExploding,
+    /// Flow matching: x = (1 - s) x0 + s eps.
+    Flow,
+}
+
+/// The noise level at one solver step, in every parameterisation SADA needs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepNoise {
+    /// The timestep passed to the network (diffusers' `scheduler.timesteps[n]`).
+    pub timestep: f64,
+    /// The solver's own sigma (`scheduler.sigmas[n]`): VE sigma for VP/VE solvers, flow sigma for flow.
+    pub sigma: f64,
+    /// VP signal scale alpha_t = 1 / sqrt(1 + sigma^2) (flow: 1 - sigma).
+    pub alpha_t: f64,
+    /// VP noise scale sigma_t = sigma alpha_t (flow: sigma).
+    pub sigma_t: f64,
+    /// Training beta at this timestep, `betas[int(t)]` as SADA's reference reads it (0 for flow).
+    pub beta: f64,
+    /// `sqrt(alphas_cumprod[int(t)])`: the reference's v-prediction drift for DPM-Solver uses the
+    /// table value, not `alpha_t` from the sigma (they differ with Karras sigmas).
+    pub sqrt_alphas_cumprod: f64,
+}
+
+/// What a solver step consumes: the network's raw output, or a data prediction supplied by an
+/// accelerator on a skipped step.
+#[derive(Debug, Clone)]
+pub enum Prediction {
+    ModelOutput(Tensor),
+    DataPrediction(Tensor),
+}
+
+/// The result of one solver step.
+#[derive(Debug, Clone)]
+pub struct SolverStep {
+    pub prev_sample: Tensor,
+    /// The x0 the update used (SADA's Lagrange anchors record it).
+    pub data_prediction: Tensor,
+}
+
+pub trait Solver {
+    /// diffusers' `scheduler.timesteps`.
+    fn timesteps(&self) -> &[f64];
+    fn num_steps(&self) -> usize {
+        self.timesteps().len()
+    }
+    fn init_noise_sigma(&self) -> f64;
+    fn prediction_type(&self) -> PredictionType;
+    fn latent_scale(&self) -> LatentScale;
+    fn noise(&self, step: usize) -> StepNoise;
+    /// What the network sees at `step` (Euler divides by sqrt(sigma^2 + 1)).
+    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor>;
+    /// x0 from a raw model output at `sample` (diffusers' `convert_model_output`).
+    fn data_prediction(&self, model_output: &Tensor, sample: &Tensor, step: usize) -> Result<Tensor>;
+    /// One solver step. Steps must be taken in order 0, 1, ..., N-1 after `reset`.
+    fn step(&mut self, step: usize, sample: &Tensor, prediction: Prediction) -> Result<SolverStep>;
+    /// Forget the multistep history, ready for a new image.
+    fn reset(&mut self);
+}
+
+/// Steps must arrive in order: the multistep history depends on it.
+pub(crate) fn check_step_order(expected: usize, step: usize, num_steps: usize) -> Result<()> {
+    if step != expected || step >= num_steps {
+        return Err(Error::param(
+            "step",
+            format!("solver expected step {expected} of {num_steps}, got step {step}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Build a solver of class `kind` from a diffusers scheduler config (any class's), the way
+/// `Kind.from_config(config, **overrides).set_timesteps(num_inference_steps)` would.
+pub fn build_solver(
+    kind: SolverKind,
+    config: &serde_json::Map<String, serde_json::Value>,
+    overrides: &serde_json::Map<String, serde_json::Value>,
+    num_inference_steps: usize,
+    flow: &FlowTimesteps,
+) -> Result<Box<dyn Solver>> {
+    Ok(match kind {
+        SolverKind::DpmSolverMultistep => {
+            Box::new(DpmSolverMultistep::new(&config::from_config(config, overrides)?, num_inference_steps)?)
+        }
+        SolverKind::EulerDiscrete => {
+            Box::new(EulerDiscrete::new(&config::from_config(config, overrides)?, num_inference_steps)?)
+        }
+        SolverKind::FlowMatchEulerDiscrete => Box::new(FlowMatchEulerDiscrete::new(
+            &config::from_config(config, overrides)?,
+            num_inference_steps,
+            flow,
+        )?),
+    })
+}
