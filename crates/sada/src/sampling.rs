@@ -1,0 +1,127 @@
+//! The sampling loop: solver + policy + guided denoiser, with a per-step trace.
+
+use std::time::Instant;
+
+use candle_core::Tensor;
+use serde::Serialize;
+
+use crate::denoiser::Guided;
+use crate::error::{Error, Result};
+use crate::policy::{Decision, Observation, Policy, StepPlan, TokenPlan};
+use crate::solvers::{Prediction, Solver};
+
+/// One solver step as it happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepTrace {
+    pub index: usize,
+    pub timestep: f64,
+    pub decision: Decision,
+    /// Mean of the stability criterion m computed after this step (null before three drifts exist).
+    pub criterion: Option<f64>,
+    /// Tokens computed at latent resolution on pruned steps.
+    pub tokens_computed: Option<usize>,
+    pub seconds: f64,
+}
+
+/// What a sampling run cost.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Trace {
+    /// Denoiser calls actually computed.
+    pub evaluations: usize,
+    pub steps: Vec<StepTrace>,
+}
+
+impl Trace {
+    pub fn count(&self, d: Decision) -> usize {
+        self.steps.iter().filter(|s| s.decision == d).count()
+    }
+
+    pub fn seconds(&self) -> f64 {
+        self.steps.iter().map(|s| s.seconds).sum()
+    }
+
+    /// One line per decision kind, e.g. `full 25, skip-am 8, skip-lagrange 17`.
+    pub fn summary(&self) -> String {
+        [Decision::Full, Decision::Refresh, Decision::Pruned, Decision::SkipAm, Decision::SkipLagrange]
+            .into_iter()
+            .filter_map(|d| {
+                let k = self.count(d);
+                (k > 0).then(|| format!("{} {k}", d.name()))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Run the solver from `latents` (already multiplied by `init_noise_sigma`) to the end.
+/// `on_step(done, total)` is called after each step (progress bars).
+pub fn sample(
+    model: &mut Guided,
+    solver: &mut dyn Solver,
+    policy: &mut dyn Policy,
+    latents: Tensor,
+    on_step: &mut dyn FnMut(usize, usize),
+) -> Result<(Tensor, Trace)> {
+    let n_steps = solver.num_steps();
+    solver.reset();
+    model.denoiser().reset();
+    let pruning = model.denoiser().supports_token_pruning();
+    policy.begin(solver, latents.dims(), pruning)?;
+
+    let mut x = latents;
+    let mut trace = Trace::default();
+    for n in 0..n_steps {
+        let start = Instant::now();
+        let t = solver.timesteps()[n];
+        let plan = policy.plan(n);
+        let (output, prediction, tokens_computed) = match &plan {
+            StepPlan::Compute(tokens) => {
+                let input = solver.scale_model_input(&x, n)?;
+                let out = model.predict(&input, t, tokens)?;
+                if out.dims() != x.dims() {
+                    return Err(Error::Shape {
+                        what: "denoiser output".into(),
+                        expected: format!("{:?}", x.dims()),
+                        got: format!("{:?}", out.dims()),
+                    });
+                }
+                check_finite(&out, "denoiser output", n)?;
+                trace.evaluations += 1;
+                let tokens = match tokens {
+                    TokenPlan::Pruned(sel) => Some(sel.num_computed()),
+                    _ => None,
+                };
+                (Some(out.clone()), Prediction::ModelOutput(out), tokens)
+            }
+            StepPlan::Skip(_) => (None, policy.substitute(n, &x, solver)?, None),
+        };
+        let step = solver.step(n, &x, prediction)?;
+        check_finite(&step.prev_sample, "solver output", n)?;
+        let obs = Observation {
+            sample: &x,
+            prev_sample: &step.prev_sample,
+            output: output.as_ref(),
+            data_prediction: &step.data_prediction,
+        };
+        let criterion = policy.observe(n, &obs, solver)?;
+        trace.steps.push(StepTrace {
+            index: n,
+            timestep: t,
+            decision: plan.decision(),
+            criterion,
+            tokens_computed,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+        x = step.prev_sample;
+        on_step(n + 1, n_steps);
+    }
+    Ok((x, trace))
+}
+
+fn check_finite(t: &Tensor, what: &str, step: usize) -> Result<()> {
+    let s = t.to_dtype(candle_core::DType::F32)?.abs()?.sum_all()?.to_scalar::<f32>()?;
+    if !s.is_finite() {
+        return Err(Error::NonFinite { what: what.into(), step });
+    }
+    Ok(())
+}

@@ -9,6 +9,7 @@ pub mod config;
 pub mod dpm_solver;
 pub mod euler;
 pub mod flow_match_euler;
+pub mod presets;
 
 use candle_core::Tensor;
 

@@ -1,0 +1,416 @@
+//! The SADA policy in reference mode (`shared/SADA.md` §2-§7): the stability criterion decides,
+//! after each step, whether the next one is computed (in full, or with token pruning) or skipped,
+//! and supplies the approximation a skipped step uses.
+
+use std::collections::VecDeque;
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::{lagrange, tokens, Observation, Policy, SkipKind, StepPlan, TokenPlan};
+use crate::error::{Error, Result};
+use crate::solvers::{LatentScale, Prediction, PredictionType, Solver};
+
+/// SADA's parameters, named as in the paper's code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SadaConfig {
+    /// Half-open step range [a0, a1) in which steps may be accelerated; a0 is raised to 3,
+    /// the first step at which three drifts exist.
+    pub acc_range: (usize, usize),
+    /// At most this many consecutive skips.
+    pub max_interval: usize,
+    /// Number of Lagrange anchors (0 disables the Lagrange phase).
+    pub lagrange_term: usize,
+    /// Anchors are recorded at steps n with n % lagrange_int == 1; in the Lagrange phase every
+    /// step n with n % lagrange_int != 0 is followed by a skip.
+    pub lagrange_int: usize,
+    /// First step of the Lagrange phase.
+    pub lagrange_step: usize,
+    /// At most this many unstable tokens are forced into a pruned step's computed set.
+    pub max_fix: usize,
+    /// Token pruning in blocks whose grid is the latent grid downsampled by at most this (0 = off).
+    pub max_downsample: usize,
+    /// Cell width for the one-random-token-per-cell selection.
+    pub sx: usize,
+    /// Cell height.
+    pub sy: usize,
+    /// Seed of the token-selection generator (the reference leaves it unseeded).
+    pub seed: u64,
+}
+
+impl SadaConfig {
+    /// The published Stable Diffusion 2.x settings.
+    pub fn sd2() -> Self {
+        Self {
+            acc_range: (10, 47),
+            max_interval: 4,
+            lagrange_term: 4,
+            lagrange_int: 4,
+            lagrange_step: 24,
+            max_fix: 5 * 1024,
+            max_downsample: 1,
+            sx: 3,
+            sy: 3,
+            seed: 0,
+        }
+    }
+
+    /// The published SDXL settings (demo: token pruning at the half-resolution level).
+    pub fn sdxl() -> Self {
+        Self { max_fix: 10 * 1024, max_downsample: 2, ..Self::sd2() }
+    }
+
+    /// The published Flux settings.
+    pub fn flux() -> Self {
+        Self { lagrange_term: 3, lagrange_int: 4, lagrange_step: 20, max_fix: 0, max_downsample: 0, ..Self::sd2() }
+    }
+
+    /// The accelerated range with the start raised to 3, as the reference does.
+    pub fn effective_range(&self) -> (usize, usize) {
+        (self.acc_range.0.max(3), self.acc_range.1)
+    }
+
+    /// Check the parameters against a run of `num_steps` steps.
+    pub fn validate(&self, num_steps: usize) -> Result<()> {
+        let (a0, a1) = self.acc_range;
+        if a0 >= a1 || a1 > num_steps {
+            return Err(Error::param(
+                "acc_range",
+                format!("({a0}, {a1}) must satisfy start < end <= the {num_steps} sampling steps"),
+            ));
+        }
+        if self.effective_range().0 >= a1 {
+            return Err(Error::param(
+                "acc_range",
+                format!("({a0}, {a1}) is empty once its start is raised to 3 (the first step with three drifts)"),
+            ));
+        }
+        if self.max_interval == 0 {
+            return Err(Error::param("max_interval", "must be at least 1"));
+        }
+        if self.sx == 0 || self.sy == 0 {
+            return Err(Error::param("sx/sy", "token cells must be at least 1 x 1"));
+        }
+        if self.lagrange_term == 0 {
+            return Ok(());
+        }
+        let (li, ls) = (self.lagrange_int, self.lagrange_step);
+        if li == 0 {
+            return Err(Error::param("lagrange_int", "must be at least 1 when lagrange_term > 0"));
+        }
+        if ls % li != 0 {
+            return Err(Error::param(
+                "lagrange_step",
+                format!("{ls} must be a multiple of lagrange_int = {li}"),
+            ));
+        }
+        let (e0, _) = self.effective_range();
+        if ls < e0 || ls > a1 {
+            return Err(Error::param("lagrange_step", format!("{ls} must lie inside acc_range [{e0}, {a1}]")));
+        }
+        // The first Lagrange skip follows the first n in [lagrange_step, a1) with n % lagrange_int != 0;
+        // by then anchors exist for every k <= n with k % lagrange_int == 1.
+        if let Some(n) = (ls..a1).find(|n| n % li != 0) {
+            let anchors: Vec<usize> = (0..=n).filter(|k| k % li == 1).collect();
+            if anchors.len() < self.lagrange_term {
+                return Err(Error::param(
+                    "lagrange_term",
+                    format!(
+                        "{} anchors are needed, but only {} are recorded (steps {:?}) before the first Lagrange skip at step {}",
+                        self.lagrange_term,
+                        anchors.len(),
+                        anchors,
+                        n + 1
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The SADA policy. One instance samples one image at a time; [`Policy::begin`] resets it.
+pub struct Sada {
+    cfg: SadaConfig,
+    num_steps: usize,
+    a0: usize,
+    a1: usize,
+    latent: LatentScale,
+    prediction_type: PredictionType,
+    /// Latent grid (height, width) when the denoiser prunes tokens.
+    token_grid: Option<(usize, usize)>,
+    plans: Vec<StepPlan>,
+    /// Last three drifts f (VP/VE solvers), oldest first.
+    drifts: VecDeque<Tensor>,
+    /// Last three velocities (flow matching), oldest first.
+    velocities: VecDeque<Tensor>,
+    /// The velocity the last skipped flow step used.
+    substituted_velocity: Option<Tensor>,
+    anchors: VecDeque<(usize, Tensor)>,
+    last_output: Option<Tensor>,
+    pending: Option<Prediction>,
+    cons_skip: usize,
+    last_skip: Option<usize>,
+}
+
+impl Sada {
+    pub fn new(cfg: SadaConfig) -> Self {
+        Self {
+            cfg,
+            num_steps: 0,
+            a0: 0,
+            a1: 0,
+            latent: LatentScale::VariancePreserving,
+            prediction_type: PredictionType::Epsilon,
+            token_grid: None,
+            plans: Vec::new(),
+            drifts: VecDeque::new(),
+            velocities: VecDeque::new(),
+            substituted_velocity: None,
+            anchors: VecDeque::new(),
+            last_output: None,
+            pending: None,
+            cons_skip: 0,
+            last_skip: None,
+        }
+    }
+
+    pub fn config(&self) -> &SadaConfig {
+        &self.cfg
+    }
+
+    /// The ODE drift f_n in VP scale (§2), from the guided output `o` at step n.
+    fn drift(&self, n: usize, sample: &Tensor, o: &Tensor, solver: &dyn Solver) -> Result<Tensor> {
+        let nz = solver.noise(n);
+        let coef = 0.5 * nz.beta * self.num_steps as f64;
+        match self.prediction_type {
+            PredictionType::Epsilon => {
+                let x_vp = self.to_vp(sample, n, solver)?;
+                Ok((x_vp.affine(-coef, 0.0)? + o.affine(coef / nz.sigma_t, 0.0)?)?)
+            }
+            PredictionType::VPrediction => {
+                // The reference uses the table's sqrt(alphas_cumprod) for DPM-Solver and the
+                // sigma-derived alpha for Euler.
+                let alpha = match self.latent {
+                    LatentScale::VarianceExploding => nz.alpha_t,
+                    _ => nz.sqrt_alphas_cumprod,
+                };
+                Ok(o.affine(coef / nz.sigma_t * alpha, 0.0)?)
+            }
+            other => unreachable!("begin() rejects {other:?}"),
+        }
+    }
+
+    fn to_vp(&self, x: &Tensor, n: usize, solver: &dyn Solver) -> Result<Tensor> {
+        Ok(match self.latent {
+            LatentScale::VarianceExploding => x.affine(solver.noise(n).alpha_t, 0.0)?,
+            _ => x.clone(),
+        })
+    }
+
+    fn observe_vp(&mut self, n: usize, obs: &Observation, o: &Tensor, solver: &dyn Solver) -> Result<Option<(f64, Tensor)>> {
+        let f = self.drift(n, obs.sample, o, solver)?;
+        self.drifts.push_back(f);
+        if self.drifts.len() > 3 {
+            self.drifts.pop_front();
+        }
+        if self.cfg.lagrange_term > 0 && n % self.cfg.lagrange_int == 1 {
+            let x0 = match self.latent {
+                LatentScale::VarianceExploding => obs.data_prediction.affine(1.0 / solver.noise(n).alpha_t, 0.0)?,
+                _ => obs.data_prediction.clone(),
+            };
+            self.anchors.push_back((n, x0));
+            if self.anchors.len() > self.cfg.lagrange_term {
+                self.anchors.pop_front();
+            }
+        }
+        if self.drifts.len() < 3 || n + 1 >= self.num_steps {
+            return Ok(None);
+        }
+        let (f2, f1, f0) = (&self.drifts[0], &self.drifts[1], &self.drifts[2]);
+        let delta = 1.0 / self.num_steps as f64;
+        // Third-order Adams-Moulton-style predictor, coefficients as in the reference code.
+        let x_vp = self.to_vp(obs.sample, n, solver)?;
+        let xhat_vp = (((x_vp - f0.affine(0.625 * delta, 0.0)?)? - f1.affine(0.75 * delta, 0.0)?)?
+            + f2.affine(0.375 * delta, 0.0)?)?;
+        let xhat = match self.latent {
+            LatentScale::VarianceExploding => xhat_vp.affine(1.0 / solver.noise(n + 1).alpha_t, 0.0)?,
+            _ => xhat_vp,
+        };
+        let residual = (obs.prev_sample - &xhat)?;
+        let curvature = ((f0 - f1)? - (f1 - f2)?)?;
+        let m = (residual * curvature)?;
+        let criterion = mean(&m)?;
+
+        // Prepare the AM substitute in case step n+1 is skipped: x0 of the stale output at the
+        // predicted sample (Euler v-prediction uses the real x_{n+1}, as the reference does).
+        let base = match (self.latent, self.prediction_type) {
+            (LatentScale::VarianceExploding, PredictionType::VPrediction) => obs.prev_sample,
+            _ => &xhat,
+        };
+        self.pending = Some(Prediction::DataPrediction(solver.data_prediction(o, base, n + 1)?));
+        Ok(Some((criterion, m)))
+    }
+
+    fn observe_flow(&mut self, obs: &Observation) -> Result<Option<(f64, Tensor)>> {
+        let used = match obs.output {
+            Some(o) => {
+                self.velocities.push_back(o.clone());
+                if self.velocities.len() > 3 {
+                    self.velocities.pop_front();
+                }
+                o.clone()
+            }
+            None => self.substituted_velocity.take().ok_or_else(|| Error::param("step", "flow skip without a substitute"))?,
+        };
+        if self.velocities.len() < 3 {
+            return Ok(None);
+        }
+        let (h3, h2) = (&self.velocities[0], &self.velocities[1]);
+        let m = ((h2 - &used)? + (h2 - h3)?)?;
+        Ok(Some((mean(&m)?, m)))
+    }
+
+    fn decide(&mut self, n: usize, criterion: Option<f64>, m: Option<&Tensor>) -> Result<()> {
+        let s = n + 1;
+        let c = &self.cfg;
+        let stable = criterion.is_some_and(|v| v <= 0.0);
+        let skip = if self.cons_skip >= c.max_interval {
+            None
+        } else if c.lagrange_term == 0 {
+            (stable && (self.a0..self.a1).contains(&n)).then_some(SkipKind::AdamsMoulton)
+        } else if stable && (self.a0..c.lagrange_step).contains(&n) {
+            Some(SkipKind::AdamsMoulton)
+        } else if n % c.lagrange_int != 0 && (c.lagrange_step..self.a1).contains(&n) {
+            Some(SkipKind::Lagrange)
+        } else {
+            None
+        };
+        self.plans[s] = match skip {
+            Some(kind) => {
+                self.cons_skip += 1;
+                self.last_skip = Some(s);
+                StepPlan::Skip(kind)
+            }
+            None => {
+                self.cons_skip = 0;
+                StepPlan::Compute(self.token_plan(s, m)?)
+            }
+        };
+        Ok(())
+    }
+
+    /// Full refresh at the start of the range and every max_interval computed steps after the
+    /// last skip; pruned otherwise (§7).
+    fn token_plan(&self, s: usize, m: Option<&Tensor>) -> Result<TokenPlan> {
+        let Some((h, w)) = self.token_grid else { return Ok(TokenPlan::Full) };
+        if !(self.a0..self.a1).contains(&s) {
+            return Ok(TokenPlan::Full);
+        }
+        let mi = self.cfg.max_interval;
+        let refresh = match self.last_skip {
+            None => (s - self.a0) % mi == 0,
+            Some(l) => (s - l - 1) % mi == 0,
+        };
+        if refresh {
+            return Ok(TokenPlan::Refresh);
+        }
+        let Some(m) = m else { return Ok(TokenPlan::Refresh) };
+        // Score per latent position: m averaged over batch and channels.
+        let per_token: Vec<f32> = m.to_dtype(DType::F32)?.mean(0)?.mean(0)?.flatten_all()?.to_vec1()?;
+        let score = tokens::score_map(&per_token, self.cfg.max_fix);
+        let seed = self.cfg.seed ^ (s as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        Ok(TokenPlan::Pruned(tokens::select(&score, h, w, self.cfg.sy, self.cfg.sx, seed)))
+    }
+}
+
+fn mean(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?)
+}
+
+impl Policy for Sada {
+    fn begin(&mut self, solver: &dyn Solver, latent_shape: &[usize], token_pruning: bool) -> Result<()> {
+        let n = solver.num_steps();
+        self.cfg.validate(n)?;
+        let prediction_type = solver.prediction_type();
+        if prediction_type == PredictionType::Sample {
+            return Err(Error::param(
+                "prediction_type",
+                "SADA's drift is defined for epsilon, v_prediction and flow velocity outputs, not sample",
+            ));
+        }
+        let (a0, a1) = self.cfg.effective_range();
+        *self = Sada {
+            num_steps: n,
+            a0,
+            a1,
+            latent: solver.latent_scale(),
+            prediction_type,
+            token_grid: (token_pruning && self.cfg.max_downsample > 0 && latent_shape.len() == 4)
+                .then(|| (latent_shape[2], latent_shape[3])),
+            plans: vec![StepPlan::Compute(TokenPlan::Full); n],
+            ..Sada::new(self.cfg.clone())
+        };
+        Ok(())
+    }
+
+    fn plan(&self, step: usize) -> StepPlan {
+        self.plans.get(step).cloned().unwrap_or(StepPlan::Compute(TokenPlan::Full))
+    }
+
+    fn substitute(&mut self, step: usize, _sample: &Tensor, solver: &dyn Solver) -> Result<Prediction> {
+        let kind = match self.plan(step) {
+            StepPlan::Skip(k) => k,
+            StepPlan::Compute(_) => return Err(Error::param("step", format!("step {step} is not planned as a skip"))),
+        };
+        if self.latent == LatentScale::Flow {
+            // Repeat the last velocity in the history, then extrapolate linearly (§6).
+            let last = self.velocities.back().cloned().ok_or_else(|| Error::param("step", "no velocity history"))?;
+            self.velocities.push_back(last);
+            self.velocities.pop_front();
+            let (h3, h2) = (&self.velocities[0], &self.velocities[1]);
+            let v = (h2 + (h2 - h3)?)?;
+            self.substituted_velocity = Some(v.clone());
+            return Ok(Prediction::ModelOutput(v));
+        }
+        match kind {
+            SkipKind::AdamsMoulton => {
+                self.pending.take().ok_or_else(|| Error::param("step", format!("no substitute prepared for step {step}")))
+            }
+            SkipKind::Lagrange => {
+                let anchors: Vec<(usize, Tensor)> = self.anchors.iter().cloned().collect();
+                let x0 = lagrange::extrapolate(&anchors, step)?;
+                let x0 = match self.latent {
+                    LatentScale::VarianceExploding => x0.affine(solver.noise(step).alpha_t, 0.0)?,
+                    _ => x0,
+                };
+                Ok(Prediction::DataPrediction(x0))
+            }
+        }
+    }
+
+    fn observe(&mut self, step: usize, obs: &Observation, solver: &dyn Solver) -> Result<Option<f64>> {
+        let result = if self.latent == LatentScale::Flow {
+            self.observe_flow(obs)?
+        } else {
+            let o = match obs.output {
+                Some(o) => {
+                    self.last_output = Some(o.clone());
+                    o.clone()
+                }
+                // A skipped step's bookkeeping output is the last real one (§5).
+                None => self.last_output.clone().ok_or_else(|| Error::param("step", "skip before any computed step"))?,
+            };
+            self.pending = None;
+            self.observe_vp(step, obs, &o, solver)?
+        };
+        let (criterion, m) = match result {
+            Some((c, m)) => (Some(c), Some(m)),
+            None => (None, None),
+        };
+        if step + 1 < self.num_steps {
+            self.decide(step, criterion, m.as_ref())?;
+        }
+        Ok(criterion)
+    }
+}
