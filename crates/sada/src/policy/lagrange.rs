@@ -36,3 +36,38 @@ pub fn extrapolate(anchors: &[(usize, Tensor)], at: usize) -> Result<Tensor> {
     }
     Ok(acc.expect("anchors is not empty"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn weights_are_a_partition_of_unity_and_exact_at_nodes() {
+        let nodes = [9, 13, 17, 21];
+        for at in [9, 22, 26] {
+            let w = weights(&nodes, at);
+            assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        }
+        assert_eq!(weights(&nodes, 13), vec![0.0, 1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn extrapolation_is_exact_on_polynomials_up_to_the_anchor_count() {
+        // With 4 anchors, any cubic is reproduced exactly; a quartic is not.
+        let nodes = [9usize, 13, 17, 21];
+        let cubic = |k: f64| 0.5 - 0.25 * k + 0.01 * k * k - 0.0003 * k * k * k;
+        let quartic = |k: f64| 1e-4 * k.powi(4);
+        for (f, exact) in [(&cubic as &dyn Fn(f64) -> f64, true), (&quartic, false)] {
+            let anchors: Vec<(usize, Tensor)> = nodes
+                .iter()
+                .map(|&k| (k, Tensor::new(&[f(k as f64) as f32, 2.0 * f(k as f64) as f32], &Device::Cpu).unwrap()))
+                .collect();
+            let got: Vec<f32> = extrapolate(&anchors, 26).unwrap().to_vec1().unwrap();
+            let want = f(26.0);
+            let err = (got[0] as f64 - want).abs();
+            assert_eq!(err < 1e-4, exact, "error {err} (exact expected: {exact})");
+            assert!((got[1] as f64 - 2.0 * got[0] as f64).abs() < 1e-4);
+        }
+    }
+}

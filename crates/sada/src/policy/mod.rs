@@ -6,6 +6,7 @@
 //! has stepped, [`Policy::observe`] shows the policy what happened so it can plan the next step.
 
 pub mod lagrange;
+pub mod rule;
 pub mod sada;
 pub mod tokens;
 

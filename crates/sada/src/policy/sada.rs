@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::rule::{CacheUse, DecisionRule};
 use super::{lagrange, tokens, Observation, Policy, SkipKind, StepPlan, TokenPlan};
 use crate::error::{Error, Result};
 use crate::solvers::{LatentScale, Prediction, PredictionType, Solver};
@@ -133,8 +134,6 @@ impl SadaConfig {
 pub struct Sada {
     cfg: SadaConfig,
     num_steps: usize,
-    a0: usize,
-    a1: usize,
     latent: LatentScale,
     prediction_type: PredictionType,
     /// Latent grid (height, width) when the denoiser prunes tokens.
@@ -149,17 +148,13 @@ pub struct Sada {
     anchors: VecDeque<(usize, Tensor)>,
     last_output: Option<Tensor>,
     pending: Option<Prediction>,
-    cons_skip: usize,
-    last_skip: Option<usize>,
+    rule: DecisionRule,
 }
 
 impl Sada {
     pub fn new(cfg: SadaConfig) -> Self {
         Self {
-            cfg,
             num_steps: 0,
-            a0: 0,
-            a1: 0,
             latent: LatentScale::VariancePreserving,
             prediction_type: PredictionType::Epsilon,
             token_grid: None,
@@ -170,8 +165,8 @@ impl Sada {
             anchors: VecDeque::new(),
             last_output: None,
             pending: None,
-            cons_skip: 0,
-            last_skip: None,
+            rule: DecisionRule::new(&cfg),
+            cfg,
         }
     }
 
@@ -272,55 +267,27 @@ impl Sada {
     }
 
     fn decide(&mut self, n: usize, criterion: Option<f64>, m: Option<&Tensor>) -> Result<()> {
-        let s = n + 1;
-        let c = &self.cfg;
         let stable = criterion.is_some_and(|v| v <= 0.0);
-        let skip = if self.cons_skip >= c.max_interval {
-            None
-        } else if c.lagrange_term == 0 {
-            (stable && (self.a0..self.a1).contains(&n)).then_some(SkipKind::AdamsMoulton)
-        } else if stable && (self.a0..c.lagrange_step).contains(&n) {
-            Some(SkipKind::AdamsMoulton)
-        } else if n % c.lagrange_int != 0 && (c.lagrange_step..self.a1).contains(&n) {
-            Some(SkipKind::Lagrange)
-        } else {
-            None
-        };
-        self.plans[s] = match skip {
-            Some(kind) => {
-                self.cons_skip += 1;
-                self.last_skip = Some(s);
-                StepPlan::Skip(kind)
-            }
-            None => {
-                self.cons_skip = 0;
-                StepPlan::Compute(self.token_plan(s, m)?)
-            }
+        self.plans[n + 1] = match self.rule.decide(n, stable) {
+            Some(kind) => StepPlan::Skip(kind),
+            None => StepPlan::Compute(self.token_plan(n + 1, m)?),
         };
         Ok(())
     }
 
-    /// Full refresh at the start of the range and every max_interval computed steps after the
-    /// last skip; pruned otherwise (§7).
     fn token_plan(&self, s: usize, m: Option<&Tensor>) -> Result<TokenPlan> {
         let Some((h, w)) = self.token_grid else { return Ok(TokenPlan::Full) };
-        if !(self.a0..self.a1).contains(&s) {
-            return Ok(TokenPlan::Full);
+        match (self.rule.cache_use(s), m) {
+            (CacheUse::None, _) => Ok(TokenPlan::Full),
+            (CacheUse::Refresh, _) | (CacheUse::Prune, None) => Ok(TokenPlan::Refresh),
+            (CacheUse::Prune, Some(m)) => {
+                // Score per latent position: m averaged over batch and channels.
+                let per_token: Vec<f32> = m.to_dtype(DType::F32)?.mean(0)?.mean(0)?.flatten_all()?.to_vec1()?;
+                let score = tokens::score_map(&per_token, self.cfg.max_fix);
+                let seed = self.cfg.seed ^ (s as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                Ok(TokenPlan::Pruned(tokens::select(&score, h, w, self.cfg.sy, self.cfg.sx, seed)))
+            }
         }
-        let mi = self.cfg.max_interval;
-        let refresh = match self.last_skip {
-            None => (s - self.a0) % mi == 0,
-            Some(l) => (s - l - 1) % mi == 0,
-        };
-        if refresh {
-            return Ok(TokenPlan::Refresh);
-        }
-        let Some(m) = m else { return Ok(TokenPlan::Refresh) };
-        // Score per latent position: m averaged over batch and channels.
-        let per_token: Vec<f32> = m.to_dtype(DType::F32)?.mean(0)?.mean(0)?.flatten_all()?.to_vec1()?;
-        let score = tokens::score_map(&per_token, self.cfg.max_fix);
-        let seed = self.cfg.seed ^ (s as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        Ok(TokenPlan::Pruned(tokens::select(&score, h, w, self.cfg.sy, self.cfg.sx, seed)))
     }
 }
 
@@ -339,11 +306,8 @@ impl Policy for Sada {
                 "SADA's drift is defined for epsilon, v_prediction and flow velocity outputs, not sample",
             ));
         }
-        let (a0, a1) = self.cfg.effective_range();
         *self = Sada {
             num_steps: n,
-            a0,
-            a1,
             latent: solver.latent_scale(),
             prediction_type,
             token_grid: (token_pruning && self.cfg.max_downsample > 0 && latent_shape.len() == 4)

@@ -58,3 +58,50 @@ pub fn select(score: &[bool], height: usize, width: usize, sy: usize, sx: usize,
     }
     TokenSelection { height, width, mask }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn score_marks_non_negative_values_when_max_fix_does_not_bind() {
+        let v = [-1.0, 0.0, 2.0, -0.5, 3.0, 1.0];
+        assert_eq!(score_map(&v, 10), vec![false, true, true, false, true, true]);
+        assert_eq!(score_map(&v, 4), vec![false, true, true, false, true, true]);
+    }
+
+    #[test]
+    fn max_fix_keeps_the_largest() {
+        let v = [-1.0, 0.0, 2.0, -0.5, 3.0, 1.0];
+        assert_eq!(score_map(&v, 2), vec![false, false, true, false, true, false]);
+        assert_eq!(score_map(&v, 0), vec![false; 6]);
+    }
+
+    #[test]
+    fn one_token_per_full_cell_plus_scored_tokens() {
+        // 7 x 8 grid, 3 x 3 cells: 2 x 2 full cells; leftover row 6 and columns 6-7 get none.
+        let (h, w) = (7, 8);
+        let mut score = vec![false; h * w];
+        score[6 * w + 7] = true; // a scored token in the leftover corner
+        let sel = select(&score, h, w, 3, 3, 42);
+        assert_eq!(sel.num_computed(), 4 + 1);
+        for cy in 0..2 {
+            for cx in 0..2 {
+                let in_cell = (0..3)
+                    .flat_map(|dy| (0..3).map(move |dx| (cy * 3 + dy) * w + cx * 3 + dx))
+                    .filter(|&i| sel.mask[i])
+                    .count();
+                assert_eq!(in_cell, 1, "cell ({cy}, {cx})");
+            }
+        }
+        assert!(sel.mask[6 * w + 7]);
+        assert_eq!(sel.computed().len(), 5);
+    }
+
+    #[test]
+    fn selection_is_reproducible_from_its_seed() {
+        let score = vec![false; 12 * 12];
+        assert_eq!(select(&score, 12, 12, 3, 3, 7), select(&score, 12, 12, 3, 3, 7));
+        assert_ne!(select(&score, 12, 12, 3, 3, 7), select(&score, 12, 12, 3, 3, 8));
+    }
+}
