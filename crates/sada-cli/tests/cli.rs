@@ -1,0 +1,63 @@
+//! The `sada` binary as a user runs it.
+
+use std::process::Command;
+
+fn sada(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sada")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn gmm_demo_reports_evaluations_and_psnr() {
+    let dir = std::env::temp_dir().join(format!("sada-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("trace.json");
+    let (ok, out, err) = sada(&["gmm", "--size", "16", "--trace", trace.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("baseline        :  50 evaluations"), "{out}");
+    assert!(out.contains("SADA") && out.contains("PSNR") && out.contains("fewer evaluations"), "{out}");
+    let t: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    assert_eq!(t["steps"].as_array().unwrap().len(), 50);
+    assert!(t["evaluations"].as_u64().unwrap() < 50);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn impossible_parameters_fail_with_one_line_naming_them() {
+    for (args, name) in [
+        (vec!["gmm", "--acc-range", "10,60"], "acc_range"),
+        (vec!["gmm", "--steps", "20", "--acc-range", "4,18", "--lagrange-step", "8"], "lagrange_term"),
+        (vec!["gmm", "--max-interval", "0"], "max_interval"),
+        (vec!["gmm", "--class", "99"], "class"),
+    ] {
+        let (ok, out, err) = sada(&args);
+        assert!(!ok, "{args:?} succeeded: {out}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.starts_with("error: ") && err.contains(name), "{err}");
+    }
+}
+
+#[test]
+fn trace_into_a_missing_folder_fails_without_writing() {
+    let (ok, _, err) = sada(&["gmm", "--size", "8", "--trace", "/nonexistent-dir/t.json"]);
+    assert!(!ok);
+    assert!(err.contains("/nonexistent-dir"), "{err}");
+}
+
+#[test]
+fn help_explains_every_flag() {
+    let (ok, out, _) = sada(&["gmm", "-h"]);
+    assert!(ok);
+    for flag in [
+        "--solver", "--steps", "--guidance-scale", "--seed", "--trace", "--acc-range", "--max-interval",
+        "--max-downsample", "--max-fix", "--sx", "--sy", "--lagrange-term", "--lagrange-int", "--lagrange-step",
+    ] {
+        // clap prints the explanation on the flag's line or, when it is long, on the next one
+        let lines: Vec<&str> = out.lines().collect();
+        let i = lines.iter().position(|l| l.trim_start().starts_with(flag)).unwrap_or_else(|| panic!("{flag} missing"));
+        let after_flag = lines[i].trim().split_once("  ").map(|(_, h)| h.trim()).unwrap_or("");
+        let next = lines.get(i + 1).map(|l| l.trim()).unwrap_or("");
+        let help = if after_flag.is_empty() && !next.starts_with('-') { next } else { after_flag };
+        assert!(help.len() > 8, "{flag} has no explanation");
+    }
+}
