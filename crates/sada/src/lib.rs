@@ -17,6 +17,7 @@ pub mod denoiser;
 pub mod error;
 pub mod gmm;
 pub mod metrics;
+pub mod models;
 pub mod policy;
 pub mod sampling;
 pub mod schedule;

@@ -8,6 +8,7 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::rule::{CacheUse, DecisionRule};
+use super::tokens::TokenSelection;
 use super::{lagrange, tokens, Observation, Policy, SkipKind, StepPlan, TokenPlan};
 use crate::error::{Error, Result};
 use crate::solvers::{LatentScale, Prediction, PredictionType, Solver};
@@ -285,7 +286,7 @@ impl Sada {
                 let per_token: Vec<f32> = m.to_dtype(DType::F32)?.mean(0)?.mean(0)?.flatten_all()?.to_vec1()?;
                 let score = tokens::score_map(&per_token, self.cfg.max_fix);
                 let seed = self.cfg.seed ^ (s as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                Ok(TokenPlan::Pruned(tokens::select(&score, h, w, self.cfg.sy, self.cfg.sx, seed)))
+                Ok(TokenPlan::Pruned(TokenSelection::new(score, h, w, self.cfg.sy, self.cfg.sx, seed, self.cfg.max_downsample)))
             }
         }
     }

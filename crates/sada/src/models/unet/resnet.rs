@@ -1,0 +1,74 @@
+//! Convolutional parts of the UNet: `ResnetBlock2D`, `Downsample2D`, `Upsample2D`.
+
+use candle_core::{Module, Tensor};
+use candle_nn::{group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+
+pub type Conv = Conv2d;
+
+pub fn conv2d(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize, padding: usize) -> candle_core::Result<Conv> {
+    candle_nn::conv2d(cin, cout, k, Conv2dConfig { padding, stride, ..Default::default() }, vb)
+}
+
+pub struct ResnetBlock2D {
+    norm1: GroupNorm,
+    conv1: Conv,
+    time_emb_proj: Linear,
+    norm2: GroupNorm,
+    conv2: Conv,
+    conv_shortcut: Option<Conv>,
+}
+
+impl ResnetBlock2D {
+    pub fn new(vb: VarBuilder, cin: usize, cout: usize, temb: usize, groups: usize, eps: f64) -> candle_core::Result<Self> {
+        Ok(Self {
+            norm1: group_norm(groups, cin, eps, vb.pp("norm1"))?,
+            conv1: conv2d(vb.pp("conv1"), cin, cout, 3, 1, 1)?,
+            time_emb_proj: linear(temb, cout, vb.pp("time_emb_proj"))?,
+            norm2: group_norm(groups, cout, eps, vb.pp("norm2"))?,
+            conv2: conv2d(vb.pp("conv2"), cout, cout, 3, 1, 1)?,
+            conv_shortcut: if cin != cout { Some(conv2d(vb.pp("conv_shortcut"), cin, cout, 1, 1, 0)?) } else { None },
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, temb: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let t = self.time_emb_proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
+        let h = h.broadcast_add(&t)?;
+        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        match &self.conv_shortcut {
+            Some(c) => c.forward(x)? + h,
+            None => x + h,
+        }
+    }
+}
+
+pub struct Downsample2D {
+    conv: Conv,
+}
+
+impl Downsample2D {
+    pub fn new(vb: VarBuilder, channels: usize) -> candle_core::Result<Self> {
+        Ok(Self { conv: conv2d(vb.pp("conv"), channels, channels, 3, 2, 1)? })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.conv.forward(x)
+    }
+}
+
+pub struct Upsample2D {
+    conv: Conv,
+}
+
+impl Upsample2D {
+    pub fn new(vb: VarBuilder, channels: usize) -> candle_core::Result<Self> {
+        Ok(Self { conv: conv2d(vb.pp("conv"), channels, channels, 3, 1, 1)? })
+    }
+
+    /// Nearest-neighbour upsampling to `size` (the skip connection's size, for odd latents) or 2x.
+    pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>) -> candle_core::Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let (th, tw) = size.unwrap_or((2 * h, 2 * w));
+        self.conv.forward(&x.upsample_nearest2d(th, tw)?)
+    }
+}

@@ -1,0 +1,96 @@
+//! AutoencoderKL decoder from a diffusers `vae/` folder, via candle-transformers' implementation (the
+//! autoencoder is not where SADA acts), configured from the folder's `config.json`.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::models::weights;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AutoencoderKlConfig {
+    #[serde(default = "three")]
+    pub in_channels: usize,
+    #[serde(default = "three")]
+    pub out_channels: usize,
+    #[serde(default = "default_channels")]
+    pub block_out_channels: Vec<usize>,
+    #[serde(default = "one")]
+    pub layers_per_block: usize,
+    #[serde(default = "four")]
+    pub latent_channels: usize,
+    #[serde(default = "thirty_two")]
+    pub norm_num_groups: usize,
+    #[serde(default = "scaling")]
+    pub scaling_factor: f64,
+    #[serde(default)]
+    pub shift_factor: Option<f64>,
+    #[serde(default = "yes")]
+    pub use_quant_conv: bool,
+    #[serde(default = "yes")]
+    pub use_post_quant_conv: bool,
+    #[serde(default)]
+    pub force_upcast: Option<bool>,
+}
+
+fn three() -> usize {
+    3
+}
+fn four() -> usize {
+    4
+}
+fn one() -> usize {
+    1
+}
+fn thirty_two() -> usize {
+    32
+}
+fn yes() -> bool {
+    true
+}
+fn scaling() -> f64 {
+    0.18215
+}
+fn default_channels() -> Vec<usize> {
+    vec![64]
+}
+
+pub struct AutoencoderKl {
+    pub config: AutoencoderKlConfig,
+    inner: AutoEncoderKL,
+}
+
+impl AutoencoderKl {
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let config: AutoencoderKlConfig = weights::read_config(&config_path)?;
+        if config.in_channels != 3 || config.out_channels != 3 {
+            return Err(Error::file(&config_path, "unsupported config: only 3-channel images (in_channels = out_channels = 3)"));
+        }
+        if config.shift_factor.is_some_and(|s| s != 0.0) {
+            return Err(Error::file(&config_path, "unsupported config value `shift_factor`: only null or 0 is supported"));
+        }
+        let files = weights::weight_files(dir, "diffusion_pytorch_model")?;
+        let vb = weights::var_builder(&files, dtype, device)?;
+        let cfg = AutoEncoderKLConfig {
+            block_out_channels: config.block_out_channels.clone(),
+            layers_per_block: config.layers_per_block,
+            latent_channels: config.latent_channels,
+            norm_num_groups: config.norm_num_groups,
+            use_quant_conv: config.use_quant_conv,
+            use_post_quant_conv: config.use_post_quant_conv,
+        };
+        let inner = AutoEncoderKL::new(vb, config.in_channels, config.out_channels, cfg)
+            .map_err(|e| Error::file(&files[0], format!("weights do not match config.json: {e}")))?;
+        Ok(Self { config, inner })
+    }
+
+    /// The sampler's final latents -> image, nominally in [-1, 1] (divides by `scaling_factor`).
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let scaled = (latents / self.config.scaling_factor)?;
+        Ok(self.inner.decode(&scaled)?)
+    }
+}

@@ -1,0 +1,69 @@
+//! Finding and opening a model component's safetensors weights the way diffusers does:
+//! `diffusion_pytorch_model.safetensors`, its `.fp16` variant, or shards listed in an index.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+use crate::error::{Error, Result};
+
+/// The weight files of a component folder (e.g. `unet/`), in load order.
+pub fn weight_files(dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        return Err(Error::file(dir, "model component folder not found"));
+    }
+    for variant in ["", ".fp16"] {
+        let single = dir.join(format!("{stem}{variant}.safetensors"));
+        if single.is_file() {
+            return Ok(vec![single]);
+        }
+        let index = dir.join(format!("{stem}.safetensors{variant}.index.json"));
+        let index = if index.is_file() { index } else { dir.join(format!("{stem}{variant}.safetensors.index.json")) };
+        if index.is_file() {
+            return shards(&index);
+        }
+    }
+    Err(Error::file(
+        dir,
+        format!("no weights: expected {stem}.safetensors, {stem}.fp16.safetensors or a sharded {stem}.safetensors.index.json"),
+    ))
+}
+
+fn shards(index: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::file(index, format!("cannot read: {e}")))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(index, format!("invalid JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::file(index, "missing `weight_map` object"))?;
+    let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_owned)).collect();
+    files.sort();
+    files.dedup();
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+    if let Some(missing) = paths.iter().find(|p| !p.is_file()) {
+        return Err(Error::file(missing, format!("shard listed in {} is missing", index.display())));
+    }
+    Ok(paths)
+}
+
+/// Memory-map the files; a file that is not valid safetensors is an error naming it.
+pub fn var_builder(files: &[PathBuf], dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+    for f in files {
+        // Validate each file up front so the error names the corrupt one.
+        // SAFETY: the file is only read; concurrent modification by another process is the
+        // caller's responsibility, as with any memory-mapped model file.
+        unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }
+            .map_err(|e| Error::file(f, format!("not a valid safetensors file: {e}")))?;
+    }
+    // SAFETY: as above.
+    unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }
+        .map_err(|e| Error::file(&files[0], format!("cannot open weights: {e}")))
+}
+
+/// Read a component's `config.json`.
+pub fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read config: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| Error::file(path, format!("invalid config: {e}")))
+}
