@@ -48,11 +48,17 @@ pub struct SadaArgs {
 }
 
 impl SadaArgs {
+    /// The published preset for the solver family with these flags applied.
     pub fn config(&self, solver: SolverArg, seed: u64) -> SadaConfig {
         let base = match solver {
             SolverArg::Flow => SadaConfig::flux(),
             _ => SadaConfig::sd2(),
         };
+        self.apply(base, seed)
+    }
+
+    /// `base` with every flag that was given replacing its value.
+    pub fn apply(&self, base: SadaConfig, seed: u64) -> SadaConfig {
         SadaConfig {
             acc_range: self.acc_range.unwrap_or(base.acc_range),
             max_interval: self.max_interval.unwrap_or(base.max_interval),

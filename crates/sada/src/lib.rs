@@ -18,6 +18,7 @@ pub mod error;
 pub mod gmm;
 pub mod metrics;
 pub mod models;
+pub mod pipelines;
 pub mod policy;
 pub mod sampling;
 pub mod schedule;

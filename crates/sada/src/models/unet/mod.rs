@@ -173,6 +173,11 @@ impl UNet2DConditionModel {
         Ok(x)
     }
 
+    /// Width of the text embeddings the cross-attention expects.
+    pub fn cross_attention_dim(&self) -> usize {
+        self.resolved.cross_attention_dim
+    }
+
     /// Whether the model takes SDXL's `text_embeds` and `time_ids`.
     pub fn uses_text_time(&self) -> bool {
         self.add_embedding.is_some()

@@ -1,0 +1,61 @@
+//! Decoded images: tensor -> 8-bit RGB, and PNG files that carry their generation settings.
+
+use std::io::Write;
+
+use candle_core::{DType, Tensor};
+
+use crate::error::{Error, Result};
+
+/// An 8-bit RGB image, row-major.
+#[derive(Debug, Clone)]
+pub struct RgbImage {
+    pub width: usize,
+    pub height: usize,
+    pub pixels: Vec<u8>,
+}
+
+/// `[3, H, W]` (or `[1, 3, H, W]`) in [-1, 1] -> 8-bit RGB, as diffusers' `VaeImageProcessor`
+/// postprocesses (x / 2 + 0.5, clamp, * 255, round).
+pub fn to_rgb(t: &Tensor) -> Result<RgbImage> {
+    let t = if t.rank() == 4 { t.get(0)? } else { t.clone() };
+    let (c, h, w) = t.dims3()?;
+    if c != 3 {
+        return Err(Error::Shape { what: "decoded image".into(), expected: "3 channels".into(), got: format!("{c}") });
+    }
+    let v: Vec<f32> = ((t.to_dtype(DType::F32)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?.permute((1, 2, 0))?.flatten_all()?.to_vec1()?;
+    Ok(RgbImage { width: w, height: h, pixels: v.iter().map(|x| (x * 255.0).round() as u8).collect() })
+}
+
+/// Encode as PNG with `text` entries (e.g. "parameters" -> the settings as JSON).
+pub fn png_bytes(img: &RgbImage, text: &[(&str, String)]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, img.width as u32, img.height as u32);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        for (k, v) in text {
+            enc.add_text_chunk(k.to_string(), v.clone()).map_err(|e| Error::param("png", e.to_string()))?;
+        }
+        let mut w = enc.write_header().map_err(|e| Error::param("png", e.to_string()))?;
+        w.write_image_data(&img.pixels).map_err(|e| Error::param("png", e.to_string()))?;
+        w.finish().map_err(|e| Error::param("png", e.to_string()))?;
+    }
+    out.flush().ok();
+    Ok(out)
+}
+
+/// Images side by side, left to right (same height).
+pub fn hstack(images: &[&RgbImage]) -> RgbImage {
+    let height = images.iter().map(|i| i.height).max().unwrap_or(0);
+    let width: usize = images.iter().map(|i| i.width).sum();
+    let mut pixels = vec![0u8; width * height * 3];
+    let mut x0 = 0;
+    for img in images {
+        for y in 0..img.height {
+            let src = &img.pixels[y * img.width * 3..(y + 1) * img.width * 3];
+            pixels[(y * width + x0) * 3..(y * width + x0 + img.width) * 3].copy_from_slice(src);
+        }
+        x0 += img.width;
+    }
+    RgbImage { width, height, pixels }
+}
