@@ -1,6 +1,7 @@
 //! `sada`: SADA-accelerated diffusion sampling from the command line.
 
 mod args;
+mod bench_unet;
 mod generate;
 mod gmm;
 mod output;
@@ -22,13 +23,32 @@ enum Command {
     /// Generate with a Stable Diffusion model folder (diffusers layout) from precomputed
     /// conditioning, with SADA or as the unaccelerated baseline
     Generate(Box<generate::GenerateArgs>),
+    /// Time our UNet on the full SD-2.1 configuration with random weights (seconds per guided
+    /// evaluation, peak memory) and, optionally, full sampling with and without SADA
+    BenchUnet(bench_unet::BenchUnetArgs),
+}
+
+/// Keep freed memory in the process: a UNet evaluation allocates and frees the same large
+/// activation buffers hundreds of times, and glibc's default of returning them to the kernel
+/// made page clearing about a sixth of the run time.
+fn keep_freed_memory() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: mallopt only changes allocator thresholds; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
 }
 
 fn main() {
+    if std::env::var_os("SADA_NO_MALLOPT").is_none() {
+        keep_freed_memory();
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Gmm(a) => gmm::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::BenchUnet(a) => bench_unet::run(a),
     };
     if let Err(e) = result {
         // One line: the chain of causes, outermost first.

@@ -128,9 +128,10 @@ impl BasicTransformerBlock {
     }
 
     fn compute(&self, x: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
-        let x = (self.attn1.forward(&self.norm1.forward(x)?, None)? + x)?;
-        let x = (self.attn2.forward(&self.norm2.forward(&x)?, Some(context))? + x)?;
-        self.ff.forward(&self.norm3.forward(&x)?)? + x
+        use super::profile::{timed, Part};
+        let x = (timed(Part::SelfAttention, || self.attn1.forward(&self.norm1.forward(x)?, None))? + x)?;
+        let x = (timed(Part::CrossAttention, || self.attn2.forward(&self.norm2.forward(&x)?, Some(context)))? + x)?;
+        timed(Part::FeedForward, || self.ff.forward(&self.norm3.forward(&x)?))? + x
     }
 
     pub fn forward(&mut self, x: &Tensor, context: &Tensor, tokens: &BlockTokens) -> candle_core::Result<Tensor> {
@@ -195,6 +196,13 @@ impl Transformer2DModel {
     }
 
     pub fn forward(&mut self, x: &Tensor, context: &Tensor, tokens: &BlockTokens) -> candle_core::Result<Tensor> {
+        let start = std::time::Instant::now();
+        let out = self.forward_inner(x, context, tokens);
+        super::profile::add(super::profile::Part::Transformer, start.elapsed());
+        out
+    }
+
+    fn forward_inner(&mut self, x: &Tensor, context: &Tensor, tokens: &BlockTokens) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let residual = x;
         let x = self.norm.forward(x)?;

@@ -4,6 +4,9 @@
 pub mod attention;
 pub mod blocks;
 pub mod config;
+pub mod conv;
+pub mod presets;
+pub mod profile;
 pub mod resnet;
 
 use std::collections::HashMap;

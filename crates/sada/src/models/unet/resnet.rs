@@ -1,13 +1,9 @@
 //! Convolutional parts of the UNet: `ResnetBlock2D`, `Downsample2D`, `Upsample2D`.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{group_norm, linear, GroupNorm, Linear, VarBuilder};
 
-pub type Conv = Conv2d;
-
-pub fn conv2d(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize, padding: usize) -> candle_core::Result<Conv> {
-    candle_nn::conv2d(cin, cout, k, Conv2dConfig { padding, stride, ..Default::default() }, vb)
-}
+pub use super::conv::{conv2d, Conv};
 
 pub struct ResnetBlock2D {
     norm1: GroupNorm,
@@ -31,6 +27,10 @@ impl ResnetBlock2D {
     }
 
     pub fn forward(&self, x: &Tensor, temb: &Tensor) -> candle_core::Result<Tensor> {
+        super::profile::timed(super::profile::Part::Resnet, || self.forward_inner(x, temb))
+    }
+
+    fn forward_inner(&self, x: &Tensor, temb: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
         let t = self.time_emb_proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
         let h = h.broadcast_add(&t)?;
@@ -52,7 +52,7 @@ impl Downsample2D {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.conv.forward(x)
+        super::profile::timed(super::profile::Part::Resample, || self.conv.forward(x))
     }
 }
 
@@ -69,6 +69,6 @@ impl Upsample2D {
     pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>) -> candle_core::Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let (th, tw) = size.unwrap_or((2 * h, 2 * w));
-        self.conv.forward(&x.upsample_nearest2d(th, tw)?)
+        super::profile::timed(super::profile::Part::Resample, || self.conv.forward(&x.upsample_nearest2d(th, tw)?))
     }
 }

@@ -1,0 +1,110 @@
+//! `sada bench-unet`: speed of our UNet on the full SD-2.1 configuration with random weights
+//! (no download), per guided evaluation and end to end with and without SADA.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use clap::Args;
+use sada::denoiser::{Conditioning, Denoiser, Guided};
+use sada::models::unet::presets;
+use sada::models::{UNet2DConditionConfig, UNet2DConditionModel};
+use sada::policy::{NoAcceleration, Policy, Sada, SadaConfig, TokenPlan};
+use sada::sampling::sample;
+use sada::solvers::{build_solver, FlowTimesteps, SolverKind};
+
+#[derive(Debug, Args)]
+pub struct BenchUnetArgs {
+    /// Image size in pixels (latent = size / 8)
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// Timed guided evaluations (after one warm-up)
+    #[arg(long, default_value_t = 3)]
+    pub evals: usize,
+    /// Also sample this many DPM-Solver++ steps end to end, baseline and SADA (0 = skip)
+    #[arg(long, default_value_t = 0)]
+    pub sample_steps: usize,
+}
+
+/// Peak resident memory of this process in GiB (Linux VmHWM).
+pub fn peak_rss_gib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+pub fn run(args: &BenchUnetArgs) -> Result<()> {
+    anyhow::ensure!(args.size % 64 == 0 && args.size > 0, "--size must be a positive multiple of 64");
+    let dev = Device::Cpu;
+    let config: UNet2DConditionConfig = serde_json::from_str(presets::SD21)?;
+    let t0 = Instant::now();
+    // Random weights come from a VarMap, but variables make candle record the whole forward
+    // graph (keeping every activation alive); rebuild the model from detached copies, as
+    // weights loaded from safetensors are.
+    let weights: std::collections::HashMap<String, Tensor> = {
+        let varmap = VarMap::new();
+        UNet2DConditionModel::new(config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
+        let data = varmap.data().lock().map_err(|_| anyhow::anyhow!("weight map poisoned"))?;
+        data.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
+    };
+    let mut unet = UNet2DConditionModel::new(config, VarBuilder::from_tensors(weights, DType::F32, &dev))?;
+    let init_s = t0.elapsed().as_secs_f64();
+    let l = args.size / 8;
+    let x = Tensor::randn(0f32, 1f32, (1, 4, l, l), &dev)?;
+    let text = |seed: f32| -> Result<Conditioning> {
+        Ok(Conditioning::new().with("encoder_hidden_states", (Tensor::randn(0f32, 1f32, (1, 77, 1024), &dev)? * seed as f64)?))
+    };
+    let (cond, uncond) = (text(1.0)?, text(0.5)?);
+    let mut times = Vec::new();
+    {
+        let mut g = Guided::new(&mut unet, cond.clone(), Some(uncond.clone()), 7.5)?;
+        for i in 0..=args.evals {
+            if i == 1 {
+                sada::models::unet::profile::reset();
+            }
+            let t = Instant::now();
+            g.predict(&x, 500.0, &TokenPlan::Full)?;
+            if i > 0 {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    println!(
+        "{{\"impl\": \"sada (candle)\", \"size\": {}, \"s_per_guided_eval\": {mean:.3}, \"min\": {min:.3}, \"peak_rss_gib\": {:.2}, \"init_s\": {init_s:.1}}}",
+        args.size,
+        peak_rss_gib()
+    );
+    let total: f64 = times.iter().sum();
+    let parts: Vec<String> = sada::models::unet::profile::snapshot()
+        .iter()
+        .map(|(p, s)| format!("\"{p:?}\": {:.3}", s / total))
+        .collect();
+    println!("{{\"impl\": \"sada (candle)\", \"size\": {}, \"share_of_eval_time\": {{{}}}}}", args.size, parts.join(", "));
+    if args.sample_steps > 0 {
+        let sched = sada::solvers::presets::parse(sada::solvers::presets::SD21);
+        for (name, mut policy) in [
+            ("baseline", Box::new(NoAcceleration) as Box<dyn Policy>),
+            ("sada", Box::new(Sada::new(SadaConfig::sd2())) as Box<dyn Policy>),
+        ] {
+            let mut solver = build_solver(SolverKind::DpmSolverMultistep, &sched, &Default::default(), args.sample_steps, &FlowTimesteps::default())?;
+            let mut g = Guided::new(&mut unet, cond.clone(), Some(uncond.clone()), 7.5)?;
+            let t = Instant::now();
+            let (_, trace) = sample(&mut g, solver.as_mut(), policy.as_mut(), x.clone(), &mut |_, _| {})?;
+            println!(
+                "{{\"impl\": \"sada (candle)\", \"size\": {}, \"run\": \"{name}\", \"steps\": {}, \"evaluations\": {}, \"wall_s\": {:.1}, \"decisions\": \"{}\"}}",
+                args.size,
+                args.sample_steps,
+                trace.evaluations,
+                t.elapsed().as_secs_f64(),
+                trace.summary()
+            );
+        }
+    }
+    let _ = unet.supports_token_pruning();
+    Ok(())
+}
