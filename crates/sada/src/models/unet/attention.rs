@@ -65,10 +65,11 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f
     let (q, k, v) = (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
     let kt = k.transpose(2, 3)?.contiguous()?;
     let n = q.dim(2)?;
-    // keep each [B, H, chunk, Nk] score block around 64 MB
+    // keep each [B, H, chunk, Nk] score block around 16 MB: under the allocator's mmap threshold,
+    // so the block is reused rather than freshly zeroed by the kernel on every chunk
     let nk = k.dim(2)?;
     let bh = q.dim(0)? * q.dim(1)?;
-    let chunk = (16 * 1024 * 1024 / (bh * nk).max(1)).clamp(64, n.max(64));
+    let chunk = (4 * 1024 * 1024 / (bh * nk).max(1)).clamp(16, n.max(16));
     let mut outs = Vec::new();
     let mut start = 0;
     while start < n {
