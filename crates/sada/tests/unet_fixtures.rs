@@ -157,3 +157,68 @@ fn pruned_steps_differ_from_full_steps_only_through_the_pruned_tokens() {
     let again = model.predict(&x2, 377.0, &cond, &TokenPlan::Pruned(sel)).unwrap();
     assert_eq!(rel_err(&again, &pruned), 0.0);
 }
+
+/// Copy a fixture UNet folder into a temp dir, rewriting its weights with `write`.
+fn rewritten(case: &str, tag: &str, write: impl Fn(&HashMap<String, Tensor>, &std::path::Path)) -> PathBuf {
+    let src = dir(&format!("unet/{case}/unet"));
+    let dst = std::env::temp_dir().join(format!("sada-unet-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dst);
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::copy(src.join("config.json"), dst.join("config.json")).unwrap();
+    write(&load(src.join("diffusion_pytorch_model.safetensors")), &dst);
+    dst
+}
+
+fn forward_with(model_dir: &std::path::Path, case: &str) -> Tensor {
+    let mut m = UNet2DConditionModel::load(model_dir, DType::F32, &Device::Cpu).unwrap();
+    let f = load(dir(&format!("unet/{case}/forward.safetensors")));
+    let cond = Conditioning::new().with("encoder_hidden_states", f["encoder_hidden_states"].clone());
+    m.predict(&f["sample"], 377.0, &cond, &TokenPlan::Full).unwrap()
+}
+
+#[test]
+fn sharded_weights_with_an_index_load_like_a_single_file() {
+    let d = rewritten("sd15_tiny", "sharded", |w, d| {
+        let mut names: Vec<&String> = w.keys().collect();
+        names.sort();
+        let (a, b) = names.split_at(names.len() / 2);
+        let mut index = serde_json::Map::new();
+        for (part, file) in [(a, "diffusion_pytorch_model-00001-of-00002.safetensors"), (b, "diffusion_pytorch_model-00002-of-00002.safetensors")] {
+            let shard: HashMap<String, Tensor> = part.iter().map(|k| ((*k).clone(), w[*k].clone())).collect();
+            candle_core::safetensors::save(&shard, d.join(file)).unwrap();
+            part.iter().for_each(|k| {
+                index.insert((*k).clone(), serde_json::Value::String(file.into()));
+            });
+        }
+        let idx = serde_json::json!({"metadata": {}, "weight_map": index});
+        std::fs::write(d.join("diffusion_pytorch_model.safetensors.index.json"), idx.to_string()).unwrap();
+    });
+    let want = load(dir("unet/sd15_tiny/forward.safetensors"))["output"].clone();
+    assert!(rel_err(&forward_with(&d, "sd15_tiny"), &want) <= 1e-4);
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn fp16_variant_loads_and_computes_in_f32() {
+    let d = rewritten("sd15_tiny", "fp16", |w, d| {
+        let half: HashMap<String, Tensor> = w.iter().map(|(k, v)| (k.clone(), v.to_dtype(DType::F16).unwrap())).collect();
+        candle_core::safetensors::save(&half, d.join("diffusion_pytorch_model.fp16.safetensors")).unwrap();
+    });
+    let want = load(dir("unet/sd15_tiny/forward.safetensors"))["output"].clone();
+    let e = rel_err(&forward_with(&d, "sd15_tiny"), &want);
+    // half-precision weights: agreement to about 1e-3, not 1e-6
+    assert!(e <= 1e-2, "relative error {e:e}");
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn weights_that_do_not_match_the_config_name_the_file() {
+    let d = rewritten("sd15_tiny", "mismatch", |w, d| {
+        let mut w = w.clone();
+        w.remove("conv_in.weight");
+        candle_core::safetensors::save(&w, d.join("diffusion_pytorch_model.safetensors")).unwrap();
+    });
+    let err = UNet2DConditionModel::load(&d, DType::F32, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("diffusion_pytorch_model.safetensors") && err.contains("conv_in.weight"), "{err}");
+    std::fs::remove_dir_all(&d).ok();
+}
