@@ -113,6 +113,16 @@ fn vae_decode_matches_diffusers() {
     assert!(e <= 1e-4, "relative error {e:e}");
 }
 
+#[test]
+fn vae_encode_matches_diffusers() {
+    let vae = AutoencoderKl::load(&dir("vae/tiny/vae"), DType::F32, &Device::Cpu).unwrap();
+    let io = load(dir("vae/tiny/io.safetensors"));
+    let (mean, std) = vae.encode(&io["image"]).unwrap();
+    let (em, es) = (rel_err(&mean, &io["encoded_mean"]), rel_err(&std, &io["encoded_std"]));
+    eprintln!("vae encode: mean relative error {em:e}, std {es:e}");
+    assert!(em <= 1e-4 && es <= 1e-4, "mean {em:e}, std {es:e}");
+}
+
 fn full_selection(h: usize, w: usize, max_downsample: usize) -> TokenSelection {
     TokenSelection::new(vec![true; h * w], h, w, 3, 3, 0, max_downsample)
 }

@@ -5,6 +5,7 @@
 
 pub mod unet;
 pub mod vae;
+pub mod vae_encoder;
 pub mod weights;
 
 pub use unet::{UNet2DConditionConfig, UNet2DConditionModel};

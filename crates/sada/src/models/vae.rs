@@ -1,5 +1,6 @@
-//! AutoencoderKL decoder from a diffusers `vae/` folder, via candle-transformers' implementation (the
-//! autoencoder is not where SADA acts), configured from the folder's `config.json`.
+//! AutoencoderKL from a diffusers `vae/` folder: the decoder from candle-transformers (the
+//! autoencoder is not where SADA acts), the encoder ours (`vae_encoder.rs`), both configured
+//! from the folder's `config.json`.
 
 use std::path::Path;
 
@@ -34,6 +35,8 @@ pub struct AutoencoderKlConfig {
     pub use_post_quant_conv: bool,
     #[serde(default)]
     pub force_upcast: Option<bool>,
+    #[serde(default = "yes")]
+    pub mid_block_add_attention: bool,
 }
 
 fn three() -> usize {
@@ -61,6 +64,7 @@ fn default_channels() -> Vec<usize> {
 pub struct AutoencoderKl {
     pub config: AutoencoderKlConfig,
     inner: AutoEncoderKL,
+    encoder: super::vae_encoder::VaeEncoder,
 }
 
 impl AutoencoderKl {
@@ -83,14 +87,34 @@ impl AutoencoderKl {
             use_quant_conv: config.use_quant_conv,
             use_post_quant_conv: config.use_post_quant_conv,
         };
-        let inner = AutoEncoderKL::new(vb, config.in_channels, config.out_channels, cfg)
-            .map_err(|e| Error::file(&files[0], format!("weights do not match config.json: {e}")))?;
-        Ok(Self { config, inner })
+        if !config.mid_block_add_attention {
+            return Err(Error::file(&config_path, "unsupported config value `mid_block_add_attention` = false"));
+        }
+        let mismatch = |e: candle_core::Error| Error::file(&files[0], format!("weights do not match config.json: {e}"));
+        let encoder = super::vae_encoder::VaeEncoder::new(
+            vb.clone(),
+            config.in_channels,
+            &config.block_out_channels,
+            config.layers_per_block,
+            config.latent_channels,
+            config.norm_num_groups,
+            config.use_quant_conv,
+            true,
+        )
+        .map_err(mismatch)?;
+        let inner = AutoEncoderKL::new(vb, config.in_channels, config.out_channels, cfg).map_err(mismatch)?;
+        Ok(Self { config, inner, encoder })
     }
 
     /// The sampler's final latents -> image, nominally in [-1, 1] (divides by `scaling_factor`).
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         let scaled = (latents / self.config.scaling_factor)?;
         Ok(self.inner.decode(&scaled)?)
+    }
+
+    /// Image in [-1, 1] -> mean and std of the latent distribution (unscaled, as diffusers'
+    /// `latent_dist`; multiply a sample by `scaling_factor` for the sampler).
+    pub fn encode(&self, image: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok(self.encoder.forward(image)?)
     }
 }

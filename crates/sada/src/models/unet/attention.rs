@@ -29,12 +29,18 @@ pub struct Attention {
 
 impl Attention {
     pub fn new(vb: VarBuilder, query_dim: usize, context_dim: Option<usize>, heads: usize, head_dim: usize) -> candle_core::Result<Self> {
+        Self::with_bias(vb, query_dim, context_dim, heads, head_dim, false)
+    }
+
+    /// `qkv_bias`: whether to_q/to_k/to_v carry biases (the autoencoder's attention does).
+    pub fn with_bias(vb: VarBuilder, query_dim: usize, context_dim: Option<usize>, heads: usize, head_dim: usize, qkv_bias: bool) -> candle_core::Result<Self> {
         let inner = heads * head_dim;
         let context_dim = context_dim.unwrap_or(query_dim);
+        let proj = |cin: usize, name: &str| if qkv_bias { linear(cin, inner, vb.pp(name)) } else { linear_no_bias(cin, inner, vb.pp(name)) };
         Ok(Self {
-            to_q: linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
-            to_k: linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
-            to_v: linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
+            to_q: proj(query_dim, "to_q")?,
+            to_k: proj(context_dim, "to_k")?,
+            to_v: proj(context_dim, "to_v")?,
             to_out: linear(inner, query_dim, vb.pp("to_out").pp("0"))?,
             heads,
             scale: (head_dim as f64).powf(-0.5),

@@ -56,7 +56,7 @@ impl DownBlock {
         let mut h = x.clone();
         let mut states = Vec::new();
         for (i, resnet) in self.resnets.iter().enumerate() {
-            h = resnet.forward(&h, temb)?;
+            h = resnet.forward(&h, Some(temb))?;
             if let Some(attn) = self.attentions.get_mut(i) {
                 let (_, _, hh, ww) = h.dims4()?;
                 h = attn.forward(&h, context, &router.tokens(hh, ww)?)?;
@@ -92,10 +92,10 @@ impl MidBlock {
     }
 
     pub fn forward(&mut self, x: &Tensor, temb: &Tensor, context: &Tensor, router: &mut dyn TokenRouter) -> candle_core::Result<Tensor> {
-        let h = self.resnets[0].forward(x, temb)?;
+        let h = self.resnets[0].forward(x, Some(temb))?;
         let (_, _, hh, ww) = h.dims4()?;
         let h = self.attentions[0].forward(&h, context, &router.tokens(hh, ww)?)?;
-        self.resnets[1].forward(&h, temb)
+        self.resnets[1].forward(&h, Some(temb))
     }
 
     pub fn reset(&mut self) {
@@ -143,7 +143,7 @@ impl UpBlock {
         let mut h = x.clone();
         for (i, resnet) in self.resnets.iter().enumerate() {
             let skip = skips.pop().expect("the down path leaves one state per up-block layer");
-            h = resnet.forward(&Tensor::cat(&[&h, &skip], 1)?, temb)?;
+            h = resnet.forward(&Tensor::cat(&[&h, &skip], 1)?, Some(temb))?;
             if let Some(attn) = self.attentions.get_mut(i) {
                 let (_, _, hh, ww) = h.dims4()?;
                 h = attn.forward(&h, context, &router.tokens(hh, ww)?)?;

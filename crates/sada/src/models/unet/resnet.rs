@@ -8,32 +8,36 @@ pub use super::conv::{conv2d, Conv};
 pub struct ResnetBlock2D {
     norm1: GroupNorm,
     conv1: Conv,
-    time_emb_proj: Linear,
+    /// Absent in the autoencoder's blocks, which take no timestep.
+    time_emb_proj: Option<Linear>,
     norm2: GroupNorm,
     conv2: Conv,
     conv_shortcut: Option<Conv>,
 }
 
 impl ResnetBlock2D {
+    /// `temb`: the timestep-embedding width, or 0 for a block without one.
     pub fn new(vb: VarBuilder, cin: usize, cout: usize, temb: usize, groups: usize, eps: f64) -> candle_core::Result<Self> {
         Ok(Self {
             norm1: group_norm(groups, cin, eps, vb.pp("norm1"))?,
             conv1: conv2d(vb.pp("conv1"), cin, cout, 3, 1, 1)?,
-            time_emb_proj: linear(temb, cout, vb.pp("time_emb_proj"))?,
+            time_emb_proj: if temb > 0 { Some(linear(temb, cout, vb.pp("time_emb_proj"))?) } else { None },
             norm2: group_norm(groups, cout, eps, vb.pp("norm2"))?,
             conv2: conv2d(vb.pp("conv2"), cout, cout, 3, 1, 1)?,
             conv_shortcut: if cin != cout { Some(conv2d(vb.pp("conv_shortcut"), cin, cout, 1, 1, 0)?) } else { None },
         })
     }
 
-    pub fn forward(&self, x: &Tensor, temb: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> candle_core::Result<Tensor> {
         super::profile::timed(super::profile::Part::Resnet, || self.forward_inner(x, temb))
     }
 
-    fn forward_inner(&self, x: &Tensor, temb: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let t = self.time_emb_proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
-        let h = h.broadcast_add(&t)?;
+    fn forward_inner(&self, x: &Tensor, temb: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let mut h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
+            let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
+            h = h.broadcast_add(&t)?;
+        }
         let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
         match &self.conv_shortcut {
             Some(c) => c.forward(x)? + h,

@@ -1,0 +1,111 @@
+//! The AutoencoderKL encoder (diffusers' `Encoder` + `quant_conv`), image -> latent distribution.
+//! candle-transformers keeps its encoder's distribution private, so this one is ours, built
+//! from the UNet's parts.
+
+use candle_core::{Module, Tensor};
+use candle_nn::{group_norm, GroupNorm, VarBuilder};
+
+use super::unet::attention::Attention;
+use super::unet::resnet::{conv2d, Conv, ResnetBlock2D};
+
+/// The autoencoder's single-head spatial self-attention with its own GroupNorm and residual.
+struct SpatialAttention {
+    group_norm: GroupNorm,
+    attn: Attention,
+}
+
+impl SpatialAttention {
+    fn new(vb: VarBuilder, channels: usize, groups: usize) -> candle_core::Result<Self> {
+        Ok(Self {
+            group_norm: group_norm(groups, channels, 1e-6, vb.pp("group_norm"))?,
+            attn: Attention::with_bias(vb, channels, None, 1, channels, true)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let t = self.group_norm.forward(x)?.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
+        let out = self.attn.forward(&t, None)?.transpose(1, 2)?.reshape((b, c, h, w))?;
+        out + x
+    }
+}
+
+pub struct VaeEncoder {
+    conv_in: Conv,
+    blocks: Vec<(Vec<ResnetBlock2D>, Option<Conv>)>,
+    mid: (ResnetBlock2D, Option<SpatialAttention>, ResnetBlock2D),
+    conv_norm_out: GroupNorm,
+    conv_out: Conv,
+    quant_conv: Option<Conv>,
+}
+
+impl VaeEncoder {
+    pub fn new(
+        vb: VarBuilder,
+        in_channels: usize,
+        channels: &[usize],
+        layers: usize,
+        latent_channels: usize,
+        groups: usize,
+        use_quant_conv: bool,
+        mid_attention: bool,
+    ) -> candle_core::Result<Self> {
+        let enc = vb.pp("encoder");
+        let eps = 1e-6;
+        let conv_in = conv2d(enc.pp("conv_in"), in_channels, channels[0], 3, 1, 1)?;
+        let mut blocks = Vec::new();
+        let mut cin = channels[0];
+        for (i, &cout) in channels.iter().enumerate() {
+            let b = enc.pp("down_blocks").pp(i);
+            let resnets = (0..layers)
+                .map(|j| ResnetBlock2D::new(b.pp("resnets").pp(j), if j == 0 { cin } else { cout }, cout, 0, groups, eps))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let down = if i + 1 < channels.len() { Some(conv2d(b.pp("downsamplers").pp(0).pp("conv"), cout, cout, 3, 2, 0)?) } else { None };
+            blocks.push((resnets, down));
+            cin = cout;
+        }
+        let last = *channels.last().expect("at least one level");
+        let m = enc.pp("mid_block");
+        let mid = (
+            ResnetBlock2D::new(m.pp("resnets").pp(0), last, last, 0, groups, eps)?,
+            if mid_attention { Some(SpatialAttention::new(m.pp("attentions").pp(0), last, groups)?) } else { None },
+            ResnetBlock2D::new(m.pp("resnets").pp(1), last, last, 0, groups, eps)?,
+        );
+        Ok(Self {
+            conv_in,
+            blocks,
+            mid,
+            conv_norm_out: group_norm(groups, last, eps, enc.pp("conv_norm_out"))?,
+            conv_out: conv2d(enc.pp("conv_out"), last, 2 * latent_channels, 3, 1, 1)?,
+            quant_conv: if use_quant_conv { Some(conv2d(vb.pp("quant_conv"), 2 * latent_channels, 2 * latent_channels, 1, 1, 0)?) } else { None },
+        })
+    }
+
+    /// Mean and standard deviation of the latent distribution (logvar clamped to [-30, 20]).
+    pub fn forward(&self, image: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let mut h = self.conv_in.forward(image)?;
+        for (resnets, down) in &self.blocks {
+            for r in resnets {
+                h = r.forward(&h, None)?;
+            }
+            if let Some(d) = down {
+                // diffusers pads right and bottom by one, then convolves with stride 2, no padding
+                h = d.forward(&h.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?)?;
+            }
+        }
+        h = self.mid.0.forward(&h, None)?;
+        if let Some(a) = &self.mid.1 {
+            h = a.forward(&h)?;
+        }
+        h = self.mid.2.forward(&h, None)?;
+        let mut p = self.conv_out.forward(&self.conv_norm_out.forward(&h)?.silu()?)?;
+        if let Some(q) = &self.quant_conv {
+            p = q.forward(&p)?;
+        }
+        let c = p.dim(1)? / 2;
+        let mean = p.narrow(1, 0, c)?;
+        let logvar = p.narrow(1, c, c)?.clamp(-30f32, 20f32)?;
+        let std = (logvar * 0.5)?.exp()?;
+        Ok((mean, std))
+    }
+}
