@@ -13,6 +13,7 @@
 //! - [`sampling`]: the loop that runs solver + policy + denoiser and records a [`sampling::Trace`].
 //! - [`gmm`]: the exact posterior-mean denoiser of a Gaussian mixture, for tests and benchmarks.
 
+pub mod defaults;
 pub mod denoiser;
 pub mod error;
 pub mod gmm;

@@ -13,47 +13,32 @@ use crate::models::weights;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct AutoencoderKlConfig {
-    #[serde(default = "three")]
+    #[serde(default = "crate::defaults::usize::<3>")]
     pub in_channels: usize,
-    #[serde(default = "three")]
+    #[serde(default = "crate::defaults::usize::<3>")]
     pub out_channels: usize,
     #[serde(default = "default_channels")]
     pub block_out_channels: Vec<usize>,
-    #[serde(default = "one")]
+    #[serde(default = "crate::defaults::usize::<1>")]
     pub layers_per_block: usize,
-    #[serde(default = "four")]
+    #[serde(default = "crate::defaults::usize::<4>")]
     pub latent_channels: usize,
-    #[serde(default = "thirty_two")]
+    #[serde(default = "crate::defaults::usize::<32>")]
     pub norm_num_groups: usize,
     #[serde(default = "scaling")]
     pub scaling_factor: f64,
     #[serde(default)]
     pub shift_factor: Option<f64>,
-    #[serde(default = "yes")]
+    #[serde(default = "crate::defaults::yes")]
     pub use_quant_conv: bool,
-    #[serde(default = "yes")]
+    #[serde(default = "crate::defaults::yes")]
     pub use_post_quant_conv: bool,
     #[serde(default)]
     pub force_upcast: Option<bool>,
-    #[serde(default = "yes")]
+    #[serde(default = "crate::defaults::yes")]
     pub mid_block_add_attention: bool,
 }
 
-fn three() -> usize {
-    3
-}
-fn four() -> usize {
-    4
-}
-fn one() -> usize {
-    1
-}
-fn thirty_two() -> usize {
-    32
-}
-fn yes() -> bool {
-    true
-}
 fn scaling() -> f64 {
     0.18215
 }

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 /// Defaults are diffusers' constructor defaults, shared by DDPM/DDIM/DPM-Solver/Euler.
 #[derive(Debug, Clone, Deserialize)]
 pub struct TrainingSchedule {
-    #[serde(default = "default_num_train_timesteps")]
+    #[serde(default = "crate::defaults::usize::<1000>")]
     pub num_train_timesteps: usize,
     #[serde(default = "default_beta_start")]
     pub beta_start: f64,
@@ -22,9 +22,6 @@ pub struct TrainingSchedule {
     pub rescale_betas_zero_snr: bool,
 }
 
-fn default_num_train_timesteps() -> usize {
-    1000
-}
 fn default_beta_start() -> f64 {
     0.0001
 }

@@ -17,9 +17,9 @@ use crate::schedule::{karras_sigmas, sigma_to_t, NoiseSchedule, TimestepSpacing,
 pub struct DpmSolverConfig {
     #[serde(flatten)]
     pub schedule: TrainingSchedule,
-    #[serde(default = "two")]
+    #[serde(default = "crate::defaults::usize::<2>")]
     pub solver_order: usize,
-    #[serde(default = "epsilon")]
+    #[serde(default = "crate::defaults::epsilon")]
     pub prediction_type: String,
     #[serde(default)]
     pub thresholding: bool,
@@ -27,7 +27,7 @@ pub struct DpmSolverConfig {
     pub algorithm_type: String,
     #[serde(default = "midpoint")]
     pub solver_type: String,
-    #[serde(default = "yes")]
+    #[serde(default = "crate::defaults::yes")]
     pub lower_order_final: bool,
     #[serde(default)]
     pub euler_at_final: bool,
@@ -48,29 +48,17 @@ pub struct DpmSolverConfig {
     pub lambda_min_clipped: Option<f64>,
     #[serde(default)]
     pub variance_type: Option<String>,
-    #[serde(default = "linspace")]
+    #[serde(default = "crate::defaults::linspace")]
     pub timestep_spacing: String,
     #[serde(default)]
     pub steps_offset: usize,
 }
 
-fn two() -> usize {
-    2
-}
-fn yes() -> bool {
-    true
-}
-fn epsilon() -> String {
-    "epsilon".into()
-}
 fn dpmsolverpp() -> String {
     "dpmsolver++".into()
 }
 fn midpoint() -> String {
     "midpoint".into()
-}
-fn linspace() -> String {
-    "linspace".into()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use crate::schedule::{interp_table, karras_sigmas, sigma_to_t, NoiseSchedule, Ti
 pub struct EulerDiscreteConfig {
     #[serde(flatten)]
     pub schedule: TrainingSchedule,
-    #[serde(default = "epsilon")]
+    #[serde(default = "crate::defaults::epsilon")]
     pub prediction_type: String,
     #[serde(default = "linear")]
     pub interpolation_type: String,
@@ -29,7 +29,7 @@ pub struct EulerDiscreteConfig {
     pub sigma_min: Option<f64>,
     #[serde(default)]
     pub sigma_max: Option<f64>,
-    #[serde(default = "linspace")]
+    #[serde(default = "crate::defaults::linspace")]
     pub timestep_spacing: String,
     #[serde(default = "discrete")]
     pub timestep_type: String,
@@ -39,14 +39,8 @@ pub struct EulerDiscreteConfig {
     pub final_sigmas_type: Option<String>,
 }
 
-fn epsilon() -> String {
-    "epsilon".into()
-}
 fn linear() -> String {
     "linear".into()
-}
-fn linspace() -> String {
-    "linspace".into()
 }
 fn discrete() -> String {
     "discrete".into()

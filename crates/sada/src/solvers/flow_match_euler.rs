@@ -13,9 +13,9 @@ use crate::schedule::np_linspace;
 /// The keys of diffusers' `FlowMatchEulerDiscreteScheduler`, with its defaults.
 #[derive(Debug, Clone, Deserialize)]
 pub struct FlowMatchEulerDiscreteConfig {
-    #[serde(default = "thousand")]
+    #[serde(default = "crate::defaults::usize::<1000>")]
     pub num_train_timesteps: usize,
-    #[serde(default = "one")]
+    #[serde(default = "crate::defaults::one_f64")]
     pub shift: f64,
     #[serde(default)]
     pub use_dynamic_shifting: bool,
@@ -43,12 +43,6 @@ pub struct FlowMatchEulerDiscreteConfig {
     pub stochastic_sampling: bool,
 }
 
-fn thousand() -> usize {
-    1000
-}
-fn one() -> f64 {
-    1.0
-}
 fn exponential() -> String {
     "exponential".into()
 }

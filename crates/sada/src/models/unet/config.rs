@@ -26,13 +26,13 @@ impl PerLevel {
 pub struct UNet2DConditionConfig {
     #[serde(default)]
     pub sample_size: Option<serde_json::Value>,
-    #[serde(default = "four")]
+    #[serde(default = "crate::defaults::usize::<4>")]
     pub in_channels: usize,
-    #[serde(default = "four")]
+    #[serde(default = "crate::defaults::usize::<4>")]
     pub out_channels: usize,
     #[serde(default)]
     pub center_input_sample: bool,
-    #[serde(default = "yes")]
+    #[serde(default = "crate::defaults::yes")]
     pub flip_sin_to_cos: bool,
     #[serde(default)]
     pub freq_shift: f64,
@@ -48,9 +48,9 @@ pub struct UNet2DConditionConfig {
     pub block_out_channels: Vec<usize>,
     #[serde(default = "two_levels")]
     pub layers_per_block: PerLevel,
-    #[serde(default = "one_f")]
+    #[serde(default = "crate::defaults::one_f64")]
     pub downsample_padding: f64,
-    #[serde(default = "one_f")]
+    #[serde(default = "crate::defaults::one_f64")]
     pub mid_block_scale_factor: f64,
     #[serde(default = "silu")]
     pub act_fn: String,
@@ -90,9 +90,9 @@ pub struct UNet2DConditionConfig {
     pub time_embedding_type: String,
     #[serde(default)]
     pub time_cond_proj_dim: Option<usize>,
-    #[serde(default = "three")]
+    #[serde(default = "crate::defaults::usize::<3>")]
     pub conv_in_kernel: usize,
-    #[serde(default = "three")]
+    #[serde(default = "crate::defaults::usize::<3>")]
     pub conv_out_kernel: usize,
     #[serde(default)]
     pub projection_class_embeddings_input_dim: Option<usize>,
@@ -114,22 +114,10 @@ pub struct UNet2DConditionConfig {
     pub encoder_hid_dim_type: Option<String>,
     #[serde(default)]
     pub resnet_skip_time_act: bool,
-    #[serde(default = "one_f")]
+    #[serde(default = "crate::defaults::one_f64")]
     pub resnet_out_scale_factor: f64,
 }
 
-fn four() -> usize {
-    4
-}
-fn three() -> usize {
-    3
-}
-fn yes() -> bool {
-    true
-}
-fn one_f() -> f64 {
-    1.0
-}
 fn eps() -> f64 {
     1e-5
 }
