@@ -89,7 +89,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let dtype = match args.dtype {
         DtypeArg::F32 => DType::F32,
         DtypeArg::F16 => DType::F16,
-        DtypeArg::Bf16 => DType::BF16,
+        DtypeArg::Bf16 => bail!("--dtype bf16 is not supported on the CPU (candle has no bf16 matrix product there); use f32 or f16"),
     };
     let kind = match args.solver {
         SolverArg::DpmPp => SolverKind::DpmSolverMultistep,

@@ -51,8 +51,9 @@ fn main() {
         Command::BenchUnet(a) => bench_unet::run(a),
     };
     if let Err(e) = result {
-        // One line: the chain of causes, outermost first.
-        let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        // One line: the chain of causes, outermost first (candle appends a backtrace on later
+        // lines when RUST_BACKTRACE is set; it is dropped here).
+        let msg: Vec<String> = e.chain().map(|c| c.to_string().lines().next().unwrap_or("").to_owned()).collect();
         eprintln!("error: {}", msg.join(": "));
         std::process::exit(1);
     }
