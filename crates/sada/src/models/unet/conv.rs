@@ -21,7 +21,9 @@ pub struct Conv {
 pub fn conv2d(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize, padding: usize) -> candle_core::Result<Conv> {
     let inner = candle_nn::conv2d(cin, cout, k, Conv2dConfig { padding, stride, ..Default::default() }, vb)?;
     let w = inner.weight();
-    let (flat, bias) = if matches!(w.device(), Device::Cpu) && w.dtype() == DType::F32 {
+    // Trainable weights (variables) keep candle's convolution, which records the backward graph;
+    // the GEMM path rebuilds tensors from raw data and would cut it.
+    let (flat, bias) = if matches!(w.device(), Device::Cpu) && w.dtype() == DType::F32 && !w.is_variable() {
         (Some(w.reshape((cout, cin * k * k))?.contiguous()?), inner.bias().map(|b| b.reshape((cout, 1))).transpose()?)
     } else {
         (None, None)
