@@ -14,6 +14,7 @@
 //! - [`gmm`]: the exact posterior-mean denoiser of a Gaussian mixture, for tests and benchmarks.
 
 pub mod defaults;
+pub mod data;
 pub mod denoiser;
 pub mod error;
 pub mod gmm;

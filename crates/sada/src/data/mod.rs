@@ -1,0 +1,3 @@
+//! Training data made by the project itself (no downloads).
+
+pub mod shapes;
