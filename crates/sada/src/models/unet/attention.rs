@@ -4,7 +4,7 @@
 //! A pruned block, in one place: gather the computed tokens -> run the block on them only ->
 //! scatter their outputs into the block's cache -> read every other token from the cache.
 
-use candle_core::{DType, Module, Tensor, D};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{group_norm, layer_norm, linear, linear_no_bias, GroupNorm, LayerNorm, Linear, VarBuilder};
 
 use super::resnet::{conv2d, Conv};
@@ -90,23 +90,29 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f
     out.to_dtype(dtype)
 }
 
-/// GEGLU feed-forward (`FeedForward` with activation `geglu`).
+/// GEGLU feed-forward (`FeedForward` with activation `geglu`). The input projection's two
+/// halves (value and gate) are held as separate matrices, so each product comes out contiguous
+/// instead of as two strided views of one.
 pub struct FeedForward {
-    proj: Linear,
+    value: Linear,
+    gate: Linear,
     out: Linear,
 }
 
 impl FeedForward {
     pub fn new(vb: VarBuilder, dim: usize) -> candle_core::Result<Self> {
         let inner = dim * 4;
-        Ok(Self { proj: linear(dim, inner * 2, vb.pp("net.0.proj"))?, out: linear(inner, dim, vb.pp("net.2"))? })
+        let proj = linear(dim, inner * 2, vb.pp("net.0.proj"))?;
+        let (w, b) = (proj.weight(), proj.bias().expect("linear() has a bias"));
+        let half = |i: usize| -> candle_core::Result<Linear> {
+            Ok(Linear::new(w.narrow(0, i * inner, inner)?.contiguous()?, Some(b.narrow(0, i * inner, inner)?.contiguous()?)))
+        };
+        Ok(Self { value: half(0)?, gate: half(1)?, out: linear(inner, dim, vb.pp("net.2"))? })
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.proj.forward(x)?;
-        let half = h.dim(D::Minus1)? / 2;
-        let (a, gate) = (h.narrow(D::Minus1, 0, half)?, h.narrow(D::Minus1, half, half)?);
-        self.out.forward(&(a * gate.gelu_erf()?)?)
+        let h = (self.value.forward(x)? * self.gate.forward(x)?.gelu_erf()?)?;
+        self.out.forward(&h)
     }
 }
 

@@ -7,6 +7,7 @@
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use rayon::prelude::*;
 
 pub struct Conv {
     inner: Conv2d,
@@ -42,58 +43,65 @@ impl Module for Conv {
         let oh = (h + 2 * p - k) / s + 1;
         let ow = (w + 2 * p - k) / s + 1;
         let x = x.contiguous()?;
-        let mut outs = Vec::with_capacity(b);
-        for i in 0..b {
-            let img = x.get(i)?;
-            let cols = if k == 1 && s == 1 && p == 0 { img.reshape((c, h * w))? } else { im2col(&img, k, s, p, oh, ow)? };
-            let mut y = flat.matmul(&cols)?;
-            if let Some(bias) = &self.bias {
-                y = y.broadcast_add(bias)?;
-            }
-            outs.push(y.reshape((flat.dim(0)?, oh, ow))?);
+        let n = oh * ow;
+        // All images' patches side by side in one [C k k, B oh ow] matrix: one product reads the
+        // kernel once (deep levels have large kernels and few pixels).
+        let cols = if k == 1 && s == 1 && p == 0 {
+            x.reshape((b, c, n))?.transpose(0, 1)?.reshape((c, b * n))?
+        } else {
+            let src: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            let kk = c * k * k;
+            let mut cols = vec![0f32; kk * b * n];
+            // one input channel's k*k rows at a time, in parallel (the copy is memory-bound)
+            cols.par_chunks_mut(k * k * b * n).enumerate().for_each(|(ci, rows)| {
+                for i in 0..b {
+                    let plane = &src[(i * c + ci) * h * w..(i * c + ci + 1) * h * w];
+                    im2col(plane, (h, w), k, s, p, (oh, ow), rows, b * n, i * n);
+                }
+            });
+            Tensor::from_vec(cols, (kk, b * n), x.device())?
+        };
+        let mut y = flat.matmul(&cols)?;
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(bias)?;
         }
-        Tensor::stack(&outs, 0)
+        let c_out = flat.dim(0)?;
+        y.reshape((c_out, b, oh, ow))?.transpose(0, 1)?.contiguous()
     }
 }
 
-/// Patches of a `[C, H, W]` image as a `[C * k * k, oh * ow]` matrix (zero padding).
-fn im2col(img: &Tensor, k: usize, s: usize, p: usize, oh: usize, ow: usize) -> candle_core::Result<Tensor> {
-    let (c, h, w) = img.dims3()?;
-    let src: Vec<f32> = img.flatten_all()?.to_vec1()?;
-    let n = oh * ow;
-    let mut cols = vec![0f32; c * k * k * n];
-    for ci in 0..c {
-        let plane = &src[ci * h * w..(ci + 1) * h * w];
-        for kh in 0..k {
-            for kw in 0..k {
-                let row = &mut cols[((ci * k + kh) * k + kw) * n..][..n];
-                for oy in 0..oh {
-                    let iy = (oy * s + kh) as isize - p as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
+/// Write the patches of one `[H, W]` channel plane (zero padding) into the k*k rows `rows` of a
+/// row-major matrix with `stride` columns, starting at column `col0`: row (kh, kw), column (oy, ox).
+#[allow(clippy::too_many_arguments)]
+fn im2col(plane: &[f32], (h, w): (usize, usize), k: usize, s: usize, p: usize, (oh, ow): (usize, usize), rows: &mut [f32], stride: usize, col0: usize) {
+    for kh in 0..k {
+        for kw in 0..k {
+            let row = &mut rows[(kh * k + kw) * stride + col0..][..oh * ow];
+            for oy in 0..oh {
+                let iy = (oy * s + kh) as isize - p as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let src_row = &plane[iy as usize * w..(iy as usize + 1) * w];
+                let dst = &mut row[oy * ow..(oy + 1) * ow];
+                if s == 1 {
+                    // contiguous run: output x maps to input x + kw - p
+                    let lo = p.saturating_sub(kw);
+                    let hi = ow.min((w + p).saturating_sub(kw));
+                    if lo < hi {
+                        dst[lo..hi].copy_from_slice(&src_row[lo + kw - p..hi + kw - p]);
                     }
-                    let src_row = &plane[iy as usize * w..(iy as usize + 1) * w];
-                    let dst = &mut row[oy * ow..(oy + 1) * ow];
-                    if s == 1 {
-                        // contiguous run: output x maps to input x + kw - p
-                        let lo = p.saturating_sub(kw);
-                        let hi = ow.min((w + p).saturating_sub(kw));
-                        if lo < hi {
-                            dst[lo..hi].copy_from_slice(&src_row[lo + kw - p..hi + kw - p]);
-                        }
-                    } else {
-                        for (ox, d) in dst.iter_mut().enumerate() {
-                            let ix = (ox * s + kw) as isize - p as isize;
-                            if ix >= 0 && (ix as usize) < w {
-                                *d = src_row[ix as usize];
-                            }
+                } else {
+                    for (ox, d) in dst.iter_mut().enumerate() {
+                        let ix = (ox * s + kw) as isize - p as isize;
+                        if ix >= 0 && (ix as usize) < w {
+                            *d = src_row[ix as usize];
                         }
                     }
                 }
             }
         }
     }
-    Tensor::from_vec(cols, (c * k * k, n), img.device())
 }
 
 #[cfg(test)]
