@@ -68,7 +68,8 @@ impl Attention {
 /// is therefore always on), processed in query chunks so the score matrix stays bounded.
 pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
     let dtype = q.dtype();
-    let (q, k, v) = (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
+    // scaling q (N x D) instead of the scores (N x N) saves a pass over the largest tensor
+    let (q, k, v) = ((q.to_dtype(DType::F32)? * scale)?, k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
     let kt = k.transpose(2, 3)?.contiguous()?;
     let n = q.dim(2)?;
     // keep each [B, H, chunk, Nk] score block around 16 MB: under the allocator's mmap threshold,
@@ -81,7 +82,7 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f
     while start < n {
         let len = chunk.min(n - start);
         let qc = q.narrow(2, start, len)?;
-        let scores = (qc.matmul(&kt)? * scale)?;
+        let scores = qc.matmul(&kt)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         outs.push(probs.matmul(&v)?);
         start += len;
