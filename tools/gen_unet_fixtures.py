@@ -82,48 +82,16 @@ SDXL_TIME_IDS = [64.0, 64.0, 0.0, 0.0, 64.0, 64.0]  # orig_h, orig_w, crop_top, 
 
 # Real scheduler_config.json contents of the corresponding model folders (as in
 # gen_scheduler_fixtures.py, without _diffusers_version).
-SD15_SCHED = {
-    "_class_name": "PNDMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-    "clip_sample": False,
-}
-SD21_SCHED = {
-    "_class_name": "DDIMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "prediction_type": "v_prediction",
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
-SDXL_SCHED = {
-    "_class_name": "EulerDiscreteScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "interpolation_type": "linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "sample_max_value": 1.0,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "trained_betas": None,
-    "use_karras_sigmas": False,
-}
+from published_configs import SD15, SD21, SDXL  # noqa: E402
+
+
+def _without_version(cfg):
+    return {k: v for k, v in cfg.items() if k != "_diffusers_version"}
+
+
+SD15_SCHED = _without_version(SD15)
+SD21_SCHED = _without_version(SD21)
+SDXL_SCHED = _without_version(SDXL)
 
 # Note on attention_head_dim: when num_attention_heads is not given, diffusers uses
 # attention_head_dim as the NUMBER OF HEADS per block (legacy naming); the per-head
