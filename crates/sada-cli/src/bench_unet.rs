@@ -7,7 +7,7 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use clap::Args;
-use sada::denoiser::{Conditioning, Denoiser, Guided};
+use sada::denoiser::{Conditioning, Guided};
 use sada::models::unet::presets;
 use sada::models::{UNet2DConditionConfig, UNet2DConditionModel};
 use sada::policy::{NoAcceleration, Policy, Sada, SadaConfig, TokenPlan};
@@ -105,6 +105,5 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
             );
         }
     }
-    let _ = unet.supports_token_pruning();
     Ok(())
 }

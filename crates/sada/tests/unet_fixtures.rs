@@ -36,13 +36,19 @@ fn unet(case: &str) -> UNet2DConditionModel {
     UNet2DConditionModel::load(&dir(&format!("unet/{case}/unet")), DType::F32, &Device::Cpu).unwrap()
 }
 
-fn forward_matches(case: &str) {
-    let mut model = unet(case);
-    let f = load(dir(&format!("unet/{case}/forward.safetensors")));
+/// The conditioning stored with a forward-pass fixture (SDXL cases add text_embeds/time_ids).
+fn forward_cond(f: &HashMap<String, Tensor>) -> Conditioning {
     let mut cond = Conditioning::new().with("encoder_hidden_states", f["encoder_hidden_states"].clone());
     if let (Some(te), Some(ti)) = (f.get("text_embeds"), f.get("time_ids")) {
         cond = cond.with("text_embeds", te.clone()).with("time_ids", ti.clone());
     }
+    cond
+}
+
+fn forward_matches(case: &str) {
+    let mut model = unet(case);
+    let f = load(dir(&format!("unet/{case}/forward.safetensors")));
+    let cond = forward_cond(&f);
     for (t, out) in [("timestep", "output"), ("timestep_b", "output_b")] {
         let ts = f[t].to_vec1::<f32>().unwrap()[0] as f64;
         let got = model.predict(&f["sample"], ts, &cond, &TokenPlan::Full).unwrap();
@@ -132,10 +138,7 @@ fn pruning_with_every_token_computed_equals_the_full_model_exactly() {
     for case in ["sd15_tiny", "sd2_tiny", "sdxl_tiny"] {
         let mut model = unet(case);
         let f = load(dir(&format!("unet/{case}/forward.safetensors")));
-        let mut cond = Conditioning::new().with("encoder_hidden_states", f["encoder_hidden_states"].clone());
-        if let (Some(te), Some(ti)) = (f.get("text_embeds"), f.get("time_ids")) {
-            cond = cond.with("text_embeds", te.clone()).with("time_ids", ti.clone());
-        }
+        let cond = forward_cond(&f);
         let (_, _, h, w) = f["sample"].dims4().unwrap();
         let full = model.predict(&f["sample"], 377.0, &cond, &TokenPlan::Full).unwrap();
         let pruned = model.predict(&f["sample"], 377.0, &cond, &TokenPlan::Pruned(full_selection(h, w, 2))).unwrap();
@@ -240,10 +243,7 @@ fn partial_pruning_works_on_non_square_latents_batches_and_coarser_levels() {
     for case in ["sd2_tiny", "sdxl_tiny"] {
         let mut model = unet(case);
         let f = load(dir(&format!("unet/{case}/forward.safetensors")));
-        let mut cond = Conditioning::new().with("encoder_hidden_states", f["encoder_hidden_states"].clone());
-        if let (Some(te), Some(ti)) = (f.get("text_embeds"), f.get("time_ids")) {
-            cond = cond.with("text_embeds", te.clone()).with("time_ids", ti.clone());
-        }
+        let cond = forward_cond(&f);
         let (_, _, h, w) = f["sample"].dims4().unwrap();
         let mut score = vec![false; h * w];
         score[w + 1] = true;

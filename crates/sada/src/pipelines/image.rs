@@ -1,7 +1,5 @@
 //! Decoded images: tensor -> 8-bit RGB, and PNG files that carry their generation settings.
 
-use std::io::Write;
-
 use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
@@ -40,7 +38,6 @@ pub fn png_bytes(img: &RgbImage, text: &[(&str, String)]) -> Result<Vec<u8>> {
         w.write_image_data(&img.pixels).map_err(|e| Error::param("png", e.to_string()))?;
         w.finish().map_err(|e| Error::param("png", e.to_string()))?;
     }
-    out.flush().ok();
     Ok(out)
 }
 

@@ -135,7 +135,8 @@ impl DpmSolverMultistep {
         let log_sigmas = schedule.log_sigmas();
         let (timesteps, mut sigmas): (Vec<f64>, Vec<f32>) = if config.use_karras_sigmas.unwrap_or(false) {
             let karras = karras_sigmas(table[0] as f64, table[num_train - 1] as f64, num_inference_steps);
-            let round = BetaScheduleIsCosine::check(&config.schedule.beta_schedule);
+            // diffusers rounds Karras timesteps unless the schedule is the cosine one
+            let round = config.schedule.beta_schedule != "squaredcos_cap_v2";
             let ts = karras
                 .iter()
                 .map(|&s| {
@@ -235,14 +236,6 @@ impl DpmSolverMultistep {
         let x = (scale(sample, sigma_t / sigma_s0)? - scale(m0, alpha_t * em1)?)?;
         let x = (x + scale(&d1, alpha_t * (em1 / h + 1.0))?)?;
         Ok((x - scale(&d2, alpha_t * ((em1 + h) / (h * h) - 0.5))?)?)
-    }
-}
-
-/// diffusers rounds Karras timesteps unless the schedule is the cosine one.
-struct BetaScheduleIsCosine;
-impl BetaScheduleIsCosine {
-    fn check(beta_schedule: &str) -> bool {
-        beta_schedule != "squaredcos_cap_v2"
     }
 }
 
