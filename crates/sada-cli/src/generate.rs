@@ -12,7 +12,7 @@ use sada::pipelines::{GenerateOptions, PipelineInputs, StableDiffusion};
 use sada::solvers::SolverKind;
 
 use crate::args::{progress, SadaArgs, SolverArg};
-use crate::output::write_atomic;
+use crate::output::{replace_atomically, write_atomic};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Accel {
@@ -136,10 +136,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     });
     match args.output_type {
         OutputType::Latent => {
-            let tmp = args.output.with_extension("partial.safetensors");
-            candle_core::safetensors::save(&HashMap::from([("latents".to_string(), latents.to_dtype(DType::F32)?)]), &tmp)
-                .with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &args.output).with_context(|| format!("writing {}", args.output.display()))?;
+            let latents = HashMap::from([("latents".to_string(), latents.to_dtype(DType::F32)?)]);
+            replace_atomically(&args.output, |tmp| Ok(candle_core::safetensors::save(&latents, tmp)?))?;
         }
         OutputType::Pil => {
             let image = pipe.decode(&latents)?.context("no VAE")?;

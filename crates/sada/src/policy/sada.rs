@@ -175,15 +175,12 @@ impl Sada {
         &self.cfg
     }
 
-    /// The ODE drift f_n in VP scale (§2), from the guided output `o` at step n.
-    fn drift(&self, n: usize, sample: &Tensor, o: &Tensor, solver: &dyn Solver) -> Result<Tensor> {
+    /// The ODE drift f_n in VP scale (§2), from x_n in VP scale and the guided output `o`.
+    fn drift(&self, n: usize, x_vp: &Tensor, o: &Tensor, solver: &dyn Solver) -> Result<Tensor> {
         let nz = solver.noise(n);
         let coef = 0.5 * nz.beta * self.num_steps as f64;
         match self.prediction_type {
-            PredictionType::Epsilon => {
-                let x_vp = self.to_vp(sample, n, solver)?;
-                Ok((x_vp.affine(-coef, 0.0)? + o.affine(coef / nz.sigma_t, 0.0)?)?)
-            }
+            PredictionType::Epsilon => Ok((x_vp.affine(-coef, 0.0)? + o.affine(coef / nz.sigma_t, 0.0)?)?),
             PredictionType::VPrediction => {
                 // The reference uses the table's sqrt(alphas_cumprod) for DPM-Solver and the
                 // sigma-derived alpha for Euler.
@@ -205,7 +202,8 @@ impl Sada {
     }
 
     fn observe_vp(&mut self, n: usize, obs: &Observation, o: &Tensor, solver: &dyn Solver) -> Result<Option<(f64, Tensor)>> {
-        let f = self.drift(n, obs.sample, o, solver)?;
+        let x_vp = self.to_vp(obs.sample, n, solver)?;
+        let f = self.drift(n, &x_vp, o, solver)?;
         self.drifts.push_back(f);
         if self.drifts.len() > 3 {
             self.drifts.pop_front();
@@ -226,7 +224,6 @@ impl Sada {
         let (f2, f1, f0) = (&self.drifts[0], &self.drifts[1], &self.drifts[2]);
         let delta = 1.0 / self.num_steps as f64;
         // Third-order Adams-Moulton-style predictor, coefficients as in the reference code.
-        let x_vp = self.to_vp(obs.sample, n, solver)?;
         let xhat_vp = (((x_vp - f0.affine(0.625 * delta, 0.0)?)? - f1.affine(0.75 * delta, 0.0)?)?
             + f2.affine(0.375 * delta, 0.0)?)?;
         let xhat = match self.latent {
