@@ -25,5 +25,6 @@ pub mod policy;
 pub mod sampling;
 pub mod schedule;
 pub mod solvers;
+pub mod text;
 
 pub use error::{Error, Result};

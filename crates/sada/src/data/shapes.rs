@@ -116,6 +116,32 @@ impl Scene {
         }
     }
 
+    /// Every distinct scene (3,360: background x colour x shape x size x position), in a fixed
+    /// order. A scene is a pure function of its caption, so this is also every caption.
+    pub fn all() -> Vec<Scene> {
+        let mut scenes = Vec::new();
+        for background in 0..COLOURS.len() {
+            for colour in (0..COLOURS.len()).filter(|&c| c != background) {
+                for shape in SHAPES {
+                    for size in [Size::Small, Size::Large] {
+                        for position in POSITIONS {
+                            scenes.push(Scene { shape, colour, size, position, background });
+                        }
+                    }
+                }
+            }
+        }
+        scenes
+    }
+
+    /// Whether the caption belongs to the held-out tenth that training never sees (FNV-1a hash
+    /// of the caption, so the split is stable across machines and languages: the training
+    /// script reads the split from the exported file, it does not recompute it).
+    pub fn is_held_out(&self) -> bool {
+        let hash = self.caption().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3));
+        hash % 10 == 0
+    }
+
     pub fn caption(&self) -> String {
         let bg = COLOURS[self.background].0;
         let article = if bg.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
@@ -214,6 +240,19 @@ mod tests {
             assert!(a.iter().any(|x| x.shape == s), "{s:?} never drawn");
         }
         assert!(a.iter().all(|s| s.colour != s.background));
+    }
+
+    #[test]
+    fn every_caption_once_and_a_tenth_held_out_across_all_backgrounds() {
+        let all = Scene::all();
+        assert_eq!(all.len(), 8 * 7 * 6 * 2 * 5);
+        let captions: std::collections::HashSet<String> = all.iter().map(|s| s.caption()).collect();
+        assert_eq!(captions.len(), all.len());
+        let held: Vec<&Scene> = all.iter().filter(|s| s.is_held_out()).collect();
+        assert!((250..450).contains(&held.len()), "{} held out", held.len());
+        for b in 0..COLOURS.len() {
+            assert!(held.iter().filter(|s| s.background == b).count() >= 15, "background {b}");
+        }
     }
 
     #[test]

@@ -1,24 +1,31 @@
-//! Stable Diffusion (1.x, 2.x, XL) from a diffusers folder: `unet/`, `scheduler/`, optional `vae/`.
-//! Text encoders are not loaded here: conditioning comes as precomputed embeddings named as
-//! diffusers names the pipeline arguments.
+//! Stable Diffusion (1.x, 2.x, XL) from a diffusers folder: `unet/`, `scheduler/`, optional `vae/`,
+//! and optional `tokenizer/` + `text_encoder/`. Conditioning comes either from a prompt (where
+//! the folder's tokenizer is one we read: word-level, as the embedded default model's) or as
+//! precomputed embeddings named as diffusers names the pipeline arguments. A folder whose
+//! `model_index.json` lists no VAE (`"vae": [null, null]`) is a pixel-space model: the UNet
+//! denoises images directly and "decoding" is the identity.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use crate::denoiser::{Conditioning, Guided};
 use crate::error::{Error, Result};
-use crate::models::{AutoencoderKl, UNet2DConditionModel};
+use crate::models::{AutoencoderKl, ModelSource, UNet2DConditionModel};
 use crate::policy::{NoAcceleration, Policy, Sada, SadaConfig};
 use crate::sampling::{sample, Trace};
-use crate::solvers::{build_solver, load_scheduler_config, FlowTimesteps, Solver, SolverKind};
+use crate::solvers::{build_solver, FlowTimesteps, Solver, SolverKind};
+use crate::text::{ClipTextEncoder, WordLevelTokenizer};
 
 pub struct StableDiffusion {
-    pub dir: PathBuf,
+    pub source: ModelSource,
     pub unet: UNet2DConditionModel,
     pub vae: Option<AutoencoderKl>,
+    /// Loaded on the first prompt (folders with only precomputed embeddings never need it).
+    text: Option<(WordLevelTokenizer, ClipTextEncoder)>,
+    pub pixel_space: bool,
     scheduler_config: serde_json::Map<String, serde_json::Value>,
     device: Device,
     dtype: DType,
@@ -87,17 +94,73 @@ impl StableDiffusion {
         if !dir.is_dir() {
             return Err(Error::file(dir, "model folder not found"));
         }
-        let unet = UNet2DConditionModel::load(&dir.join("unet"), dtype, device)?;
-        let scheduler_path = dir.join("scheduler").join("scheduler_config.json");
-        let scheduler_config = load_scheduler_config(&scheduler_path)?;
-        let vae_dir = dir.join("vae");
-        let vae = if vae_dir.is_dir() { Some(AutoencoderKl::load(&vae_dir, dtype, device)?) } else { None };
-        Ok(Self { dir: dir.to_path_buf(), unet, vae, scheduler_config, device: device.clone(), dtype })
+        Self::load_from(ModelSource::Dir(dir.to_path_buf()), dtype, device)
     }
 
-    /// Latent pixels per image pixel: 2^(levels - 1) of the VAE (8 for every SD model).
+    pub fn load_from(source: ModelSource, dtype: DType, device: &Device) -> Result<Self> {
+        let unet = UNet2DConditionModel::load_from(&source, "unet", dtype, device)?;
+        let scheduler_config = match source.read_json("scheduler/scheduler_config.json")? {
+            serde_json::Value::Object(map) => map,
+            _ => return Err(Error::file(source.path("scheduler/scheduler_config.json"), "expected a JSON object")),
+        };
+        let pixel_space = source.exists("model_index.json") && {
+            let index: serde_json::Value = source.read_json("model_index.json")?;
+            index.get("vae").is_some_and(|v| v.as_array().is_some_and(|a| a.iter().all(|x| x.is_null())))
+        };
+        let vae = match &source {
+            ModelSource::Dir(dir) if !pixel_space && dir.join("vae").is_dir() => Some(AutoencoderKl::load(&dir.join("vae"), dtype, device)?),
+            _ => None,
+        };
+        Ok(Self { source, unet, vae, text: None, pixel_space, scheduler_config, device: device.clone(), dtype })
+    }
+
+    /// Image pixels per latent pixel: 2^(levels - 1) of the VAE (8 for every SD model), 1 in
+    /// pixel space.
     pub fn vae_scale_factor(&self) -> usize {
+        if self.pixel_space {
+            return 1;
+        }
         self.vae.as_ref().map(|v| 1 << (v.config.block_out_channels.len() - 1)).unwrap_or(8)
+    }
+
+    /// Whether this folder can turn prompts into conditioning (it has a text encoder).
+    pub fn has_text_encoder(&self) -> bool {
+        self.source.exists("text_encoder/config.json") && self.source.exists("tokenizer")
+    }
+
+    fn text(&mut self) -> Result<&(WordLevelTokenizer, ClipTextEncoder)> {
+        if self.text.is_none() {
+            if !self.has_text_encoder() {
+                return Err(Error::file(self.source.path("text_encoder"), "this model has no text encoder: pass precomputed prompt_embeds instead of a prompt"));
+            }
+            let tok = WordLevelTokenizer::load_from(&self.source, "tokenizer")?;
+            let enc = ClipTextEncoder::load_from(&self.source, "text_encoder", DType::F32, &self.device)?;
+            self.text = Some((tok, enc));
+        }
+        Ok(self.text.as_ref().expect("loaded above"))
+    }
+
+    /// Words of `prompt` the tokenizer does not know (they become the unknown token).
+    pub fn unknown_words(&mut self, prompt: &str) -> Result<Vec<String>> {
+        Ok(self.text()?.0.unknown_words(prompt))
+    }
+
+    /// `prompt_embeds` / `negative_prompt_embeds` for a batch of prompts, as diffusers'
+    /// `encode_prompt` (the negative prompt is usually "").
+    pub fn encode_prompts(&mut self, prompts: &[String], negative_prompt: &str) -> Result<PipelineInputs> {
+        let dtype = self.dtype;
+        let device = self.device.clone();
+        let (tok, enc) = self.text()?;
+        let embed = |texts: Vec<&str>| -> Result<Tensor> {
+            let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t)).collect();
+            let ids = Tensor::new(ids, &device)?;
+            Ok(enc.forward(&ids)?.to_dtype(dtype)?)
+        };
+        Ok(PipelineInputs {
+            prompt_embeds: Some(embed(prompts.iter().map(String::as_str).collect())?),
+            negative_prompt_embeds: Some(embed(vec![negative_prompt; prompts.len()])?),
+            ..Default::default()
+        })
     }
 
     /// diffusers' default image size: `unet.config.sample_size * vae_scale_factor`.
@@ -126,7 +189,7 @@ impl StableDiffusion {
 
     pub fn solver(&self, kind: SolverKind, steps: usize) -> Result<Box<dyn Solver>> {
         build_solver(kind, &self.scheduler_config, &Default::default(), steps, &FlowTimesteps::default())
-            .map_err(|e| Error::file(self.dir.join("scheduler").join("scheduler_config.json"), e.to_string()))
+            .map_err(|e| Error::file(self.source.path("scheduler/scheduler_config.json"), e.to_string()))
     }
 
     fn conditioning(&self, inputs: &PipelineInputs, opts: &GenerateOptions) -> Result<(Conditioning, Option<Conditioning>, usize)> {
@@ -203,10 +266,11 @@ impl StableDiffusion {
         sample(&mut guided, solver.as_mut(), policy.as_mut(), latents, on_step)
     }
 
-    /// Decode latents to an image tensor in [-1, 1], if the folder has a VAE.
+    /// Decode latents to an image tensor in [-1, 1], if the folder has a VAE (or is pixel space).
     pub fn decode(&self, latents: &Tensor) -> Result<Option<Tensor>> {
         match &self.vae {
             Some(v) => Ok(Some(v.decode(latents)?)),
+            None if self.pixel_space => Ok(Some(latents.clone())),
             None => Ok(None),
         }
     }

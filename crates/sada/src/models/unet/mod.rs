@@ -22,7 +22,7 @@ use self::config::Resolved;
 use self::resnet::{conv2d, Conv};
 use crate::denoiser::{Conditioning, Denoiser};
 use crate::error::{Error, Result};
-use crate::models::weights;
+use crate::models::source::ModelSource;
 use crate::policy::TokenPlan;
 
 /// diffusers' `get_timestep_embedding` (sinusoidal, max_period 10000).
@@ -75,13 +75,21 @@ pub struct UNet2DConditionModel {
 impl UNet2DConditionModel {
     /// Load from a diffusers `unet/` folder (config.json + safetensors weights).
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let config_path = dir.join("config.json");
-        let config: UNet2DConditionConfig = weights::read_config(&config_path)?;
-        config.resolve().map_err(|e| Error::file(&config_path, e.to_string()))?;
-        let files = weights::weight_files(dir, "diffusion_pytorch_model")?;
-        let vb = weights::var_builder(&files, dtype, device)?;
+        let (parent, name) = match (dir.parent(), dir.file_name().and_then(|n| n.to_str())) {
+            (Some(p), Some(n)) => (p.to_path_buf(), n.to_string()),
+            _ => (dir.to_path_buf(), String::new()),
+        };
+        Self::load_from(&ModelSource::Dir(parent), &name, dtype, device)
+    }
+
+    /// Load the `component` folder (usually `unet`) of a model.
+    pub fn load_from(source: &ModelSource, component: &str, dtype: DType, device: &Device) -> Result<Self> {
+        let config_rel = format!("{component}/config.json");
+        let config: UNet2DConditionConfig = source.read_json(&config_rel)?;
+        config.resolve().map_err(|e| Error::file(source.path(&config_rel), e.to_string()))?;
+        let (vb, weights_path) = source.var_builder(component, "diffusion_pytorch_model", dtype, device)?;
         Self::new(config, vb).map_err(|e| match e {
-            Error::Candle(c) => Error::file(&files[0], format!("weights do not match config.json: {c}")),
+            Error::Candle(c) => Error::file(&weights_path, format!("weights do not match config.json: {c}")),
             other => other,
         })
     }

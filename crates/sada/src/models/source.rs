@@ -1,0 +1,79 @@
+//! Where a model's files come from: a diffusers folder on disk, or a model compiled into the
+//! binary (the embedded default). Loaders ask for files by their path inside the model folder,
+//! so both sources go through the same code and report errors with the same paths.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+use crate::error::{Error, Result};
+use crate::models::weights;
+
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    Dir(PathBuf),
+    /// Files compiled in, by path inside the model folder (e.g. `unet/config.json`).
+    Embedded { name: &'static str, files: &'static [(&'static str, &'static [u8])] },
+}
+
+impl ModelSource {
+    /// The path shown in messages for a file of this model.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        match self {
+            ModelSource::Dir(d) => d.join(rel),
+            ModelSource::Embedded { name, .. } => Path::new(&format!("<embedded {name}>")).join(rel),
+        }
+    }
+
+    fn embedded(&self, rel: &str) -> Option<&'static [u8]> {
+        match self {
+            ModelSource::Dir(_) => None,
+            ModelSource::Embedded { files, .. } => files.iter().find(|(p, _)| *p == rel).map(|(_, b)| *b),
+        }
+    }
+
+    pub fn exists(&self, rel: &str) -> bool {
+        match self {
+            ModelSource::Dir(d) => d.join(rel).exists(),
+            ModelSource::Embedded { files, .. } => files.iter().any(|(p, _)| *p == rel || p.starts_with(&format!("{rel}/"))),
+        }
+    }
+
+    pub fn read_to_string(&self, rel: &str) -> Result<String> {
+        let path = self.path(rel);
+        match self {
+            ModelSource::Dir(_) => std::fs::read_to_string(&path).map_err(|e| Error::file(&path, format!("cannot read: {e}"))),
+            ModelSource::Embedded { .. } => {
+                let bytes = self.embedded(rel).ok_or_else(|| Error::file(&path, "not part of the embedded model"))?;
+                String::from_utf8(bytes.to_vec()).map_err(|_| Error::file(&path, "not UTF-8 text"))
+            }
+        }
+    }
+
+    /// Parse a JSON file (a component's config.json, scheduler_config.json, ...).
+    pub fn read_json<T: serde::de::DeserializeOwned>(&self, rel: &str) -> Result<T> {
+        let text = self.read_to_string(rel)?;
+        serde_json::from_str(&text).map_err(|e| Error::file(self.path(rel), format!("invalid config: {e}")))
+    }
+
+    /// The weights of `component` (e.g. `unet`, stem `diffusion_pytorch_model`) and the path to
+    /// name in errors about them.
+    pub fn var_builder(&self, component: &str, stem: &str, dtype: DType, device: &Device) -> Result<(VarBuilder<'static>, PathBuf)> {
+        match self {
+            ModelSource::Dir(d) => {
+                let files = weights::weight_files(&d.join(component), stem)?;
+                let vb = weights::var_builder(&files, dtype, device)?;
+                Ok((vb, files[0].clone()))
+            }
+            ModelSource::Embedded { .. } => {
+                let rel = format!("{component}/{stem}.safetensors");
+                let path = self.path(&rel);
+                let bytes = self.embedded(&rel).ok_or_else(|| Error::file(&path, "not part of the embedded model"))?;
+                let vb = VarBuilder::from_slice_safetensors(bytes, dtype, device)
+                    .map_err(|e| Error::file(&path, format!("not a valid safetensors file: {e}")))?;
+                Ok((vb, path))
+            }
+        }
+    }
+}
