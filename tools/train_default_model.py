@@ -168,9 +168,12 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        # EMA with diffusers' EMAModel warm-up, min(decay, (1 + t) / (10 + t)), so the shipped
+        # average holds no trace of the random initialisation.
+        decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
             for pe, p in zip(ema_params, params):
-                pe.lerp_(p, 1 - args.ema)
+                pe.lerp_(p, 1 - decay)
         window.append(loss.item())
         if args.time_only and step + 1 - start == args.time_only:
             print(f"{(time.time() - t0) / args.time_only:.3f} s/step")

@@ -1,4 +1,5 @@
-//! `sada generate`: sample a Stable Diffusion model folder, with or without SADA.
+//! `sada generate`: sample a Stable Diffusion model folder (or the embedded default model),
+//! with or without SADA, optionally side by side with the unaccelerated baseline.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -7,8 +8,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
-use sada::pipelines::image::{png_bytes, to_rgb};
-use sada::pipelines::{GenerateOptions, PipelineInputs, StableDiffusion};
+use sada::metrics::{psnr_rgb, ssim};
+use sada::pipelines::image::{hstack, png_bytes, to_rgb};
+use sada::pipelines::{default_model, GenerateOptions, PipelineInputs, StableDiffusion};
 use sada::solvers::SolverKind;
 
 use crate::args::{progress, SadaArgs, SolverArg};
@@ -39,18 +41,28 @@ pub enum DtypeArg {
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// diffusers model folder with unet/, scheduler/ and optionally vae/
+    /// diffusers model folder with unet/, scheduler/ and optionally vae/, text_encoder/ and
+    /// tokenizer/ [default: the embedded 32x32 shapes model, no download]
     #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
-    /// safetensors file with the conditioning, named as diffusers' pipeline arguments:
-    /// prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
-    /// add_time_ids (optional) and latents (optional unscaled initial noise)
+    pub model: Option<PathBuf>,
+    /// The prompt (needs a model with a text encoder and a word-level tokenizer, as the
+    /// embedded model has)
+    #[arg(long, conflicts_with = "inputs")]
+    pub prompt: Option<String>,
+    /// The negative prompt (the unconditional side of classifier-free guidance)
+    #[arg(long, default_value = "", requires = "prompt")]
+    pub negative_prompt: String,
+    /// safetensors file with precomputed conditioning instead of --prompt, named as diffusers'
+    /// pipeline arguments: prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds,
+    /// negative_pooled_prompt_embeds, add_time_ids (optional) and latents (optional unscaled
+    /// initial noise)
     #[arg(long, value_name = "FILE.safetensors")]
-    pub inputs: PathBuf,
+    pub inputs: Option<PathBuf>,
     /// Number of solver steps
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
-    /// Classifier-free guidance scale [default: 7.5, or 5.0 for SDXL-style models]
+    /// Classifier-free guidance scale [default: 7.5, 5.0 for SDXL-style models, 4.0 for the
+    /// embedded model]
     #[arg(long)]
     pub guidance_scale: Option<f64>,
     /// Solver (built from the folder's scheduler_config.json as diffusers' from_config would)
@@ -69,8 +81,12 @@ pub struct GenerateArgs {
     #[arg(long, value_enum, default_value = "sada")]
     pub accel: Accel,
     /// Where to write the result
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", default_value = "sada.png")]
     pub output: PathBuf,
+    /// Also run the unaccelerated baseline from the same noise; write [baseline | SADA] side by
+    /// side and print PSNR, SSIM and the speedup
+    #[arg(long)]
+    pub compare: bool,
     /// What to write
     #[arg(long, value_enum, default_value = "pil")]
     pub output_type: OutputType,
@@ -96,10 +112,29 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         SolverArg::Euler => SolverKind::EulerDiscrete,
         SolverArg::Flow => bail!("--solver flow needs a flow-matching model; Stable Diffusion folders take dpm++ or euler"),
     };
-    let inputs = PipelineInputs::load(&args.inputs, &device)?;
-    let mut pipe = StableDiffusion::load(&args.model, dtype, &device)?;
-    if args.output_type == OutputType::Pil && pipe.vae.is_none() {
-        bail!("{}: no vae/ folder, so no image can be decoded; use --output-type latent", args.model.display());
+    if args.compare && args.output_type != OutputType::Pil {
+        bail!("--compare writes images side by side; it needs --output-type pil");
+    }
+    let (mut pipe, model_name) = match &args.model {
+        Some(dir) => (StableDiffusion::load(dir, dtype, &device)?, dir.display().to_string()),
+        None => (
+            StableDiffusion::load_from(default_model::source(), dtype, &device).context("loading the embedded default model")?,
+            default_model::NAME.to_string(),
+        ),
+    };
+    let inputs = match (&args.prompt, &args.inputs) {
+        (Some(prompt), _) => {
+            let unknown = pipe.unknown_words(prompt)?;
+            if !unknown.is_empty() {
+                eprintln!("note: {model_name} does not know the words {unknown:?}; they are read as the unknown token");
+            }
+            pipe.encode_prompts(std::slice::from_ref(prompt), &args.negative_prompt)?
+        }
+        (None, Some(path)) => PipelineInputs::load(path, &device)?,
+        (None, None) => bail!("give --prompt TEXT (or --inputs FILE.safetensors with precomputed prompt_embeds)"),
+    };
+    if args.output_type == OutputType::Pil && pipe.vae.is_none() && !pipe.pixel_space {
+        bail!("{model_name}: no vae/ folder, so no image can be decoded; use --output-type latent");
     }
     // Without --height/--width, the size follows the given latents, else diffusers' default.
     let scale = pipe.vae_scale_factor();
@@ -108,9 +143,17 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         _ => (None, None),
     };
     let size = pipe.default_size();
+    let default_guidance = if args.model.is_none() { default_model::GUIDANCE_SCALE } else { pipe.default_guidance() };
+    let sada = match args.accel {
+        Accel::Sada => Some(args.sada.apply(pipe.default_sada(), args.seed)),
+        Accel::None => None,
+    };
+    if args.compare && sada.is_none() {
+        bail!("--compare compares SADA with the baseline; it cannot be combined with --accel none");
+    }
     let opts = GenerateOptions {
         steps: args.steps,
-        guidance_scale: args.guidance_scale.unwrap_or(pipe.default_guidance()),
+        guidance_scale: args.guidance_scale.unwrap_or(default_guidance),
         height: args.height.or(lat_h).unwrap_or(size),
         width: args.width.or(lat_w).unwrap_or(size),
         seed: args.seed,
@@ -118,21 +161,26 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             SolverKind::EulerDiscrete => "euler",
             _ => "dpm++",
         },
-        sada: match args.accel {
-            Accel::Sada => Some(args.sada.apply(pipe.default_sada(), args.seed)),
-            Accel::None => None,
-        },
+        sada,
     };
-    let bar = progress(opts.steps, if opts.sada.is_some() { "SADA" } else { "baseline" });
-    let start = Instant::now();
-    let (latents, trace) = pipe.generate(&inputs, &opts, kind, &mut |i, _| bar.set_position(i as u64))?;
-    bar.finish_and_clear();
-    let sample_s = start.elapsed().as_secs_f64();
+    let run_one = |pipe: &mut StableDiffusion, opts: &GenerateOptions| -> Result<(candle_core::Tensor, sada::sampling::Trace, f64)> {
+        let label = if opts.sada.is_some() { "SADA" } else { "baseline" };
+        let bar = progress(opts.steps, label);
+        let start = Instant::now();
+        let (latents, trace) = pipe.generate(&inputs, opts, kind, &mut |i, _| bar.set_position(i as u64))?;
+        bar.finish_and_clear();
+        Ok((latents, trace, start.elapsed().as_secs_f64()))
+    };
+    let baseline = if args.compare { Some(run_one(&mut pipe, &GenerateOptions { sada: None, ..opts.clone() })?) } else { None };
+    let (latents, trace, sample_s) = run_one(&mut pipe, &opts)?;
 
     let settings = serde_json::json!({
-        "model": args.model.display().to_string(),
+        "model": model_name,
+        "prompt": args.prompt,
+        "negative_prompt": args.prompt.as_ref().map(|_| &args.negative_prompt),
         "options": &opts,
         "evaluations": trace.evaluations,
+        "compare": args.compare,
     });
     match args.output_type {
         OutputType::Latent => {
@@ -140,9 +188,29 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             replace_atomically(&args.output, |tmp| Ok(candle_core::safetensors::save(&latents, tmp)?))?;
         }
         OutputType::Pil => {
-            let image = pipe.decode(&latents)?.context("no VAE")?;
-            let png = png_bytes(&to_rgb(&image)?, &[("parameters", settings.to_string())])?;
-            write_atomic(&args.output, &png)?;
+            let image = to_rgb(&pipe.decode(&latents)?.context("no VAE")?)?;
+            let (out, settings) = match &baseline {
+                Some((base_latents, base_trace, base_s)) => {
+                    let base = to_rgb(&pipe.decode(base_latents)?.context("no VAE")?)?;
+                    let (p, s) = (psnr_rgb(&image, &base)?, ssim(&image, &base)?);
+                    println!(
+                        "baseline: {} evaluations, sampling {:.2} s; SADA vs baseline: PSNR {:.2} dB, SSIM {:.4}, speedup {:.2}x wall, {:.2}x evaluations",
+                        base_trace.evaluations,
+                        base_s,
+                        p,
+                        s,
+                        base_s / sample_s,
+                        base_trace.evaluations as f64 / trace.evaluations as f64
+                    );
+                    let mut settings = settings;
+                    settings["psnr_db"] = p.into();
+                    settings["ssim"] = s.into();
+                    settings["layout"] = "baseline | SADA".into();
+                    (hstack(&[&base, &image]), settings)
+                }
+                None => (image, settings),
+            };
+            write_atomic(&args.output, &png_bytes(&out, &[("parameters", settings.to_string())])?)?;
         }
     }
     if let Some(path) = &args.trace {

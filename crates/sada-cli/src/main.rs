@@ -1,6 +1,7 @@
 //! `sada`: SADA-accelerated diffusion sampling from the command line.
 
 mod args;
+mod bench;
 mod bench_unet;
 mod generate;
 mod gmm;
@@ -20,9 +21,14 @@ enum Command {
     /// Sample the exact Gaussian-mixture denoiser with and without SADA; print the evaluations
     /// saved and the PSNR of the accelerated result against the unaccelerated one
     Gmm(gmm::GmmArgs),
-    /// Generate with a Stable Diffusion model folder (diffusers layout) from precomputed
-    /// conditioning, with SADA or as the unaccelerated baseline
+    /// Generate an image from a prompt with the embedded default model (or a diffusers model
+    /// folder, from a prompt or precomputed conditioning), with SADA or as the unaccelerated
+    /// baseline; --compare runs both
     Generate(Box<generate::GenerateArgs>),
+    /// Benchmark SADA on a prompt list x seeds against the unaccelerated baseline and the plain
+    /// solver at SADA's evaluation count: evaluations, wall time, speedup, PSNR and SSIM, as
+    /// Markdown, JSON, an image grid and a criterion plot (resumable output folder)
+    Bench(bench::BenchArgs),
     /// Time our UNet on the full SD-2.1 configuration with random weights (seconds per guided
     /// evaluation, peak memory) and, optionally, full sampling with and without SADA
     BenchUnet(bench_unet::BenchUnetArgs),
@@ -48,6 +54,7 @@ fn main() {
     let result = match &cli.command {
         Command::Gmm(a) => gmm::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::BenchUnet(a) => bench_unet::run(a),
     };
     if let Err(e) = result {

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use candle_core::Tensor;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::denoiser::Guided;
 use crate::error::{Error, Result};
@@ -11,7 +11,7 @@ use crate::policy::{Decision, Observation, Policy, StepPlan, TokenPlan};
 use crate::solvers::{Prediction, Solver};
 
 /// One solver step as it happened.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepTrace {
     pub index: usize,
     pub timestep: f64,
@@ -24,7 +24,7 @@ pub struct StepTrace {
 }
 
 /// What a sampling run cost.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Trace {
     /// Denoiser calls actually computed.
     pub evaluations: usize,

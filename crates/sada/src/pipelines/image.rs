@@ -56,3 +56,31 @@ pub fn hstack(images: &[&RgbImage]) -> RgbImage {
     }
     RgbImage { width, height, pixels }
 }
+
+/// Images top to bottom (same width).
+pub fn vstack(images: &[&RgbImage]) -> RgbImage {
+    let width = images.iter().map(|i| i.width).max().unwrap_or(0);
+    let mut pixels = Vec::new();
+    let mut height = 0;
+    for img in images {
+        for y in 0..img.height {
+            pixels.extend_from_slice(&img.pixels[y * img.width * 3..(y + 1) * img.width * 3]);
+            pixels.resize((height + y + 1) * width * 3, 0);
+        }
+        height += img.height;
+    }
+    RgbImage { width, height, pixels }
+}
+
+/// Nearest-neighbour enlargement by an integer factor (small images stay crisp to look at).
+pub fn upscale(img: &RgbImage, factor: usize) -> RgbImage {
+    let (w, h) = (img.width * factor, img.height * factor);
+    let mut pixels = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        for x in 0..w {
+            let i = ((y / factor) * img.width + x / factor) * 3;
+            pixels.extend_from_slice(&img.pixels[i..i + 3]);
+        }
+    }
+    RgbImage { width: w, height: h, pixels }
+}

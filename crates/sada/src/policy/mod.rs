@@ -11,7 +11,7 @@ pub mod sada;
 pub mod tokens;
 
 use candle_core::Tensor;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::solvers::{Prediction, Solver};
@@ -19,7 +19,7 @@ pub use sada::{Sada, SadaConfig};
 pub use tokens::TokenSelection;
 
 /// What one step's denoiser call did, as the trace reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Decision {
     /// Every token computed, no cache involved.

@@ -37,7 +37,7 @@ impl SolverKind {
 /// Read a `scheduler_config.json` as a JSON object.
 pub fn load_scheduler_config(path: &Path) -> Result<Map<String, Value>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read scheduler config: {e}")))?;
-    match serde_json::from_str::<Value>(&text) {
+    match serde_json::from_str::<Value>(&crate::models::source::python_json(&text)) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(Error::file(path, "expected a JSON object")),
         Err(e) => Err(Error::file(path, format!("invalid JSON: {e}"))),
