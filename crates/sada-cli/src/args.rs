@@ -1,7 +1,13 @@
 //! Flags shared by the subcommands that sample.
 
+use std::path::Path;
+
+use anyhow::Context;
+use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
+use sada::pipelines::{default_model, StableDiffusion};
 use sada::policy::SadaConfig;
+use sada::solvers::SolverKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SolverArg {
@@ -12,6 +18,35 @@ pub enum SolverArg {
     Euler,
     /// Flow-matching Euler (diffusers' FlowMatchEulerDiscreteScheduler, Flux-style)
     Flow,
+}
+
+impl SolverArg {
+    /// The solver for a Stable Diffusion (noise-prediction) model and its name in settings.
+    pub fn for_stable_diffusion(self) -> anyhow::Result<(SolverKind, &'static str)> {
+        match self {
+            SolverArg::DpmPp => Ok((SolverKind::DpmSolverMultistep, "dpm++")),
+            SolverArg::Euler => Ok((SolverKind::EulerDiscrete, "euler")),
+            SolverArg::Flow => anyhow::bail!("--solver flow needs a flow-matching model; Stable Diffusion folders take dpm++ or euler"),
+        }
+    }
+}
+
+/// A model folder, or the embedded default model when none is given: the pipeline, the name
+/// to report, and the guidance scale to use when none is given.
+pub fn load_model(model: Option<&Path>, dtype: DType) -> anyhow::Result<(StableDiffusion, String, f64)> {
+    let device = Device::Cpu;
+    Ok(match model {
+        Some(dir) => {
+            let pipe = StableDiffusion::load(dir, dtype, &device)?;
+            let guidance = pipe.default_guidance();
+            (pipe, dir.display().to_string(), guidance)
+        }
+        None => (
+            StableDiffusion::load_from(default_model::source(), dtype, &device).context("loading the embedded default model")?,
+            default_model::NAME.to_string(),
+            default_model::GUIDANCE_SCALE,
+        ),
+    })
 }
 
 /// SADA's parameters, named after the paper's code. Unset flags take the published settings for

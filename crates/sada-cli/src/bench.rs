@@ -9,18 +9,17 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use clap::Args;
 use sada::data::shapes::Scene;
 use sada::metrics::{psnr_rgb, ssim};
 use sada::pipelines::image::{hstack, png_bytes, to_rgb, upscale, vstack, RgbImage};
-use sada::pipelines::{default_model, GenerateOptions, PipelineInputs, StableDiffusion};
+use sada::pipelines::{GenerateOptions, PipelineInputs};
 use sada::policy::{Decision, SadaConfig};
 use sada::sampling::Trace;
-use sada::solvers::SolverKind;
 use serde::{Deserialize, Serialize};
 
-use crate::args::{SadaArgs, SolverArg};
+use crate::args::{load_model, SadaArgs, SolverArg};
 use crate::output::write_atomic;
 
 #[derive(Debug, Args)]
@@ -95,21 +94,9 @@ pub fn builtin_prompts() -> Vec<String> {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let device = Device::Cpu;
-    let kind = match args.solver {
-        SolverArg::DpmPp => SolverKind::DpmSolverMultistep,
-        SolverArg::Euler => SolverKind::EulerDiscrete,
-        SolverArg::Flow => bail!("--solver flow needs a flow-matching model; Stable Diffusion folders take dpm++ or euler"),
-    };
+    let (kind, solver_name) = args.solver.for_stable_diffusion()?;
     anyhow::ensure!(args.seeds > 0, "--seeds must be at least 1");
-    let (mut pipe, model_name, default_guidance) = match &args.model {
-        Some(dir) => {
-            let p = StableDiffusion::load(dir, DType::F32, &device)?;
-            let g = p.default_guidance();
-            (p, dir.display().to_string(), g)
-        }
-        None => (default_model::load(&device).context("loading the embedded default model")?, default_model::NAME.to_string(), default_model::GUIDANCE_SCALE),
-    };
+    let (mut pipe, model_name, default_guidance) = load_model(args.model.as_deref(), DType::F32)?;
     anyhow::ensure!(pipe.vae.is_some() || pipe.pixel_space, "{model_name}: no vae/ folder, so images cannot be compared");
     let prompts = match &args.prompts {
         Some(path) => {
@@ -129,7 +116,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "seeds": args.seeds,
         "steps": args.steps,
         "guidance_scale": guidance_scale,
-        "solver": format!("{:?}", args.solver),
+        "solver": solver_name,
         "sada": sada_config,
     });
     std::fs::create_dir_all(args.out.join("runs")).with_context(|| format!("cannot create {}", args.out.display()))?;
@@ -167,7 +154,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 inputs = Some(pipe.encode_prompts(std::slice::from_ref(prompt), "")?);
             }
             let inputs = inputs.as_ref().expect("encoded above");
-            let base_opts = GenerateOptions { steps: args.steps, guidance_scale, height: size, width: size, seed, solver: "dpm++", sada: None };
+            let base_opts = GenerateOptions { steps: args.steps, guidance_scale, height: size, width: size, seed, solver: solver_name, sada: None };
             if !warmed_up {
                 // First calls allocate; keep that out of the baseline's time.
                 pipe.generate(inputs, &GenerateOptions { steps: 2, ..base_opts.clone() }, kind, &mut |_, _| {})?;

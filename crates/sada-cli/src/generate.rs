@@ -10,10 +10,9 @@ use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use sada::metrics::{psnr_rgb, ssim};
 use sada::pipelines::image::{hstack, png_bytes, to_rgb};
-use sada::pipelines::{default_model, GenerateOptions, PipelineInputs, StableDiffusion};
-use sada::solvers::SolverKind;
+use sada::pipelines::{GenerateOptions, PipelineInputs, StableDiffusion};
 
-use crate::args::{progress, SadaArgs, SolverArg};
+use crate::args::{load_model, progress, SadaArgs, SolverArg};
 use crate::output::{replace_atomically, write_atomic};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -107,21 +106,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         DtypeArg::F16 => DType::F16,
         DtypeArg::Bf16 => bail!("--dtype bf16 is not supported on the CPU (candle has no bf16 matrix product there); use f32 or f16"),
     };
-    let kind = match args.solver {
-        SolverArg::DpmPp => SolverKind::DpmSolverMultistep,
-        SolverArg::Euler => SolverKind::EulerDiscrete,
-        SolverArg::Flow => bail!("--solver flow needs a flow-matching model; Stable Diffusion folders take dpm++ or euler"),
-    };
+    let (kind, solver_name) = args.solver.for_stable_diffusion()?;
     if args.compare && args.output_type != OutputType::Pil {
         bail!("--compare writes images side by side; it needs --output-type pil");
     }
-    let (mut pipe, model_name) = match &args.model {
-        Some(dir) => (StableDiffusion::load(dir, dtype, &device)?, dir.display().to_string()),
-        None => (
-            StableDiffusion::load_from(default_model::source(), dtype, &device).context("loading the embedded default model")?,
-            default_model::NAME.to_string(),
-        ),
-    };
+    let (mut pipe, model_name, default_guidance) = load_model(args.model.as_deref(), dtype)?;
     let inputs = match (&args.prompt, &args.inputs) {
         (Some(prompt), _) => {
             let unknown = pipe.unknown_words(prompt)?;
@@ -143,7 +132,6 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         _ => (None, None),
     };
     let size = pipe.default_size();
-    let default_guidance = if args.model.is_none() { default_model::GUIDANCE_SCALE } else { pipe.default_guidance() };
     let sada = match args.accel {
         Accel::Sada => Some(args.sada.apply(pipe.default_sada(), args.seed)),
         Accel::None => None,
@@ -157,10 +145,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         height: args.height.or(lat_h).unwrap_or(size),
         width: args.width.or(lat_w).unwrap_or(size),
         seed: args.seed,
-        solver: match kind {
-            SolverKind::EulerDiscrete => "euler",
-            _ => "dpm++",
-        },
+        solver: solver_name,
         sada,
     };
     let run_one = |pipe: &mut StableDiffusion, opts: &GenerateOptions| -> Result<(candle_core::Tensor, sada::sampling::Trace, f64)> {
