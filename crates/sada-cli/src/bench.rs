@@ -40,7 +40,8 @@ pub struct BenchArgs {
     /// Classifier-free guidance scale [default: the model's, as `sada generate`]
     #[arg(long)]
     pub guidance_scale: Option<f64>,
-    /// Solver
+    /// Solver, built from the model's scheduler config (the published SADA numbers are for
+    /// DPM-Solver++)
     #[arg(long, value_enum, default_value = "dpm++")]
     pub solver: SolverArg,
     /// Output folder (created); rerunning with the same settings skips the finished runs
