@@ -132,3 +132,17 @@ fn help_explains_the_prompt_and_bench_flags() {
         }
     }
 }
+
+#[test]
+fn the_shipped_folder_on_disk_gives_what_the_embedded_copy_gives() {
+    let d = tmp("dir");
+    let (a, b) = (d.join("embedded.safetensors"), d.join("folder.safetensors"));
+    let folder = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sada/assets/default_model");
+    let common = ["generate", "--prompt", "a small blue star at the top left on a white background", "--steps", "20", "--accel", "none", "--output-type", "latent"];
+    let (ok, _, err) = sada(&[&common[..], &["--output", a.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    let (ok, _, err) = sada(&[&common[..], &["--model", folder.to_str().unwrap(), "--guidance-scale", "4", "--output", b.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    std::fs::remove_dir_all(&d).ok();
+}
