@@ -63,7 +63,8 @@ def metric_fixtures():
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(0)
     a, b, ssim, psnr = [], [], [], []
-    for k, (h, w) in enumerate([(32, 32), (32, 32), (24, 40), (64, 64)]):
+    sizes = [(32, 32), (32, 32), (24, 40), (64, 64)]
+    for k, (h, w) in enumerate(sizes):
         x = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         if k == 1:  # smooth image + small noise: the regime SADA results are in
             yy, xx = np.mgrid[0:h, 0:w]
@@ -73,7 +74,6 @@ def metric_fixtures():
         ssim.append(structural_similarity(x, y, data_range=255, channel_axis=2, gaussian_weights=True, sigma=1.5,
                                           use_sample_covariance=False))
         psnr.append(peak_signal_noise_ratio(x, y, data_range=255))
-        sizes = [(32, 32), (32, 32), (24, 40), (64, 64)]
     save_file({"a": torch.cat(a), "b": torch.cat(b), "sizes": torch.tensor(sizes, dtype=torch.int64),
                "ssim": torch.tensor(ssim, dtype=torch.float64), "psnr": torch.tensor(psnr, dtype=torch.float64)},
               os.path.join(out, "ssim.safetensors"))
