@@ -53,8 +53,7 @@ impl ModelSource {
 
     /// Parse a JSON file (a component's config.json, scheduler_config.json, ...).
     pub fn read_json<T: serde::de::DeserializeOwned>(&self, rel: &str) -> Result<T> {
-        let text = self.read_to_string(rel)?;
-        serde_json::from_str(&python_json(&text)).map_err(|e| Error::file(self.path(rel), format!("invalid config: {e}")))
+        weights::parse_config(&self.read_to_string(rel)?, &self.path(rel))
     }
 
     /// The weights of `component` (e.g. `unet`, stem `diffusion_pytorch_model`) and the path to

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::models::{AutoencoderKl, ModelSource, UNet2DConditionModel};
 use crate::policy::{NoAcceleration, Policy, Sada, SadaConfig};
 use crate::sampling::{sample, Trace};
-use crate::solvers::{build_solver, FlowTimesteps, Solver, SolverKind};
+use crate::solvers::{build_solver, scheduler_config_object, FlowTimesteps, Solver, SolverKind};
 use crate::text::{ClipTextEncoder, WordLevelTokenizer};
 
 pub struct StableDiffusion {
@@ -99,10 +99,8 @@ impl StableDiffusion {
 
     pub fn load_from(source: ModelSource, dtype: DType, device: &Device) -> Result<Self> {
         let unet = UNet2DConditionModel::load_from(&source, "unet", dtype, device)?;
-        let scheduler_config = match source.read_json("scheduler/scheduler_config.json")? {
-            serde_json::Value::Object(map) => map,
-            _ => return Err(Error::file(source.path("scheduler/scheduler_config.json"), "expected a JSON object")),
-        };
+        const SCHEDULER: &str = "scheduler/scheduler_config.json";
+        let scheduler_config = scheduler_config_object(source.read_json(SCHEDULER)?, &source.path(SCHEDULER))?;
         let pixel_space = source.exists("model_index.json") && {
             let index: serde_json::Value = source.read_json("model_index.json")?;
             index.get("vae").is_some_and(|v| v.as_array().is_some_and(|a| a.iter().all(|x| x.is_null())))

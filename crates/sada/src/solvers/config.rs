@@ -36,11 +36,14 @@ impl SolverKind {
 
 /// Read a `scheduler_config.json` as a JSON object.
 pub fn load_scheduler_config(path: &Path) -> Result<Map<String, Value>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read scheduler config: {e}")))?;
-    match serde_json::from_str::<Value>(&crate::models::source::python_json(&text)) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(Error::file(path, "expected a JSON object")),
-        Err(e) => Err(Error::file(path, format!("invalid JSON: {e}"))),
+    scheduler_config_object(crate::models::weights::read_config(path)?, path)
+}
+
+/// A parsed scheduler config must be a JSON object; `path` names the file otherwise.
+pub fn scheduler_config_object(config: Value, path: &Path) -> Result<Map<String, Value>> {
+    match config {
+        Value::Object(map) => Ok(map),
+        _ => Err(Error::file(path, "expected a JSON object")),
     }
 }
 

@@ -14,7 +14,7 @@ pub mod presets;
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
-pub use config::{load_scheduler_config, SolverKind};
+pub use config::{load_scheduler_config, scheduler_config_object, SolverKind};
 pub use dpm_solver::{DpmSolverConfig, DpmSolverMultistep};
 pub use euler::{EulerDiscrete, EulerDiscreteConfig};
 pub use flow_match_euler::{FlowMatchEulerDiscrete, FlowMatchEulerDiscreteConfig, FlowTimesteps};
