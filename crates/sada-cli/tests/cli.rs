@@ -1,11 +1,8 @@
 //! The `sada` binary as a user runs it.
 
-use std::process::Command;
+mod common;
 
-fn sada(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sada")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
+use common::{assert_flag_explained, sada};
 
 #[test]
 fn gmm_demo_reports_evaluations_and_psnr() {
@@ -52,12 +49,6 @@ fn help_explains_every_flag() {
         "--solver", "--steps", "--guidance-scale", "--seed", "--trace", "--acc-range", "--max-interval",
         "--max-downsample", "--max-fix", "--sx", "--sy", "--lagrange-term", "--lagrange-int", "--lagrange-step",
     ] {
-        // clap prints the explanation on the flag's line or, when it is long, on the next one
-        let lines: Vec<&str> = out.lines().collect();
-        let i = lines.iter().position(|l| l.trim_start().starts_with(flag)).unwrap_or_else(|| panic!("{flag} missing"));
-        let after_flag = lines[i].trim().split_once("  ").map(|(_, h)| h.trim()).unwrap_or("");
-        let next = lines.get(i + 1).map(|l| l.trim()).unwrap_or("");
-        let help = if after_flag.is_empty() && !next.starts_with('-') { next } else { after_flag };
-        assert!(help.len() > 8, "{flag} has no explanation");
+        assert_flag_explained(&out, flag);
     }
 }

@@ -1,12 +1,10 @@
 //! `sada generate --prompt` and `sada bench` on the embedded default model (no download).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn sada(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sada")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
+use std::path::{Path, PathBuf};
+
+use common::{assert_flag_explained, sada};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("sada-default-{}-{name}", std::process::id()));
@@ -121,14 +119,9 @@ fn help_explains_the_prompt_and_bench_flags() {
         ("bench", &["--model", "--prompts", "--seeds", "--steps", "--out", "--acc-range"][..]),
     ] {
         let (ok, out, _) = sada(&[cmd, "-h"]);
-        assert!(ok);
-        let lines: Vec<&str> = out.lines().collect();
+        assert!(ok, "{cmd} -h failed");
         for flag in flags {
-            let i = lines.iter().position(|l| l.trim_start().starts_with(flag)).unwrap_or_else(|| panic!("{cmd} {flag} missing"));
-            let after_flag = lines[i].trim().split_once("  ").map(|(_, h)| h.trim()).unwrap_or("");
-            let next = lines.get(i + 1).map(|l| l.trim()).unwrap_or("");
-            let help = if after_flag.is_empty() && !next.starts_with('-') { next } else { after_flag };
-            assert!(help.len() > 8, "{cmd} {flag} has no explanation");
+            assert_flag_explained(&out, flag);
         }
     }
 }

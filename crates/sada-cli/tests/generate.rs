@@ -1,7 +1,10 @@
 //! `sada generate` on diffusers-layout folders assembled from the tiny fixtures, and its errors.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use common::sada;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -30,10 +33,6 @@ fn inputs() -> String {
     fixtures().join("unet/sd2_tiny/pipeline.safetensors").to_string_lossy().into_owned()
 }
 
-fn sada(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sada")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
 
 fn gen(model: &Path, extra: &[&str]) -> (bool, String, String) {
     let m = model.to_string_lossy().into_owned();

@@ -15,8 +15,11 @@ pub fn mse(a: &Tensor, b: &Tensor) -> Result<f64> {
 
 /// Peak signal-to-noise ratio in dB, `10 log10(data_range^2 / mse)` (infinite for identical inputs).
 pub fn psnr(a: &Tensor, reference: &Tensor, data_range: f64) -> Result<f64> {
-    let e = mse(a, reference)?;
-    Ok(10.0 * (data_range * data_range / e).log10())
+    Ok(psnr_from_mse(mse(a, reference)?, data_range))
+}
+
+fn psnr_from_mse(mse: f64, data_range: f64) -> f64 {
+    10.0 * (data_range * data_range / mse).log10()
 }
 
 /// max - min of a tensor: the data range used for latent-space PSNR.
@@ -87,6 +90,6 @@ pub fn psnr_rgb(a: &RgbImage, b: &RgbImage) -> Result<f64> {
     if (a.width, a.height) != (b.width, b.height) {
         return Err(Error::Shape { what: "psnr".into(), expected: format!("{}x{}", b.width, b.height), got: format!("{}x{}", a.width, a.height) });
     }
-    let e = a.pixels.iter().zip(&b.pixels).map(|(&p, &q)| (p as f64 - q as f64).powi(2)).sum::<f64>() / a.pixels.len() as f64;
-    Ok(10.0 * (255.0f64 * 255.0 / e).log10())
+    let mse = a.pixels.iter().zip(&b.pixels).map(|(&p, &q)| (p as f64 - q as f64).powi(2)).sum::<f64>() / a.pixels.len() as f64;
+    Ok(psnr_from_mse(mse, 255.0))
 }
