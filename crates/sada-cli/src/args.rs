@@ -2,11 +2,12 @@
 
 use std::path::Path;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
-use sada::pipelines::{default_model, StableDiffusion};
-use sada::policy::SadaConfig;
+use sada::pipelines::{default_model, Pipeline, StableDiffusion};
+use sada::policy::acceleration::Family;
+use sada::policy::{Acceleration, SadaConfig};
 use sada::solvers::SolverKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -21,32 +22,115 @@ pub enum SolverArg {
 }
 
 impl SolverArg {
-    /// The solver for a Stable Diffusion (noise-prediction) model and its name in settings.
-    pub fn for_stable_diffusion(self) -> anyhow::Result<(SolverKind, &'static str)> {
+    pub fn kind(self) -> SolverKind {
         match self {
-            SolverArg::DpmPp => Ok((SolverKind::DpmSolverMultistep, "dpm++")),
-            SolverArg::Euler => Ok((SolverKind::EulerDiscrete, "euler")),
-            SolverArg::Flow => anyhow::bail!("--solver flow needs a flow-matching model; Stable Diffusion folders take dpm++ or euler"),
+            SolverArg::DpmPp => SolverKind::DpmSolverMultistep,
+            SolverArg::Euler => SolverKind::EulerDiscrete,
+            SolverArg::Flow => SolverKind::FlowMatchEulerDiscrete,
         }
+    }
+
+    /// The solver for a model of `family`.
+    pub fn for_family(self, family: Family) -> anyhow::Result<SolverKind> {
+        match (self, family) {
+            (SolverArg::Flow, Family::StableDiffusion | Family::Sdxl) => {
+                bail!("--solver flow needs a flow-matching model; Stable Diffusion models take dpm++ or euler")
+            }
+            (SolverArg::DpmPp | SolverArg::Euler, Family::Flux) => bail!("--solver {self:?} needs a diffusion model; flow-matching models take flow"),
+            _ => Ok(self.kind()),
+        }
+    }
+}
+
+/// Where the networks run.
+#[derive(Debug, Clone, Args)]
+pub struct DeviceArgs {
+    /// Device: cpu, cuda, cuda:N or metal (cuda and metal need a sada built with
+    /// `--features cuda` / `--features metal`)
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: String,
+}
+
+impl DeviceArgs {
+    pub fn device(&self) -> anyhow::Result<Device> {
+        let d = self.device.trim();
+        if d == "cpu" {
+            return Ok(Device::Cpu);
+        }
+        let ordinal = |rest: &str| -> anyhow::Result<usize> {
+            match rest.strip_prefix(':') {
+                None if rest.is_empty() => Ok(0),
+                Some(n) => n.parse().with_context(|| format!("--device {d}: `{n}` is not a device number")),
+                None => bail!("--device {d}: expected cpu, cuda, cuda:N or metal"),
+            }
+        };
+        if let Some(rest) = d.strip_prefix("cuda") {
+            let n = ordinal(rest)?;
+            if !candle_core::utils::cuda_is_available() {
+                bail!("--device {d}: this sada was built without CUDA support (rebuild with --features cuda)");
+            }
+            return Device::new_cuda(n).with_context(|| format!("--device {d}: cannot open the CUDA device"));
+        }
+        if let Some(rest) = d.strip_prefix("metal") {
+            let n = ordinal(rest)?;
+            if !candle_core::utils::metal_is_available() {
+                bail!("--device {d}: this sada was built without Metal support (rebuild with --features metal)");
+            }
+            return Device::new_metal(n).with_context(|| format!("--device {d}: cannot open the Metal device"));
+        }
+        bail!("--device {d}: expected cpu, cuda, cuda:N or metal")
     }
 }
 
 /// A model folder, or the embedded default model when none is given: the pipeline, the name
 /// to report, and the guidance scale to use when none is given.
-pub fn load_model(model: Option<&Path>, dtype: DType) -> anyhow::Result<(StableDiffusion, String, f64)> {
-    let device = Device::Cpu;
+pub fn load_model(model: Option<&Path>, dtype: DType, device: &Device) -> anyhow::Result<(Box<dyn Pipeline>, String, f64)> {
     Ok(match model {
         Some(dir) => {
-            let pipe = StableDiffusion::load(dir, dtype, &device)?;
+            let pipe = StableDiffusion::load(dir, dtype, device)?;
             let guidance = pipe.default_guidance();
-            (pipe, dir.display().to_string(), guidance)
+            (Box::new(pipe), dir.display().to_string(), guidance)
         }
         None => (
-            StableDiffusion::load_from(default_model::source(), dtype, &device).context("loading the embedded default model")?,
+            Box::new(StableDiffusion::load_from(default_model::source(), dtype, device).context("loading the embedded default model")?),
             default_model::NAME.to_string(),
             default_model::GUIDANCE_SCALE,
         ),
     })
+}
+
+/// The methods `--accel` takes, one per line (for --help).
+pub fn methods_help() -> String {
+    let mut s = String::from(
+        "Acceleration method, NAME or NAME:key=value,... (values are JSON, e.g. sada:acc_range=[10,47] or \
+         deepcache:interval=5); unset settings take the published ones for the model family. Methods:",
+    );
+    for (name, about) in Acceleration::METHODS {
+        s += &format!("\n  {name}: {about}");
+    }
+    s
+}
+
+/// `--accel` and, for SADA, its parameters as flags of their own.
+#[derive(Debug, Clone, Args)]
+pub struct AccelArgs {
+    #[arg(long, value_name = "METHOD", default_value = "sada", help = "Acceleration method (NAME or NAME:key=value,...; see --help for the list)", long_help = methods_help())]
+    pub accel: String,
+    #[command(flatten)]
+    pub sada: SadaArgs,
+}
+
+impl AccelArgs {
+    /// The chosen method with its settings for `family`; SADA's token-selection seed is `seed`.
+    pub fn acceleration(&self, family: Family, seed: u64) -> anyhow::Result<Acceleration> {
+        let mut accel = Acceleration::parse(&self.accel, family)?;
+        match &mut accel {
+            Acceleration::Sada(cfg) => *cfg = self.sada.apply(cfg.clone(), seed),
+            _ if self.sada.any() => bail!("the SADA flags (--acc-range, --max-interval, ...) apply to --accel sada, not `{}`", accel.name()),
+            _ => {}
+        }
+        Ok(accel)
+    }
 }
 
 /// SADA's parameters, named after the paper's code. Unset flags take the published settings for
@@ -83,15 +167,6 @@ pub struct SadaArgs {
 }
 
 impl SadaArgs {
-    /// The published preset for the solver family with these flags applied.
-    pub fn config(&self, solver: SolverArg, seed: u64) -> SadaConfig {
-        let base = match solver {
-            SolverArg::Flow => SadaConfig::flux(),
-            _ => SadaConfig::sd2(),
-        };
-        self.apply(base, seed)
-    }
-
     /// `base` with every flag that was given replacing its value.
     pub fn apply(&self, base: SadaConfig, seed: u64) -> SadaConfig {
         SadaConfig {
@@ -106,6 +181,19 @@ impl SadaArgs {
             sy: self.sy.unwrap_or(base.sy),
             seed,
         }
+    }
+
+    /// Whether any SADA flag was given.
+    pub fn any(&self) -> bool {
+        self.acc_range.is_some()
+            || self.max_interval.is_some()
+            || self.max_downsample.is_some()
+            || self.max_fix.is_some()
+            || self.sx.is_some()
+            || self.sy.is_some()
+            || self.lagrange_term.is_some()
+            || self.lagrange_int.is_some()
+            || self.lagrange_step.is_some()
     }
 }
 

@@ -13,13 +13,13 @@ use candle_core::DType;
 use clap::Args;
 use sada::data::shapes::Scene;
 use sada::metrics::{psnr_rgb, ssim};
-use sada::pipelines::image::{hstack, png_bytes, to_rgb, upscale, vstack, RgbImage};
+use sada::image::{hstack, png_bytes, to_rgb, upscale, vstack, RgbImage};
 use sada::pipelines::{GenerateOptions, PipelineInputs};
-use sada::policy::{Decision, SadaConfig};
+use sada::policy::{Acceleration, Decision, SadaConfig};
 use sada::sampling::Trace;
 use serde::{Deserialize, Serialize};
 
-use crate::args::{load_model, SadaArgs, SolverArg};
+use crate::args::{load_model, DeviceArgs, SadaArgs, SolverArg};
 use crate::output::write_atomic;
 
 #[derive(Debug, Args)]
@@ -49,6 +49,8 @@ pub struct BenchArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub sada: SadaArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// One method's result for one prompt and seed.
@@ -95,10 +97,11 @@ pub fn builtin_prompts() -> Vec<String> {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let (kind, solver_name) = args.solver.for_stable_diffusion()?;
     anyhow::ensure!(args.seeds > 0, "--seeds must be at least 1");
-    let (mut pipe, model_name, default_guidance) = load_model(args.model.as_deref(), DType::F32)?;
-    anyhow::ensure!(pipe.vae.is_some() || pipe.pixel_space, "{model_name}: no vae/ folder, so images cannot be compared");
+    let (mut pipe, model_name, default_guidance) = load_model(args.model.as_deref(), DType::F32, &args.device.device()?)?;
+    let kind = args.solver.for_family(pipe.family())?;
+    let solver_name = "dpm++";
+    anyhow::ensure!(pipe.can_decode(), "{model_name}: no vae/ folder, so images cannot be compared");
     let prompts = match &args.prompts {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read prompt file", path.display()))?;
@@ -109,7 +112,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         None => builtin_prompts(),
     };
     let guidance_scale = args.guidance_scale.unwrap_or(default_guidance);
-    let sada_config = args.sada.apply(pipe.default_sada(), 0);
+    let sada_config = args.sada.apply(<SadaConfig as sada::policy::acceleration::Method>::preset(pipe.family()), 0);
     sada_config.validate(args.steps)?;
     let settings = serde_json::json!({
         "model": model_name,
@@ -132,7 +135,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         write_atomic(&settings_path, serde_json::to_string_pretty(&settings)?.as_bytes())?;
     }
 
-    let size = pipe.default_size();
+    let (size, _) = pipe.default_size();
     let total = prompts.len() * args.seeds as usize;
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(indicatif::ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} runs {elapsed_precise} {msg}").expect("static template").progress_chars("=> "));
@@ -155,23 +158,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 inputs = Some(pipe.encode_prompts(std::slice::from_ref(prompt), "")?);
             }
             let inputs = inputs.as_ref().expect("encoded above");
-            let base_opts = GenerateOptions { steps: args.steps, guidance_scale, height: size, width: size, seed, solver: solver_name, sada: None };
+            let base_opts = GenerateOptions { steps: args.steps, guidance_scale, height: size, width: size, seed, solver: kind, acceleration: Acceleration::default() };
             if !warmed_up {
                 // First calls allocate; keep that out of the baseline's time.
-                pipe.generate(inputs, &GenerateOptions { steps: 2, ..base_opts.clone() }, kind, &mut |_, _| {})?;
+                pipe.generate(inputs, &GenerateOptions { steps: 2, ..base_opts.clone() }, &mut |_, _| {})?;
                 warmed_up = true;
             }
             let mut sample = |opts: &GenerateOptions, label: &str| -> Result<(RgbImage, Trace, f64)> {
                 bar.set_message(format!("{label}: {}", truncate(prompt, 40)));
                 let start = Instant::now();
-                let (latents, trace) = pipe.generate(inputs, opts, kind, &mut |i, n| bar.set_message(format!("{label} step {i}/{n}: {}", truncate(prompt, 40))))?;
+                let (latents, trace) = pipe.generate(inputs, opts, &mut |i, n| bar.set_message(format!("{label} step {i}/{n}: {}", truncate(prompt, 40))))?;
                 let seconds = start.elapsed().as_secs_f64();
                 let image = to_rgb(&pipe.decode(&latents)?.context("no decoder")?)?;
                 Ok((image, trace, seconds))
             };
             let (base_img, base_trace, base_s) = sample(&base_opts, "baseline")?;
             // SADA's token-selection seed follows the run's seed, as in `sada generate`.
-            let sada_opts = GenerateOptions { sada: Some(SadaConfig { seed, ..sada_config.clone() }), ..base_opts.clone() };
+            let sada_opts = GenerateOptions { acceleration: Acceleration::Sada(SadaConfig { seed, ..sada_config.clone() }), ..base_opts.clone() };
             let (sada_img, sada_trace, sada_s) = sample(&sada_opts, "SADA")?;
             let plain_opts = GenerateOptions { steps: sada_trace.evaluations, ..base_opts.clone() };
             let (plain_img, plain_trace, plain_s) = sample(&plain_opts, "plain")?;
@@ -359,6 +362,8 @@ fn criterion_svg(records: &[RunRecord], steps: usize, acc_range: (usize, usize))
         Decision::Pruned => "#9c3",
         Decision::SkipAm => "#f90",
         Decision::SkipLagrange => "#c3c",
+        Decision::Partial => "#6cc",
+        Decision::Reuse => "#c96",
     };
     let strip_y = top + plot_h + 20.0;
     if let Some(r) = records.first() {
@@ -376,7 +381,7 @@ fn criterion_svg(records: &[RunRecord], steps: usize, acc_range: (usize, usize))
         s += &format!("<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{n}</text>\n", x(n as f64), strip_y + strip_h + 16.0);
     }
     let mut lx = left;
-    for d in [Decision::Full, Decision::Refresh, Decision::Pruned, Decision::SkipAm, Decision::SkipLagrange] {
+    for d in Decision::ALL {
         s += &format!("<rect x=\"{lx:.1}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n", h - 22.0, colour(d), lx + 16.0, h - 12.0, d.name());
         lx += 120.0;
     }

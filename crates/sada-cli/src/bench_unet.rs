@@ -7,11 +7,14 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use clap::Args;
-use sada::denoiser::{Conditioning, Guided};
+use sada::denoiser::{Conditioning, ForwardContext, Guided};
+use sada::models::token_cache::TokenCache;
 use sada::models::unet::presets;
 use sada::models::{UNet2DConditionConfig, UNet2DConditionModel};
-use sada::policy::{NoAcceleration, Policy, Sada, SadaConfig, TokenPlan};
+use sada::policy::{NoAcceleration, Policy, Sada, SadaConfig};
 use sada::sampling::sample;
+
+use crate::profile::SpanTimes;
 use sada::solvers::{build_solver, FlowTimesteps, SolverKind};
 
 #[derive(Debug, Args)]
@@ -39,6 +42,7 @@ pub fn peak_rss_gib() -> f64 {
 pub fn run(args: &BenchUnetArgs) -> Result<()> {
     anyhow::ensure!(args.size % 64 == 0 && args.size > 0, "--size must be a positive multiple of 64");
     let dev = Device::Cpu;
+    let profile = SpanTimes::install()?;
     let config: UNet2DConditionConfig = serde_json::from_str(presets::SD21)?;
     let t0 = Instant::now();
     // Random weights come from a VarMap, but variables make candle record the whole forward
@@ -50,7 +54,7 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
         let data = varmap.data().lock().map_err(|_| anyhow::anyhow!("weight map poisoned"))?;
         data.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
     };
-    let mut unet = UNet2DConditionModel::new(config, VarBuilder::from_tensors(weights, DType::F32, &dev))?;
+    let unet = UNet2DConditionModel::new(config, VarBuilder::from_tensors(weights, DType::F32, &dev))?;
     let init_s = t0.elapsed().as_secs_f64();
     let l = args.size / 8;
     let x = Tensor::randn(0f32, 1f32, (1, 4, l, l), &dev)?;
@@ -60,13 +64,14 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
     let (cond, uncond) = (text(1.0)?, text(0.5)?);
     let mut times = Vec::new();
     {
-        let mut g = Guided::new(&mut unet, cond.clone(), Some(uncond.clone()), 7.5)?;
+        let g = Guided::new(&unet, cond.clone(), Some(uncond.clone()), 7.5)?;
         for i in 0..=args.evals {
             if i == 1 {
-                sada::models::unet::profile::reset();
+                profile.reset();
             }
             let t = Instant::now();
-            g.predict(&x, 500.0, &TokenPlan::Full)?;
+            let mut cache = TokenCache::default();
+            g.predict(&x, 500.0, &mut ForwardContext::full(&mut cache))?;
             if i > 0 {
                 times.push(t.elapsed().as_secs_f64());
             }
@@ -80,10 +85,7 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
         peak_rss_gib()
     );
     let total: f64 = times.iter().sum();
-    let parts: Vec<String> = sada::models::unet::profile::snapshot()
-        .iter()
-        .map(|(p, s)| format!("\"{p:?}\": {:.3}", s / total))
-        .collect();
+    let parts: Vec<String> = profile.snapshot().iter().map(|(p, s)| format!("\"{p}\": {:.3}", s / total)).collect();
     println!("{{\"impl\": \"sada (candle)\", \"size\": {}, \"share_of_eval_time\": {{{}}}}}", args.size, parts.join(", "));
     if args.sample_steps > 0 {
         let sched = sada::solvers::presets::parse(sada::solvers::presets::SD21);
@@ -92,9 +94,9 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
             ("sada", Box::new(Sada::new(SadaConfig::sd2())) as Box<dyn Policy>),
         ] {
             let mut solver = build_solver(SolverKind::DpmSolverMultistep, &sched, &Default::default(), args.sample_steps, &FlowTimesteps::default())?;
-            let mut g = Guided::new(&mut unet, cond.clone(), Some(uncond.clone()), 7.5)?;
+            let g = Guided::new(&unet, cond.clone(), Some(uncond.clone()), 7.5)?;
             let t = Instant::now();
-            let (_, trace) = sample(&mut g, solver.as_mut(), policy.as_mut(), x.clone(), &mut |_, _| {})?;
+            let (_, trace) = sample(&g, solver.as_mut(), policy.as_mut(), x.clone(), &mut |_, _| {})?;
             println!(
                 "{{\"impl\": \"sada (candle)\", \"size\": {}, \"run\": \"{name}\", \"steps\": {}, \"evaluations\": {}, \"wall_s\": {:.1}, \"decisions\": \"{}\"}}",
                 args.size,

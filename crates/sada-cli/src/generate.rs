@@ -1,27 +1,21 @@
 //! `sada generate`: sample a Stable Diffusion model folder (or the embedded default model),
-//! with or without SADA, optionally side by side with the unaccelerated baseline.
+//! with SADA, a rival accelerator or none, optionally side by side with the unaccelerated
+//! baseline.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use clap::{Args, ValueEnum};
+use sada::image::{hstack, png_bytes, to_rgb};
 use sada::metrics::{psnr_rgb, ssim};
-use sada::pipelines::image::{hstack, png_bytes, to_rgb};
-use sada::pipelines::{GenerateOptions, PipelineInputs, StableDiffusion};
+use sada::pipelines::{GenerateOptions, Pipeline, PipelineInputs};
+use sada::policy::Acceleration;
 
-use crate::args::{load_model, progress, SadaArgs, SolverArg};
+use crate::args::{load_model, progress, AccelArgs, DeviceArgs, SolverArg};
 use crate::output::{replace_atomically, write_atomic};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Accel {
-    /// SADA with the published settings for the model family (overridable by the SADA flags)
-    Sada,
-    /// The unaccelerated baseline
-    None,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputType {
@@ -76,14 +70,11 @@ pub struct GenerateArgs {
     /// Seed of the initial noise (when --inputs has no latents) and of SADA's token selection
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Acceleration
-    #[arg(long, value_enum, default_value = "sada")]
-    pub accel: Accel,
     /// Where to write the result
     #[arg(long, value_name = "PATH", default_value = "sada.png")]
     pub output: PathBuf,
-    /// Also run the unaccelerated baseline from the same noise; write [baseline | SADA] side by
-    /// side and print PSNR, SSIM and the speedup
+    /// Also run the unaccelerated baseline from the same noise; write [baseline | accelerated]
+    /// side by side and print PSNR, SSIM and the speedup
     #[arg(long)]
     pub compare: bool,
     /// What to write
@@ -96,21 +87,36 @@ pub struct GenerateArgs {
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DtypeArg,
     #[command(flatten)]
-    pub sada: SadaArgs,
+    pub accel: AccelArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// How a run is named in messages.
+fn label(a: &Acceleration) -> &'static str {
+    match a {
+        Acceleration::Sada(_) => "SADA",
+        Acceleration::None(_) => "baseline",
+        other => other.name(),
+    }
 }
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
-    let device = Device::Cpu;
+    let device = args.device.device()?;
     let dtype = match args.dtype {
         DtypeArg::F32 => DType::F32,
         DtypeArg::F16 => DType::F16,
         DtypeArg::Bf16 => bail!("--dtype bf16 is not supported on the CPU (candle has no bf16 matrix product there); use f32 or f16"),
     };
-    let (kind, solver_name) = args.solver.for_stable_diffusion()?;
     if args.compare && args.output_type != OutputType::Pil {
         bail!("--compare writes images side by side; it needs --output-type pil");
     }
-    let (mut pipe, model_name, default_guidance) = load_model(args.model.as_deref(), dtype)?;
+    let (mut pipe, model_name, default_guidance) = load_model(args.model.as_deref(), dtype, &device)?;
+    let solver = args.solver.for_family(pipe.family())?;
+    let acceleration = args.accel.acceleration(pipe.family(), args.seed)?;
+    if args.compare && acceleration.is_baseline() {
+        bail!("--compare compares an accelerated run with the baseline; it cannot be combined with --accel none");
+    }
     let inputs = match (&args.prompt, &args.inputs) {
         (Some(prompt), _) => {
             let unknown = pipe.unknown_words(prompt)?;
@@ -122,7 +128,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         (None, Some(path)) => PipelineInputs::load(path, &device)?,
         (None, None) => bail!("give --prompt TEXT (or --inputs FILE.safetensors with precomputed prompt_embeds)"),
     };
-    if args.output_type == OutputType::Pil && pipe.vae.is_none() && !pipe.pixel_space {
+    if args.output_type == OutputType::Pil && !pipe.can_decode() {
         bail!("{model_name}: no vae/ folder, so no image can be decoded; use --output-type latent");
     }
     // Without --height/--width, the size follows the given latents, else diffusers' default.
@@ -131,33 +137,26 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         Some(l) if l.rank() == 4 => (Some(l.dim(2)? * scale), Some(l.dim(3)? * scale)),
         _ => (None, None),
     };
-    let size = pipe.default_size();
-    let sada = match args.accel {
-        Accel::Sada => Some(args.sada.apply(pipe.default_sada(), args.seed)),
-        Accel::None => None,
-    };
-    if args.compare && sada.is_none() {
-        bail!("--compare compares SADA with the baseline; it cannot be combined with --accel none");
-    }
+    let (size_h, size_w) = pipe.default_size();
     let opts = GenerateOptions {
         steps: args.steps,
         guidance_scale: args.guidance_scale.unwrap_or(default_guidance),
-        height: args.height.or(lat_h).unwrap_or(size),
-        width: args.width.or(lat_w).unwrap_or(size),
+        height: args.height.or(lat_h).unwrap_or(size_h),
+        width: args.width.or(lat_w).unwrap_or(size_w),
         seed: args.seed,
-        solver: solver_name,
-        sada,
+        solver,
+        acceleration,
     };
-    let run_one = |pipe: &mut StableDiffusion, opts: &GenerateOptions| -> Result<(candle_core::Tensor, sada::sampling::Trace, f64)> {
-        let label = if opts.sada.is_some() { "SADA" } else { "baseline" };
-        let bar = progress(opts.steps, label);
+    let run_one = |pipe: &mut Box<dyn Pipeline>, opts: &GenerateOptions| -> Result<(candle_core::Tensor, sada::sampling::Trace, f64)> {
+        let bar = progress(opts.acceleration.steps(opts.steps), label(&opts.acceleration));
         let start = Instant::now();
-        let (latents, trace) = pipe.generate(&inputs, opts, kind, &mut |i, _| bar.set_position(i as u64))?;
+        let (latents, trace) = pipe.generate(&inputs, opts, &mut |i, _| bar.set_position(i as u64))?;
         bar.finish_and_clear();
         Ok((latents, trace, start.elapsed().as_secs_f64()))
     };
-    let baseline = if args.compare { Some(run_one(&mut pipe, &GenerateOptions { sada: None, ..opts.clone() })?) } else { None };
+    let baseline = if args.compare { Some(run_one(&mut pipe, &GenerateOptions { acceleration: Acceleration::default(), ..opts.clone() })?) } else { None };
     let (latents, trace, sample_s) = run_one(&mut pipe, &opts)?;
+    let name = label(&opts.acceleration);
 
     let settings = serde_json::json!({
         "model": model_name,
@@ -179,7 +178,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
                     let base = to_rgb(&pipe.decode(base_latents)?.context("no VAE")?)?;
                     let (p, s) = (psnr_rgb(&image, &base)?, ssim(&image, &base)?);
                     println!(
-                        "baseline: {} evaluations, sampling {:.2} s; SADA vs baseline: PSNR {:.2} dB, SSIM {:.4}, speedup {:.2}x wall, {:.2}x evaluations",
+                        "baseline: {} evaluations, sampling {:.2} s; {name} vs baseline: PSNR {:.2} dB, SSIM {:.4}, speedup {:.2}x wall, {:.2}x evaluations",
                         base_trace.evaluations,
                         base_s,
                         p,
@@ -190,7 +189,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
                     let mut settings = settings;
                     settings["psnr_db"] = p.into();
                     settings["ssim"] = s.into();
-                    settings["layout"] = "baseline | SADA".into();
+                    settings["layout"] = format!("baseline | {name}").into();
                     (hstack(&[&base, &image]), settings)
                 }
                 None => (image, settings),
@@ -202,10 +201,9 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         write_atomic(path, serde_json::to_string_pretty(&trace)?.as_bytes())?;
     }
     println!(
-        "{}: {} evaluations for {} steps [{}], sampling {:.2} s, written to {}",
-        if opts.sada.is_some() { "SADA" } else { "baseline" },
+        "{name}: {} evaluations for {} steps [{}], sampling {:.2} s, written to {}",
         trace.evaluations,
-        opts.steps,
+        trace.steps.len(),
         trace.summary(),
         sample_s,
         args.output.display()

@@ -1,4 +1,5 @@
-//! `sada gmm`: SADA on the exact Gaussian-mixture denoiser, against the unaccelerated solver.
+//! `sada gmm`: an accelerator (SADA by default) on the exact Gaussian-mixture denoiser, against
+//! the unaccelerated solver and the plain solver given as many evaluations.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -9,12 +10,13 @@ use clap::Args;
 use sada::denoiser::{Conditioning, Guided};
 use sada::gmm::{class_weights, uniform_weights, GaussianMixture, GmmSchedule};
 use sada::metrics::{data_range, psnr};
-use sada::policy::{NoAcceleration, Policy, Sada};
+use sada::policy::acceleration::Family;
+use sada::policy::{NoAcceleration, Policy};
 use sada::sampling::{sample, Trace};
 use sada::schedule::NoiseSchedule;
 use sada::solvers::{build_solver, presets, FlowTimesteps, Solver, SolverKind};
 
-use crate::args::{progress, SadaArgs, SolverArg};
+use crate::args::{progress, AccelArgs, SolverArg};
 
 #[derive(Debug, Args)]
 pub struct GmmArgs {
@@ -39,11 +41,11 @@ pub struct GmmArgs {
     /// Seed of the initial noise (and of SADA's token selection)
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Write the SADA run's per-step trace as JSON
+    /// Write the accelerated run's per-step trace as JSON
     #[arg(long, value_name = "FILE.json")]
     pub trace: Option<PathBuf>,
     #[command(flatten)]
-    pub sada: SadaArgs,
+    pub accel: AccelArgs,
 }
 
 const CLASSES: usize = 4;
@@ -87,24 +89,30 @@ pub fn run(args: &GmmArgs) -> Result<()> {
             (GmmSchedule::Discrete(NoiseSchedule::new(&train)?), solver.prediction_type())
         }
     };
-    let mut model = GaussianMixture::image_like(&shape, CLASSES, VARIANTS, DETAIL, 1234, schedule, prediction_type);
+    let model = GaussianMixture::image_like(&shape, CLASSES, VARIANTS, DETAIL, 1234, schedule, prediction_type);
     let cond = Conditioning::new().with("class_weights", class_weights(COMPONENTS, args.class, 0.3, args.batch)?);
     let uncond = Conditioning::new().with("class_weights", uniform_weights(COMPONENTS, args.batch)?);
     let noise = seeded_noise(&[args.batch, shape[0], shape[1], shape[2]], args.seed)?
         .affine(solver.init_noise_sigma(), 0.0)?;
 
-    let mut run = |solver: &mut dyn Solver, policy: &mut dyn Policy, name: &str| -> Result<(Tensor, Trace, f64)> {
-        let mut guided = Guided::new(&mut model, cond.clone(), Some(uncond.clone()), args.guidance_scale)?;
+    let family = match args.solver {
+        SolverArg::Flow => Family::Flux,
+        _ => Family::StableDiffusion,
+    };
+    let accel = args.accel.acceleration(family, args.seed)?;
+    accel.validate(accel.steps(args.steps))?;
+    let guided = Guided::new(&model, cond, Some(uncond), args.guidance_scale)?;
+    let run = |solver: &mut dyn Solver, policy: &mut dyn Policy, name: &str| -> Result<(Tensor, Trace, f64)> {
         let bar = progress(solver.num_steps(), name);
         let start = Instant::now();
-        let (x, trace) = sample(&mut guided, solver, policy, noise.clone(), &mut |i, _| bar.set_position(i as u64))?;
+        let (x, trace) = sample(&guided, solver, policy, noise.clone(), &mut |i, _| bar.set_position(i as u64))?;
         bar.finish_and_clear();
         Ok((x, trace, start.elapsed().as_secs_f64()))
     };
 
     let (base, base_trace, base_s) = run(solver.as_mut(), &mut NoAcceleration, "baseline")?;
-    let cfg = args.sada.config(args.solver, args.seed);
-    let (fast, trace, fast_s) = run(solver.as_mut(), &mut Sada::new(cfg), "SADA")?;
+    let mut fast_solver = build(accel.steps(args.steps))?;
+    let (fast, trace, fast_s) = run(fast_solver.as_mut(), accel.policy().as_mut(), accel.name())?;
     // The plain solver given the same number of evaluations SADA used.
     let mut short = build(trace.evaluations)?;
     let (plain, _, plain_s) = run(short.as_mut(), &mut NoAcceleration, "plain")?;
@@ -116,7 +124,8 @@ pub fn run(args: &GmmArgs) -> Result<()> {
     );
     println!("baseline        : {:>3} evaluations  {:>8.3} s", base_trace.evaluations, base_s);
     println!(
-        "SADA            : {:>3} evaluations  {:>8.3} s   {:.2}x fewer evaluations   PSNR {:.2} dB   [{}]",
+        "{:<16}: {:>3} evaluations  {:>8.3} s   {:.2}x fewer evaluations   PSNR {:.2} dB   [{}]",
+        if accel.name() == "sada" { "SADA" } else { accel.name() },
         trace.evaluations,
         fast_s,
         base_trace.evaluations as f64 / trace.evaluations as f64,
@@ -143,5 +152,5 @@ pub fn run(args: &GmmArgs) -> Result<()> {
 /// Standard-normal noise from a seed (Box-Muller on a ChaCha stream), identical on every machine.
 pub fn seeded_noise(shape: &[usize], seed: u64) -> Result<Tensor> {
     let n: usize = shape.iter().product();
-    Ok(Tensor::from_vec(sada::gmm::normal_samples(n, seed), shape, &Device::Cpu)?)
+    Ok(Tensor::from_vec(sada::noise::normal_samples(n, seed), shape, &Device::Cpu)?)
 }

@@ -6,6 +6,7 @@ mod bench_unet;
 mod generate;
 mod gmm;
 mod output;
+mod profile;
 
 use clap::{Parser, Subcommand};
 

@@ -2,7 +2,7 @@
 //! `cargo run -p sada --example shapes_grid -- out.png [count] [side]`.
 
 use sada::data::shapes::Scene;
-use sada::pipelines::image::{hstack, png_bytes, RgbImage};
+use sada::image::{hstack, png_bytes, RgbImage};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();

@@ -8,7 +8,6 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use sada::denoiser::{Conditioning, Denoiser};
 use sada::models::{UNet2DConditionConfig, UNet2DConditionModel};
-use sada::policy::TokenPlan;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -23,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let dev = Device::Cpu;
     let varmap = VarMap::new();
-    let mut unet = UNet2DConditionModel::new(config, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
+    let unet = UNet2DConditionModel::new(config, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
     let params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
     let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-4, ..Default::default() })?;
     let x = Tensor::randn(0f32, 1f32, (batch, 3, side, side), &dev)?;
@@ -31,8 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cond = Conditioning::new().with("encoder_hidden_states", Tensor::randn(0f32, 1f32, (batch, 8, 64), &dev)?);
     for i in 0..4 {
         let t = Instant::now();
-        unet.reset();
-        let out = unet.predict(&x, 500.0, &cond, &TokenPlan::Full)?;
+        let out = unet.predict_full(&x, 500.0, &cond)?;
         let loss = (out - &target)?.sqr()?.mean_all()?;
         opt.backward_step(&loss)?;
         println!("step {i}: {:.3} s (batch {batch}, {side}x{side}, {:.2}M parameters, loss {:.4})", t.elapsed().as_secs_f64(), params as f64 / 1e6, loss.to_scalar::<f32>()?);

@@ -25,6 +25,10 @@ pub enum Error {
     #[error("non-finite values (NaN or inf) in {what} at step {step}")]
     NonFinite { what: String, step: usize },
 
+    /// An invariant of this library broke: a bug in sada, never the user's input.
+    #[error("internal error (a bug in sada, please report it): {0}")]
+    Internal(String),
+
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),
 
@@ -41,6 +45,10 @@ impl Error {
 
     pub fn unsupported(key: impl Into<String>, value: impl std::fmt::Display, expected: impl Into<String>) -> Self {
         Error::UnsupportedConfig { key: key.into(), value: value.to_string(), expected: expected.into() }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::Internal(message.into())
     }
 
     pub fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {

@@ -10,9 +10,8 @@ use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::denoiser::{Conditioning, Denoiser};
+use crate::denoiser::{Conditioning, Denoiser, ForwardContext};
 use crate::error::{Error, Result};
-use crate::policy::TokenPlan;
 use crate::schedule::NoiseSchedule;
 use crate::solvers::PredictionType;
 
@@ -148,7 +147,7 @@ impl GaussianMixture {
 }
 
 impl Denoiser for GaussianMixture {
-    fn predict(&mut self, latents: &Tensor, timestep: f64, cond: &Conditioning, _plan: &TokenPlan) -> Result<Tensor> {
+    fn predict(&self, latents: &Tensor, timestep: f64, cond: &Conditioning, _ctx: &mut ForwardContext) -> Result<Tensor> {
         let dims = latents.dims().to_vec();
         if dims.len() != self.shape.len() + 1 || dims[1..] != self.shape[..] {
             return Err(Error::Shape {
@@ -208,21 +207,4 @@ pub fn class_weights(k: usize, class: usize, p: f64, batch: usize) -> Result<Ten
 /// Uniform weights: the unconditional branch.
 pub fn uniform_weights(k: usize, batch: usize) -> Result<Tensor> {
     Ok(Tensor::full(1.0f32 / k as f32, (batch, k), &Device::Cpu)?)
-}
-
-/// `n` standard-normal samples from `seed` (Box-Muller on a ChaCha8 stream): the same noise on
-/// every machine, independent of any tensor library's generator.
-pub fn normal_samples(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut out = Vec::with_capacity(n + 1);
-    while out.len() < n {
-        let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
-        let u2: f64 = rng.gen::<f64>();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let th = std::f64::consts::TAU * u2;
-        out.push((r * th.cos()) as f32);
-        out.push((r * th.sin()) as f32);
-    }
-    out.truncate(n);
-    out
 }

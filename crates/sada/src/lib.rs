@@ -8,18 +8,25 @@
 //!   they know nothing about networks.
 //! - [`policy`]: what each step costs. [`policy::Sada`] reads the solver's trajectory, decides
 //!   whether the next step is computed in full, computed on a subset of tokens, or skipped, and
-//!   supplies the approximation for skipped steps.
-//! - [`denoiser`]: the one trait every network implements, and classifier-free guidance.
+//!   supplies the approximation for skipped steps; its rivals sit beside it, and
+//!   [`policy::Acceleration`] names them all as values.
+//! - [`denoiser`]: the one trait every network implements, what a network lets an accelerator
+//!   do inside it, the per-call context that carries it, and classifier-free guidance.
+//! - [`models`]: the networks (UNet, autoencoder) and the token-cache layer SADA's pruning uses.
+//! - [`pipelines`]: text encoder + denoiser + solver + accelerator + decoder, from a model folder.
 //! - [`sampling`]: the loop that runs solver + policy + denoiser and records a [`sampling::Trace`].
 //! - [`gmm`]: the exact posterior-mean denoiser of a Gaussian mixture, for tests and benchmarks.
 
-pub mod defaults;
+pub mod config;
 pub mod data;
+pub mod defaults;
 pub mod denoiser;
 pub mod error;
 pub mod gmm;
+pub mod image;
 pub mod metrics;
 pub mod models;
+pub mod noise;
 pub mod pipelines;
 pub mod policy;
 pub mod sampling;

@@ -3,7 +3,7 @@
 use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
-use crate::pipelines::image::RgbImage;
+use crate::image::RgbImage;
 
 /// Mean squared error.
 pub fn mse(a: &Tensor, b: &Tensor) -> Result<f64> {

@@ -5,9 +5,10 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::denoiser::Guided;
+use crate::denoiser::{ForwardContext, Guided, TokenPlan};
 use crate::error::{Error, Result};
-use crate::policy::{Decision, Observation, Policy, StepPlan, TokenPlan};
+use crate::models::token_cache::TokenCache;
+use crate::policy::{Decision, Observation, Policy, StepPlan};
 use crate::solvers::{Prediction, Solver};
 
 /// One solver step as it happened.
@@ -16,7 +17,8 @@ pub struct StepTrace {
     pub index: usize,
     pub timestep: f64,
     pub decision: Decision,
-    /// Mean of the stability criterion m computed after this step (null before three drifts exist).
+    /// The policy's criterion computed after this step (SADA: the mean of the stability
+    /// product m; null before three drifts exist).
     pub criterion: Option<f64>,
     /// Tokens computed at latent resolution on pruned steps.
     pub tokens_computed: Option<usize>,
@@ -26,7 +28,7 @@ pub struct StepTrace {
 /// What a sampling run cost.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Trace {
-    /// Denoiser calls actually computed.
+    /// Denoiser calls actually made (partial ones included).
     pub evaluations: usize,
     pub steps: Vec<StepTrace>,
 }
@@ -40,9 +42,26 @@ impl Trace {
         self.steps.iter().map(|s| s.seconds).sum()
     }
 
+    /// The run's cost in full network evaluations: full calls count 1, and a partial or pruned
+    /// call counts its time over the mean time of this run's full calls (1 when the run has
+    /// none to compare with).
+    pub fn equivalent_evaluations(&self) -> f64 {
+        let full: Vec<f64> =
+            self.steps.iter().filter(|s| matches!(s.decision, Decision::Full | Decision::Refresh)).map(|s| s.seconds).collect();
+        let mean_full = (!full.is_empty()).then(|| full.iter().sum::<f64>() / full.len() as f64).filter(|m| *m > 0.0);
+        self.steps
+            .iter()
+            .filter(|s| s.decision.computed())
+            .map(|s| match (s.decision, mean_full) {
+                (Decision::Partial | Decision::Pruned, Some(m)) => (s.seconds / m).min(1.0),
+                _ => 1.0,
+            })
+            .sum()
+    }
+
     /// One line per decision kind, e.g. `full 25, skip-am 8, skip-lagrange 17`.
     pub fn summary(&self) -> String {
-        [Decision::Full, Decision::Refresh, Decision::Pruned, Decision::SkipAm, Decision::SkipLagrange]
+        Decision::ALL
             .into_iter()
             .filter_map(|d| {
                 let k = self.count(d);
@@ -56,7 +75,7 @@ impl Trace {
 /// Run the solver from `latents` (already multiplied by `init_noise_sigma`) to the end.
 /// `on_step(done, total)` is called after each step (progress bars).
 pub fn sample(
-    model: &mut Guided,
+    model: &Guided,
     solver: &mut dyn Solver,
     policy: &mut dyn Policy,
     latents: Tensor,
@@ -64,9 +83,9 @@ pub fn sample(
 ) -> Result<(Tensor, Trace)> {
     let n_steps = solver.num_steps();
     solver.reset();
-    model.denoiser().reset();
-    let pruning = model.denoiser().supports_token_pruning();
-    policy.begin(solver, latents.dims(), pruning)?;
+    policy.begin(solver, latents.dims(), &model.capabilities())?;
+    // per image: the token caches of SADA's pruning start empty
+    let mut token_cache = TokenCache::default();
 
     let mut x = latents;
     let mut trace = Trace::default();
@@ -74,10 +93,15 @@ pub fn sample(
         let start = Instant::now();
         let t = solver.timesteps()[n];
         let plan = policy.plan(n);
+        let mut decision = plan.decision();
         let (output, prediction, tokens_computed) = match &plan {
             StepPlan::Compute(tokens) => {
                 let input = solver.scale_model_input(&x, n)?;
-                let out = model.predict(&input, t, tokens)?;
+                let mut ctx = ForwardContext::new(tokens, &mut token_cache, Some(&mut *policy));
+                let out = model.predict(&input, t, &mut ctx)?;
+                if ctx.replaced() > 0 {
+                    decision = Decision::Partial;
+                }
                 if out.dims() != x.dims() {
                     return Err(Error::Shape {
                         what: "denoiser output".into(),
@@ -104,14 +128,7 @@ pub fn sample(
             data_prediction: &step.data_prediction,
         };
         let criterion = policy.observe(n, &obs, solver)?;
-        trace.steps.push(StepTrace {
-            index: n,
-            timestep: t,
-            decision: plan.decision(),
-            criterion,
-            tokens_computed,
-            seconds: start.elapsed().as_secs_f64(),
-        });
+        trace.steps.push(StepTrace { index: n, timestep: t, decision, criterion, tokens_computed, seconds: start.elapsed().as_secs_f64() });
         x = step.prev_sample;
         on_step(n + 1, n_steps);
     }

@@ -8,8 +8,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use sada::data::shapes::{border_colour, Scene, COLOURS};
 use sada::models::UNet2DConditionModel;
-use sada::pipelines::image::to_rgb;
-use sada::pipelines::{default_model, GenerateOptions, PipelineInputs, StableDiffusion};
+use sada::image::to_rgb;
+use sada::pipelines::{default_model, GenerateOptions, Pipeline, PipelineInputs, StableDiffusion};
+use sada::policy::Acceleration;
 use sada::solvers::SolverKind;
 
 fn fixture(name: &str) -> PathBuf {
@@ -38,10 +39,10 @@ fn pipeline_matches_diffusers_on_the_shipped_weights() {
         height: 32,
         width: 32,
         seed: 0,
-        solver: "dpm++",
-        sada: None,
+        solver: SolverKind::DpmSolverMultistep,
+        acceleration: Acceleration::default(),
     };
-    let (images, _) = pipe.generate(&inputs, &opts, SolverKind::DpmSolverMultistep, &mut |_, _| {}).unwrap();
+    let (images, _) = pipe.generate(&inputs, &opts, &mut |_, _| {}).unwrap();
     let err = rel_err(&images, &f["images"]);
     println!("default model vs diffusers: prompt embeddings {embeds_err:.2e}, {} guided steps {err:.2e} (relative L2)", opts.steps);
     assert!(embeds_err < 1e-5, "{embeds_err}");
@@ -66,10 +67,10 @@ fn background_accuracy(pipe: &mut StableDiffusion, scenes: &[Scene], steps: usiz
             height: 32,
             width: 32,
             seed: chunk_idx as u64,
-            solver: "dpm++",
-            sada: None,
+            solver: SolverKind::DpmSolverMultistep,
+            acceleration: Acceleration::default(),
         };
-        let (images, _) = pipe.generate(&inputs, &opts, SolverKind::DpmSolverMultistep, &mut |_, _| {}).unwrap();
+        let (images, _) = pipe.generate(&inputs, &opts, &mut |_, _| {}).unwrap();
         for (i, scene) in chunk.iter().enumerate() {
             let img = to_rgb(&images.get(i).unwrap()).unwrap();
             let got = border_colour(&img);

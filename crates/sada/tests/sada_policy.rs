@@ -1,12 +1,16 @@
 //! The SADA policy end to end on the Gaussian-mixture denoiser: formulas re-derived here from
-//! `shared/SADA.md` in scalar float64 and compared with what the policy hands the solver, the
+//! `docs/method.md` in scalar float64 and compared with what the policy hands the solver, the
 //! baseline loop against the plain solver, and the published settings' effect.
 
 use candle_core::{Device, Tensor};
-use sada::denoiser::{Conditioning, Denoiser, Guided};
-use sada::gmm::{class_weights, normal_samples, uniform_weights, GaussianMixture, GmmSchedule};
+use std::cell::{Cell, RefCell};
+
+use sada::denoiser::{Capabilities, Conditioning, Denoiser, ForwardContext, Guided, TokenPlan};
+use sada::gmm::{class_weights, uniform_weights, GaussianMixture, GmmSchedule};
 use sada::metrics::{data_range, psnr};
-use sada::policy::{Decision, NoAcceleration, Observation, Policy, Sada, SadaConfig, SkipKind, StepPlan, TokenPlan};
+use sada::models::token_cache::TokenCache;
+use sada::noise::normal_samples;
+use sada::policy::{Decision, NoAcceleration, Observation, Policy, Sada, SadaConfig, SkipKind, StepPlan};
 use sada::sampling::sample;
 use sada::schedule::NoiseSchedule;
 use sada::solvers::{build_solver, presets, FlowTimesteps, LatentScale, Prediction, PredictionType, Solver, SolverKind};
@@ -41,6 +45,12 @@ fn conds(batch: usize) -> (Conditioning, Conditioning) {
         Conditioning::new().with("class_weights", class_weights(16, 1, 0.3, batch).unwrap()),
         Conditioning::new().with("class_weights", uniform_weights(16, batch).unwrap()),
     )
+}
+
+/// One guided evaluation with every token computed.
+fn model_full(guided: &Guided, x: &Tensor, t: f64) -> Tensor {
+    let mut cache = TokenCache::default();
+    guided.predict(x, t, &mut ForwardContext::full(&mut cache)).unwrap()
 }
 
 fn vals(t: &Tensor) -> Vec<f64> {
@@ -83,15 +93,15 @@ fn spec_xhat(s: &dyn Solver, xs: &[Vec<f64>], outs: &[Vec<f64>], k: usize) -> Ve
 }
 
 /// Drive solver + SADA by hand, recording everything, and check each skipped step's substitute
-/// against the formulas of SADA.md §2-§5 recomputed in float64 from the recorded scalars.
+/// against the formulas of docs/method.md §2-§5 recomputed in float64 from the recorded scalars.
 fn check_substitutes(kind: SolverKind, preset: &str, overrides: serde_json::Value) -> (usize, usize) {
     let shape = [1usize, 4, 2, 2];
     let mut s = solver(kind, preset, overrides, 50);
-    let mut model = gmm(&shape[1..], preset, s.prediction_type());
+    let model = gmm(&shape[1..], preset, s.prediction_type());
     let (cond, uncond) = conds(1);
-    let mut guided = Guided::new(&mut model, cond, Some(uncond), 7.5).unwrap();
+    let guided = Guided::new(&model, cond, Some(uncond), 7.5).unwrap();
     let mut policy = Sada::new(SadaConfig::sd2());
-    policy.begin(s.as_ref(), &shape, false).unwrap();
+    policy.begin(s.as_ref(), &shape, &Capabilities::default()).unwrap();
     let n_steps = s.num_steps();
     let ve = s.latent_scale() == LatentScale::VarianceExploding;
     let pt = s.prediction_type();
@@ -106,7 +116,8 @@ fn check_substitutes(kind: SolverKind, preset: &str, overrides: serde_json::Valu
         let (output, pred) = match &plan {
             StepPlan::Compute(tp) => {
                 let input = s.scale_model_input(&x, n).unwrap();
-                let o = guided.predict(&input, s.timesteps()[n], tp).unwrap();
+                let mut cache = TokenCache::default();
+                let o = guided.predict(&input, s.timesteps()[n], &mut ForwardContext::new(tp, &mut cache, None)).unwrap();
                 last_real = Some(vals(&o));
                 (Some(o.clone()), Prediction::ModelOutput(o))
             }
@@ -151,6 +162,7 @@ fn check_substitutes(kind: SolverKind, preset: &str, overrides: serde_json::Valu
                             })
                             .collect()
                     }
+                    SkipKind::Reuse => panic!("SADA never plans a plain reuse"),
                 };
                 close(&got, &want, 1e-5, &format!("{kind:?} substitute at step {n}"));
                 (None, sub)
@@ -208,11 +220,11 @@ fn substitutes_match_the_spec_euler_v_prediction() {
 fn run(kind: SolverKind, preset: &str, steps: usize, policy: &mut dyn Policy, batch: usize) -> (Tensor, sada::sampling::Trace) {
     let shape = [batch, 4, 16, 16];
     let mut s = solver(kind, preset, serde_json::json!({}), steps);
-    let mut model = gmm(&shape[1..], preset, s.prediction_type());
+    let model = gmm(&shape[1..], preset, s.prediction_type());
     let (cond, uncond) = conds(batch);
-    let mut guided = Guided::new(&mut model, cond, Some(uncond), 7.5).unwrap();
+    let guided = Guided::new(&model, cond, Some(uncond), 7.5).unwrap();
     let x = noise(&shape, 11, s.init_noise_sigma());
-    sample(&mut guided, s.as_mut(), policy, x, &mut |_, _| {}).unwrap()
+    sample(&guided, s.as_mut(), policy, x, &mut |_, _| {}).unwrap()
 }
 
 #[test]
@@ -227,13 +239,13 @@ fn baseline_loop_is_bit_identical_to_the_plain_solver() {
         // the same thing by hand: scale, predict, step
         let shape = [1usize, 4, 16, 16];
         let mut s = solver(kind, preset, serde_json::json!({}), 20);
-        let mut model = gmm(&shape[1..], preset, s.prediction_type());
+        let model = gmm(&shape[1..], preset, s.prediction_type());
         let (cond, uncond) = conds(1);
-        let mut guided = Guided::new(&mut model, cond, Some(uncond), 7.5).unwrap();
+        let guided = Guided::new(&model, cond, Some(uncond), 7.5).unwrap();
         let mut x = noise(&shape, 11, s.init_noise_sigma());
         for n in 0..20 {
             let input = s.scale_model_input(&x, n).unwrap();
-            let o = guided.predict(&input, s.timesteps()[n], &TokenPlan::Full).unwrap();
+            let o = model_full(&guided, &input, s.timesteps()[n]);
             x = s.step(n, &x, Prediction::ModelOutput(o)).unwrap().prev_sample;
         }
         assert_eq!(vals(&looped), vals(&x), "{kind:?}");
@@ -296,14 +308,14 @@ fn trace_serialises_with_the_documented_fields() {
 }
 
 /// A denoiser that claims to prune, so the policy plans refresh/pruned steps.
-struct PruningGmm(GaussianMixture, Vec<TokenPlan>);
+struct PruningGmm(GaussianMixture, RefCell<Vec<TokenPlan>>);
 impl Denoiser for PruningGmm {
-    fn predict(&mut self, l: &Tensor, t: f64, c: &Conditioning, p: &TokenPlan) -> sada::Result<Tensor> {
-        self.1.push(p.clone());
-        self.0.predict(l, t, c, p)
+    fn predict(&self, l: &Tensor, t: f64, c: &Conditioning, ctx: &mut ForwardContext) -> sada::Result<Tensor> {
+        self.1.borrow_mut().push(ctx.plan().clone());
+        self.0.predict(l, t, c, ctx)
     }
-    fn supports_token_pruning(&self) -> bool {
-        true
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { token_pruning: true, ..Default::default() }
     }
 }
 
@@ -313,11 +325,11 @@ fn token_plans_follow_the_refresh_schedule_with_a_pruning_denoiser() {
     let mut s = solver(SolverKind::DpmSolverMultistep, presets::SD21, serde_json::json!({}), 50);
     // pruning needs computed steps that do not directly follow a skip: no Lagrange phase, long runs
     let cfg = SadaConfig { lagrange_term: 0, max_interval: 2, ..SadaConfig::sd2() };
-    let mut model = PruningGmm(gmm(&shape[1..], presets::SD21, s.prediction_type()), vec![]);
+    let model = PruningGmm(gmm(&shape[1..], presets::SD21, s.prediction_type()), RefCell::new(vec![]));
     let (cond, uncond) = conds(1);
-    let mut guided = Guided::new(&mut model, cond, Some(uncond), 7.5).unwrap();
+    let guided = Guided::new(&model, cond, Some(uncond), 7.5).unwrap();
     let x = noise(&shape, 11, s.init_noise_sigma());
-    let (_, trace) = sample(&mut guided, s.as_mut(), &mut Sada::new(cfg), x, &mut |_, _| {}).unwrap();
+    let (_, trace) = sample(&guided, s.as_mut(), &mut Sada::new(cfg), x, &mut |_, _| {}).unwrap();
     for st in &trace.steps {
         let inside = (10..47).contains(&st.index);
         match st.decision {
@@ -332,8 +344,7 @@ fn token_plans_follow_the_refresh_schedule_with_a_pruning_denoiser() {
         }
     }
     assert_eq!(trace.steps[10].decision, Decision::Refresh);
-    let plans = &model.1;
-    assert_eq!(plans.len(), trace.evaluations);
+    assert_eq!(model.1.borrow().len(), trace.evaluations);
 }
 
 #[test]
@@ -347,21 +358,21 @@ fn invalid_parameters_are_refused_with_their_name() {
         (SadaConfig { acc_range: (0, 3), lagrange_term: 0, ..SadaConfig::sd2() }, "acc_range"),
     ];
     for (cfg, name) in cases {
-        let err = Sada::new(cfg).begin(s.as_mut(), &[1, 4, 8, 8], false).unwrap_err().to_string();
+        let err = Sada::new(cfg).begin(s.as_mut(), &[1, 4, 8, 8], &Capabilities::default()).unwrap_err().to_string();
         assert!(err.contains(&format!("`{name}`")), "{err}");
         assert!(!err.contains('\n'));
     }
     // The example: 20 steps, acc_range (4, 18), lagrange_step 8, int 4 -> 3 anchors only.
     let ok = SadaConfig { acc_range: (4, 18), lagrange_step: 8, lagrange_term: 3, ..SadaConfig::sd2() };
-    Sada::new(ok).begin(s.as_mut(), &[1, 4, 8, 8], false).unwrap();
+    Sada::new(ok).begin(s.as_mut(), &[1, 4, 8, 8], &Capabilities::default()).unwrap();
 }
 
 /// A network that returns NaN from some step on.
-struct Broken(usize);
+struct Broken(Cell<usize>);
 impl Denoiser for Broken {
-    fn predict(&mut self, l: &Tensor, _: f64, _: &Conditioning, _: &TokenPlan) -> sada::Result<Tensor> {
-        self.0 += 1;
-        let v = if self.0 > 3 { f32::NAN } else { 0.1 };
+    fn predict(&self, l: &Tensor, _: f64, _: &Conditioning, _: &mut ForwardContext) -> sada::Result<Tensor> {
+        self.0.set(self.0.get() + 1);
+        let v = if self.0.get() > 3 { f32::NAN } else { 0.1 };
         Ok(Tensor::full(v, l.shape(), l.device())?)
     }
 }
@@ -369,9 +380,9 @@ impl Denoiser for Broken {
 #[test]
 fn nan_model_output_is_an_error_naming_the_step() {
     let mut s = solver(SolverKind::DpmSolverMultistep, presets::SD21, serde_json::json!({}), 10);
-    let mut net = Broken(0);
-    let mut g = Guided::new(&mut net, Conditioning::new(), None, 1.0).unwrap();
-    let err = sample(&mut g, s.as_mut(), &mut NoAcceleration, noise(&[1, 4, 4, 4], 0, 1.0), &mut |_, _| {}).unwrap_err();
+    let net = Broken(Cell::new(0));
+    let g = Guided::new(&net, Conditioning::new(), None, 1.0).unwrap();
+    let err = sample(&g, s.as_mut(), &mut NoAcceleration, noise(&[1, 4, 4, 4], 0, 1.0), &mut |_, _| {}).unwrap_err();
     assert_eq!(err.to_string(), "non-finite values (NaN or inf) in denoiser output at step 3");
 }
 
@@ -379,15 +390,14 @@ fn nan_model_output_is_an_error_naming_the_step() {
 fn guidance_combines_uncond_plus_scale_times_difference() {
     struct Echo;
     impl Denoiser for Echo {
-        fn predict(&mut self, l: &Tensor, _: f64, c: &Conditioning, _: &TokenPlan) -> sada::Result<Tensor> {
+        fn predict(&self, l: &Tensor, _: f64, c: &Conditioning, _: &mut ForwardContext) -> sada::Result<Tensor> {
             // output = latents * w, w from the conditioning (batch, 1, 1, 1)
             Ok(l.broadcast_mul(c.get("w")?)?)
         }
     }
     let w = |v: f32| Tensor::full(v, (1, 1, 1, 1), &Device::Cpu).unwrap();
-    let mut e = Echo;
-    let mut g = Guided::new(&mut e, Conditioning::new().with("w", w(3.0)), Some(Conditioning::new().with("w", w(1.0))), 7.5).unwrap();
-    let out = g.predict(&Tensor::full(2.0f32, (1, 1, 2, 2), &Device::Cpu).unwrap(), 0.0, &TokenPlan::Full).unwrap();
+    let g = Guided::new(&Echo, Conditioning::new().with("w", w(3.0)), Some(Conditioning::new().with("w", w(1.0))), 7.5).unwrap();
+    let out = model_full(&g, &Tensor::full(2.0f32, (1, 1, 2, 2), &Device::Cpu).unwrap(), 0.0);
     // u = 2, c = 6: 2 + 7.5 * 4 = 32
     assert_eq!(vals(&out), vec![32.0; 4]);
 }

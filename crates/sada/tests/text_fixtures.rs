@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use sada::metrics::{psnr_rgb, ssim};
 use sada::models::ModelSource;
-use sada::pipelines::image::RgbImage;
+use sada::image::RgbImage;
 use sada::text::{ClipTextEncoder, WordLevelTokenizer};
 
 fn fixtures() -> PathBuf {

@@ -10,9 +10,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use sada::denoiser::{Conditioning, Denoiser, Guided};
+use sada::denoiser::{Conditioning, Denoiser, ForwardContext, Guided, TokenPlan, TokenSelection};
+use sada::models::token_cache::TokenCache;
 use sada::models::{AutoencoderKl, UNet2DConditionModel};
-use sada::policy::{NoAcceleration, TokenPlan, TokenSelection};
+use sada::policy::NoAcceleration;
 use sada::sampling::sample;
 use sada::solvers::{build_solver, load_scheduler_config, FlowTimesteps, SolverKind};
 
@@ -46,12 +47,12 @@ fn forward_cond(f: &HashMap<String, Tensor>) -> Conditioning {
 }
 
 fn forward_matches(case: &str) {
-    let mut model = unet(case);
+    let model = unet(case);
     let f = load(dir(&format!("unet/{case}/forward.safetensors")));
     let cond = forward_cond(&f);
     for (t, out) in [("timestep", "output"), ("timestep_b", "output_b")] {
         let ts = f[t].to_vec1::<f32>().unwrap()[0] as f64;
-        let got = model.predict(&f["sample"], ts, &cond, &TokenPlan::Full).unwrap();
+        let got = model.predict_full(&f["sample"], ts, &cond).unwrap();
         let e = rel_err(&got, &f[out]);
         eprintln!("{case} forward at t = {ts}: relative error {e:e}");
         assert!(e <= 1e-4, "{case} forward at t = {ts}: relative error {e:e} > 1e-4");
@@ -76,7 +77,7 @@ fn sdxl_tiny_forward_matches_diffusers() {
 fn pipeline_matches(case: &str) {
     let p = load(dir(&format!("unet/{case}/pipeline.safetensors")));
     let config = load_scheduler_config(&dir(&format!("unet/{case}/scheduler/scheduler_config.json"))).unwrap();
-    let mut model = unet(case);
+    let model = unet(case);
     let mut cond = Conditioning::new().with("encoder_hidden_states", p["prompt_embeds"].clone());
     let mut uncond = Conditioning::new().with("encoder_hidden_states", p["negative_prompt_embeds"].clone());
     if let Some(pooled) = p.get("pooled_prompt_embeds") {
@@ -86,8 +87,8 @@ fn pipeline_matches(case: &str) {
     for (kind, key) in [(SolverKind::DpmSolverMultistep, "final_dpm"), (SolverKind::EulerDiscrete, "final_euler")] {
         let mut solver = build_solver(kind, &config, &Default::default(), 50, &FlowTimesteps::default()).unwrap();
         let latents = p["latents"].affine(solver.init_noise_sigma(), 0.0).unwrap();
-        let mut guided = Guided::new(&mut model, cond.clone(), Some(uncond.clone()), 7.5).unwrap();
-        let (x, trace) = sample(&mut guided, solver.as_mut(), &mut NoAcceleration, latents, &mut |_, _| {}).unwrap();
+        let guided = Guided::new(&model, cond.clone(), Some(uncond.clone()), 7.5).unwrap();
+        let (x, trace) = sample(&guided, solver.as_mut(), &mut NoAcceleration, latents, &mut |_, _| {}).unwrap();
         assert_eq!(trace.evaluations, 50);
         let e = rel_err(&x, &p[key]);
         eprintln!("{case} {kind:?} 50 steps: relative error {e:e}");
@@ -129,6 +130,11 @@ fn vae_encode_matches_diffusers() {
     assert!(em <= 1e-4 && es <= 1e-4, "mean {em:e}, std {es:e}");
 }
 
+/// One evaluation under `plan`, with `cache` holding the token caches of the image so far.
+fn run(model: &UNet2DConditionModel, x: &Tensor, cond: &Conditioning, plan: &TokenPlan, cache: &mut TokenCache) -> Tensor {
+    model.predict(x, 377.0, cond, &mut ForwardContext::new(plan, cache, None)).unwrap()
+}
+
 fn full_selection(h: usize, w: usize, max_downsample: usize) -> TokenSelection {
     TokenSelection::new(vec![true; h * w], h, w, 3, 3, 0, max_downsample)
 }
@@ -136,12 +142,13 @@ fn full_selection(h: usize, w: usize, max_downsample: usize) -> TokenSelection {
 #[test]
 fn pruning_with_every_token_computed_equals_the_full_model_exactly() {
     for case in ["sd15_tiny", "sd2_tiny", "sdxl_tiny"] {
-        let mut model = unet(case);
+        let model = unet(case);
         let f = load(dir(&format!("unet/{case}/forward.safetensors")));
         let cond = forward_cond(&f);
         let (_, _, h, w) = f["sample"].dims4().unwrap();
-        let full = model.predict(&f["sample"], 377.0, &cond, &TokenPlan::Full).unwrap();
-        let pruned = model.predict(&f["sample"], 377.0, &cond, &TokenPlan::Pruned(full_selection(h, w, 2))).unwrap();
+        let mut cache = TokenCache::default();
+        let full = run(&model, &f["sample"], &cond, &TokenPlan::Full, &mut cache);
+        let pruned = run(&model, &f["sample"], &cond, &TokenPlan::Pruned(full_selection(h, w, 2)), &mut cache);
         let a: Vec<f32> = full.flatten_all().unwrap().to_vec1().unwrap();
         let b: Vec<f32> = pruned.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(a, b, "{case}");
@@ -152,22 +159,24 @@ fn pruning_with_every_token_computed_equals_the_full_model_exactly() {
 fn pruned_steps_differ_from_full_steps_only_through_the_pruned_tokens() {
     // A real plan on sd15_tiny (8 x 8 latent, cross-attention at full resolution): the output
     // changes, stays finite, and an identical second pruned call reproduces it exactly.
-    let mut model = unet("sd15_tiny");
+    let model = unet("sd15_tiny");
     let f = load(dir("unet/sd15_tiny/forward.safetensors"));
     let cond = Conditioning::new().with("encoder_hidden_states", f["encoder_hidden_states"].clone());
     let mut score = vec![false; 64];
     score[9] = true;
     let sel = TokenSelection::new(score, 8, 8, 3, 3, 5, 1);
     assert!(sel.num_computed() < 64);
-    let full = model.predict(&f["sample"], 377.0, &cond, &TokenPlan::Full).unwrap();
+    let mut cache = TokenCache::default();
+    let full = run(&model, &f["sample"], &cond, &TokenPlan::Full, &mut cache);
     let x2 = (&f["sample"] * 0.9).unwrap();
-    let pruned = model.predict(&x2, 377.0, &cond, &TokenPlan::Pruned(sel.clone())).unwrap();
-    let exact = model.predict(&x2, 377.0, &cond, &TokenPlan::Full).unwrap();
+    let pruned = run(&model, &x2, &cond, &TokenPlan::Pruned(sel.clone()), &mut cache);
+    let exact = run(&model, &x2, &cond, &TokenPlan::Full, &mut cache);
     assert!(rel_err(&pruned, &exact) > 0.0, "pruning changed nothing");
     assert!(rel_err(&pruned, &full) > 0.0);
-    model.reset();
-    model.predict(&f["sample"], 377.0, &cond, &TokenPlan::Full).unwrap();
-    let again = model.predict(&x2, 377.0, &cond, &TokenPlan::Pruned(sel)).unwrap();
+    // a new image: a fresh cache
+    let mut cache = TokenCache::default();
+    run(&model, &f["sample"], &cond, &TokenPlan::Full, &mut cache);
+    let again = run(&model, &x2, &cond, &TokenPlan::Pruned(sel), &mut cache);
     assert_eq!(rel_err(&again, &pruned), 0.0);
 }
 
@@ -183,10 +192,10 @@ fn rewritten(case: &str, tag: &str, write: impl Fn(&HashMap<String, Tensor>, &st
 }
 
 fn forward_with(model_dir: &std::path::Path, case: &str) -> Tensor {
-    let mut m = UNet2DConditionModel::load(model_dir, DType::F32, &Device::Cpu).unwrap();
+    let m = UNet2DConditionModel::load(model_dir, DType::F32, &Device::Cpu).unwrap();
     let f = load(dir(&format!("unet/{case}/forward.safetensors")));
     let cond = Conditioning::new().with("encoder_hidden_states", f["encoder_hidden_states"].clone());
-    m.predict(&f["sample"], 377.0, &cond, &TokenPlan::Full).unwrap()
+    m.predict_full(&f["sample"], 377.0, &cond).unwrap()
 }
 
 #[test]
@@ -241,7 +250,7 @@ fn partial_pruning_works_on_non_square_latents_batches_and_coarser_levels() {
     // sd2_tiny: 8 x 12 latents, batch 2, cross-attention at the full and half resolution levels;
     // sdxl_tiny: attention only at half resolution. max_downsample 2 prunes both kinds of level.
     for case in ["sd2_tiny", "sdxl_tiny"] {
-        let mut model = unet(case);
+        let model = unet(case);
         let f = load(dir(&format!("unet/{case}/forward.safetensors")));
         let cond = forward_cond(&f);
         let (_, _, h, w) = f["sample"].dims4().unwrap();
@@ -250,17 +259,18 @@ fn partial_pruning_works_on_non_square_latents_batches_and_coarser_levels() {
         score[w + 2] = true;
         let sel = TokenSelection::new(score, h, w, 3, 3, 11, 2);
         assert!(sel.mask_at(h / 2, w / 2).is_some(), "{case}: the half-resolution level must prune");
-        let full = model.predict(&f["sample"], 377.0, &cond, &TokenPlan::Full).unwrap();
+        let mut cache = TokenCache::default();
+        let full = run(&model, &f["sample"], &cond, &TokenPlan::Full, &mut cache);
         let x2 = (&f["sample"] * 0.95).unwrap();
-        let pruned = model.predict(&x2, 377.0, &cond, &TokenPlan::Pruned(sel.clone())).unwrap();
-        let exact = model.predict(&x2, 377.0, &cond, &TokenPlan::Full).unwrap();
+        let pruned = run(&model, &x2, &cond, &TokenPlan::Pruned(sel.clone()), &mut cache);
+        let exact = run(&model, &x2, &cond, &TokenPlan::Full, &mut cache);
         assert_eq!(pruned.dims(), full.dims());
         let e = rel_err(&pruned, &exact);
         assert!(e > 0.0 && e.is_finite(), "{case}: pruning changed nothing or broke ({e})");
         // reproducible: same cache state and plan, same output
-        model.reset();
-        model.predict(&f["sample"], 377.0, &cond, &TokenPlan::Full).unwrap();
-        let again = model.predict(&x2, 377.0, &cond, &TokenPlan::Pruned(sel)).unwrap();
+        let mut cache = TokenCache::default();
+        run(&model, &f["sample"], &cond, &TokenPlan::Full, &mut cache);
+        let again = run(&model, &x2, &cond, &TokenPlan::Pruned(sel), &mut cache);
         assert_eq!(rel_err(&again, &pruned), 0.0, "{case}");
     }
 }

@@ -6,7 +6,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::pipelines::image::RgbImage;
+use crate::image::RgbImage;
 
 /// The palette: name and sRGB value.
 pub const COLOURS: [(&str, [u8; 3]); 8] = [

@@ -1,10 +1,13 @@
 //! Networks, loaded from diffusers-format folders with diffusers' key names unchanged.
 //!
-//! The denoisers are implemented here (not taken from candle-transformers) because SADA's
-//! token pruning and block caches live inside their transformer blocks.
+//! The denoisers are implemented here (not taken from candle-transformers) because
+//! accelerators act inside them: each marks where its cacheable sub-networks are, and the
+//! calling side decides what runs there (see `denoiser::ForwardContext`).
 
-pub mod unet;
+pub mod layers;
 pub mod source;
+pub mod token_cache;
+pub mod unet;
 pub mod vae;
 pub mod vae_encoder;
 pub mod weights;

@@ -18,6 +18,15 @@ pub enum ModelSource {
 }
 
 impl ModelSource {
+    /// A component folder given on its own (e.g. `.../unet`): its parent as the model and its
+    /// name as the component.
+    pub fn component_dir(dir: &Path) -> (Self, String) {
+        match (dir.parent(), dir.file_name().and_then(|n| n.to_str())) {
+            (Some(p), Some(n)) => (ModelSource::Dir(p.to_path_buf()), n.to_string()),
+            _ => (ModelSource::Dir(dir.to_path_buf()), String::new()),
+        }
+    }
+
     /// The path shown in messages for a file of this model.
     pub fn path(&self, rel: &str) -> PathBuf {
         match self {
@@ -53,7 +62,7 @@ impl ModelSource {
 
     /// Parse a JSON file (a component's config.json, scheduler_config.json, ...).
     pub fn read_json<T: serde::de::DeserializeOwned>(&self, rel: &str) -> Result<T> {
-        weights::parse_config(&self.read_to_string(rel)?, &self.path(rel))
+        crate::config::parse_config(&self.read_to_string(rel)?, &self.path(rel))
     }
 
     /// The weights of `component` (e.g. `unet`, stem `diffusion_pytorch_model`) and the path to
@@ -74,47 +83,5 @@ impl ModelSource {
                 Ok((vb, path))
             }
         }
-    }
-}
-
-/// Python's `json.dump` writes non-finite floats as bare `NaN`, `Infinity` and `-Infinity`
-/// (diffusers' DPMSolverMultistepScheduler saves `"lambda_min_clipped": -Infinity`), which
-/// strict JSON parsers refuse. Those literals outside strings become `null`, which every
-/// config field that can hold them reads as its default ("no clipping").
-pub fn python_json(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.contains("Infinity") && !text.contains("NaN") {
-        return text.into();
-    }
-    let mut out = String::with_capacity(text.len());
-    let (mut in_string, mut escaped) = (false, false);
-    let mut rest = text;
-    while let Some(c) = rest.chars().next() {
-        if in_string {
-            in_string = escaped || c != '"';
-            escaped = !escaped && c == '\\';
-        } else if c == '"' {
-            in_string = true;
-        } else if let Some(lit) = ["-Infinity", "Infinity", "NaN"].into_iter().find(|l| rest.starts_with(l)) {
-            out.push_str("null");
-            rest = &rest[lit.len()..];
-            continue;
-        }
-        out.push(c);
-        rest = &rest[c.len_utf8()..];
-    }
-    out.into()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::python_json;
-
-    #[test]
-    fn python_non_finite_literals_become_null_outside_strings() {
-        let text = r#"{"a": -Infinity, "b": [NaN, Infinity], "c": "-Infinity \" NaN", "d": 1.5}"#;
-        let v: serde_json::Value = serde_json::from_str(&python_json(text)).unwrap();
-        assert!(v["a"].is_null() && v["b"][0].is_null() && v["b"][1].is_null());
-        assert_eq!(v["c"], "-Infinity \" NaN");
-        assert_eq!(v["d"], 1.5);
     }
 }

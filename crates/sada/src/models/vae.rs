@@ -9,7 +9,7 @@ use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEnco
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::models::weights;
+use crate::models::ModelSource;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct AutoencoderKlConfig {
@@ -53,17 +53,24 @@ pub struct AutoencoderKl {
 }
 
 impl AutoencoderKl {
+    /// Load from a diffusers `vae/` folder (config.json + safetensors weights).
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let config_path = dir.join("config.json");
-        let config: AutoencoderKlConfig = weights::read_config(&config_path)?;
+        let (source, component) = ModelSource::component_dir(dir);
+        Self::load_from(&source, &component, dtype, device)
+    }
+
+    /// Load the `component` folder (usually `vae`) of a model.
+    pub fn load_from(source: &ModelSource, component: &str, dtype: DType, device: &Device) -> Result<Self> {
+        let config_rel = format!("{component}/config.json");
+        let config_path = source.path(&config_rel);
+        let config: AutoencoderKlConfig = source.read_json(&config_rel)?;
         if config.in_channels != 3 || config.out_channels != 3 {
             return Err(Error::file(&config_path, "unsupported config: only 3-channel images (in_channels = out_channels = 3)"));
         }
         if config.shift_factor.is_some_and(|s| s != 0.0) {
             return Err(Error::file(&config_path, "unsupported config value `shift_factor`: only null or 0 is supported"));
         }
-        let files = weights::weight_files(dir, "diffusion_pytorch_model")?;
-        let vb = weights::var_builder(&files, dtype, device)?;
+        let (vb, weights_path) = source.var_builder(component, "diffusion_pytorch_model", dtype, device)?;
         let cfg = AutoEncoderKLConfig {
             block_out_channels: config.block_out_channels.clone(),
             layers_per_block: config.layers_per_block,
@@ -75,7 +82,7 @@ impl AutoencoderKl {
         if !config.mid_block_add_attention {
             return Err(Error::file(&config_path, "unsupported config value `mid_block_add_attention` = false"));
         }
-        let mismatch = |e: candle_core::Error| Error::file(&files[0], format!("weights do not match config.json: {e}"));
+        let mismatch = |e: candle_core::Error| Error::file(&weights_path, format!("weights do not match config.json: {e}"));
         let encoder = super::vae_encoder::VaeEncoder::new(
             vb.clone(),
             config.in_channels,

@@ -5,8 +5,9 @@
 use candle_core::{Module, Tensor};
 use candle_nn::{group_norm, GroupNorm, VarBuilder};
 
-use super::unet::attention::Attention;
-use super::unet::resnet::{conv2d, Conv, ResnetBlock2D};
+use super::layers::attention::Attention;
+use super::layers::conv::{conv2d, Conv};
+use super::layers::resnet::ResnetBlock2D;
 
 /// The autoencoder's single-head spatial self-attention with its own GroupNorm and residual.
 struct SpatialAttention {

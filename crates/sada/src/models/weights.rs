@@ -7,7 +7,6 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
-use crate::models::source::python_json;
 
 /// The weight files of a component folder (e.g. `unet/`), in load order.
 pub fn weight_files(dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
@@ -61,15 +60,4 @@ pub fn var_builder(files: &[PathBuf], dtype: DType, device: &Device) -> Result<V
     // SAFETY: as above.
     unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }
         .map_err(|e| Error::file(&files[0], format!("cannot open weights: {e}")))
-}
-
-/// Read a component's `config.json`.
-pub fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read config: {e}")))?;
-    parse_config(&text, path)
-}
-
-/// Parse config JSON as diffusers writes it (see [`python_json`]); errors name `path`.
-pub fn parse_config<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
-    serde_json::from_str(&python_json(text)).map_err(|e| Error::file(path, format!("invalid config: {e}")))
 }

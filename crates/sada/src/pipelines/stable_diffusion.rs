@@ -5,16 +5,15 @@
 //! `model_index.json` lists no VAE (`"vae": [null, null]`) is a pixel-space model: the UNet
 //! denoises images directly and "decoding" is the identity.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use serde::Serialize;
 
+use super::{GenerateOptions, Pipeline, PipelineInputs};
 use crate::denoiser::{Conditioning, Guided};
 use crate::error::{Error, Result};
 use crate::models::{AutoencoderKl, ModelSource, UNet2DConditionModel};
-use crate::policy::{NoAcceleration, Policy, Sada, SadaConfig};
+use crate::policy::acceleration::Family;
 use crate::sampling::{sample, Trace};
 use crate::solvers::{build_solver, scheduler_config_object, FlowTimesteps, Solver, SolverKind};
 use crate::text::{ClipTextEncoder, WordLevelTokenizer};
@@ -29,64 +28,6 @@ pub struct StableDiffusion {
     scheduler_config: serde_json::Map<String, serde_json::Value>,
     device: Device,
     dtype: DType,
-}
-
-/// Conditioning and starting noise, as diffusers' pipeline arguments.
-#[derive(Debug, Clone, Default)]
-pub struct PipelineInputs {
-    pub prompt_embeds: Option<Tensor>,
-    pub negative_prompt_embeds: Option<Tensor>,
-    pub pooled_prompt_embeds: Option<Tensor>,
-    pub negative_pooled_prompt_embeds: Option<Tensor>,
-    pub add_time_ids: Option<Tensor>,
-    /// Unscaled initial noise (the pipeline multiplies it by `init_noise_sigma`).
-    pub latents: Option<Tensor>,
-}
-
-const INPUT_NAMES: [&str; 6] = [
-    "prompt_embeds",
-    "negative_prompt_embeds",
-    "pooled_prompt_embeds",
-    "negative_pooled_prompt_embeds",
-    "add_time_ids",
-    "latents",
-];
-
-impl PipelineInputs {
-    /// Read a safetensors file of named tensors; other tensors in the file are ignored.
-    pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        if !path.is_file() {
-            return Err(Error::file(path, "inputs file not found"));
-        }
-        let map: HashMap<String, Tensor> = candle_core::safetensors::load(path, device)
-            .map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
-        if !map.keys().any(|k| INPUT_NAMES.contains(&k.as_str())) {
-            return Err(Error::file(path, format!("holds none of the pipeline inputs {INPUT_NAMES:?}")));
-        }
-        let get = |k: &str| -> Result<Option<Tensor>> {
-            map.get(k).map(|t| t.to_dtype(DType::F32)).transpose().map_err(|e| Error::file(path, format!("tensor `{k}`: {e}")))
-        };
-        Ok(Self {
-            prompt_embeds: get("prompt_embeds")?,
-            negative_prompt_embeds: get("negative_prompt_embeds")?,
-            pooled_prompt_embeds: get("pooled_prompt_embeds")?,
-            negative_pooled_prompt_embeds: get("negative_pooled_prompt_embeds")?,
-            add_time_ids: get("add_time_ids")?,
-            latents: get("latents")?,
-        })
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct GenerateOptions {
-    pub steps: usize,
-    pub guidance_scale: f64,
-    pub height: usize,
-    pub width: usize,
-    pub seed: u64,
-    pub solver: &'static str,
-    /// None: the unaccelerated baseline.
-    pub sada: Option<SadaConfig>,
 }
 
 impl StableDiffusion {
@@ -105,30 +46,13 @@ impl StableDiffusion {
             let index: serde_json::Value = source.read_json("model_index.json")?;
             index.get("vae").is_some_and(|v| v.as_array().is_some_and(|a| a.iter().all(|x| x.is_null())))
         };
-        let vae = match &source {
-            ModelSource::Dir(dir) if !pixel_space && dir.join("vae").is_dir() => Some(AutoencoderKl::load(&dir.join("vae"), dtype, device)?),
-            _ => None,
-        };
+        let vae = if !pixel_space && source.exists("vae/config.json") { Some(AutoencoderKl::load_from(&source, "vae", dtype, device)?) } else { None };
         Ok(Self { source, unet, vae, text: None, pixel_space, scheduler_config, device: device.clone(), dtype })
-    }
-
-    /// Image pixels per latent pixel: 2^(levels - 1) of the VAE (8 for every SD model), 1 in
-    /// pixel space.
-    pub fn vae_scale_factor(&self) -> usize {
-        if self.pixel_space {
-            return 1;
-        }
-        self.vae.as_ref().map(|v| 1 << (v.config.block_out_channels.len() - 1)).unwrap_or(8)
-    }
-
-    /// Whether this folder can turn prompts into conditioning (it has a text encoder).
-    pub fn has_text_encoder(&self) -> bool {
-        self.source.exists("text_encoder/config.json") && self.source.exists("tokenizer")
     }
 
     fn text(&mut self) -> Result<&(WordLevelTokenizer, ClipTextEncoder)> {
         if self.text.is_none() {
-            if !self.has_text_encoder() {
+            if !self.has_text() {
                 return Err(Error::file(self.source.path("text_encoder"), "this model has no text encoder: pass precomputed prompt_embeds instead of a prompt"));
             }
             let tok = WordLevelTokenizer::load_from(&self.source, "tokenizer")?;
@@ -136,53 +60,6 @@ impl StableDiffusion {
             self.text = Some((tok, enc));
         }
         Ok(self.text.as_ref().expect("loaded above"))
-    }
-
-    /// Words of `prompt` the tokenizer does not know (they become the unknown token).
-    pub fn unknown_words(&mut self, prompt: &str) -> Result<Vec<String>> {
-        Ok(self.text()?.0.unknown_words(prompt))
-    }
-
-    /// `prompt_embeds` / `negative_prompt_embeds` for a batch of prompts, as diffusers'
-    /// `encode_prompt` (the negative prompt is usually "").
-    pub fn encode_prompts(&mut self, prompts: &[String], negative_prompt: &str) -> Result<PipelineInputs> {
-        let dtype = self.dtype;
-        let device = self.device.clone();
-        let (tok, enc) = self.text()?;
-        let embed = |texts: Vec<&str>| -> Result<Tensor> {
-            let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t)).collect();
-            let ids = Tensor::new(ids, &device)?;
-            Ok(enc.forward(&ids)?.to_dtype(dtype)?)
-        };
-        Ok(PipelineInputs {
-            prompt_embeds: Some(embed(prompts.iter().map(String::as_str).collect())?),
-            negative_prompt_embeds: Some(embed(vec![negative_prompt; prompts.len()])?),
-            ..Default::default()
-        })
-    }
-
-    /// diffusers' default image size: `unet.config.sample_size * vae_scale_factor`.
-    pub fn default_size(&self) -> usize {
-        let s = self.unet.config.sample_size.as_ref().and_then(|v| v.as_u64()).unwrap_or(64) as usize;
-        s * self.vae_scale_factor()
-    }
-
-    /// SDXL-style models (text_time conditioning) default to guidance 5.0, others 7.5.
-    pub fn default_guidance(&self) -> f64 {
-        if self.unet.uses_text_time() {
-            5.0
-        } else {
-            7.5
-        }
-    }
-
-    /// The published SADA settings for this family (SDXL's for text_time models, SD-2's otherwise).
-    pub fn default_sada(&self) -> SadaConfig {
-        if self.unet.uses_text_time() {
-            SadaConfig::sdxl()
-        } else {
-            SadaConfig::sd2()
-        }
     }
 
     pub fn solver(&self, kind: SolverKind, steps: usize) -> Result<Box<dyn Solver>> {
@@ -231,20 +108,81 @@ impl StableDiffusion {
         Ok((cond, uncond, batch))
     }
 
-    /// Sample latents. `on_step(done, total)` after every step.
-    pub fn generate(
-        &mut self,
-        inputs: &PipelineInputs,
-        opts: &GenerateOptions,
-        kind: SolverKind,
-        on_step: &mut dyn FnMut(usize, usize),
-    ) -> Result<(Tensor, Trace)> {
+    /// Whether this folder has a text encoder and tokenizer to read prompts with.
+    fn has_text(&self) -> bool {
+        self.source.exists("text_encoder/config.json") && self.source.exists("tokenizer")
+    }
+}
+
+impl Pipeline for StableDiffusion {
+    /// SDXL-style models (text_time conditioning) take SDXL's settings, others SD-2's.
+    fn family(&self) -> Family {
+        if self.unet.uses_text_time() {
+            Family::Sdxl
+        } else {
+            Family::StableDiffusion
+        }
+    }
+
+    /// `unet.config.sample_size * vae_scale_factor`, as diffusers.
+    fn default_size(&self) -> (usize, usize) {
+        let s = self.unet.config.sample_size.as_ref().and_then(|v| v.as_u64()).unwrap_or(64) as usize * self.vae_scale_factor();
+        (s, s)
+    }
+
+    /// diffusers' pipelines: 5.0 for SDXL, 7.5 otherwise.
+    fn default_guidance(&self) -> f64 {
+        match self.family() {
+            Family::Sdxl => 5.0,
+            _ => 7.5,
+        }
+    }
+
+    /// 2^(levels - 1) of the VAE (8 for every SD model), 1 in pixel space.
+    fn vae_scale_factor(&self) -> usize {
+        if self.pixel_space {
+            return 1;
+        }
+        self.vae.as_ref().map(|v| 1 << (v.config.block_out_channels.len() - 1)).unwrap_or(8)
+    }
+
+    fn has_text_encoder(&self) -> bool {
+        self.has_text()
+    }
+
+    fn can_decode(&self) -> bool {
+        self.vae.is_some() || self.pixel_space
+    }
+
+    fn unknown_words(&mut self, prompt: &str) -> Result<Vec<String>> {
+        Ok(self.text()?.0.unknown_words(prompt))
+    }
+
+    fn encode_prompts(&mut self, prompts: &[String], negative_prompt: &str) -> Result<PipelineInputs> {
+        let dtype = self.dtype;
+        let device = self.device.clone();
+        let (tok, enc) = self.text()?;
+        let embed = |texts: Vec<&str>| -> Result<Tensor> {
+            let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t)).collect();
+            let ids = Tensor::new(ids, &device)?;
+            Ok(enc.forward(&ids)?.to_dtype(dtype)?)
+        };
+        Ok(PipelineInputs {
+            prompt_embeds: Some(embed(prompts.iter().map(String::as_str).collect())?),
+            negative_prompt_embeds: Some(embed(vec![negative_prompt; prompts.len()])?),
+            ..Default::default()
+        })
+    }
+
+    fn generate(&mut self, inputs: &PipelineInputs, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<(Tensor, Trace)> {
         let scale = self.vae_scale_factor();
         if opts.height % scale != 0 || opts.width % scale != 0 || opts.height == 0 || opts.width == 0 {
             return Err(Error::param("height/width", format!("{}x{} must be positive multiples of {scale}", opts.width, opts.height)));
         }
+        let steps = opts.acceleration.steps(opts.steps);
+        opts.acceleration.validate(steps)?;
         let (cond, uncond, batch) = self.conditioning(inputs, opts)?;
-        let mut solver = self.solver(kind, opts.steps)?;
+        let mut solver = self.solver(opts.solver, steps)?;
         let shape = [batch, self.unet.config.in_channels, opts.height / scale, opts.width / scale];
         let noise = match &inputs.latents {
             Some(l) => {
@@ -253,19 +191,15 @@ impl StableDiffusion {
                 }
                 l.clone()
             }
-            None => Tensor::from_vec(crate::gmm::normal_samples(shape.iter().product(), opts.seed), &shape[..], &self.device)?,
+            None => Tensor::from_vec(crate::noise::normal_samples(shape.iter().product(), opts.seed), &shape[..], &self.device)?,
         };
         let latents = noise.affine(solver.init_noise_sigma(), 0.0)?.to_dtype(self.dtype)?;
-        let mut guided = Guided::new(&mut self.unet, cond, uncond, opts.guidance_scale)?;
-        let mut policy: Box<dyn Policy> = match &opts.sada {
-            Some(cfg) => Box::new(Sada::new(cfg.clone())),
-            None => Box::new(NoAcceleration),
-        };
-        sample(&mut guided, solver.as_mut(), policy.as_mut(), latents, on_step)
+        let guided = Guided::new(&self.unet, cond, uncond, opts.guidance_scale)?;
+        let mut policy = opts.acceleration.policy();
+        sample(&guided, solver.as_mut(), policy.as_mut(), latents, on_step)
     }
 
-    /// Decode latents to an image tensor in [-1, 1], if the folder has a VAE (or is pixel space).
-    pub fn decode(&self, latents: &Tensor) -> Result<Option<Tensor>> {
+    fn decode(&self, latents: &Tensor) -> Result<Option<Tensor>> {
         match &self.vae {
             Some(v) => Ok(Some(v.decode(latents)?)),
             None if self.pixel_space => Ok(Some(latents.clone())),

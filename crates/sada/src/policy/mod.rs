@@ -1,25 +1,31 @@
 //! Acceleration policies: what each solver step costs.
 //!
 //! The sampling loop asks the policy for a [`StepPlan`] before each step. A computed step
-//! carries a [`TokenPlan`] for the denoiser (all tokens, all tokens with a cache refresh, or a
-//! subset); a skipped step gets its prediction from [`Policy::substitute`]. After the solver
-//! has stepped, [`Policy::observe`] shows the policy what happened so it can plan the next step.
+//! carries a [`TokenPlan`] for the denoiser, and the policy may serve branches of the network
+//! from its caches while it runs (it is the call's [`SiteHook`]); a skipped step gets its
+//! prediction from [`Policy::substitute`]. After the solver has stepped, [`Policy::observe`]
+//! shows the policy what happened so it can plan the next step.
+//!
+//! [`Acceleration`] names every policy as a value: the unaccelerated baseline, SADA and its
+//! rivals, each built from its own settings.
 
+pub mod acceleration;
 pub mod lagrange;
 pub mod rule;
 pub mod sada;
-pub mod tokens;
+pub mod token_score;
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::denoiser::{Capabilities, SiteHook, TokenPlan};
+use crate::error::{Error, Result};
 use crate::solvers::{Prediction, Solver};
+pub use acceleration::Acceleration;
 pub use sada::{Sada, SadaConfig};
-pub use tokens::TokenSelection;
 
-/// What one step's denoiser call did, as the trace reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What one step cost, as the trace reports it. [`Decision::ALL`] lists every kind once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Decision {
     /// Every token computed, no cache involved.
@@ -28,36 +34,40 @@ pub enum Decision {
     Refresh,
     /// Only some tokens computed in the pruning blocks; the rest read from the block caches.
     Pruned,
-    /// No network call: x0 from the Adams-Moulton predictor and the last output.
+    /// A network call in which a branch of the network was served from a cache.
+    Partial,
+    /// No network call: x0 from SADA's Adams-Moulton predictor and the last output.
     SkipAm,
-    /// No network call: x0 extrapolated from Lagrange anchors.
+    /// No network call: x0 extrapolated from SADA's Lagrange anchors.
     SkipLagrange,
+    /// No network call: the last network output reused as is.
+    Reuse,
 }
 
 impl Decision {
+    pub const ALL: [Decision; 7] =
+        [Decision::Full, Decision::Refresh, Decision::Pruned, Decision::Partial, Decision::SkipAm, Decision::SkipLagrange, Decision::Reuse];
+
     /// The name used in traces (kebab-case).
     pub fn name(self) -> &'static str {
         match self {
             Decision::Full => "full",
             Decision::Refresh => "refresh",
             Decision::Pruned => "pruned",
+            Decision::Partial => "partial",
             Decision::SkipAm => "skip-am",
             Decision::SkipLagrange => "skip-lagrange",
+            Decision::Reuse => "reuse",
         }
     }
-}
 
-/// Which tokens a computed step runs through the pruning-capable blocks.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TokenPlan {
-    Full,
-    Refresh,
-    Pruned(TokenSelection),
-}
+    /// Whether the step called the network (in full or in part).
+    pub fn computed(self) -> bool {
+        !matches!(self, Decision::SkipAm | Decision::SkipLagrange | Decision::Reuse)
+    }
 
-impl TokenPlan {
-    pub fn decision(&self) -> Decision {
-        match self {
+    fn of_tokens(plan: &TokenPlan) -> Self {
+        match plan {
             TokenPlan::Full => Decision::Full,
             TokenPlan::Refresh => Decision::Refresh,
             TokenPlan::Pruned(_) => Decision::Pruned,
@@ -65,10 +75,13 @@ impl TokenPlan {
     }
 }
 
+/// How a skipped step is approximated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SkipKind {
     AdamsMoulton,
     Lagrange,
+    /// The last network output, unchanged.
+    Reuse,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -80,9 +93,10 @@ pub enum StepPlan {
 impl StepPlan {
     pub fn decision(&self) -> Decision {
         match self {
-            StepPlan::Compute(t) => t.decision(),
+            StepPlan::Compute(t) => Decision::of_tokens(t),
             StepPlan::Skip(SkipKind::AdamsMoulton) => Decision::SkipAm,
             StepPlan::Skip(SkipKind::Lagrange) => Decision::SkipLagrange,
+            StepPlan::Skip(SkipKind::Reuse) => Decision::Reuse,
         }
     }
 }
@@ -99,14 +113,16 @@ pub struct Observation<'a> {
     pub data_prediction: &'a Tensor,
 }
 
-pub trait Policy {
-    /// Prepare for a new image. `token_pruning` says whether the denoiser can prune tokens;
-    /// without it no step is planned as pruned or refresh.
-    fn begin(&mut self, solver: &dyn Solver, latent_shape: &[usize], token_pruning: bool) -> Result<()>;
+/// A policy is also the [`SiteHook`] of the evaluations it plans: it may serve branches of the
+/// network from its own caches (the hook's methods default to computing everything).
+pub trait Policy: SiteHook {
+    /// Prepare for a new image, for a denoiser that can do `caps`; a policy that needs what the
+    /// denoiser cannot do says so here.
+    fn begin(&mut self, solver: &dyn Solver, latent_shape: &[usize], caps: &Capabilities) -> Result<()>;
     fn plan(&self, step: usize) -> StepPlan;
     /// The prediction a skipped step feeds the solver.
     fn substitute(&mut self, step: usize, sample: &Tensor, solver: &dyn Solver) -> Result<Prediction>;
-    /// Record step `step`; returns the stability criterion computed after it, if any.
+    /// Record step `step`; returns the policy's criterion computed after it, if any.
     fn observe(&mut self, step: usize, obs: &Observation, solver: &dyn Solver) -> Result<Option<f64>>;
 }
 
@@ -114,15 +130,17 @@ pub trait Policy {
 #[derive(Debug, Default, Clone)]
 pub struct NoAcceleration;
 
+impl SiteHook for NoAcceleration {}
+
 impl Policy for NoAcceleration {
-    fn begin(&mut self, _: &dyn Solver, _: &[usize], _: bool) -> Result<()> {
+    fn begin(&mut self, _: &dyn Solver, _: &[usize], _: &Capabilities) -> Result<()> {
         Ok(())
     }
     fn plan(&self, _: usize) -> StepPlan {
         StepPlan::Compute(TokenPlan::Full)
     }
     fn substitute(&mut self, step: usize, _: &Tensor, _: &dyn Solver) -> Result<Prediction> {
-        Err(crate::Error::param("step", format!("the baseline never skips, but step {step} asked for a substitute")))
+        Err(Error::internal(format!("the baseline never skips, but step {step} asked for a substitute")))
     }
     fn observe(&mut self, _: usize, _: &Observation, _: &dyn Solver) -> Result<Option<f64>> {
         Ok(None)

@@ -1,4 +1,4 @@
-//! The SADA policy in reference mode (`shared/SADA.md` §2-§7): the stability criterion decides,
+//! The SADA policy in reference mode (`docs/method.md` §2-§7): the stability criterion decides,
 //! after each step, whether the next one is computed (in full, or with token pruning) or skipped,
 //! and supplies the approximation a skipped step uses.
 
@@ -8,13 +8,15 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::rule::{CacheUse, DecisionRule};
-use super::tokens::TokenSelection;
-use super::{lagrange, tokens, Observation, Policy, SkipKind, StepPlan, TokenPlan};
+use super::{lagrange, token_score, Observation, Policy, SkipKind, StepPlan};
+use crate::denoiser::{Capabilities, SiteHook, TokenPlan, TokenSelection};
 use crate::error::{Error, Result};
 use crate::solvers::{LatentScale, Prediction, PredictionType, Solver};
 
-/// SADA's parameters, named as in the paper's code.
+/// SADA's parameters, named as in the paper's code. Unset fields take the published SD-2
+/// settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SadaConfig {
     /// Half-open step range [a0, a1) in which steps may be accelerated; a0 is raised to 3,
     /// the first step at which three drifts exist.
@@ -38,6 +40,12 @@ pub struct SadaConfig {
     pub sy: usize,
     /// Seed of the token-selection generator (the reference leaves it unseeded).
     pub seed: u64,
+}
+
+impl Default for SadaConfig {
+    fn default() -> Self {
+        Self::sd2()
+    }
 }
 
 impl SadaConfig {
@@ -190,7 +198,7 @@ impl Sada {
                 };
                 Ok(o.affine(coef / nz.sigma_t * alpha, 0.0)?)
             }
-            other => unreachable!("begin() rejects {other:?}"),
+            other => Err(Error::internal(format!("SADA's drift for {other:?} (begin() refuses it)"))),
         }
     }
 
@@ -254,7 +262,7 @@ impl Sada {
                 }
                 o.clone()
             }
-            None => self.substituted_velocity.take().ok_or_else(|| Error::param("step", "flow skip without a substitute"))?,
+            None => self.substituted_velocity.take().ok_or_else(|| Error::internal("a skipped flow step without a substitute velocity"))?,
         };
         if self.velocities.len() < 3 {
             return Ok(None);
@@ -281,7 +289,7 @@ impl Sada {
             (CacheUse::Prune, Some(m)) => {
                 // Score per latent position: m averaged over batch and channels.
                 let per_token: Vec<f32> = m.to_dtype(DType::F32)?.mean(0)?.mean(0)?.flatten_all()?.to_vec1()?;
-                let score = tokens::score_map(&per_token, self.cfg.max_fix);
+                let score = token_score::score_map(&per_token, self.cfg.max_fix);
                 let seed = self.cfg.seed ^ (s as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                 Ok(TokenPlan::Pruned(TokenSelection::new(score, h, w, self.cfg.sy, self.cfg.sx, seed, self.cfg.max_downsample)))
             }
@@ -293,8 +301,10 @@ fn mean(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?)
 }
 
+impl SiteHook for Sada {}
+
 impl Policy for Sada {
-    fn begin(&mut self, solver: &dyn Solver, latent_shape: &[usize], token_pruning: bool) -> Result<()> {
+    fn begin(&mut self, solver: &dyn Solver, latent_shape: &[usize], caps: &Capabilities) -> Result<()> {
         let n = solver.num_steps();
         self.cfg.validate(n)?;
         let prediction_type = solver.prediction_type();
@@ -308,7 +318,7 @@ impl Policy for Sada {
             num_steps: n,
             latent: solver.latent_scale(),
             prediction_type,
-            token_grid: (token_pruning && self.cfg.max_downsample > 0 && latent_shape.len() == 4)
+            token_grid: (caps.token_pruning && self.cfg.max_downsample > 0 && latent_shape.len() == 4)
                 .then(|| (latent_shape[2], latent_shape[3])),
             plans: vec![StepPlan::Compute(TokenPlan::Full); n],
             ..Sada::new(self.cfg.clone())
@@ -323,11 +333,11 @@ impl Policy for Sada {
     fn substitute(&mut self, step: usize, _sample: &Tensor, solver: &dyn Solver) -> Result<Prediction> {
         let kind = match self.plan(step) {
             StepPlan::Skip(k) => k,
-            StepPlan::Compute(_) => return Err(Error::param("step", format!("step {step} is not planned as a skip"))),
+            StepPlan::Compute(_) => return Err(Error::internal(format!("step {step} is not planned as a skip"))),
         };
         if self.latent == LatentScale::Flow {
             // Repeat the last velocity in the history, then extrapolate linearly (§6).
-            let last = self.velocities.back().cloned().ok_or_else(|| Error::param("step", "no velocity history"))?;
+            let last = self.velocities.back().cloned().ok_or_else(|| Error::internal("a flow skip before any velocity was recorded"))?;
             self.velocities.push_back(last);
             self.velocities.pop_front();
             let (h3, h2) = (&self.velocities[0], &self.velocities[1]);
@@ -336,9 +346,8 @@ impl Policy for Sada {
             return Ok(Prediction::ModelOutput(v));
         }
         match kind {
-            SkipKind::AdamsMoulton => {
-                self.pending.take().ok_or_else(|| Error::param("step", format!("no substitute prepared for step {step}")))
-            }
+            SkipKind::AdamsMoulton => self.pending.take().ok_or_else(|| Error::internal(format!("no substitute prepared for step {step}"))),
+            SkipKind::Reuse => Err(Error::internal("SADA never plans a plain reuse")),
             SkipKind::Lagrange => {
                 let anchors: Vec<(usize, Tensor)> = self.anchors.iter().cloned().collect();
                 let x0 = lagrange::extrapolate(&anchors, step)?;
@@ -361,7 +370,7 @@ impl Policy for Sada {
                     o.clone()
                 }
                 // A skipped step's bookkeeping output is the last real one (§5).
-                None => self.last_output.clone().ok_or_else(|| Error::param("step", "skip before any computed step"))?,
+                None => self.last_output.clone().ok_or_else(|| Error::internal("a skip before any computed step"))?,
             };
             self.pending = None;
             self.observe_vp(step, obs, &o, solver)?

@@ -10,11 +10,14 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
-/// The solver classes this crate implements, named as in diffusers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The solver classes this crate implements, named (and serialised) as in diffusers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SolverKind {
+    #[serde(rename = "DPMSolverMultistepScheduler")]
     DpmSolverMultistep,
+    #[serde(rename = "EulerDiscreteScheduler")]
     EulerDiscrete,
+    #[serde(rename = "FlowMatchEulerDiscreteScheduler")]
     FlowMatchEulerDiscrete,
 }
 
@@ -36,7 +39,7 @@ impl SolverKind {
 
 /// Read a `scheduler_config.json` as a JSON object.
 pub fn load_scheduler_config(path: &Path) -> Result<Map<String, Value>> {
-    scheduler_config_object(crate::models::weights::read_config(path)?, path)
+    scheduler_config_object(crate::config::read_config(path)?, path)
 }
 
 /// A parsed scheduler config must be a JSON object; `path` names the file otherwise.

@@ -1,11 +1,14 @@
 //! The UNet's down, mid and up blocks (diffusers' `CrossAttnDownBlock2D`, `DownBlock2D`,
-//! `UNetMidBlock2DCrossAttn`, `CrossAttnUpBlock2D`, `UpBlock2D`), one struct each way.
+//! `UNetMidBlock2DCrossAttn`, `CrossAttnUpBlock2D`, `UpBlock2D`), flattened into the layers
+//! of the U: every down layer produces one skip connection and every up layer consumes one,
+//! so the deep branch below any skip is one sub-network (see `SiteKind::Deep`).
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use super::attention::{BlockTokens, Transformer2DModel};
-use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
+use super::transformer::Transformer2DModel;
+use crate::denoiser::ForwardContext;
+use crate::models::layers::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 
 /// Per-level settings shared by the blocks.
 #[derive(Debug, Clone, Copy)]
@@ -25,137 +28,117 @@ impl LevelSpec {
     }
 }
 
-/// Looks up what the transformer blocks at a given token grid compute this step.
-pub trait TokenRouter {
-    fn tokens(&mut self, height: usize, width: usize) -> candle_core::Result<BlockTokens>;
+/// One layer of the down path; its output is a skip connection.
+pub enum DownLayer {
+    /// A ResNet block, then the level's transformer where the level has cross-attention.
+    Block { resnet: ResnetBlock2D, attention: Option<Transformer2DModel> },
+    Downsample(Downsample2D),
 }
 
-pub struct DownBlock {
-    resnets: Vec<ResnetBlock2D>,
-    attentions: Vec<Transformer2DModel>,
-    downsampler: Option<Downsample2D>,
+impl DownLayer {
+    pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor, ctx: &mut ForwardContext) -> candle_core::Result<Tensor> {
+        match self {
+            DownLayer::Block { resnet, attention } => {
+                let h = resnet.forward(x, Some(temb))?;
+                match attention {
+                    Some(attn) => attn.forward(&h, context, ctx),
+                    None => Ok(h),
+                }
+            }
+            DownLayer::Downsample(d) => d.forward(x),
+        }
+    }
 }
 
-impl DownBlock {
-    pub fn new(vb: VarBuilder, cin: usize, cout: usize, temb: usize, layers: usize, spec: LevelSpec, downsample: bool) -> candle_core::Result<Self> {
-        let mut resnets = Vec::new();
-        let mut attentions = Vec::new();
-        for i in 0..layers {
-            let c = if i == 0 { cin } else { cout };
-            resnets.push(ResnetBlock2D::new(vb.pp("resnets").pp(i), c, cout, temb, spec.groups, spec.eps)?);
-            if spec.cross_attn {
-                attentions.push(spec.transformer(vb.pp("attentions").pp(i), cout)?);
-            }
-        }
-        let downsampler = if downsample { Some(Downsample2D::new(vb.pp("downsamplers").pp(0), cout)?) } else { None };
-        Ok(Self { resnets, attentions, downsampler })
+/// The layers of down block `vb` (a level with `layers` ResNet blocks, and a downsampler
+/// unless it is the deepest level).
+#[allow(clippy::too_many_arguments)]
+pub fn down_block(vb: VarBuilder, cin: usize, cout: usize, temb: usize, layers: usize, spec: LevelSpec, downsample: bool) -> candle_core::Result<Vec<DownLayer>> {
+    let mut out = Vec::new();
+    for i in 0..layers {
+        let c = if i == 0 { cin } else { cout };
+        out.push(DownLayer::Block {
+            resnet: ResnetBlock2D::new(vb.pp("resnets").pp(i), c, cout, temb, spec.groups, spec.eps)?,
+            attention: if spec.cross_attn { Some(spec.transformer(vb.pp("attentions").pp(i), cout)?) } else { None },
+        });
     }
-
-    /// Returns the block output and the states it hands to the up path.
-    pub fn forward(&mut self, x: &Tensor, temb: &Tensor, context: &Tensor, router: &mut dyn TokenRouter) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
-        let mut h = x.clone();
-        let mut states = Vec::new();
-        for (i, resnet) in self.resnets.iter().enumerate() {
-            h = resnet.forward(&h, Some(temb))?;
-            if let Some(attn) = self.attentions.get_mut(i) {
-                let (_, _, hh, ww) = h.dims4()?;
-                h = attn.forward(&h, context, &router.tokens(hh, ww)?)?;
-            }
-            states.push(h.clone());
-        }
-        if let Some(d) = &self.downsampler {
-            h = d.forward(&h)?;
-            states.push(h.clone());
-        }
-        Ok((h, states))
+    if downsample {
+        out.push(DownLayer::Downsample(Downsample2D::new(vb.pp("downsamplers").pp(0), cout)?));
     }
-
-    pub fn reset(&mut self) {
-        self.attentions.iter_mut().for_each(Transformer2DModel::reset);
-    }
+    Ok(out)
 }
 
 pub struct MidBlock {
-    resnets: Vec<ResnetBlock2D>,
-    attentions: Vec<Transformer2DModel>,
+    resnets: [ResnetBlock2D; 2],
+    attention: Transformer2DModel,
 }
 
 impl MidBlock {
     pub fn new(vb: VarBuilder, channels: usize, temb: usize, spec: LevelSpec) -> candle_core::Result<Self> {
         Ok(Self {
-            resnets: vec![
+            resnets: [
                 ResnetBlock2D::new(vb.pp("resnets").pp(0), channels, channels, temb, spec.groups, spec.eps)?,
                 ResnetBlock2D::new(vb.pp("resnets").pp(1), channels, channels, temb, spec.groups, spec.eps)?,
             ],
-            attentions: vec![spec.transformer(vb.pp("attentions").pp(0), channels)?],
+            attention: spec.transformer(vb.pp("attentions").pp(0), channels)?,
         })
     }
 
-    pub fn forward(&mut self, x: &Tensor, temb: &Tensor, context: &Tensor, router: &mut dyn TokenRouter) -> candle_core::Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor, ctx: &mut ForwardContext) -> candle_core::Result<Tensor> {
         let h = self.resnets[0].forward(x, Some(temb))?;
-        let (_, _, hh, ww) = h.dims4()?;
-        let h = self.attentions[0].forward(&h, context, &router.tokens(hh, ww)?)?;
+        let h = self.attention.forward(&h, context, ctx)?;
         self.resnets[1].forward(&h, Some(temb))
-    }
-
-    pub fn reset(&mut self) {
-        self.attentions.iter_mut().for_each(Transformer2DModel::reset);
     }
 }
 
-pub struct UpBlock {
-    resnets: Vec<ResnetBlock2D>,
-    attentions: Vec<Transformer2DModel>,
+/// One layer of the up path: takes the state from below and one skip connection.
+pub struct UpLayer {
+    resnet: ResnetBlock2D,
+    attention: Option<Transformer2DModel>,
+    /// On the last layer of every up block but the final one.
     upsampler: Option<Upsample2D>,
 }
 
-impl UpBlock {
-    /// `cin`: channels of the matching down level's input; `prev`: channels coming from below.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(vb: VarBuilder, cin: usize, cout: usize, prev: usize, temb: usize, layers: usize, spec: LevelSpec, upsample: bool) -> candle_core::Result<Self> {
-        let mut resnets = Vec::new();
-        let mut attentions = Vec::new();
-        for i in 0..layers {
-            let skip = if i == layers - 1 { cin } else { cout };
-            let res_in = if i == 0 { prev } else { cout };
-            resnets.push(ResnetBlock2D::new(vb.pp("resnets").pp(i), res_in + skip, cout, temb, spec.groups, spec.eps)?);
-            if spec.cross_attn {
-                attentions.push(spec.transformer(vb.pp("attentions").pp(i), cout)?);
-            }
-        }
-        let upsampler = if upsample { Some(Upsample2D::new(vb.pp("upsamplers").pp(0), cout)?) } else { None };
-        Ok(Self { resnets, attentions, upsampler })
-    }
-
-    pub fn num_layers(&self) -> usize {
-        self.resnets.len()
-    }
-
+impl UpLayer {
+    /// `upsample_to`: the size of the skip connection the next up layer takes (diffusers'
+    /// `upsample_size`, which also handles latents not divisible by the UNet's factor).
     pub fn forward(
-        &mut self,
+        &self,
         x: &Tensor,
-        skips: &mut Vec<Tensor>,
+        skip: &Tensor,
         temb: &Tensor,
         context: &Tensor,
-        router: &mut dyn TokenRouter,
-        upsample_size: Option<(usize, usize)>,
+        ctx: &mut ForwardContext,
+        upsample_to: Option<(usize, usize)>,
     ) -> candle_core::Result<Tensor> {
-        let mut h = x.clone();
-        for (i, resnet) in self.resnets.iter().enumerate() {
-            let skip = skips.pop().expect("the down path leaves one state per up-block layer");
-            h = resnet.forward(&Tensor::cat(&[&h, &skip], 1)?, Some(temb))?;
-            if let Some(attn) = self.attentions.get_mut(i) {
-                let (_, _, hh, ww) = h.dims4()?;
-                h = attn.forward(&h, context, &router.tokens(hh, ww)?)?;
-            }
+        let mut h = self.resnet.forward(&Tensor::cat(&[x, skip], 1)?, Some(temb))?;
+        if let Some(attn) = &self.attention {
+            h = attn.forward(&h, context, ctx)?;
         }
         match &self.upsampler {
-            Some(u) => u.forward(&h, upsample_size),
+            Some(u) => u.forward(&h, upsample_to),
             None => Ok(h),
         }
     }
 
-    pub fn reset(&mut self) {
-        self.attentions.iter_mut().for_each(Transformer2DModel::reset);
+    pub fn upsamples(&self) -> bool {
+        self.upsampler.is_some()
     }
+}
+
+/// The layers of up block `vb`. `cin`: channels of the matching down level's input; `prev`:
+/// channels coming from below.
+#[allow(clippy::too_many_arguments)]
+pub fn up_block(vb: VarBuilder, cin: usize, cout: usize, prev: usize, temb: usize, layers: usize, spec: LevelSpec, upsample: bool) -> candle_core::Result<Vec<UpLayer>> {
+    let mut out = Vec::new();
+    for i in 0..layers {
+        let skip = if i == layers - 1 { cin } else { cout };
+        let res_in = if i == 0 { prev } else { cout };
+        out.push(UpLayer {
+            resnet: ResnetBlock2D::new(vb.pp("resnets").pp(i), res_in + skip, cout, temb, spec.groups, spec.eps)?,
+            attention: if spec.cross_attn { Some(spec.transformer(vb.pp("attentions").pp(i), cout)?) } else { None },
+            upsampler: if upsample && i == layers - 1 { Some(Upsample2D::new(vb.pp("upsamplers").pp(0), cout)?) } else { None },
+        });
+    }
+    Ok(out)
 }

@@ -1,62 +1,29 @@
-//! diffusers' `UNet2DConditionModel` (SD-1.x, SD-2.x, SDXL configurations), with SADA's
-//! token-wise pruning in its transformer blocks.
+//! diffusers' `UNet2DConditionModel` (SD-1.x, SD-2.x, SDXL configurations).
+//!
+//! The forward pass follows the U's recursion: the input of the up layer that takes skip k is
+//! the up layer that takes skip k+1 applied to the deep branch below k+1. Each such branch is
+//! a [`SiteKind::Deep`] site, the network after its input layer and after its first block are
+//! [`SiteKind::Rest`] sites, and every transformer block is a token site, so accelerators act
+//! through the [`ForwardContext`] without the model knowing which one runs.
 
-pub mod attention;
 pub mod blocks;
 pub mod config;
-pub mod conv;
 pub mod presets;
-pub mod profile;
-pub mod resnet;
+pub mod transformer;
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{group_norm, linear, GroupNorm, Linear, VarBuilder};
+use candle_nn::{group_norm, GroupNorm, VarBuilder};
 
-use self::attention::BlockTokens;
-use self::blocks::{DownBlock, LevelSpec, MidBlock, TokenRouter, UpBlock};
+use self::blocks::{down_block, up_block, DownLayer, LevelSpec, MidBlock, UpLayer};
 pub use self::config::UNet2DConditionConfig;
 use self::config::Resolved;
-use self::resnet::{conv2d, Conv};
-use crate::denoiser::{Conditioning, Denoiser};
+use crate::denoiser::{Capabilities, Conditioning, Denoiser, ForwardContext, Site, SiteKind};
 use crate::error::{Error, Result};
+use crate::models::layers::conv::{conv2d, Conv};
+use crate::models::layers::timestep::{timestep_embedding, TimestepEmbedding};
 use crate::models::source::ModelSource;
-use crate::policy::TokenPlan;
-
-/// diffusers' `get_timestep_embedding` (sinusoidal, max_period 10000).
-pub fn timestep_embedding(timesteps: &Tensor, dim: usize, flip_sin_to_cos: bool, freq_shift: f64) -> candle_core::Result<Tensor> {
-    let half = dim / 2;
-    let exponent: Vec<f32> = (0..half)
-        .map(|i| (-(10000f64.ln()) * i as f64 / (half as f64 - freq_shift)) as f32)
-        .map(f32::exp)
-        .collect();
-    let freqs = Tensor::new(exponent, timesteps.device())?;
-    let args = timesteps.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs.unsqueeze(0)?)?;
-    let (sin, cos) = (args.sin()?, args.cos()?);
-    let emb = if flip_sin_to_cos { Tensor::cat(&[cos, sin], 1)? } else { Tensor::cat(&[sin, cos], 1)? };
-    if dim % 2 == 1 {
-        emb.pad_with_zeros(1, 0, 1)
-    } else {
-        Ok(emb)
-    }
-}
-
-/// `TimestepEmbedding`: linear -> SiLU -> linear.
-struct TimestepEmbedding {
-    linear_1: Linear,
-    linear_2: Linear,
-}
-
-impl TimestepEmbedding {
-    fn new(vb: VarBuilder, cin: usize, dim: usize) -> candle_core::Result<Self> {
-        Ok(Self { linear_1: linear(cin, dim, vb.pp("linear_1"))?, linear_2: linear(dim, dim, vb.pp("linear_2"))? })
-    }
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.linear_2.forward(&self.linear_1.forward(x)?.silu()?)
-    }
-}
 
 pub struct UNet2DConditionModel {
     pub config: UNet2DConditionConfig,
@@ -64,9 +31,11 @@ pub struct UNet2DConditionModel {
     time_embedding: TimestepEmbedding,
     add_embedding: Option<(TimestepEmbedding, usize, usize)>,
     conv_in: Conv,
-    down: Vec<DownBlock>,
+    /// `down[k]` turns skip k into skip k+1 (skip 0 is `conv_in`'s output).
+    down: Vec<DownLayer>,
     mid: MidBlock,
-    up: Vec<UpBlock>,
+    /// `up[k]` takes skip k.
+    up: Vec<UpLayer>,
     conv_norm_out: GroupNorm,
     conv_out: Conv,
     dtype: DType,
@@ -75,11 +44,8 @@ pub struct UNet2DConditionModel {
 impl UNet2DConditionModel {
     /// Load from a diffusers `unet/` folder (config.json + safetensors weights).
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let (parent, name) = match (dir.parent(), dir.file_name().and_then(|n| n.to_str())) {
-            (Some(p), Some(n)) => (p.to_path_buf(), n.to_string()),
-            _ => (dir.to_path_buf(), String::new()),
-        };
-        Self::load_from(&ModelSource::Dir(parent), &name, dtype, device)
+        let (source, component) = ModelSource::component_dir(dir);
+        Self::load_from(&source, &component, dtype, device)
     }
 
     /// Load the `component` folder (usually `unet`) of a model.
@@ -116,7 +82,7 @@ impl UNet2DConditionModel {
         let mut down = Vec::new();
         for i in 0..r.levels {
             let cin = if i == 0 { ch[0] } else { ch[i - 1] };
-            down.push(DownBlock::new(vb.pp("down_blocks").pp(i), cin, ch[i], temb, r.layers_per_block[i], spec(i), i + 1 < r.levels)?);
+            down.extend(down_block(vb.pp("down_blocks").pp(i), cin, ch[i], temb, r.layers_per_block[i], spec(i), i + 1 < r.levels)?);
         }
         let last = r.levels - 1;
         let mid = MidBlock::new(vb.pp("mid_block"), ch[last], temb, LevelSpec { cross_attn: true, ..spec(last) })?;
@@ -127,7 +93,12 @@ impl UNet2DConditionModel {
             let prev = out_ch;
             out_ch = ch[level];
             let cin = ch[level.saturating_sub(1)];
-            up.push(UpBlock::new(vb.pp("up_blocks").pp(i), cin, out_ch, prev, temb, r.layers_per_block[level] + 1, spec(level), i < last)?);
+            up.extend(up_block(vb.pp("up_blocks").pp(i), cin, out_ch, prev, temb, r.layers_per_block[level] + 1, spec(level), i < last)?);
+        }
+        // up layers run from the deepest skip to skip 0; index them by the skip they take
+        up.reverse();
+        if up.len() != down.len() + 1 {
+            return Err(Error::internal(format!("the UNet has {} skip connections but {} up layers", down.len() + 1, up.len())));
         }
         let conv_norm_out = group_norm(r.groups, ch[0], config.norm_eps, vb.pp("conv_norm_out"))?;
         let conv_out = conv2d(vb.pp("conv_out"), ch[0], config.out_channels, 3, 1, 1)?;
@@ -135,15 +106,8 @@ impl UNet2DConditionModel {
     }
 
     /// The raw UNet output for `sample` at `timestep` (broadcast over the batch).
-    pub fn forward(
-        &mut self,
-        sample: &Tensor,
-        timestep: f64,
-        encoder_hidden_states: &Tensor,
-        added: Option<(&Tensor, &Tensor)>,
-        router: &mut dyn TokenRouter,
-    ) -> Result<Tensor> {
-        let (b, _, h, w) = sample.dims4()?;
+    pub fn forward(&self, sample: &Tensor, timestep: f64, encoder_hidden_states: &Tensor, added: Option<(&Tensor, &Tensor)>, ctx: &mut ForwardContext) -> Result<Tensor> {
+        let b = sample.dim(0)?;
         let device = sample.device();
         let ts = Tensor::full(timestep as f32, b, device)?;
         let t_emb = timestep_embedding(&ts, self.resolved.channels[0], self.config.flip_sin_to_cos, self.config.freq_shift)?.to_dtype(self.dtype)?;
@@ -157,31 +121,43 @@ impl UNet2DConditionModel {
             emb = (emb + add.forward(&add_embeds)?)?;
         }
         let context = encoder_hidden_states.to_dtype(self.dtype)?;
-        let mut x = self.conv_in.forward(&sample.to_dtype(self.dtype)?)?;
-        let mut skips = vec![x.clone()];
-        for block in self.down.iter_mut() {
-            let (h2, states) = block.forward(&x, &emb, &context, router)?;
-            x = h2;
-            skips.extend(states);
-        }
-        x = self.mid.forward(&x, &emb, &context, router)?;
-        let up_factor = 1usize << (self.resolved.levels - 1);
-        let odd = h % up_factor != 0 || w % up_factor != 0;
-        let n_up = self.up.len();
-        for (i, block) in self.up.iter_mut().enumerate() {
-            let remaining = skips.len() - block.num_layers();
-            // for latents not divisible by the overall factor, upsample to the skip's size
-            let size = if odd && i + 1 < n_up {
-                let (_, _, sh, sw) = skips[remaining - 1].dims4()?;
-                Some((sh, sw))
+        let step = Step { temb: &emb, context: &context };
+        let s0 = self.conv_in.forward(&sample.to_dtype(self.dtype)?)?;
+        let h = ctx.branch(Site { kind: SiteKind::Rest(0), base: &s0, probe: None }, |ctx| {
+            if ctx.uses(SiteKind::Rest(1)) {
+                // the first block runs outside the site: its residual is the site's signal
+                let s1 = self.down[0].forward(&s0, step.temb, step.context, ctx)?;
+                let probe = (&s1 - &s0)?;
+                ctx.branch(Site { kind: SiteKind::Rest(1), base: &s1, probe: Some(&probe) }, |ctx| {
+                    let x = self.ascend(0, &s0, &s1, &step, ctx)?;
+                    Ok(self.up[0].forward(&x, &s0, step.temb, step.context, ctx, None)?)
+                })
             } else {
-                None
-            };
-            let mut own: Vec<Tensor> = skips.split_off(remaining);
-            x = block.forward(&x, &mut own, &emb, &context, router, size)?;
+                let x = ctx.branch(Site { kind: SiteKind::Deep(0), base: &s0, probe: None }, |ctx| self.inner(0, &s0, &step, ctx))?;
+                Ok(self.up[0].forward(&x, &s0, step.temb, step.context, ctx, None)?)
+            }
+        })?;
+        Ok(self.conv_out.forward(&self.conv_norm_out.forward(&h)?.silu()?)?)
+    }
+
+    /// The input of the up layer that takes skip k, from skip k's state `s_k`.
+    fn inner(&self, k: usize, s_k: &Tensor, step: &Step, ctx: &mut ForwardContext) -> Result<Tensor> {
+        match self.down.get(k) {
+            None => Ok(self.mid.forward(s_k, step.temb, step.context, ctx)?),
+            Some(layer) => {
+                let s_next = layer.forward(s_k, step.temb, step.context, ctx)?;
+                self.ascend(k, s_k, &s_next, step, ctx)
+            }
         }
-        let x = self.conv_out.forward(&self.conv_norm_out.forward(&x)?.silu()?)?;
-        Ok(x)
+    }
+
+    /// As [`Self::inner`], with skip k+1's state `s_next` already computed: the deep branch
+    /// below skip k+1 (a cache site), then the up layer that takes skip k+1.
+    fn ascend(&self, k: usize, s_k: &Tensor, s_next: &Tensor, step: &Step, ctx: &mut ForwardContext) -> Result<Tensor> {
+        let deep = ctx.branch(Site { kind: SiteKind::Deep(k + 1), base: s_next, probe: None }, |ctx| self.inner(k + 1, s_next, step, ctx))?;
+        let up = &self.up[k + 1];
+        let size = if up.upsamples() { Some((s_k.dim(2)?, s_k.dim(3)?)) } else { None };
+        Ok(up.forward(&deep, s_next, step.temb, step.context, ctx, size)?)
     }
 
     /// Width of the text embeddings the cross-attention expects.
@@ -228,54 +204,26 @@ impl UNet2DConditionModel {
     }
 }
 
-/// Turns a step's token plan into per-level block instructions, once per grid size.
-struct PlanRouter<'a> {
-    plan: &'a TokenPlan,
-    device: Device,
-    cache: HashMap<(usize, usize), BlockTokens>,
-}
-
-impl TokenRouter for PlanRouter<'_> {
-    fn tokens(&mut self, h: usize, w: usize) -> candle_core::Result<BlockTokens> {
-        if let Some(t) = self.cache.get(&(h, w)) {
-            return Ok(t.clone());
-        }
-        let tokens = match self.plan {
-            TokenPlan::Full | TokenPlan::Refresh => BlockTokens::All,
-            TokenPlan::Pruned(sel) => match sel.mask_at(h, w) {
-                None => BlockTokens::All,
-                Some(mask) => {
-                    let idx: Vec<u32> = mask.iter().enumerate().filter(|(_, &c)| c).map(|(i, _)| i as u32).collect();
-                    let n = mask.len();
-                    let flags: Vec<u8> = mask.iter().map(|&c| c as u8).collect();
-                    BlockTokens::Subset {
-                        indices: Tensor::from_vec(idx.clone(), idx.len(), &self.device)?,
-                        mask: Tensor::from_vec(flags, (1, n, 1), &self.device)?,
-                    }
-                }
-            },
-        };
-        self.cache.insert((h, w), tokens.clone());
-        Ok(tokens)
-    }
+/// What every layer of one forward pass reads besides its input.
+struct Step<'a> {
+    temb: &'a Tensor,
+    context: &'a Tensor,
 }
 
 impl Denoiser for UNet2DConditionModel {
-    fn predict(&mut self, latents: &Tensor, timestep: f64, cond: &Conditioning, plan: &TokenPlan) -> Result<Tensor> {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            token_pruning: true,
+            deep_branches: self.down.len() + 1,
+            // Rest(1)'s output must live where its base does: the first layer keeps the size.
+            residual_sites: matches!(self.down.first(), Some(DownLayer::Block { .. })),
+        }
+    }
+
+    fn predict(&self, latents: &Tensor, timestep: f64, cond: &Conditioning, ctx: &mut ForwardContext) -> Result<Tensor> {
         self.check_inputs(latents, cond)?;
         let ehs = cond.get("encoder_hidden_states")?;
         let added = if self.uses_text_time() { Some((cond.get("text_embeds")?, cond.get("time_ids")?)) } else { None };
-        let mut router = PlanRouter { plan, device: latents.device().clone(), cache: HashMap::new() };
-        Ok(self.forward(latents, timestep, ehs, added, &mut router)?.to_dtype(latents.dtype())?)
-    }
-
-    fn supports_token_pruning(&self) -> bool {
-        true
-    }
-
-    fn reset(&mut self) {
-        self.down.iter_mut().for_each(DownBlock::reset);
-        self.mid.reset();
-        self.up.iter_mut().for_each(UpBlock::reset);
+        Ok(self.forward(latents, timestep, ehs, added, ctx)?.to_dtype(latents.dtype())?)
     }
 }

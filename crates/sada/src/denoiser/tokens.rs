@@ -1,12 +1,24 @@
-//! Token scores and the per-step token selection for cache-assisted pruning (SADA §7).
+//! Which tokens a computed step runs through a denoiser's pruning-capable blocks: the plan a
+//! policy hands the denoiser (all tokens, all tokens with a cache refresh, or a subset), and
+//! the subset itself (`docs/method.md` §7).
 //!
-//! The score marks latent positions whose trajectory is locally unstable (criterion m >= 0);
-//! the selection computes those plus one random token in every sy x sx cell, so every region
-//! of the image keeps being refreshed. The generator is seeded per step: unlike the reference
-//! implementation, a run is reproducible.
+//! A subset holds the tokens a policy scored as unstable plus one random token in every
+//! sy x sx cell, so every region of the image keeps being refreshed. The generator is seeded per
+//! step: unlike the reference implementation, a run is reproducible.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+/// Which tokens the pruning-capable blocks compute at one step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenPlan {
+    /// Every token.
+    Full,
+    /// Every token, and every block cache overwritten with the block's output.
+    Refresh,
+    /// Only the selected tokens; the rest are read from the block caches.
+    Pruned(TokenSelection),
+}
 
 /// Which tokens a pruned step computes, at latent resolution, and how to derive the same
 /// decision for coarser transformer levels.
@@ -69,21 +81,6 @@ impl TokenSelection {
     }
 }
 
-/// Unstable positions: `values[i] >= 0`; when more than `max_fix` qualify, only the `max_fix`
-/// largest are kept (ties broken by position, lowest first).
-pub fn score_map(values: &[f32], max_fix: usize) -> Vec<bool> {
-    let mut unstable: Vec<usize> = (0..values.len()).filter(|&i| values[i] >= 0.0).collect();
-    if unstable.len() > max_fix {
-        unstable.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
-        unstable.truncate(max_fix);
-    }
-    let mut score = vec![false; values.len()];
-    for i in unstable {
-        score[i] = true;
-    }
-    score
-}
-
 /// One uniformly random token per full `sy x sx` cell (leftover rows and columns get none),
 /// plus every token with score 1.
 pub fn select(score: &[bool], height: usize, width: usize, sy: usize, sx: usize, seed: u64) -> Vec<bool> {
@@ -103,20 +100,6 @@ pub fn select(score: &[bool], height: usize, width: usize, sy: usize, sx: usize,
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn score_marks_non_negative_values_when_max_fix_does_not_bind() {
-        let v = [-1.0, 0.0, 2.0, -0.5, 3.0, 1.0];
-        assert_eq!(score_map(&v, 10), vec![false, true, true, false, true, true]);
-        assert_eq!(score_map(&v, 4), vec![false, true, true, false, true, true]);
-    }
-
-    #[test]
-    fn max_fix_keeps_the_largest() {
-        let v = [-1.0, 0.0, 2.0, -0.5, 3.0, 1.0];
-        assert_eq!(score_map(&v, 2), vec![false, false, true, false, true, false]);
-        assert_eq!(score_map(&v, 0), vec![false; 6]);
-    }
 
     #[test]
     fn one_token_per_full_cell_plus_scored_tokens() {

@@ -1,4 +1,4 @@
-//! Convolutional parts of the UNet: `ResnetBlock2D`, `Downsample2D`, `Upsample2D`.
+//! Convolutional blocks: `ResnetBlock2D`, `Downsample2D`, `Upsample2D` (UNet and autoencoder).
 
 use candle_core::{Module, Tensor};
 use candle_nn::{group_norm, linear, GroupNorm, Linear, VarBuilder};
@@ -29,10 +29,7 @@ impl ResnetBlock2D {
     }
 
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        super::profile::timed(super::profile::Part::Resnet, || self.forward_inner(x, temb))
-    }
-
-    fn forward_inner(&self, x: &Tensor, temb: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let _s = tracing::trace_span!("resnet").entered();
         let mut h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
@@ -56,7 +53,8 @@ impl Downsample2D {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        super::profile::timed(super::profile::Part::Resample, || self.conv.forward(x))
+        let _s = tracing::trace_span!("resample").entered();
+        self.conv.forward(x)
     }
 }
 
@@ -73,6 +71,7 @@ impl Upsample2D {
     pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>) -> candle_core::Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let (th, tw) = size.unwrap_or((2 * h, 2 * w));
-        super::profile::timed(super::profile::Part::Resample, || self.conv.forward(&x.upsample_nearest2d(th, tw)?))
+        let _s = tracing::trace_span!("resample").entered();
+        self.conv.forward(&x.upsample_nearest2d(th, tw)?)
     }
 }

@@ -116,10 +116,10 @@ mod tests {
         for (cin, cout, k, s, p, h, w) in [(3, 5, 3, 1, 1, 7, 9), (4, 6, 3, 2, 1, 8, 11), (6, 2, 1, 1, 0, 5, 4), (2, 3, 3, 2, 1, 9, 9)] {
             let mut t = HashMap::new();
             let n = cout * cin * k * k;
-            t.insert("weight".to_string(), Tensor::from_vec(crate::gmm::normal_samples(n, 1), (cout, cin, k, k), &dev).unwrap());
-            t.insert("bias".to_string(), Tensor::from_vec(crate::gmm::normal_samples(cout, 2), cout, &dev).unwrap());
+            t.insert("weight".to_string(), Tensor::from_vec(crate::noise::normal_samples(n, 1), (cout, cin, k, k), &dev).unwrap());
+            t.insert("bias".to_string(), Tensor::from_vec(crate::noise::normal_samples(cout, 2), cout, &dev).unwrap());
             let conv = conv2d(VarBuilder::from_tensors(t, DType::F32, &dev), cin, cout, k, s, p).unwrap();
-            let x = Tensor::from_vec(crate::gmm::normal_samples(2 * cin * h * w, 3), (2, cin, h, w), &dev).unwrap();
+            let x = Tensor::from_vec(crate::noise::normal_samples(2 * cin * h * w, 3), (2, cin, h, w), &dev).unwrap();
             let ours = conv.forward(&x).unwrap();
             let theirs = conv.inner.forward(&x).unwrap();
             assert_eq!(ours.dims(), theirs.dims());

@@ -1,0 +1,61 @@
+//! The conditioning a denoiser reads: named tensors, batch-first.
+
+use std::collections::BTreeMap;
+
+use candle_core::Tensor;
+
+use crate::error::{Error, Result};
+
+/// Named conditioning tensors, batch-first, named as diffusers names the pipeline arguments
+/// (`encoder_hidden_states`, `text_embeds`, `time_ids`, ...).
+#[derive(Debug, Clone, Default)]
+pub struct Conditioning {
+    tensors: BTreeMap<String, Tensor>,
+}
+
+impl Conditioning {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with(mut self, name: impl Into<String>, t: Tensor) -> Self {
+        self.tensors.insert(name.into(), t);
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Tensor> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| Error::param("conditioning", format!("missing tensor `{name}`")))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(|k| k.as_str())
+    }
+
+    /// Stack `first` and `second` along the batch dimension, tensor by tensor (same names required).
+    pub fn concat(first: &Conditioning, second: &Conditioning) -> Result<Conditioning> {
+        let a: Vec<&str> = first.names().collect();
+        let b: Vec<&str> = second.names().collect();
+        if a != b {
+            return Err(Error::Shape {
+                what: "conditioning".into(),
+                expected: format!("{a:?}"),
+                got: format!("{b:?}"),
+            });
+        }
+        let mut out = Conditioning::new();
+        for (name, t) in &first.tensors {
+            let u = &second.tensors[name];
+            if t.dims()[1..] != u.dims()[1..] {
+                return Err(Error::Shape {
+                    what: format!("conditioning tensor `{name}`"),
+                    expected: format!("{:?}", t.dims()),
+                    got: format!("{:?}", u.dims()),
+                });
+            }
+            out.tensors.insert(name.clone(), Tensor::cat(&[t, u], 0)?);
+        }
+        Ok(out)
+    }
+}

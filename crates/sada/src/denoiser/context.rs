@@ -1,0 +1,138 @@
+//! The per-call state of one denoiser evaluation.
+//!
+//! A model declares where a sub-network may be served from a cache and the calling side decides
+//! what happens there:
+//! - at a **token site** (one transformer block), [`ForwardContext::token_site`] runs the block on
+//!   the tokens this step computes and fills the rest from the block's cache
+//!   ([`TokenCache`], SADA's pruning);
+//! - at a **branch site** ([`Site`]), the accelerator's [`SiteHook`] may hand back the branch's
+//!   output (cached, or extrapolated) so the model skips computing it, and is shown the output
+//!   whenever the branch was computed.
+
+use std::collections::HashMap;
+
+use candle_core::Tensor;
+
+use super::tokens::TokenPlan;
+use crate::error::Result;
+use crate::models::token_cache::{BlockTokens, TokenCache};
+
+/// Where in a network a branch site sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SiteKind {
+    /// The deep branch of a U-Net below skip connection `k`: everything computed after skip k
+    /// is produced and before it is consumed, i.e. the input of the up layer that takes skip k
+    /// (DeepCache's cached feature; skip 0 is the input layer's output). Not combined with
+    /// `Rest(1)`: a model that is asked for both serves `Rest(1)`.
+    Deep(usize),
+    /// Everything after the network's first `n` blocks up to its output head, as a residual on
+    /// the state there: 0 = after the input layer, 1 = after the first block
+    /// (First-Block-Cache, TaylorSeer).
+    Rest(usize),
+}
+
+/// A branch site as the model reaches it.
+#[derive(Debug, Clone, Copy)]
+pub struct Site<'a> {
+    pub kind: SiteKind,
+    /// The state the branch starts from; a [`SiteKind::Rest`] branch's output is `base` plus
+    /// what the rest of the network adds.
+    pub base: &'a Tensor,
+    /// `Rest(1)`: the first block's residual (its output minus its input).
+    pub probe: Option<&'a Tensor>,
+}
+
+/// An accelerator's say at branch sites. Every method has a do-nothing default.
+pub trait SiteHook {
+    /// Whether this hook acts at sites of `kind` (models skip a site's bookkeeping otherwise).
+    fn uses(&self, _kind: SiteKind) -> bool {
+        false
+    }
+    /// Before the branch runs: its output, to skip computing it; None computes it.
+    fn replace(&mut self, _site: &Site) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    /// After the branch was computed: its output.
+    fn record(&mut self, _site: &Site, _output: &Tensor) -> Result<()> {
+        Ok(())
+    }
+}
+
+pub struct ForwardContext<'a> {
+    plan: &'a TokenPlan,
+    /// What the token sites of each grid size compute this call, derived once per size.
+    routes: HashMap<(usize, usize), BlockTokens>,
+    token_cache: &'a mut TokenCache,
+    hook: Option<&'a mut dyn SiteHook>,
+    replaced: usize,
+}
+
+impl<'a> ForwardContext<'a> {
+    pub fn new(plan: &'a TokenPlan, token_cache: &'a mut TokenCache, hook: Option<&'a mut dyn SiteHook>) -> Self {
+        Self { plan, routes: HashMap::new(), token_cache, hook, replaced: 0 }
+    }
+
+    /// Every token computed, no hook.
+    pub fn full(token_cache: &'a mut TokenCache) -> Self {
+        Self::new(&TokenPlan::Full, token_cache, None)
+    }
+
+    /// Which tokens this call computes.
+    pub fn plan(&self) -> &TokenPlan {
+        self.plan
+    }
+
+    /// Run `block` (one transformer block on `[B, N, C]` tokens of an `h x w` grid) as this
+    /// call's token plan says; `name` identifies the block's cache.
+    pub fn token_site(
+        &mut self,
+        name: &str,
+        (h, w): (usize, usize),
+        x: &Tensor,
+        block: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        if !self.routes.contains_key(&(h, w)) {
+            let t = BlockTokens::route(self.plan, h, w, x.device())?;
+            self.routes.insert((h, w), t);
+        }
+        self.token_cache.apply(name, &self.routes[&(h, w)], x, block)
+    }
+
+    pub fn uses(&self, kind: SiteKind) -> bool {
+        self.hook.as_ref().is_some_and(|h| h.uses(kind))
+    }
+
+    /// The hook's replacement for the branch at `site`, if it gives one.
+    pub fn replace(&mut self, site: &Site) -> Result<Option<Tensor>> {
+        let Some(hook) = self.hook.as_deref_mut() else { return Ok(None) };
+        let out = hook.replace(site)?;
+        self.replaced += out.is_some() as usize;
+        Ok(out)
+    }
+
+    /// Show the hook a computed branch output.
+    pub fn record(&mut self, site: &Site, output: &Tensor) -> Result<()> {
+        match self.hook.as_deref_mut() {
+            Some(hook) => hook.record(site, output),
+            None => Ok(()),
+        }
+    }
+
+    /// The branch at `site`: served by the hook, or computed by `compute` and shown to it.
+    pub fn branch(&mut self, site: Site, compute: impl FnOnce(&mut Self) -> Result<Tensor>) -> Result<Tensor> {
+        if !self.uses(site.kind) {
+            return compute(self);
+        }
+        if let Some(out) = self.replace(&site)? {
+            return Ok(out);
+        }
+        let out = compute(self)?;
+        self.record(&site, &out)?;
+        Ok(out)
+    }
+
+    /// Branches served by the hook during this call.
+    pub fn replaced(&self) -> usize {
+        self.replaced
+    }
+}

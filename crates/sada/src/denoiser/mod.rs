@@ -1,0 +1,91 @@
+//! The one trait every network implements, what a network can offer an accelerator, and
+//! classifier-free guidance on top of it.
+//!
+//! Models hold weights only. Everything that lives for one image (the token caches of SADA's
+//! pruning) or one call (which tokens to compute, what an accelerator serves at a cache site)
+//! comes in through a [`ForwardContext`], so a model is shared by reference and never reset.
+
+pub mod conditioning;
+pub mod context;
+pub mod tokens;
+
+use candle_core::Tensor;
+
+use crate::error::{Error, Result};
+use crate::models::token_cache::TokenCache;
+pub use conditioning::Conditioning;
+pub use context::{ForwardContext, Site, SiteHook, SiteKind};
+pub use tokens::{TokenPlan, TokenSelection};
+
+/// What a denoiser lets an accelerator do inside its forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// Transformer blocks compute a token subset and read the rest from a per-block cache
+    /// ([`TokenPlan::Pruned`]).
+    pub token_pruning: bool,
+    /// Skip connections 0..n whose deep branch can be served from a cache
+    /// ([`SiteKind::Deep`]): the U-Net's skips; 0 for networks without them.
+    pub deep_branches: usize,
+    /// The network after its input layer ([`SiteKind::Rest`]`(0)`) and after its first block
+    /// (`Rest(1)`, with the first block's residual as the signal) can be replaced by a residual.
+    pub residual_sites: bool,
+}
+
+/// A denoising network: given a batch of (scaled) latents at a timestep, return the raw
+/// prediction (epsilon, v or velocity, per its `prediction_type`).
+pub trait Denoiser {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    fn predict(&self, latents: &Tensor, timestep: f64, cond: &Conditioning, ctx: &mut ForwardContext) -> Result<Tensor>;
+
+    /// One evaluation with every token computed and nothing served from a cache.
+    fn predict_full(&self, latents: &Tensor, timestep: f64, cond: &Conditioning) -> Result<Tensor> {
+        let mut cache = TokenCache::default();
+        self.predict(latents, timestep, cond, &mut ForwardContext::full(&mut cache))
+    }
+}
+
+/// A denoiser with its conditioning fixed and classifier-free guidance applied: the unit the
+/// sampling loop calls once per computed step.
+pub struct Guided<'a> {
+    denoiser: &'a dyn Denoiser,
+    cond: Conditioning,
+    guidance_scale: f64,
+    batched: bool,
+}
+
+impl<'a> Guided<'a> {
+    /// With `uncond` and `guidance_scale > 1`, the uncond and cond halves run as one batch and
+    /// combine as `u + g (c - u)` (diffusers' order). Otherwise the cond pass alone.
+    pub fn new(denoiser: &'a dyn Denoiser, cond: Conditioning, uncond: Option<Conditioning>, guidance_scale: f64) -> Result<Self> {
+        if !guidance_scale.is_finite() {
+            return Err(Error::param("guidance_scale", format!("{guidance_scale} is not a finite number")));
+        }
+        match uncond {
+            Some(u) if guidance_scale > 1.0 => Ok(Self {
+                denoiser,
+                cond: Conditioning::concat(&u, &cond)?,
+                guidance_scale,
+                batched: true,
+            }),
+            _ => Ok(Self { denoiser, cond, guidance_scale, batched: false }),
+        }
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        self.denoiser.capabilities()
+    }
+
+    pub fn predict(&self, latents: &Tensor, timestep: f64, ctx: &mut ForwardContext) -> Result<Tensor> {
+        if !self.batched {
+            return self.denoiser.predict(latents, timestep, &self.cond, ctx);
+        }
+        let input = Tensor::cat(&[latents, latents], 0)?;
+        let out = self.denoiser.predict(&input, timestep, &self.cond, ctx)?;
+        let b = latents.dim(0)?;
+        let (u, c) = (out.narrow(0, 0, b)?, out.narrow(0, b, b)?);
+        Ok((&u + (c - &u)?.affine(self.guidance_scale, 0.0)?)?)
+    }
+}

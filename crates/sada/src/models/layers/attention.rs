@@ -1,0 +1,77 @@
+//! Multi-head attention (diffusers' `Attention` with the default processor), self or cross.
+
+use candle_core::{DType, Module, Tensor};
+use candle_nn::{linear, linear_no_bias, Linear, VarBuilder};
+
+pub struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+    scale: f64,
+}
+
+impl Attention {
+    pub fn new(vb: VarBuilder, query_dim: usize, context_dim: Option<usize>, heads: usize, head_dim: usize) -> candle_core::Result<Self> {
+        Self::with_bias(vb, query_dim, context_dim, heads, head_dim, false)
+    }
+
+    /// `qkv_bias`: whether to_q/to_k/to_v carry biases (the autoencoder's attention does).
+    pub fn with_bias(vb: VarBuilder, query_dim: usize, context_dim: Option<usize>, heads: usize, head_dim: usize, qkv_bias: bool) -> candle_core::Result<Self> {
+        let inner = heads * head_dim;
+        let context_dim = context_dim.unwrap_or(query_dim);
+        let proj = |cin: usize, name: &str| if qkv_bias { linear(cin, inner, vb.pp(name)) } else { linear_no_bias(cin, inner, vb.pp(name)) };
+        Ok(Self {
+            to_q: proj(query_dim, "to_q")?,
+            to_k: proj(context_dim, "to_k")?,
+            to_v: proj(context_dim, "to_v")?,
+            to_out: linear(inner, query_dim, vb.pp("to_out").pp("0"))?,
+            heads,
+            scale: (head_dim as f64).powf(-0.5),
+        })
+    }
+
+    fn split_heads(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        x.reshape((b, n, self.heads, c / self.heads))?.transpose(1, 2)?.contiguous()
+    }
+
+    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let context = context.unwrap_or(x);
+        let q = self.split_heads(&self.to_q.forward(x)?)?;
+        let k = self.split_heads(&self.to_k.forward(context)?)?;
+        let v = self.split_heads(&self.to_v.forward(context)?)?;
+        let out = scaled_dot_product_attention(&q, &k, &v, self.scale)?;
+        let (b, h, n, d) = out.dims4()?;
+        let out = out.transpose(1, 2)?.reshape((b, n, h * d))?;
+        self.to_out.forward(&out)
+    }
+}
+
+/// softmax(q k^T * scale) v over [B, H, N, D] tensors, in float32 (diffusers' upcast_attention
+/// is therefore always on), processed in query chunks so the score matrix stays bounded.
+pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
+    let dtype = q.dtype();
+    // scaling q (N x D) instead of the scores (N x N) saves a pass over the largest tensor
+    let (q, k, v) = ((q.to_dtype(DType::F32)? * scale)?, k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
+    let kt = k.transpose(2, 3)?.contiguous()?;
+    let n = q.dim(2)?;
+    // keep each [B, H, chunk, Nk] score block around 16 MB: under the allocator's mmap threshold,
+    // so the block is reused rather than freshly zeroed by the kernel on every chunk
+    let nk = k.dim(2)?;
+    let bh = q.dim(0)? * q.dim(1)?;
+    let chunk = (4 * 1024 * 1024 / (bh * nk).max(1)).clamp(16, n.max(16));
+    let mut outs = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let len = chunk.min(n - start);
+        let qc = q.narrow(2, start, len)?;
+        let scores = qc.matmul(&kt)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        outs.push(probs.matmul(&v)?);
+        start += len;
+    }
+    let out = if outs.len() == 1 { outs.pop().expect("one chunk") } else { Tensor::cat(&outs, 2)? };
+    out.to_dtype(dtype)
+}

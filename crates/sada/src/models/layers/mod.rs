@@ -1,0 +1,8 @@
+//! Building blocks shared by the networks: convolution, ResNet blocks and resampling,
+//! attention, feed-forward, timestep embeddings.
+
+pub mod attention;
+pub mod conv;
+pub mod feed_forward;
+pub mod resnet;
+pub mod timestep;

@@ -1,0 +1,266 @@
+//! Acceleration as a value: the unaccelerated baseline, SADA and its rivals, each named and
+//! built from its own settings.
+//!
+//! Every method is a settings struct implementing [`Method`] (its policy, its presets per model
+//! family, its sweep) in its own file, plus one line in the `methods!` list below. A method is
+//! chosen by name with optional settings, `NAME[:key=value,...]`, e.g. `sada`,
+//! `deepcache:interval=5`, `fewer-steps:steps=20`; values are JSON (`acc_range=[10,47]`).
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{NoAcceleration, Policy, SadaConfig};
+use crate::error::{Error, Result};
+
+/// The model family a method's defaults are chosen for (the published settings differ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Family {
+    /// Stable Diffusion 1.x / 2.x and UNets like them.
+    #[default]
+    StableDiffusion,
+    /// SDXL-style UNets (text_time conditioning).
+    Sdxl,
+    /// Flow-matching transformers.
+    Flux,
+}
+
+/// One acceleration method's settings.
+pub trait Method: Sized + Clone + Serialize + DeserializeOwned {
+    /// The settings this method starts from for a model family.
+    fn preset(_family: Family) -> Self;
+    /// The policy that runs these settings.
+    fn policy(&self) -> Box<dyn Policy>;
+    /// Check the settings against a run of `steps` solver steps.
+    fn validate(&self, _steps: usize) -> Result<()> {
+        Ok(())
+    }
+    /// Solver steps this method runs when `requested` are asked for.
+    fn steps(&self, requested: usize) -> usize {
+        requested
+    }
+    /// Settings from least to most aggressive, for speed-vs-fidelity sweeps (empty: none).
+    fn sweep(_family: Family) -> Vec<Self> {
+        Vec::new()
+    }
+}
+
+/// The unaccelerated baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Baseline {}
+
+impl Method for Baseline {
+    fn preset(_: Family) -> Self {
+        Self {}
+    }
+    fn policy(&self) -> Box<dyn Policy> {
+        Box::new(NoAcceleration)
+    }
+}
+
+/// The plain solver with fewer steps: what the same compute buys without an accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FewerSteps {
+    /// Solver steps to run instead of the requested ones.
+    pub steps: usize,
+}
+
+impl Default for FewerSteps {
+    fn default() -> Self {
+        Self { steps: 25 }
+    }
+}
+
+impl Method for FewerSteps {
+    fn preset(_: Family) -> Self {
+        Self::default()
+    }
+    fn policy(&self) -> Box<dyn Policy> {
+        Box::new(NoAcceleration)
+    }
+    fn validate(&self, _: usize) -> Result<()> {
+        if self.steps == 0 {
+            return Err(Error::param("fewer-steps:steps", "must be at least 1"));
+        }
+        Ok(())
+    }
+    fn steps(&self, _: usize) -> usize {
+        self.steps
+    }
+    fn sweep(_: Family) -> Vec<Self> {
+        [30, 25, 20, 15, 10].into_iter().map(|steps| Self { steps }).collect()
+    }
+}
+
+impl Method for SadaConfig {
+    fn preset(family: Family) -> Self {
+        match family {
+            Family::StableDiffusion => SadaConfig::sd2(),
+            Family::Sdxl => SadaConfig::sdxl(),
+            Family::Flux => SadaConfig::flux(),
+        }
+    }
+    fn policy(&self) -> Box<dyn Policy> {
+        Box::new(super::Sada::new(self.clone()))
+    }
+    fn validate(&self, steps: usize) -> Result<()> {
+        SadaConfig::validate(self, steps)
+    }
+}
+
+/// Declares [`Acceleration`] from one line per method: `Variant(Settings) = "name"`.
+macro_rules! methods {
+    ($($variant:ident($settings:ty) = $name:literal: $about:literal),+ $(,)?) => {
+        /// An acceleration method with its settings.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "method")]
+        pub enum Acceleration {
+            $(#[serde(rename = $name)] $variant($settings),)+
+        }
+
+        impl Acceleration {
+            /// Every method's name and one-line description.
+            pub const METHODS: &'static [(&'static str, &'static str)] = &[$(($name, $about)),+];
+
+            pub fn name(&self) -> &'static str {
+                match self { $(Acceleration::$variant(_) => $name,)+ }
+            }
+
+            /// The method `name` with its preset for `family`.
+            pub fn preset(name: &str, family: Family) -> Result<Self> {
+                match name {
+                    $($name => Ok(Acceleration::$variant(<$settings as Method>::preset(family))),)+
+                    other => Err(unknown(other)),
+                }
+            }
+
+            /// The speed-vs-fidelity sweep of method `name` (empty: it has none).
+            pub fn sweep(name: &str, family: Family) -> Result<Vec<Self>> {
+                match name {
+                    $($name => Ok(<$settings as Method>::sweep(family).into_iter().map(Acceleration::$variant).collect()),)+
+                    other => Err(unknown(other)),
+                }
+            }
+
+            pub fn policy(&self) -> Box<dyn Policy> {
+                match self { $(Acceleration::$variant(s) => s.policy(),)+ }
+            }
+
+            pub fn validate(&self, steps: usize) -> Result<()> {
+                match self { $(Acceleration::$variant(s) => s.validate(steps),)+ }
+            }
+
+            /// Solver steps this method runs when `requested` are asked for.
+            pub fn steps(&self, requested: usize) -> usize {
+                match self { $(Acceleration::$variant(s) => s.steps(requested),)+ }
+            }
+        }
+    };
+}
+
+methods! {
+    None(Baseline) = "none": "the unaccelerated baseline: every step computed in full",
+    Sada(SadaConfig) = "sada": "SADA (ICML 2025): stability-guided step skipping and token pruning",
+    FewerSteps(FewerSteps) = "fewer-steps": "the plain solver with fewer steps (settings: steps)",
+}
+
+fn unknown(name: &str) -> Error {
+    let names: Vec<&str> = Acceleration::METHODS.iter().map(|(n, _)| *n).collect();
+    Error::param("accel", format!("unknown method `{name}`; expected one of {}", names.join(", ")))
+}
+
+impl Default for Acceleration {
+    fn default() -> Self {
+        Acceleration::None(Baseline {})
+    }
+}
+
+impl Acceleration {
+    /// `NAME[:key=value,...]`: the method's preset for `family` with the given settings
+    /// replaced (values are JSON; a bare word is a string).
+    pub fn parse(spec: &str, family: Family) -> Result<Self> {
+        let (name, settings) = match spec.split_once(':') {
+            Some((n, s)) => (n.trim(), s),
+            None => (spec.trim(), ""),
+        };
+        let base = Self::preset(name, family)?;
+        let mut value = serde_json::to_value(&base).map_err(|e| Error::internal(format!("settings of `{name}` do not serialise: {e}")))?;
+        let obj = value.as_object_mut().ok_or_else(|| Error::internal("settings serialise to a JSON object"))?;
+        for item in split_top_level(settings) {
+            let (k, v) = item.split_once('=').ok_or_else(|| Error::param("accel", format!("`{item}` in `{spec}` is not key=value")))?;
+            let (k, v) = (k.trim(), v.trim());
+            if k == "method" || !obj.contains_key(k) {
+                let keys: Vec<&str> = obj.keys().map(String::as_str).filter(|k| *k != "method").collect();
+                return Err(Error::param("accel", format!("`{name}` has no setting `{k}`; its settings are {}", keys.join(", "))));
+            }
+            let parsed = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_owned()));
+            obj.insert(k.to_owned(), parsed);
+        }
+        serde_json::from_value(value).map_err(|e| Error::param("accel", format!("`{spec}`: {e}")))
+    }
+
+    /// The settings as `NAME:key=value,...` (what [`Acceleration::parse`] reads back).
+    pub fn spec(&self) -> String {
+        let value = serde_json::to_value(self).unwrap_or_default();
+        let settings: Vec<String> = value
+            .as_object()
+            .map(|o| o.iter().filter(|(k, _)| *k != "method").map(|(k, v)| format!("{k}={v}")).collect())
+            .unwrap_or_default();
+        if settings.is_empty() {
+            self.name().to_owned()
+        } else {
+            format!("{}:{}", self.name(), settings.join(","))
+        }
+    }
+
+    pub fn is_baseline(&self) -> bool {
+        matches!(self, Acceleration::None(_))
+    }
+}
+
+/// Split `a=1,b=[2,3]` at the commas outside brackets.
+fn split_top_level(s: &str) -> Vec<&str> {
+    let (mut out, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out.into_iter().map(str::trim).filter(|p| !p.is_empty()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_method_is_its_family_preset_with_the_given_settings() {
+        assert_eq!(Acceleration::parse("sada", Family::Sdxl).unwrap(), Acceleration::Sada(SadaConfig::sdxl()));
+        let a = Acceleration::parse("sada:acc_range=[5,40],max_interval=3", Family::StableDiffusion).unwrap();
+        assert_eq!(a, Acceleration::Sada(SadaConfig { acc_range: (5, 40), max_interval: 3, ..SadaConfig::sd2() }));
+        assert_eq!(Acceleration::parse(&a.spec(), Family::Flux).unwrap(), a, "spec() reads back");
+        assert_eq!(Acceleration::parse("fewer-steps:steps=20", Family::Flux).unwrap().steps(50), 20);
+        assert!(Acceleration::parse("none", Family::Sdxl).unwrap().is_baseline());
+    }
+
+    #[test]
+    fn bad_specs_name_what_is_wrong() {
+        let e = Acceleration::parse("turbo", Family::Sdxl).unwrap_err().to_string();
+        assert!(e.contains("unknown method `turbo`") && e.contains("sada"), "{e}");
+        let e = Acceleration::parse("sada:max_intervall=3", Family::Sdxl).unwrap_err().to_string();
+        assert!(e.contains("no setting `max_intervall`") && e.contains("max_interval"), "{e}");
+        let e = Acceleration::parse("sada:max_interval", Family::Sdxl).unwrap_err().to_string();
+        assert!(e.contains("not key=value"), "{e}");
+        let e = Acceleration::parse("sada:max_interval=-1", Family::Sdxl).unwrap_err().to_string();
+        assert!(e.contains("accel"), "{e}");
+    }
+}
