@@ -164,6 +164,10 @@ methods! {
     None(Baseline) = "none": "the unaccelerated baseline: every step computed in full",
     Sada(SadaConfig) = "sada": "SADA (ICML 2025): stability-guided step skipping and token pruning",
     FewerSteps(FewerSteps) = "fewer-steps": "the plain solver with fewer steps (settings: steps)",
+    DeepCache(super::deepcache::DeepCacheConfig) = "deepcache": "DeepCache: the U-Net's deep branch from the last full step (interval, branch, uniform)",
+    Adaptive(super::adaptive::AdaptiveConfig) = "adaptive": "AdaptiveDiffusion: reuse the last output where the trajectory is straight (threshold, max_skip_steps)",
+    FirstBlockCache(super::fbcache::FirstBlockCacheConfig) = "fbcache": "First-Block-Cache: skip the rest while the first block's residual holds (threshold)",
+    TaylorSeer(super::taylorseer::TaylorSeerConfig) = "taylorseer": "TaylorSeer: forecast the network's features by Taylor series (interval, max_order, first_enhance)",
 }
 
 fn unknown(name: &str) -> Error {

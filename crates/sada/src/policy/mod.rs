@@ -10,9 +10,13 @@
 //! rivals, each built from its own settings.
 
 pub mod acceleration;
+pub mod adaptive;
+pub mod deepcache;
+pub mod fbcache;
 pub mod lagrange;
 pub mod rule;
 pub mod sada;
+pub mod taylorseer;
 pub mod token_score;
 
 use candle_core::Tensor;
