@@ -1,4 +1,7 @@
-//! Fidelity metrics between an accelerated result and its unaccelerated baseline.
+//! Fidelity metrics between an accelerated result and its unaccelerated baseline: PSNR and
+//! SSIM here, LPIPS in [`lpips`].
+
+pub mod lpips;
 
 use candle_core::{DType, Tensor};
 
