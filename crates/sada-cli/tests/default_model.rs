@@ -74,28 +74,44 @@ fn prompt_errors_are_one_line_and_write_nothing() {
 }
 
 #[test]
-fn bench_reports_three_methods_and_resumes() {
+fn bench_compares_methods_with_the_equal_budget_plain_solver_and_resumes() {
     let d = tmp("bench");
     let prompts = d.join("prompts.txt");
     std::fs::write(&prompts, "a small red star at the top left on a blue background\n\n").unwrap();
     let out = d.join("out");
-    let args = ["bench", "--prompts", prompts.to_str().unwrap(), "--seeds", "1", "--out", out.to_str().unwrap()];
+    let args = ["bench", "--prompts", prompts.to_str().unwrap(), "--seeds", "1", "--methods", "sada,deepcache", "--out", out.to_str().unwrap()];
     let (ok, stdout, err) = sada(&args);
     assert!(ok, "{err}");
-    for f in ["bench.md", "bench.json", "grid.png", "criterion.svg", "settings.json", "runs/0000.json", "images/0000-sada.png"] {
+    for f in ["bench.md", "bench.json", "grid.png", "criterion.svg", "tradeoff.svg", "settings.json", "runs/0000.json", "images/0000-baseline.png", "images/0000-m00.png"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
-    assert!(stdout.contains("| sada |") && stdout.contains("| plain-equal-evals |"), "{stdout}");
+    assert!(stdout.contains("| sada |") && stdout.contains("| deepcache |") && stdout.contains("| baseline |"), "{stdout}");
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("bench.json")).unwrap()).unwrap();
     let s = &report["summary"];
-    let (base, sada_m, plain) = (&s[0], &s[1], &s[2]);
+    let (base, sada_m, deep) = (&s[0], &s[1], &s[2]);
     assert_eq!(base["mean_evaluations"], 50.0);
     let evals = sada_m["mean_evaluations"].as_f64().unwrap();
     assert!(evals < 40.0, "SADA used {evals} evaluations");
-    assert_eq!(plain["mean_evaluations"].as_f64().unwrap(), evals, "plain solver must get SADA's evaluation count");
     assert!(sada_m["mean_psnr_db"].as_f64().unwrap() > 20.0 && sada_m["mean_ssim"].as_f64().unwrap() > 0.5);
+    // DeepCache calls the network at every step, but most calls are partial: its cost is lower
+    assert_eq!(deep["mean_evaluations"], 50.0);
+    let cost = deep["mean_equivalent_evaluations"].as_f64().unwrap();
+    assert!(cost < 40.0, "DeepCache cost {cost}");
+    // the equal-budget view: the plain solver with round(cost) steps, run on the same noise
+    let run = &report["runs"][0];
+    for (m, summary) in [(0, sada_m), (1, deep)] {
+        let k = run["methods"][m]["equal_budget_steps"].as_u64().unwrap();
+        assert_eq!(k, run["methods"][m]["equivalent_evaluations"].as_f64().unwrap().round() as u64);
+        let plain = &run["plain"][k.to_string()];
+        assert_eq!(plain["steps"].as_u64().unwrap(), k);
+        assert_eq!(plain["evaluations"].as_u64().unwrap(), k);
+        assert_eq!(summary["equal_budget_psnr_db"], plain["psnr_db"]);
+        let gain = summary["psnr_gain_over_equal_budget_db"].as_f64().unwrap();
+        assert!((gain - (summary["mean_psnr_db"].as_f64().unwrap() - plain["psnr_db"].as_f64().unwrap())).abs() < 1e-9);
+    }
     assert_eq!(png_size(&out.join("grid.png")), (3 * 128, 128));
     assert!(std::fs::read_to_string(out.join("criterion.svg")).unwrap().starts_with("<svg"));
+    assert!(std::fs::read_to_string(out.join("tradeoff.svg")).unwrap().contains("plain solver"));
 
     // a rerun resumes: the finished run is not redone
     let before = std::fs::metadata(out.join("runs/0000.json")).unwrap().modified().unwrap();
@@ -113,10 +129,76 @@ fn bench_reports_three_methods_and_resumes() {
 }
 
 #[test]
+fn sharded_benches_merge_into_one_report() {
+    let d = tmp("shards");
+    let prompts = d.join("prompts.txt");
+    std::fs::write(&prompts, "a small red star at the top left on a blue background\na large green ring in the center on a white background\n").unwrap();
+    let p = prompts.to_str().unwrap();
+    let (a, b, merged) = (d.join("a"), d.join("b"), d.join("merged"));
+    for (shard, out) in [("0/2", &a), ("1/2", &b)] {
+        let (ok, stdout, err) = sada(&["bench", "--prompts", p, "--seeds", "1", "--steps", "20", "--methods", "fewer-steps", "--shard", shard, "--out", out.to_str().unwrap()]);
+        assert!(ok, "{err}");
+        assert!(stdout.contains("(1 of 2 runs here)"), "{stdout}");
+    }
+    assert!(a.join("runs/0000.json").is_file() && !a.join("runs/0001.json").exists());
+    assert!(b.join("runs/0001.json").is_file() && !b.join("runs/0000.json").exists());
+    let (ok, stdout, err) = sada(&["bench", "merge", a.to_str().unwrap(), b.to_str().unwrap(), "--out", merged.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("(2 of 2 runs here)") && stdout.contains("merged 2 of 2 runs"), "{stdout}");
+    assert!(merged.join("images/0001-m00.png").is_file() && merged.join("grid.png").is_file());
+    assert_eq!(png_size(&merged.join("grid.png")), (2 * 128, 2 * 128));
+    // folders of other settings do not merge
+    let (ok, _, _) = sada(&["bench", "--prompts", p, "--seeds", "1", "--steps", "20", "--methods", "fewer-steps:steps=5", "--shard", "0/2", "--out", d.join("c").to_str().unwrap()]);
+    assert!(ok);
+    let (ok, _, err) = sada(&["bench", "merge", a.to_str().unwrap(), d.join("c").to_str().unwrap(), "--out", d.join("m2").to_str().unwrap()]);
+    assert!(!ok && err.contains("other settings") && err.trim().lines().count() == 1, "{err}");
+    assert!(!d.join("m2").exists());
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn every_method_runs_from_generate_and_bad_specs_are_one_line() {
+    let d = tmp("methods");
+    let o = d.join("x.png");
+    let never = d.join("never");
+    let never = never.to_str().unwrap();
+    for spec in ["deepcache", "adaptive", "fbcache:threshold=0.1", "taylorseer", "fewer-steps:steps=20"] {
+        let (ok, stdout, err) = sada(&["generate", "--prompt", "a red circle on a blue background", "--accel", spec, "--output", o.to_str().unwrap()]);
+        assert!(ok, "{spec}: {err}");
+        let name = spec.split(':').next().unwrap();
+        assert!(stdout.starts_with(&format!("{name}: ")), "{stdout}");
+        std::fs::remove_file(&o).unwrap();
+    }
+    for (args, needle) in [
+        (vec!["generate", "--prompt", "a red circle", "--accel", "turbo"], "unknown method `turbo`"),
+        (vec!["generate", "--prompt", "a red circle", "--accel", "deepcache:branch=99"], "deepcache:branch"),
+        (vec!["generate", "--prompt", "a red circle", "--accel", "deepcache:intervall=2"], "no setting `intervall`"),
+        (vec!["generate", "--prompt", "a red circle", "--accel", "adaptive", "--acc-range", "5,40"], "--accel sada"),
+        (vec!["gmm", "--accel", "fbcache"], "fbcache needs"),
+        (vec!["bench", "--methods", "sada,none"], "baseline always runs"),
+    ] {
+        let mut args = args.clone();
+        let out = o.to_str().unwrap();
+        if args[0] == "generate" {
+            args.extend_from_slice(&["--output", out]);
+        }
+        if args[0] == "bench" {
+            args.extend_from_slice(&["--out", never]);
+        }
+        let (ok, _, err) = sada(&args);
+        assert!(!ok, "{args:?} succeeded");
+        assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+        assert!(err.contains(needle), "`{needle}` not in {err}");
+        assert!(!o.exists() && !d.join("never").exists());
+    }
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
 fn help_explains_the_prompt_and_bench_flags() {
     for (cmd, flags) in [
-        ("generate", &["--prompt", "--negative-prompt", "--compare", "--model", "--inputs", "--output"][..]),
-        ("bench", &["--model", "--prompts", "--seeds", "--steps", "--out", "--acc-range"][..]),
+        ("generate", &["--prompt", "--negative-prompt", "--compare", "--model", "--inputs", "--output", "--accel", "--device"][..]),
+        ("bench", &["--model", "--prompts", "--seeds", "--steps", "--out", "--acc-range", "--methods", "--method", "--sweep", "--lpips-weights", "--shard"][..]),
     ] {
         let (ok, out, _) = sada(&[cmd, "-h"]);
         assert!(ok, "{cmd} -h failed");

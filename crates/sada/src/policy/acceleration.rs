@@ -219,6 +219,27 @@ impl Acceleration {
         }
     }
 
+    /// A short name for tables: the method's name and the settings that differ from its preset
+    /// for `family` (`sada`, `deepcache:interval=5`).
+    pub fn label(&self, family: Family) -> String {
+        let preset = Self::preset(self.name(), family).ok().and_then(|p| serde_json::to_value(p).ok());
+        let value = serde_json::to_value(self).unwrap_or_default();
+        let changed: Vec<String> = value
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter(|(k, v)| *k != "method" && *k != "seed" && preset.as_ref().and_then(|p| p.get(k.as_str())) != Some(v))
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if changed.is_empty() {
+            self.name().to_owned()
+        } else {
+            format!("{}:{}", self.name(), changed.join(","))
+        }
+    }
+
     pub fn is_baseline(&self) -> bool {
         matches!(self, Acceleration::None(_))
     }
@@ -254,6 +275,8 @@ mod tests {
         assert_eq!(Acceleration::parse(&a.spec(), Family::Flux).unwrap(), a, "spec() reads back");
         assert_eq!(Acceleration::parse("fewer-steps:steps=20", Family::Flux).unwrap().steps(50), 20);
         assert!(Acceleration::parse("none", Family::Sdxl).unwrap().is_baseline());
+        assert_eq!(a.label(Family::StableDiffusion), "sada:acc_range=[5,40],max_interval=3");
+        assert_eq!(Acceleration::parse("deepcache", Family::Sdxl).unwrap().label(Family::Sdxl), "deepcache");
     }
 
     #[test]

@@ -1,0 +1,402 @@
+//! `sada bench`: prompts x seeds, each sampled from the same initial noise by the unaccelerated
+//! baseline and by every method asked for (SADA and its rivals, optionally with their
+//! speed-vs-fidelity sweeps); each method is also set against the plain solver given the same
+//! cost (the equal-budget view). Reports evaluations, wall time, speedup and PSNR / SSIM (and
+//! LPIPS with `--lpips-weights`) against the baseline image, as Markdown and JSON, with an
+//! image grid, SADA's criterion plot and a speed-vs-fidelity plot.
+//!
+//! Every finished prompt x seed is written to `runs/` as it completes, so an interrupted bench
+//! resumes, and `--shard I/N` runs every N-th of them so several machines can share the work;
+//! `sada bench merge DIRS... --out DIR` makes one report from their folders.
+
+mod plot;
+mod report;
+mod shard;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use clap::{Args, Subcommand};
+use sada::data::shapes::Scene;
+use sada::image::{png_bytes, to_rgb, RgbImage};
+use sada::metrics::lpips::Lpips;
+use sada::metrics::{psnr_rgb, ssim};
+use sada::pipelines::{GenerateOptions, Pipeline, PipelineInputs};
+use sada::policy::acceleration::Family;
+use sada::policy::Acceleration;
+use sada::sampling::Trace;
+use serde::{Deserialize, Serialize};
+
+use crate::args::{load_model, DeviceArgs, SadaArgs, SolverArg};
+use crate::output::write_atomic;
+pub use shard::Shard;
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub action: Option<BenchAction>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchAction {
+    /// Merge the runs of bench folders made with the same settings (e.g. one per --shard)
+    /// into one report
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Bench output folders to merge
+    #[arg(required = true, value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
+    /// Folder for the merged report (created; images are copied into it)
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// diffusers model folder with a text encoder [default: the embedded shapes model]
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Text file with one prompt per line [default: 8 captions the embedded model never saw in
+    /// training]
+    #[arg(long, value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
+    /// Seeds 0..N for every prompt
+    #[arg(long, default_value_t = 2)]
+    pub seeds: u64,
+    /// Solver steps of the baseline (and of every method but fewer-steps)
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Classifier-free guidance scale [default: the model's, as `sada generate`]
+    #[arg(long)]
+    pub guidance_scale: Option<f64>,
+    /// Solver, built from the model's scheduler config (the published SADA numbers are for
+    /// DPM-Solver++)
+    #[arg(long, value_enum, default_value = "dpm++")]
+    pub solver: SolverArg,
+    /// Methods to compare with the baseline, by name, comma-separated (each with its preset
+    /// settings): sada, deepcache, adaptive, fbcache, taylorseer, fewer-steps
+    #[arg(long, value_name = "NAMES", default_value = "sada", value_delimiter = ',')]
+    pub methods: Vec<String>,
+    /// A further method with settings, NAME:key=value,... (repeatable), e.g.
+    /// --method deepcache:interval=5
+    #[arg(long = "method", value_name = "SPEC")]
+    pub extra_methods: Vec<String>,
+    /// Also run each named method's sweep of settings, from mild to aggressive, for the
+    /// speed-vs-fidelity plot
+    #[arg(long)]
+    pub sweep: bool,
+    /// LPIPS weights (safetensors or .pth; the lpips package's state dict, e.g. from
+    /// tools/export_lpips.py, or torchvision's backbone plus the package's linear layers;
+    /// repeatable): report LPIPS against the baseline too
+    #[arg(long, value_name = "FILE")]
+    pub lpips_weights: Vec<PathBuf>,
+    /// Run only the I-th of every N prompt x seed pairs (0-based), e.g. 2/8; `auto` takes I from
+    /// SLURM_ARRAY_TASK_ID (minus SLURM_ARRAY_TASK_MIN) or JOB_COMPLETION_INDEX and N from
+    /// SLURM_ARRAY_TASK_COUNT (read by default inside a Slurm array job)
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Output folder (created); rerunning with the same settings skips the finished runs
+    #[arg(long, value_name = "DIR", default_value = "sada-bench")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub sada: SadaArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// One method's result for one prompt and seed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MethodRun {
+    /// Short name: the method and the settings that differ from its preset.
+    pub label: String,
+    /// The settings in full, as `--method` reads them.
+    pub spec: String,
+    pub steps: usize,
+    pub evaluations: usize,
+    /// Cost in full network evaluations (partial and pruned calls by their time).
+    pub equivalent_evaluations: f64,
+    pub seconds: f64,
+    /// Against the baseline image (none for the baseline itself).
+    pub psnr_db: Option<f64>,
+    pub ssim: Option<f64>,
+    pub lpips: Option<f64>,
+    /// What each step did, e.g. `full 25, skip-am 8`.
+    pub decisions: String,
+    pub image: String,
+    /// The plain solver at this run's cost: its steps (None when that is the baseline itself).
+    pub equal_budget_steps: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub index: usize,
+    pub prompt: String,
+    pub seed: u64,
+    pub baseline: MethodRun,
+    /// In the order of the settings' `methods`.
+    pub methods: Vec<MethodRun>,
+    /// The plain solver at the step counts the equal-budget view needed, by steps.
+    pub plain: BTreeMap<usize, MethodRun>,
+    /// SADA's trace (the criterion plot), for the first SADA method.
+    pub sada_trace: Option<Trace>,
+}
+
+/// What a bench folder was made with; a folder only ever holds runs of one settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub model: String,
+    pub prompts: Vec<String>,
+    pub seeds: u64,
+    pub steps: usize,
+    pub guidance_scale: f64,
+    pub solver: sada::solvers::SolverKind,
+    pub family: Family,
+    /// Full specs, in report order; `columns` of them go into the image grid.
+    pub methods: Vec<String>,
+    pub columns: usize,
+    /// The LPIPS backbone, when LPIPS is reported.
+    pub lpips: Option<String>,
+}
+
+/// Held-out captions spread over the split (every background appears).
+pub fn builtin_prompts() -> Vec<String> {
+    let held: Vec<Scene> = Scene::all().into_iter().filter(|s| s.is_held_out()).collect();
+    (0..8).map(|i| held[i * held.len() / 8 + 3].caption()).collect()
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    match &args.action {
+        Some(BenchAction::Merge(m)) => shard::merge(&m.dirs, &m.out),
+        None => run_bench(&args.run),
+    }
+}
+
+/// The methods to run, with their settings for `family`: the named ones, the `--method` specs,
+/// and with `--sweep` each named method's sweep. Returns them and how many lead the list
+/// (the grid's columns).
+fn methods(args: &RunArgs, family: Family) -> Result<(Vec<Acceleration>, usize)> {
+    let mut list = Vec::new();
+    let push = |a: Acceleration, list: &mut Vec<Acceleration>| {
+        if !list.contains(&a) {
+            list.push(a);
+        }
+    };
+    for name in args.methods.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        let mut a = Acceleration::parse(name, family)?;
+        if let Acceleration::Sada(cfg) = &mut a {
+            *cfg = args.sada.apply(cfg.clone(), 0);
+        }
+        anyhow::ensure!(!a.is_baseline(), "--methods: the baseline always runs; leave `none` out");
+        push(a, &mut list);
+    }
+    for spec in &args.extra_methods {
+        let a = Acceleration::parse(spec, family)?;
+        anyhow::ensure!(!a.is_baseline(), "--method: the baseline always runs; leave `none` out");
+        push(a, &mut list);
+    }
+    if args.sada.any() && !list.iter().any(|a| matches!(a, Acceleration::Sada(_))) {
+        bail!("the SADA flags (--acc-range, ...) need sada among --methods");
+    }
+    anyhow::ensure!(!list.is_empty(), "--methods: name at least one method");
+    let columns = list.len();
+    if args.sweep {
+        for name in args.methods.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+            for a in Acceleration::sweep(name, family)? {
+                push(a, &mut list);
+            }
+        }
+    }
+    for a in &list {
+        a.validate(a.steps(args.steps)).with_context(|| format!("method `{}`", a.label(family)))?;
+    }
+    Ok((list, columns))
+}
+
+fn run_bench(args: &RunArgs) -> Result<()> {
+    anyhow::ensure!(args.seeds > 0, "--seeds must be at least 1");
+    let shard = Shard::from_args(args.shard.as_deref())?;
+    let device = args.device.device()?;
+    let (mut pipe, model_name, default_guidance) = load_model(args.model.as_deref(), DType::F32, &device)?;
+    let family = pipe.family();
+    let kind = args.solver.for_family(family)?;
+    anyhow::ensure!(pipe.can_decode(), "{model_name}: no vae/ folder, so images cannot be compared");
+    anyhow::ensure!(pipe.has_text_encoder(), "{model_name}: no text encoder, so prompts cannot be benchmarked");
+    let prompts = match &args.prompts {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read prompt file", path.display()))?;
+            let p: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+            anyhow::ensure!(!p.is_empty(), "{}: no prompts (one per line expected)", path.display());
+            p
+        }
+        None => builtin_prompts(),
+    };
+    let (methods, columns) = methods(args, family)?;
+    let lpips = if args.lpips_weights.is_empty() { None } else { Some(Lpips::load(&args.lpips_weights, &device)?) };
+    let settings = Settings {
+        model: model_name,
+        prompts: prompts.clone(),
+        seeds: args.seeds,
+        steps: args.steps,
+        guidance_scale: args.guidance_scale.unwrap_or(default_guidance),
+        solver: kind,
+        family,
+        methods: methods.iter().map(Acceleration::spec).collect(),
+        columns,
+        lpips: lpips.as_ref().map(|l| format!("{:?}", l.net).to_lowercase()),
+    };
+    shard::prepare(&args.out, &settings)?;
+
+    let cases: Vec<(usize, usize, u64)> = (0..prompts.len())
+        .flat_map(|p| (0..args.seeds).map(move |s| (p, s)))
+        .enumerate()
+        .map(|(i, (p, s))| (i, p, s))
+        .filter(|(i, _, _)| shard.takes(*i))
+        .collect();
+    let bar = indicatif::ProgressBar::new(cases.len() as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} runs {elapsed_precise} {msg}").expect("static template").progress_chars("=> "));
+    bar.set_prefix("bench");
+    let mut bench = Bench { pipe: &mut pipe, settings: &settings, methods: &methods, lpips: lpips.as_ref(), out: &args.out, bar: &bar, warmed_up: false };
+    let mut encoded: Option<(usize, PipelineInputs)> = None;
+    for &(index, pi, seed) in &cases {
+        let prompt = &prompts[pi];
+        let record_path = args.out.join("runs").join(format!("{index:04}.json"));
+        if let Some(r) = std::fs::read_to_string(&record_path).ok().and_then(|t| serde_json::from_str::<RunRecord>(&t).ok()) {
+            if r.prompt == *prompt && r.seed == seed {
+                bar.inc(1);
+                continue;
+            }
+        }
+        if encoded.as_ref().map(|(p, _)| *p) != Some(pi) {
+            encoded = Some((pi, bench.pipe.encode_prompts(std::slice::from_ref(prompt), "")?));
+        }
+        let inputs = &encoded.as_ref().expect("encoded above").1;
+        let record = bench.case(index, prompt, seed, inputs)?;
+        write_atomic(&record_path, serde_json::to_string_pretty(&record)?.as_bytes())?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let records = shard::records(&args.out, &settings)?;
+    let md = report::write(&args.out, &settings, &records)?;
+    print!("{md}");
+    if shard.count > 1 {
+        println!("\nshard {}/{}: {} of its {} runs done; `sada bench merge` combines the shards' folders", shard.index, shard.count, cases.len(), cases.len());
+    }
+    println!("\nwritten to {}: bench.md, bench.json, grid.png, tradeoff.svg{}", args.out.display(), if records.iter().any(|r| r.sada_trace.is_some()) { ", criterion.svg" } else { "" });
+    Ok(())
+}
+
+/// What one prompt x seed needs to run every method.
+struct Bench<'a> {
+    pipe: &'a mut Box<dyn Pipeline>,
+    settings: &'a Settings,
+    methods: &'a [Acceleration],
+    lpips: Option<&'a Lpips>,
+    out: &'a Path,
+    bar: &'a indicatif::ProgressBar,
+    warmed_up: bool,
+}
+
+impl Bench<'_> {
+    fn sample(&mut self, inputs: &PipelineInputs, opts: &GenerateOptions, label: &str, prompt: &str) -> Result<(RgbImage, Trace, f64)> {
+        let short = truncate(prompt, 40);
+        self.bar.set_message(format!("{label}: {short}"));
+        let bar = self.bar;
+        let start = Instant::now();
+        let (latents, trace) = self.pipe.generate(inputs, opts, &mut |i, n| bar.set_message(format!("{label} step {i}/{n}: {short}")))?;
+        let seconds = start.elapsed().as_secs_f64();
+        let image = to_rgb(&self.pipe.decode(&latents)?.context("no decoder")?)?;
+        Ok((image, trace, seconds))
+    }
+
+    /// Sample `accel` and score it against `base` (None: this is the baseline).
+    fn method(&mut self, index: usize, prompt: &str, seed: u64, inputs: &PipelineInputs, accel: &Acceleration, base: Option<&RgbImage>, file: &str) -> Result<(MethodRun, RgbImage, Trace)> {
+        let s = self.settings;
+        let opts = GenerateOptions {
+            steps: s.steps,
+            guidance_scale: s.guidance_scale,
+            height: self.pipe.default_size().0,
+            width: self.pipe.default_size().1,
+            seed,
+            solver: s.solver,
+            acceleration: accel.clone(),
+        };
+        let label = if accel.is_baseline() { "baseline".to_owned() } else { accel.label(s.family) };
+        let (img, trace, seconds) = self.sample(inputs, &opts, &label, prompt)?;
+        let image = format!("images/{index:04}-{file}.png");
+        let meta = serde_json::json!({"prompt": prompt, "seed": seed, "method": accel.spec(), "steps": opts.acceleration.steps(s.steps)});
+        write_atomic(&self.out.join(&image), &png_bytes(&img, &[("parameters", meta.to_string())])?)?;
+        let (psnr_db, ssim_v, lpips) = match base {
+            Some(b) => (Some(psnr_rgb(&img, b)?), Some(ssim(&img, b)?), self.lpips.map(|l| l.distance_rgb(&img, b)).transpose()?),
+            None => (None, None, None),
+        };
+        let run = MethodRun {
+            label,
+            spec: accel.spec(),
+            steps: accel.steps(s.steps),
+            evaluations: trace.evaluations,
+            equivalent_evaluations: trace.equivalent_evaluations(),
+            seconds,
+            psnr_db,
+            ssim: ssim_v,
+            lpips,
+            decisions: trace.summary(),
+            image,
+            equal_budget_steps: None,
+        };
+        Ok((run, img, trace))
+    }
+
+    fn case(&mut self, index: usize, prompt: &str, seed: u64, inputs: &PipelineInputs) -> Result<RunRecord> {
+        let s = self.settings;
+        if !self.warmed_up {
+            // First calls allocate; keep that out of the baseline's time.
+            let opts = GenerateOptions { steps: 2, guidance_scale: s.guidance_scale, height: self.pipe.default_size().0, width: self.pipe.default_size().1, seed, solver: s.solver, acceleration: Acceleration::default() };
+            self.pipe.generate(inputs, &opts, &mut |_, _| {})?;
+            self.warmed_up = true;
+        }
+        let (baseline, base_img, _) = self.method(index, prompt, seed, inputs, &Acceleration::default(), None, "baseline")?;
+        let mut methods = Vec::new();
+        let mut sada_trace = None;
+        let mut plain: BTreeMap<usize, MethodRun> = BTreeMap::new();
+        for (m, accel) in self.methods.iter().enumerate() {
+            // SADA's token-selection seed follows the run's seed, as in `sada generate`.
+            let accel = match accel {
+                Acceleration::Sada(cfg) => Acceleration::Sada(sada::policy::SadaConfig { seed, ..cfg.clone() }),
+                other => other.clone(),
+            };
+            let (mut run, _, trace) = self.method(index, prompt, seed, inputs, &accel, Some(&base_img), &format!("m{m:02}"))?;
+            if matches!(accel, Acceleration::Sada(_)) && sada_trace.is_none() {
+                sada_trace = Some(trace);
+            }
+            // the plain solver at the same cost (fewer-steps is that already)
+            let k = (run.equivalent_evaluations.round() as usize).clamp(1, s.steps);
+            if !matches!(accel, Acceleration::FewerSteps(_)) && k < s.steps {
+                if !plain.contains_key(&k) {
+                    let fewer = Acceleration::parse(&format!("fewer-steps:steps={k}"), s.family)?;
+                    let (p, _, _) = self.method(index, prompt, seed, inputs, &fewer, Some(&base_img), &format!("plain{k:03}"))?;
+                    plain.insert(k, p);
+                }
+                run.equal_budget_steps = Some(k);
+            }
+            methods.push(run);
+        }
+        Ok(RunRecord { index, prompt: prompt.to_owned(), seed, baseline, methods, plain, sada_trace })
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
+}
