@@ -13,6 +13,10 @@ pub enum Error {
     #[error("unsupported config value `{key}` = {value}: {expected}")]
     UnsupportedConfig { key: String, value: String, expected: String },
 
+    /// Config content this implementation cannot read (the caller names the file).
+    #[error("{0}")]
+    Config(String),
+
     /// A file that is missing, unreadable or malformed.
     #[error("{}: {message}", path.display())]
     File { path: PathBuf, message: String },

@@ -19,7 +19,6 @@
 
 pub mod config;
 pub mod data;
-pub mod defaults;
 pub mod denoiser;
 pub mod error;
 pub mod gmm;

@@ -153,8 +153,8 @@ fn ddim_config_becomes_linspace_dpm_solver() {
     let f = fixture("dpm_sd21_v");
     let cfg: sada::solvers::DpmSolverConfig =
         sada::solvers::config::from_config(f["source_config"].as_object().unwrap(), &Default::default()).unwrap();
-    assert_eq!(cfg.timestep_spacing, f["config"]["timestep_spacing"].as_str().unwrap());
+    assert_eq!(cfg.timestep_spacing.as_str(), f["config"]["timestep_spacing"].as_str().unwrap());
     assert_eq!(cfg.solver_order as u64, f["config"]["solver_order"].as_u64().unwrap());
-    assert_eq!(cfg.prediction_type, "v_prediction");
+    assert_eq!(cfg.prediction_type.as_str(), "v_prediction");
     assert_eq!(cfg.steps_offset, 1);
 }

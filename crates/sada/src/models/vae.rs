@@ -12,38 +12,40 @@ use crate::error::{Error, Result};
 use crate::models::ModelSource;
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct AutoencoderKlConfig {
-    #[serde(default = "crate::defaults::usize::<3>")]
     pub in_channels: usize,
-    #[serde(default = "crate::defaults::usize::<3>")]
     pub out_channels: usize,
-    #[serde(default = "default_channels")]
     pub block_out_channels: Vec<usize>,
-    #[serde(default = "crate::defaults::usize::<1>")]
     pub layers_per_block: usize,
-    #[serde(default = "crate::defaults::usize::<4>")]
     pub latent_channels: usize,
-    #[serde(default = "crate::defaults::usize::<32>")]
     pub norm_num_groups: usize,
-    #[serde(default = "scaling")]
     pub scaling_factor: f64,
-    #[serde(default)]
     pub shift_factor: Option<f64>,
-    #[serde(default = "crate::defaults::yes")]
     pub use_quant_conv: bool,
-    #[serde(default = "crate::defaults::yes")]
     pub use_post_quant_conv: bool,
-    #[serde(default)]
     pub force_upcast: Option<bool>,
-    #[serde(default = "crate::defaults::yes")]
     pub mid_block_add_attention: bool,
 }
 
-fn scaling() -> f64 {
-    0.18215
-}
-fn default_channels() -> Vec<usize> {
-    vec![64]
+impl Default for AutoencoderKlConfig {
+    /// diffusers' `AutoencoderKL` constructor defaults.
+    fn default() -> Self {
+        Self {
+            in_channels: 3,
+            out_channels: 3,
+            block_out_channels: vec![64],
+            layers_per_block: 1,
+            latent_channels: 4,
+            norm_num_groups: 32,
+            scaling_factor: 0.18215,
+            shift_factor: None,
+            use_quant_conv: true,
+            use_post_quant_conv: true,
+            force_upcast: None,
+            mid_block_add_attention: true,
+        }
+    }
 }
 
 pub struct AutoencoderKl {

@@ -7,50 +7,34 @@ use crate::error::{Error, Result};
 /// The keys of a diffusers `scheduler_config.json` that define the training schedule.
 /// Defaults are diffusers' constructor defaults, shared by DDPM/DDIM/DPM-Solver/Euler.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct TrainingSchedule {
-    #[serde(default = "crate::defaults::usize::<1000>")]
     pub num_train_timesteps: usize,
-    #[serde(default = "default_beta_start")]
     pub beta_start: f64,
-    #[serde(default = "default_beta_end")]
     pub beta_end: f64,
-    #[serde(default = "default_beta_schedule")]
-    pub beta_schedule: String,
-    #[serde(default)]
+    pub beta_schedule: BetaSchedule,
     pub trained_betas: Option<Vec<f64>>,
-    #[serde(default)]
     pub rescale_betas_zero_snr: bool,
 }
 
-fn default_beta_start() -> f64 {
-    0.0001
-}
-fn default_beta_end() -> f64 {
-    0.02
-}
-fn default_beta_schedule() -> String {
-    "linear".into()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BetaSchedule {
-    Linear,
-    ScaledLinear,
-    SquaredcosCapV2,
-}
-
-impl BetaSchedule {
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "linear" => Ok(Self::Linear),
-            "scaled_linear" => Ok(Self::ScaledLinear),
-            "squaredcos_cap_v2" => Ok(Self::SquaredcosCapV2),
-            other => Err(Error::unsupported(
-                "beta_schedule",
-                other,
-                "expected one of linear, scaled_linear, squaredcos_cap_v2",
-            )),
+impl Default for TrainingSchedule {
+    fn default() -> Self {
+        Self {
+            num_train_timesteps: 1000,
+            beta_start: 0.0001,
+            beta_end: 0.02,
+            beta_schedule: BetaSchedule::Linear,
+            trained_betas: None,
+            rescale_betas_zero_snr: false,
         }
+    }
+}
+
+crate::config::config_enum! {
+    BetaSchedule, "beta_schedule" {
+        Linear = "linear",
+        ScaledLinear = "scaled_linear",
+        SquaredcosCapV2 = "squaredcos_cap_v2",
     }
 }
 
@@ -81,7 +65,7 @@ impl NoiseSchedule {
                 }
                 b.iter().map(|&x| x as f32).collect()
             }
-            None => match BetaSchedule::parse(&cfg.beta_schedule)? {
+            None => match cfg.beta_schedule {
                 BetaSchedule::Linear => torch_linspace_f32(cfg.beta_start as f32, cfg.beta_end as f32, n),
                 BetaSchedule::ScaledLinear => {
                     torch_linspace_f32(cfg.beta_start.sqrt() as f32, cfg.beta_end.sqrt() as f32, n)

@@ -5,27 +5,13 @@
 //! (integer vs float grids, N+1 vs N points); both variants live here side by side.
 
 use super::round_half_even;
-use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimestepSpacing {
-    Linspace,
-    Leading,
-    Trailing,
-}
 
-impl TimestepSpacing {
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "linspace" => Ok(Self::Linspace),
-            "leading" => Ok(Self::Leading),
-            "trailing" => Ok(Self::Trailing),
-            other => Err(Error::unsupported(
-                "timestep_spacing",
-                other,
-                "expected one of linspace, leading, trailing",
-            )),
-        }
+crate::config::config_enum! {
+    TimestepSpacing, "timestep_spacing" {
+        Linspace = "linspace",
+        Leading = "leading",
+        Trailing = "trailing",
     }
 }
 

@@ -56,7 +56,7 @@ pub fn from_config<T: DeserializeOwned>(config: &Map<String, Value>, overrides: 
     for (k, v) in overrides {
         merged.insert(k.clone(), v.clone());
     }
-    serde_json::from_value(Value::Object(merged)).map_err(|e| Error::unsupported("scheduler config", "(file)", e.to_string()))
+    crate::config::from_value(Value::Object(merged)).map_err(Error::Config)
 }
 
 /// Require a boolean option to be off (a feature of the diffusers class we have not ported).

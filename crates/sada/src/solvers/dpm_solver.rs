@@ -14,51 +14,53 @@ use crate::schedule::{karras_sigmas, sigma_to_t, NoiseSchedule, TimestepSpacing,
 
 /// The keys of diffusers' `DPMSolverMultistepScheduler`, with its defaults.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct DpmSolverConfig {
     #[serde(flatten)]
     pub schedule: TrainingSchedule,
-    #[serde(default = "crate::defaults::usize::<2>")]
     pub solver_order: usize,
-    #[serde(default = "crate::defaults::epsilon")]
-    pub prediction_type: String,
-    #[serde(default)]
+    pub prediction_type: PredictionType,
     pub thresholding: bool,
-    #[serde(default = "dpmsolverpp")]
     pub algorithm_type: String,
-    #[serde(default = "midpoint")]
     pub solver_type: String,
-    #[serde(default = "crate::defaults::yes")]
     pub lower_order_final: bool,
-    #[serde(default)]
     pub euler_at_final: bool,
-    #[serde(default)]
     pub use_karras_sigmas: Option<bool>,
-    #[serde(default)]
     pub use_exponential_sigmas: Option<bool>,
-    #[serde(default)]
     pub use_beta_sigmas: Option<bool>,
-    #[serde(default)]
     pub use_lu_lambdas: Option<bool>,
-    #[serde(default)]
     pub use_flow_sigmas: Option<bool>,
-    #[serde(default)]
     pub final_sigmas_type: Option<String>,
     /// Absent means -inf (no clipping); JSON cannot spell -inf.
-    #[serde(default)]
     pub lambda_min_clipped: Option<f64>,
-    #[serde(default)]
     pub variance_type: Option<String>,
-    #[serde(default = "crate::defaults::linspace")]
-    pub timestep_spacing: String,
-    #[serde(default)]
+    pub timestep_spacing: TimestepSpacing,
     pub steps_offset: usize,
 }
 
-fn dpmsolverpp() -> String {
-    "dpmsolver++".into()
-}
-fn midpoint() -> String {
-    "midpoint".into()
+impl Default for DpmSolverConfig {
+    fn default() -> Self {
+        Self {
+            schedule: TrainingSchedule::default(),
+            solver_order: 2,
+            prediction_type: PredictionType::Epsilon,
+            thresholding: false,
+            algorithm_type: "dpmsolver++".into(),
+            solver_type: "midpoint".into(),
+            lower_order_final: true,
+            euler_at_final: false,
+            use_karras_sigmas: None,
+            use_exponential_sigmas: None,
+            use_beta_sigmas: None,
+            use_lu_lambdas: None,
+            use_flow_sigmas: None,
+            final_sigmas_type: None,
+            lambda_min_clipped: None,
+            variance_type: None,
+            timestep_spacing: TimestepSpacing::Linspace,
+            steps_offset: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,8 +112,7 @@ impl DpmSolverMultistep {
         if let Some(v) = &config.variance_type {
             return Err(Error::unsupported("variance_type", v, "only null is supported"));
         }
-        let prediction_type = PredictionType::parse(&config.prediction_type)?;
-        let spacing = TimestepSpacing::parse(&config.timestep_spacing)?;
+        let (prediction_type, spacing) = (config.prediction_type, config.timestep_spacing);
         let final_sigmas = FinalSigmas::parse(config.final_sigmas_type.as_deref())?;
         let schedule = NoiseSchedule::new(&config.schedule)?;
         let num_train = config.schedule.num_train_timesteps;
@@ -136,7 +137,7 @@ impl DpmSolverMultistep {
         let (timesteps, mut sigmas): (Vec<f64>, Vec<f32>) = if config.use_karras_sigmas.unwrap_or(false) {
             let karras = karras_sigmas(table[0] as f64, table[num_train - 1] as f64, num_inference_steps);
             // diffusers rounds Karras timesteps unless the schedule is the cosine one
-            let round = config.schedule.beta_schedule != "squaredcos_cap_v2";
+            let round = config.schedule.beta_schedule != crate::schedule::BetaSchedule::SquaredcosCapV2;
             let ts = karras
                 .iter()
                 .map(|&s| {

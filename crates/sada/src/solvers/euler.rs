@@ -12,38 +12,40 @@ use crate::schedule::{interp_table, karras_sigmas, sigma_to_t, NoiseSchedule, Ti
 
 /// The keys of diffusers' `EulerDiscreteScheduler`, with its defaults.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct EulerDiscreteConfig {
     #[serde(flatten)]
     pub schedule: TrainingSchedule,
-    #[serde(default = "crate::defaults::epsilon")]
-    pub prediction_type: String,
-    #[serde(default = "linear")]
+    pub prediction_type: PredictionType,
     pub interpolation_type: String,
-    #[serde(default)]
     pub use_karras_sigmas: Option<bool>,
-    #[serde(default)]
     pub use_exponential_sigmas: Option<bool>,
-    #[serde(default)]
     pub use_beta_sigmas: Option<bool>,
-    #[serde(default)]
     pub sigma_min: Option<f64>,
-    #[serde(default)]
     pub sigma_max: Option<f64>,
-    #[serde(default = "crate::defaults::linspace")]
-    pub timestep_spacing: String,
-    #[serde(default = "discrete")]
+    pub timestep_spacing: TimestepSpacing,
     pub timestep_type: String,
-    #[serde(default)]
     pub steps_offset: usize,
-    #[serde(default)]
     pub final_sigmas_type: Option<String>,
 }
 
-fn linear() -> String {
-    "linear".into()
-}
-fn discrete() -> String {
-    "discrete".into()
+impl Default for EulerDiscreteConfig {
+    fn default() -> Self {
+        Self {
+            schedule: TrainingSchedule::default(),
+            prediction_type: PredictionType::Epsilon,
+            interpolation_type: "linear".into(),
+            use_karras_sigmas: None,
+            use_exponential_sigmas: None,
+            use_beta_sigmas: None,
+            sigma_min: None,
+            sigma_max: None,
+            timestep_spacing: TimestepSpacing::Linspace,
+            timestep_type: "discrete".into(),
+            steps_offset: 0,
+            final_sigmas_type: None,
+        }
+    }
 }
 
 pub struct EulerDiscrete {
@@ -69,8 +71,7 @@ impl EulerDiscrete {
         }
         require_off("use_exponential_sigmas", config.use_exponential_sigmas)?;
         require_off("use_beta_sigmas", config.use_beta_sigmas)?;
-        let prediction_type = PredictionType::parse(&config.prediction_type)?;
-        let spacing = TimestepSpacing::parse(&config.timestep_spacing)?;
+        let (prediction_type, spacing) = (config.prediction_type, config.timestep_spacing);
         let final_sigmas = FinalSigmas::parse(config.final_sigmas_type.as_deref())?;
         let schedule = NoiseSchedule::new(&config.schedule)?;
         let num_train = config.schedule.num_train_timesteps;

@@ -12,39 +12,43 @@ use crate::schedule::np_linspace;
 
 /// The keys of diffusers' `FlowMatchEulerDiscreteScheduler`, with its defaults.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct FlowMatchEulerDiscreteConfig {
-    #[serde(default = "crate::defaults::usize::<1000>")]
     pub num_train_timesteps: usize,
-    #[serde(default = "crate::defaults::one_f64")]
     pub shift: f64,
-    #[serde(default)]
     pub use_dynamic_shifting: bool,
-    #[serde(default)]
     pub base_shift: Option<f64>,
-    #[serde(default)]
     pub max_shift: Option<f64>,
-    #[serde(default)]
     pub base_image_seq_len: Option<usize>,
-    #[serde(default)]
     pub max_image_seq_len: Option<usize>,
-    #[serde(default)]
     pub invert_sigmas: bool,
-    #[serde(default)]
     pub shift_terminal: Option<f64>,
-    #[serde(default)]
     pub use_karras_sigmas: Option<bool>,
-    #[serde(default)]
     pub use_exponential_sigmas: Option<bool>,
-    #[serde(default)]
     pub use_beta_sigmas: Option<bool>,
-    #[serde(default = "exponential")]
     pub time_shift_type: String,
-    #[serde(default)]
     pub stochastic_sampling: bool,
 }
 
-fn exponential() -> String {
-    "exponential".into()
+impl Default for FlowMatchEulerDiscreteConfig {
+    fn default() -> Self {
+        Self {
+            num_train_timesteps: 1000,
+            shift: 1.0,
+            use_dynamic_shifting: false,
+            base_shift: None,
+            max_shift: None,
+            base_image_seq_len: None,
+            max_image_seq_len: None,
+            invert_sigmas: false,
+            shift_terminal: None,
+            use_karras_sigmas: None,
+            use_exponential_sigmas: None,
+            use_beta_sigmas: None,
+            time_shift_type: "exponential".into(),
+            stochastic_sampling: false,
+        }
+    }
 }
 
 impl FlowMatchEulerDiscreteConfig {

@@ -20,27 +20,43 @@ pub use euler::{EulerDiscrete, EulerDiscreteConfig};
 pub use flow_match_euler::{FlowMatchEulerDiscrete, FlowMatchEulerDiscreteConfig, FlowTimesteps};
 
 /// What the network was trained to predict (`prediction_type` in diffusers configs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum PredictionType {
     Epsilon,
     VPrediction,
     Sample,
-    /// Flow matching: the velocity `noise - x0`.
+    /// Flow matching: the velocity `noise - x0` (what FlowMatchEulerDiscrete's networks predict;
+    /// not a value diffusion scheduler configs take).
     FlowVelocity,
 }
 
 impl PredictionType {
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Epsilon => "epsilon",
+            Self::VPrediction => "v_prediction",
+            Self::Sample => "sample",
+            Self::FlowVelocity => "flow_velocity",
+        }
+    }
+}
+
+impl TryFrom<String> for PredictionType {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        match s.as_str() {
             "epsilon" => Ok(Self::Epsilon),
             "v_prediction" => Ok(Self::VPrediction),
             "sample" => Ok(Self::Sample),
-            other => Err(Error::unsupported(
-                "prediction_type",
-                other,
-                "expected one of epsilon, v_prediction, sample",
-            )),
+            other => Err(format!("unsupported `prediction_type` = {other}: expected one of epsilon, v_prediction, sample")),
         }
+    }
+}
+
+impl From<PredictionType> for &'static str {
+    fn from(p: PredictionType) -> &'static str {
+        p.as_str()
     }
 }
 

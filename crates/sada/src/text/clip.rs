@@ -9,7 +9,9 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::models::ModelSource;
 
+/// transformers' `CLIPTextConfig`, with its defaults.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct TextEncoderConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -17,20 +19,25 @@ pub struct TextEncoderConfig {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub max_position_embeddings: usize,
-    #[serde(default = "quick_gelu")]
     pub hidden_act: String,
-    #[serde(default = "layer_norm_eps")]
     pub layer_norm_eps: f64,
-    #[serde(default)]
     pub projection_dim: usize,
 }
 
-fn quick_gelu() -> String {
-    "quick_gelu".into()
-}
-
-fn layer_norm_eps() -> f64 {
-    1e-5
+impl Default for TextEncoderConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+            projection_dim: 512,
+        }
+    }
 }
 
 pub struct ClipTextEncoder {

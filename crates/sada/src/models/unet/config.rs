@@ -23,139 +23,108 @@ impl PerLevel {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct UNet2DConditionConfig {
-    #[serde(default)]
     pub sample_size: Option<serde_json::Value>,
-    #[serde(default = "crate::defaults::usize::<4>")]
     pub in_channels: usize,
-    #[serde(default = "crate::defaults::usize::<4>")]
     pub out_channels: usize,
-    #[serde(default)]
     pub center_input_sample: bool,
-    #[serde(default = "crate::defaults::yes")]
     pub flip_sin_to_cos: bool,
-    #[serde(default)]
     pub freq_shift: f64,
-    #[serde(default = "default_down")]
     pub down_block_types: Vec<String>,
-    #[serde(default = "default_mid")]
     pub mid_block_type: Option<String>,
-    #[serde(default = "default_up")]
     pub up_block_types: Vec<String>,
-    #[serde(default)]
     pub only_cross_attention: serde_json::Value,
-    #[serde(default = "default_channels")]
     pub block_out_channels: Vec<usize>,
-    #[serde(default = "two_levels")]
     pub layers_per_block: PerLevel,
-    #[serde(default = "crate::defaults::one_f64")]
     pub downsample_padding: f64,
-    #[serde(default = "crate::defaults::one_f64")]
     pub mid_block_scale_factor: f64,
-    #[serde(default = "silu")]
     pub act_fn: String,
-    #[serde(default = "thirty_two")]
     pub norm_num_groups: Option<usize>,
-    #[serde(default = "eps")]
     pub norm_eps: f64,
-    #[serde(default = "cross_dim")]
     pub cross_attention_dim: PerLevel,
-    #[serde(default = "one_level")]
     pub transformer_layers_per_block: PerLevel,
-    #[serde(default)]
     pub reverse_transformer_layers_per_block: Option<serde_json::Value>,
-    #[serde(default)]
     pub encoder_hid_dim: Option<usize>,
-    #[serde(default = "eight_levels")]
     pub attention_head_dim: PerLevel,
-    #[serde(default)]
     pub num_attention_heads: Option<PerLevel>,
-    #[serde(default)]
     pub dual_cross_attention: bool,
-    #[serde(default)]
     pub use_linear_projection: bool,
-    #[serde(default)]
     pub class_embed_type: Option<String>,
-    #[serde(default)]
     pub addition_embed_type: Option<String>,
-    #[serde(default)]
     pub addition_time_embed_dim: Option<usize>,
-    #[serde(default)]
     pub num_class_embeds: Option<usize>,
-    #[serde(default)]
     pub upcast_attention: bool,
-    #[serde(default = "default_shift")]
     pub resnet_time_scale_shift: String,
-    #[serde(default = "positional")]
     pub time_embedding_type: String,
-    #[serde(default)]
     pub time_cond_proj_dim: Option<usize>,
-    #[serde(default = "crate::defaults::usize::<3>")]
     pub conv_in_kernel: usize,
-    #[serde(default = "crate::defaults::usize::<3>")]
     pub conv_out_kernel: usize,
-    #[serde(default)]
     pub projection_class_embeddings_input_dim: Option<usize>,
-    #[serde(default)]
     pub attention_type: Option<String>,
-    #[serde(default)]
     pub class_embeddings_concat: bool,
-    #[serde(default)]
     pub cross_attention_norm: Option<String>,
-    #[serde(default)]
     pub addition_embed_type_num_heads: Option<usize>,
-    #[serde(default)]
     pub time_embedding_dim: Option<usize>,
-    #[serde(default)]
     pub time_embedding_act_fn: Option<String>,
-    #[serde(default)]
     pub timestep_post_act: Option<String>,
-    #[serde(default)]
     pub encoder_hid_dim_type: Option<String>,
-    #[serde(default)]
     pub resnet_skip_time_act: bool,
-    #[serde(default = "crate::defaults::one_f64")]
     pub resnet_out_scale_factor: f64,
 }
 
-fn eps() -> f64 {
-    1e-5
-}
-fn thirty_two() -> Option<usize> {
-    Some(32)
-}
-fn silu() -> String {
-    "silu".into()
-}
-fn default_shift() -> String {
-    "default".into()
-}
-fn positional() -> String {
-    "positional".into()
-}
-fn default_down() -> Vec<String> {
-    ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"].map(String::from).to_vec()
-}
-fn default_up() -> Vec<String> {
-    ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"].map(String::from).to_vec()
-}
-fn default_mid() -> Option<String> {
-    Some("UNetMidBlock2DCrossAttn".into())
-}
-fn default_channels() -> Vec<usize> {
-    vec![320, 640, 1280, 1280]
-}
-fn two_levels() -> PerLevel {
-    PerLevel::One(2)
-}
-fn one_level() -> PerLevel {
-    PerLevel::One(1)
-}
-fn eight_levels() -> PerLevel {
-    PerLevel::One(8)
-}
-fn cross_dim() -> PerLevel {
-    PerLevel::One(1280)
+impl Default for UNet2DConditionConfig {
+    /// diffusers' `UNet2DConditionModel` constructor defaults.
+    fn default() -> Self {
+        Self {
+            sample_size: None,
+            in_channels: 4,
+            out_channels: 4,
+            center_input_sample: false,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            down_block_types: ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"].map(String::from).to_vec(),
+            mid_block_type: Some("UNetMidBlock2DCrossAttn".into()),
+            up_block_types: ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"].map(String::from).to_vec(),
+            only_cross_attention: serde_json::Value::Null,
+            block_out_channels: vec![320, 640, 1280, 1280],
+            layers_per_block: PerLevel::One(2),
+            downsample_padding: 1.0,
+            mid_block_scale_factor: 1.0,
+            act_fn: "silu".into(),
+            norm_num_groups: Some(32),
+            norm_eps: 1e-5,
+            cross_attention_dim: PerLevel::One(1280),
+            transformer_layers_per_block: PerLevel::One(1),
+            reverse_transformer_layers_per_block: None,
+            encoder_hid_dim: None,
+            attention_head_dim: PerLevel::One(8),
+            num_attention_heads: None,
+            dual_cross_attention: false,
+            use_linear_projection: false,
+            class_embed_type: None,
+            addition_embed_type: None,
+            addition_time_embed_dim: None,
+            num_class_embeds: None,
+            upcast_attention: false,
+            resnet_time_scale_shift: "default".into(),
+            time_embedding_type: "positional".into(),
+            time_cond_proj_dim: None,
+            conv_in_kernel: 3,
+            conv_out_kernel: 3,
+            projection_class_embeddings_input_dim: None,
+            attention_type: None,
+            class_embeddings_concat: false,
+            cross_attention_norm: None,
+            addition_embed_type_num_heads: None,
+            time_embedding_dim: None,
+            time_embedding_act_fn: None,
+            timestep_post_act: None,
+            encoder_hid_dim_type: None,
+            resnet_skip_time_act: false,
+            resnet_out_scale_factor: 1.0,
+        }
+    }
 }
 
 /// The same configuration resolved per level, after every unsupported value has been refused.
