@@ -27,37 +27,12 @@ fn formula(t: usize, shape: &[usize], kind: &str) -> Tensor {
 
 /// Weights named as the lpips state dict names them: `net.slice{k}.{i}.*`, `lin{k}.model.1.weight`.
 fn weights(net: LpipsNet) -> HashMap<String, Tensor> {
-    let (slices, shapes): (Vec<Vec<usize>>, fn(usize) -> [usize; 4]) = match net {
-        LpipsNet::Alex => (vec![vec![0], vec![3], vec![6], vec![8], vec![10]], |i| match i {
-            0 => [64, 3, 11, 11],
-            3 => [192, 64, 5, 5],
-            6 => [384, 192, 3, 3],
-            8 => [256, 384, 3, 3],
-            _ => [256, 256, 3, 3],
-        }),
-        LpipsNet::Vgg => (vec![vec![0, 2], vec![5, 7], vec![10, 12, 14], vec![17, 19, 21], vec![24, 26, 28]], |i| {
-            let (cin, cout) = match i {
-                0 => (3, 64),
-                2 => (64, 64),
-                5 => (64, 128),
-                7 => (128, 128),
-                10 => (128, 256),
-                12 | 14 => (256, 256),
-                17 => (256, 512),
-                _ => (512, 512),
-            };
-            [cout, cin, 3, 3]
-        }),
-    };
     let mut out = HashMap::new();
     let mut t = 0;
-    for (k, indices) in slices.iter().enumerate() {
-        for &i in indices {
-            let s = shapes(i);
-            out.insert(format!("net.slice{}.{i}.weight", k + 1), formula(t, &s, "weight"));
-            out.insert(format!("net.slice{}.{i}.bias", k + 1), formula(t + 1, &s[..1], "bias"));
-            t += 2;
-        }
+    for (k, i, shape) in net.convolutions() {
+        out.insert(format!("net.slice{}.{i}.weight", k + 1), formula(t, &shape, "weight"));
+        out.insert(format!("net.slice{}.{i}.bias", k + 1), formula(t + 1, &shape[..1], "bias"));
+        t += 2;
     }
     for (k, c) in net.channels().iter().enumerate() {
         out.insert(format!("lin{k}.model.1.weight"), formula(t, &[1, *c, 1, 1], "lin"));

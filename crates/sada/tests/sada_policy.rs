@@ -117,7 +117,7 @@ fn check_substitutes(kind: SolverKind, preset: &str, overrides: serde_json::Valu
             StepPlan::Compute(tp) => {
                 let input = s.scale_model_input(&x, n).unwrap();
                 let mut cache = TokenCache::default();
-                let o = guided.predict(&input, s.timesteps()[n], &mut ForwardContext::new(tp, &mut cache, None)).unwrap();
+                let o = guided.predict(&input, s.timesteps()[n], &mut ForwardContext::new(n, tp, &mut cache, None)).unwrap();
                 last_real = Some(vals(&o));
                 (Some(o.clone()), Prediction::ModelOutput(o))
             }

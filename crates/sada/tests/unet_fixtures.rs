@@ -132,7 +132,7 @@ fn vae_encode_matches_diffusers() {
 
 /// One evaluation under `plan`, with `cache` holding the token caches of the image so far.
 fn run(model: &UNet2DConditionModel, x: &Tensor, cond: &Conditioning, plan: &TokenPlan, cache: &mut TokenCache) -> Tensor {
-    model.predict(x, 377.0, cond, &mut ForwardContext::new(plan, cache, None)).unwrap()
+    model.predict(x, 377.0, cond, &mut ForwardContext::new(0, plan, cache, None)).unwrap()
 }
 
 fn full_selection(h: usize, w: usize, max_downsample: usize) -> TokenSelection {

@@ -125,7 +125,8 @@ pub struct MethodRun {
     /// Cost in full network evaluations (partial and pruned calls by their time).
     pub equivalent_evaluations: f64,
     pub seconds: f64,
-    /// Against the baseline image (none for the baseline itself).
+    /// Against the baseline image (none for the baseline itself; "inf" when identical).
+    #[serde(with = "db", default)]
     pub psnr_db: Option<f64>,
     pub ssim: Option<f64>,
     pub lpips: Option<f64>,
@@ -390,6 +391,34 @@ impl Bench<'_> {
             methods.push(run);
         }
         Ok(RunRecord { index, prompt: prompt.to_owned(), seed, baseline, methods, plain, sada_trace })
+    }
+}
+
+/// PSNR of identical images is infinite, which JSON cannot hold: it is written as "inf".
+pub(crate) mod db {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(x) if x.is_infinite() && *x > 0.0 => s.serialize_str("inf"),
+            Some(x) => s.serialize_some(x),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Db {
+            Number(f64),
+            Text(String),
+        }
+        match Option::<Db>::deserialize(d)? {
+            None => Ok(None),
+            Some(Db::Number(x)) => Ok(Some(x)),
+            Some(Db::Text(t)) if t == "inf" => Ok(Some(f64::INFINITY)),
+            Some(Db::Text(t)) => Err(serde::de::Error::custom(format!("`{t}` is not a PSNR"))),
+        }
     }
 }
 

@@ -22,7 +22,9 @@ pub struct MethodSummary {
     pub total_seconds: f64,
     /// Total baseline wall time over this method's, on the same runs.
     pub speedup: f64,
+    #[serde(serialize_with = "super::db::serialize")]
     pub mean_psnr_db: Option<f64>,
+    #[serde(serialize_with = "super::db::serialize")]
     pub min_psnr_db: Option<f64>,
     pub mean_ssim: Option<f64>,
     pub min_ssim: Option<f64>,
@@ -30,9 +32,11 @@ pub struct MethodSummary {
     /// The plain solver at each run's cost, over the runs where that is fewer steps than the
     /// baseline's: its mean PSNR / SSIM / LPIPS, and this method's mean PSNR minus it.
     pub equal_budget_runs: usize,
+    #[serde(serialize_with = "super::db::serialize")]
     pub equal_budget_psnr_db: Option<f64>,
     pub equal_budget_ssim: Option<f64>,
     pub equal_budget_lpips: Option<f64>,
+    #[serde(serialize_with = "super::db::serialize")]
     pub psnr_gain_over_equal_budget_db: Option<f64>,
 }
 

@@ -48,17 +48,20 @@ pub trait SiteHook {
     fn uses(&self, _kind: SiteKind) -> bool {
         false
     }
-    /// Before the branch runs: its output, to skip computing it; None computes it.
-    fn replace(&mut self, _site: &Site) -> Result<Option<Tensor>> {
+    /// Before the branch runs at solver step `step`: its output, to skip computing it; None
+    /// computes it.
+    fn replace(&mut self, _step: usize, _site: &Site) -> Result<Option<Tensor>> {
         Ok(None)
     }
-    /// After the branch was computed: its output.
-    fn record(&mut self, _site: &Site, _output: &Tensor) -> Result<()> {
+    /// After the branch was computed at solver step `step`: its output.
+    fn record(&mut self, _step: usize, _site: &Site, _output: &Tensor) -> Result<()> {
         Ok(())
     }
 }
 
 pub struct ForwardContext<'a> {
+    /// The solver step this evaluation belongs to.
+    step: usize,
     plan: &'a TokenPlan,
     /// What the token sites of each grid size compute this call, derived once per size.
     routes: HashMap<(usize, usize), BlockTokens>,
@@ -68,13 +71,13 @@ pub struct ForwardContext<'a> {
 }
 
 impl<'a> ForwardContext<'a> {
-    pub fn new(plan: &'a TokenPlan, token_cache: &'a mut TokenCache, hook: Option<&'a mut dyn SiteHook>) -> Self {
-        Self { plan, routes: HashMap::new(), token_cache, hook, replaced: 0 }
+    pub fn new(step: usize, plan: &'a TokenPlan, token_cache: &'a mut TokenCache, hook: Option<&'a mut dyn SiteHook>) -> Self {
+        Self { step, plan, routes: HashMap::new(), token_cache, hook, replaced: 0 }
     }
 
     /// Every token computed, no hook.
     pub fn full(token_cache: &'a mut TokenCache) -> Self {
-        Self::new(&TokenPlan::Full, token_cache, None)
+        Self::new(0, &TokenPlan::Full, token_cache, None)
     }
 
     /// Which tokens this call computes.
@@ -105,7 +108,7 @@ impl<'a> ForwardContext<'a> {
     /// The hook's replacement for the branch at `site`, if it gives one.
     pub fn replace(&mut self, site: &Site) -> Result<Option<Tensor>> {
         let Some(hook) = self.hook.as_deref_mut() else { return Ok(None) };
-        let out = hook.replace(site)?;
+        let out = hook.replace(self.step, site)?;
         self.replaced += out.is_some() as usize;
         Ok(out)
     }
@@ -113,7 +116,7 @@ impl<'a> ForwardContext<'a> {
     /// Show the hook a computed branch output.
     pub fn record(&mut self, site: &Site, output: &Tensor) -> Result<()> {
         match self.hook.as_deref_mut() {
-            Some(hook) => hook.record(site, output),
+            Some(hook) => hook.record(self.step, site, output),
             None => Ok(()),
         }
     }

@@ -88,9 +88,17 @@ impl LpipsNet {
         }
     }
 
-    /// The backbone's convolution indices in order.
-    fn conv_indices(self) -> Vec<usize> {
-        self.slices().into_iter().flatten().filter_map(|op| if let Op::Conv { index, .. } = op { Some(index) } else { None }).collect()
+    /// The backbone's convolutions in order: (slice 0..5, `features` index, weight shape).
+    pub fn convolutions(self) -> Vec<(usize, usize, [usize; 4])> {
+        let mut out = Vec::new();
+        for (k, slice) in self.slices().into_iter().enumerate() {
+            for op in slice {
+                if let Op::Conv { index, .. } = op {
+                    out.push((k, index, self.conv_shape(index)));
+                }
+            }
+        }
+        out
     }
 }
 
@@ -164,8 +172,7 @@ impl Lpips {
             Ok(t.to_dtype(DType::F32)?.to_device(device)?)
         };
         let mut convs = HashMap::new();
-        for index in net.conv_indices() {
-            let shape = net.conv_shape(index);
+        for (_, index, shape) in net.convolutions() {
             let w = take(&tensors, &format!("features.{index}.weight"), &shape)?;
             let b = take(&tensors, &format!("features.{index}.bias"), &shape[..1])?;
             convs.insert(index, (w, b));

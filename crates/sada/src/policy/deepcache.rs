@@ -12,10 +12,10 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::acceleration::{Family, Method};
-use super::{Observation, Policy, StepPlan};
-use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind, TokenPlan};
+use super::Policy;
+use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind};
 use crate::error::{Error, Result};
-use crate::solvers::{Prediction, Solver};
+use crate::solvers::Solver;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -63,7 +63,7 @@ impl Method for DeepCacheConfig {
         Self::default()
     }
     fn policy(&self) -> Box<dyn Policy> {
-        Box::new(DeepCache { cfg: self.clone(), full: Vec::new(), next: 0, cache: None })
+        Box::new(DeepCache { cfg: self.clone(), full: Vec::new(), cache: None })
     }
     fn validate(&self, _: usize) -> Result<()> {
         if self.interval == 0 {
@@ -127,8 +127,6 @@ fn cpow((re, im): (f64, f64), p: f64) -> (f64, f64) {
 pub struct DeepCache {
     cfg: DeepCacheConfig,
     full: Vec<bool>,
-    /// The step the next evaluation belongs to.
-    next: usize,
     /// The deep branch's output at the last full step.
     cache: Option<Tensor>,
 }
@@ -137,11 +135,11 @@ impl SiteHook for DeepCache {
     fn uses(&self, kind: SiteKind) -> bool {
         kind == SiteKind::Deep(self.cfg.branch)
     }
-    fn replace(&mut self, _: &Site) -> Result<Option<Tensor>> {
-        let full = self.full.get(self.next).copied().unwrap_or(true);
+    fn replace(&mut self, step: usize, _: &Site) -> Result<Option<Tensor>> {
+        let full = self.full.get(step).copied().unwrap_or(true);
         Ok(if full { None } else { self.cache.clone() })
     }
-    fn record(&mut self, _: &Site, output: &Tensor) -> Result<()> {
+    fn record(&mut self, _: usize, _: &Site, output: &Tensor) -> Result<()> {
         self.cache = Some(output.clone());
         Ok(())
     }
@@ -160,19 +158,8 @@ impl Policy for DeepCache {
         }
         self.cfg.validate(solver.num_steps())?;
         self.full = self.cfg.full_steps(solver.num_steps());
-        self.next = 0;
         self.cache = None;
         Ok(())
-    }
-    fn plan(&self, _: usize) -> StepPlan {
-        StepPlan::Compute(TokenPlan::Full)
-    }
-    fn substitute(&mut self, step: usize, _: &Tensor, _: &dyn Solver) -> Result<Prediction> {
-        Err(Error::internal(format!("DeepCache never skips a step, but step {step} asked for a substitute")))
-    }
-    fn observe(&mut self, step: usize, _: &Observation, _: &dyn Solver) -> Result<Option<f64>> {
-        self.next = step + 1;
-        Ok(None)
     }
 }
 

@@ -10,10 +10,10 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::acceleration::{Family, Method};
-use super::{Observation, Policy, StepPlan};
-use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind, TokenPlan};
+use super::{Observation, Policy};
+use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind};
 use crate::error::{Error, Result};
-use crate::solvers::{Prediction, Solver};
+use crate::solvers::Solver;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -70,7 +70,7 @@ impl SiteHook for FirstBlockCache {
         kind == SiteKind::Rest(1)
     }
 
-    fn replace(&mut self, site: &Site) -> Result<Option<Tensor>> {
+    fn replace(&mut self, _: usize, site: &Site) -> Result<Option<Tensor>> {
         let probe = site.probe.ok_or_else(|| Error::internal("the first-block site came without the first block's residual"))?;
         let (Some(reference), Some(residual)) = (&self.reference, &self.residual) else { return Ok(None) };
         if reference.dims() != probe.dims() || self.cfg.threshold <= 0.0 {
@@ -81,7 +81,7 @@ impl SiteHook for FirstBlockCache {
         Ok((change < self.cfg.threshold).then(|| site.base + residual).transpose()?)
     }
 
-    fn record(&mut self, site: &Site, output: &Tensor) -> Result<()> {
+    fn record(&mut self, _: usize, site: &Site, output: &Tensor) -> Result<()> {
         self.reference = site.probe.cloned();
         self.residual = Some((output - site.base)?);
         Ok(())
@@ -98,12 +98,6 @@ impl Policy for FirstBlockCache {
         self.residual = None;
         self.last_change = None;
         Ok(())
-    }
-    fn plan(&self, _: usize) -> StepPlan {
-        StepPlan::Compute(TokenPlan::Full)
-    }
-    fn substitute(&mut self, step: usize, _: &Tensor, _: &dyn Solver) -> Result<Prediction> {
-        Err(Error::internal(format!("First-Block-Cache never skips a step, but step {step} asked for a substitute")))
     }
     fn observe(&mut self, _: usize, _: &Observation, _: &dyn Solver) -> Result<Option<f64>> {
         Ok(self.last_change.take())
@@ -131,17 +125,17 @@ mod tests {
         let site = |base: &'_ Tensor, probe: &'_ Tensor| -> (Tensor, Tensor) { (base.clone(), probe.clone()) };
         let (b, r) = site(&base, &r0);
         let s = Site { kind: SiteKind::Rest(1), base: &b, probe: Some(&r) };
-        assert!(p.replace(&s).unwrap().is_none(), "no reference yet: compute");
-        p.record(&s, &out).unwrap();
+        assert!(p.replace(0, &s).unwrap().is_none(), "no reference yet: compute");
+        p.record(0, &s, &out).unwrap();
         // 5% change: served as base + (out - base) of the full step
         let (b2, r2) = (t(&[0.0, 1.0]), t(&[1.05, -1.05]));
         let s2 = Site { kind: SiteKind::Rest(1), base: &b2, probe: Some(&r2) };
-        let got = p.replace(&s2).unwrap().expect("cached");
+        let got = p.replace(1, &s2).unwrap().expect("cached");
         assert_eq!(got.to_vec1::<f32>().unwrap(), vec![3.0, 3.0]);
         // 15% from the full step's residual (5% from the last call's): computes
         let r3 = t(&[1.15, -1.15]);
         let s3 = Site { kind: SiteKind::Rest(1), base: &b2, probe: Some(&r3) };
-        assert!(p.replace(&s3).unwrap().is_none());
+        assert!(p.replace(2, &s3).unwrap().is_none());
         assert!((p.last_change.unwrap() - 0.15).abs() < 1e-6);
     }
 }

@@ -118,16 +118,27 @@ pub struct Observation<'a> {
 }
 
 /// A policy is also the [`SiteHook`] of the evaluations it plans: it may serve branches of the
-/// network from its own caches (the hook's methods default to computing everything).
+/// network from its own caches (the hook's methods default to computing everything). The
+/// other defaults fit a policy that acts only inside the network: every step computed, nothing
+/// to observe.
 pub trait Policy: SiteHook {
     /// Prepare for a new image, for a denoiser that can do `caps`; a policy that needs what the
     /// denoiser cannot do says so here.
     fn begin(&mut self, solver: &dyn Solver, latent_shape: &[usize], caps: &Capabilities) -> Result<()>;
-    fn plan(&self, step: usize) -> StepPlan;
+
+    fn plan(&self, _step: usize) -> StepPlan {
+        StepPlan::Compute(TokenPlan::Full)
+    }
+
     /// The prediction a skipped step feeds the solver.
-    fn substitute(&mut self, step: usize, sample: &Tensor, solver: &dyn Solver) -> Result<Prediction>;
+    fn substitute(&mut self, step: usize, _sample: &Tensor, _solver: &dyn Solver) -> Result<Prediction> {
+        Err(Error::internal(format!("step {step} asked for a substitute from a policy that never skips")))
+    }
+
     /// Record step `step`; returns the policy's criterion computed after it, if any.
-    fn observe(&mut self, step: usize, obs: &Observation, solver: &dyn Solver) -> Result<Option<f64>>;
+    fn observe(&mut self, _step: usize, _obs: &Observation, _solver: &dyn Solver) -> Result<Option<f64>> {
+        Ok(None)
+    }
 }
 
 /// The unaccelerated baseline: every step computed in full.
@@ -139,14 +150,5 @@ impl SiteHook for NoAcceleration {}
 impl Policy for NoAcceleration {
     fn begin(&mut self, _: &dyn Solver, _: &[usize], _: &Capabilities) -> Result<()> {
         Ok(())
-    }
-    fn plan(&self, _: usize) -> StepPlan {
-        StepPlan::Compute(TokenPlan::Full)
-    }
-    fn substitute(&mut self, step: usize, _: &Tensor, _: &dyn Solver) -> Result<Prediction> {
-        Err(Error::internal(format!("the baseline never skips, but step {step} asked for a substitute")))
-    }
-    fn observe(&mut self, _: usize, _: &Observation, _: &dyn Solver) -> Result<Option<f64>> {
-        Ok(None)
     }
 }

@@ -1,4 +1,4 @@
-//! SADA's decision rule (§4) and cache-refresh schedule (§7), free of tensors so that they can
+//! SADA's decision rule (`docs/method.md` §4) and cache-refresh schedule (§7), free of tensors so that they can
 //! be read, and tested, on their own.
 
 use super::SkipKind;

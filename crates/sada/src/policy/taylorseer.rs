@@ -14,10 +14,10 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::acceleration::{Family, Method};
-use super::{Observation, Policy, StepPlan};
-use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind, TokenPlan};
+use super::Policy;
+use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind};
 use crate::error::{Error, Result};
-use crate::solvers::{Prediction, Solver};
+use crate::solvers::Solver;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -57,7 +57,7 @@ impl Method for TaylorSeerConfig {
         Self::default()
     }
     fn policy(&self) -> Box<dyn Policy> {
-        Box::new(TaylorSeer { cfg: self.clone(), full: Vec::new(), next: 0, factors: Vec::new(), last_full: None })
+        Box::new(TaylorSeer { cfg: self.clone(), full: Vec::new(), factors: Vec::new(), last_full: None })
     }
     fn validate(&self, _: usize) -> Result<()> {
         if self.interval == 0 {
@@ -76,7 +76,6 @@ impl Method for TaylorSeerConfig {
 pub struct TaylorSeer {
     cfg: TaylorSeerConfig,
     full: Vec<bool>,
-    next: usize,
     /// F_0, F_1, ...: the feature and its derivative estimates at the last full step.
     factors: Vec<Tensor>,
     last_full: Option<usize>,
@@ -100,17 +99,16 @@ impl SiteHook for TaylorSeer {
         kind == SiteKind::Rest(0)
     }
 
-    fn replace(&mut self, site: &Site) -> Result<Option<Tensor>> {
-        let full = self.full.get(self.next).copied().unwrap_or(true);
+    fn replace(&mut self, step: usize, site: &Site) -> Result<Option<Tensor>> {
+        let full = self.full.get(step).copied().unwrap_or(true);
         match (full, self.last_full) {
-            (false, Some(last)) if !self.factors.is_empty() => Ok(Some((site.base + self.forecast((self.next - last) as f64)?)?)),
+            (false, Some(last)) if !self.factors.is_empty() => Ok(Some((site.base + self.forecast((step - last) as f64)?)?)),
             _ => Ok(None),
         }
     }
 
-    fn record(&mut self, site: &Site, output: &Tensor) -> Result<()> {
+    fn record(&mut self, step: usize, site: &Site, output: &Tensor) -> Result<()> {
         let feature = (output - site.base)?;
-        let step = self.next;
         let mut factors = vec![feature];
         // the reference starts differencing at step first_enhance - 1
         if let Some(last) = self.last_full.filter(|_| step + 1 >= self.cfg.first_enhance && step > 0) {
@@ -133,20 +131,9 @@ impl Policy for TaylorSeer {
         }
         self.cfg.validate(solver.num_steps())?;
         self.full = self.cfg.full_steps(solver.num_steps());
-        self.next = 0;
         self.factors.clear();
         self.last_full = None;
         Ok(())
-    }
-    fn plan(&self, _: usize) -> StepPlan {
-        StepPlan::Compute(TokenPlan::Full)
-    }
-    fn substitute(&mut self, step: usize, _: &Tensor, _: &dyn Solver) -> Result<Prediction> {
-        Err(Error::internal(format!("TaylorSeer never skips a step, but step {step} asked for a substitute")))
-    }
-    fn observe(&mut self, step: usize, _: &Observation, _: &dyn Solver) -> Result<Option<f64>> {
-        self.next = step + 1;
-        Ok(None)
     }
 }
 
@@ -169,20 +156,19 @@ mod tests {
     #[test]
     fn forecast_is_exact_on_a_line_and_uses_step_distances() {
         let cfg = TaylorSeerConfig { interval: 4, max_order: 1, first_enhance: 2 };
-        let mut p = TaylorSeer { cfg: cfg.clone(), full: cfg.full_steps(20), next: 0, factors: vec![], last_full: None };
+        let mut p = TaylorSeer { cfg: cfg.clone(), full: cfg.full_steps(20), factors: vec![], last_full: None };
         let base = Tensor::new(&[0f32, 0.0], &Device::Cpu).unwrap();
         let feature = |s: usize| Tensor::new(&[3.0 + 2.0 * s as f32, -1.0 * s as f32], &Device::Cpu).unwrap();
         for step in 0..12 {
-            p.next = step;
             let site = Site { kind: SiteKind::Rest(0), base: &base, probe: None };
-            match p.replace(&site).unwrap() {
+            match p.replace(step, &site).unwrap() {
                 Some(f) => {
                     assert!(!p.full[step]);
                     assert_eq!(f.to_vec1::<f32>().unwrap(), feature(step).to_vec1::<f32>().unwrap(), "step {step}");
                 }
                 None => {
                     assert!(p.full[step], "step {step} computed but not a full step");
-                    p.record(&site, &feature(step)).unwrap();
+                    p.record(step, &site, &feature(step)).unwrap();
                 }
             }
         }
