@@ -98,9 +98,11 @@ pub fn summaries(settings: &Settings, records: &[RunRecord]) -> Vec<MethodSummar
 }
 
 /// The plain solver's runs grouped by steps: (steps, mean PSNR, speedup over the baseline on
-/// the same runs), for the trade-off plot.
+/// the same runs), for the trade-off plot. Only step counts run on every prompt x seed count:
+/// means over different images would not be comparable.
 pub fn plain_curve(records: &[RunRecord]) -> Vec<(usize, f64, f64)> {
     let mut by_steps: BTreeMap<usize, (Vec<f64>, f64, f64)> = BTreeMap::new();
+    let everywhere = |k: &usize| records.iter().all(|r| r.plain.contains_key(k));
     for r in records {
         for (k, p) in &r.plain {
             let e = by_steps.entry(*k).or_default();
@@ -109,7 +111,7 @@ pub fn plain_curve(records: &[RunRecord]) -> Vec<(usize, f64, f64)> {
             e.2 += r.baseline.seconds;
         }
     }
-    by_steps.into_iter().filter_map(|(k, (psnr, secs, base))| Some((k, mean(&psnr)?, base / secs))).collect()
+    by_steps.into_iter().filter(|(k, _)| everywhere(k)).filter_map(|(k, (psnr, secs, base))| Some((k, mean(&psnr)?, base / secs))).collect()
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
