@@ -204,6 +204,97 @@ fn parse_range(s: &str) -> Result<(usize, usize), String> {
     Ok((a, b))
 }
 
+/// One line per kind of trouble with the prompts: words the model does not know (all
+/// prompts together), and tokens beyond the text encoder's window (per prompt).
+pub fn report_prompt(pipe: &mut dyn Pipeline, model_name: &str, prompts: &[(&str, &str)]) -> anyhow::Result<()> {
+    let mut unknown = Vec::new();
+    for (flag, text) in prompts {
+        let check = pipe.check_prompt(text)?;
+        if !check.unknown.is_empty() {
+            unknown.push(format!("{:?} in {flag}", check.unknown));
+        }
+        if check.tokens > check.window {
+            eprintln!(
+                "note: {flag} has {} words; the text encoder reads {}, so the last {} are dropped",
+                check.tokens,
+                check.window,
+                check.tokens - check.window
+            );
+        }
+    }
+    if !unknown.is_empty() {
+        eprintln!("note: {model_name} does not know the words {}; they are read as the unknown token", unknown.join(" and "));
+    }
+    Ok(())
+}
+
+/// The memory a run may use.
+#[derive(Debug, Clone, Args)]
+pub struct MemoryArgs {
+    /// Memory the run may use, e.g. 16G or 512M [default: what the machine has available];
+    /// sizes whose estimated need is larger are refused before anything is allocated
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+}
+
+impl MemoryArgs {
+    /// Refuse a run whose estimated need (bytes) is above the limit; `flag` and `value` name
+    /// what to change.
+    pub fn check(&self, flag: &str, value: &str, need: u128) -> anyhow::Result<()> {
+        let (limit, what) = match self.max_memory {
+            Some(m) => (m as u128, "--max-memory"),
+            None => match available_memory() {
+                Some(m) => (m as u128, "available"),
+                None => return Ok(()),
+            },
+        };
+        if need > limit {
+            bail!(
+                "{flag} {value} would need about {} (estimate) but {} {what}; choose a smaller size{}",
+                gib(need),
+                gib(limit),
+                if self.max_memory.is_none() { " or raise --max-memory" } else { "" }
+            );
+        }
+        Ok(())
+    }
+}
+
+fn gib(bytes: u128) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// MemAvailable from /proc/meminfo, in bytes (None where it cannot be read).
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
+/// `16G`, `512M`, `1.5T`, `1000000` (bytes).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let mult: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("`{s}`: expected a size such as 16G, 512M or a number of bytes")),
+            };
+            (&s[..i], mult)
+        }
+        _ => (s, 1),
+    };
+    let v: f64 = num.trim().parse().map_err(|_| format!("`{s}`: expected a size such as 16G, 512M or a number of bytes"))?;
+    let bytes = v * mult as f64;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("`{s}`: expected a positive size"));
+    }
+    Ok(bytes as u64)
+}
+
 /// A progress bar on stderr (hidden when stderr is not a terminal).
 pub fn progress(len: usize, label: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len as u64);

@@ -40,7 +40,7 @@ pub fn peak_rss_gib() -> f64 {
 }
 
 pub fn run(args: &BenchUnetArgs) -> Result<()> {
-    anyhow::ensure!(args.size % 64 == 0 && args.size > 0, "--size must be a positive multiple of 64");
+    anyhow::ensure!(args.size % 64 == 0 && args.size > 0 && args.size <= 4096, "--size must be a positive multiple of 64, at most 4096");
     let dev = Device::Cpu;
     let profile = SpanTimes::install()?;
     let config: UNet2DConditionConfig = serde_json::from_str(presets::SD21)?;

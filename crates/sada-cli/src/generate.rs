@@ -11,11 +11,11 @@ use candle_core::DType;
 use clap::{Args, ValueEnum};
 use sada::image::{hstack, png_bytes, to_rgb};
 use sada::metrics::{psnr_rgb, ssim};
-use sada::pipelines::{GenerateOptions, Pipeline, PipelineInputs};
+use sada::pipelines::{validate_prompt, GenerateOptions, Pipeline, PipelineInputs};
 use sada::policy::Acceleration;
 
-use crate::args::{load_model, progress, AccelArgs, DeviceArgs, SolverArg};
-use crate::output::{replace_atomically, write_atomic};
+use crate::args::{load_model, progress, report_prompt, AccelArgs, DeviceArgs, MemoryArgs, SolverArg};
+use crate::output::{check_distinct, check_writable, replace_atomically, write_atomic};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputType {
@@ -90,6 +90,8 @@ pub struct GenerateArgs {
     pub accel: AccelArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub memory: MemoryArgs,
 }
 
 /// How a run is named in messages.
@@ -102,6 +104,16 @@ fn label(a: &Acceleration) -> &'static str {
 }
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
+    // everything that can be refused without the model is, before it loads
+    check_writable("--output", &args.output)?;
+    if let Some(trace) = &args.trace {
+        check_writable("--trace", trace)?;
+        check_distinct(&[("--output", &args.output), ("--trace", trace)])?;
+    }
+    if let Some(prompt) = &args.prompt {
+        validate_prompt("--prompt", prompt, false)?;
+        validate_prompt("--negative-prompt", &args.negative_prompt, true)?;
+    }
     let device = args.device.device()?;
     let dtype = match args.dtype {
         DtypeArg::F32 => DType::F32,
@@ -119,10 +131,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     }
     let inputs = match (&args.prompt, &args.inputs) {
         (Some(prompt), _) => {
-            let unknown = pipe.unknown_words(prompt)?;
-            if !unknown.is_empty() {
-                eprintln!("note: {model_name} does not know the words {unknown:?}; they are read as the unknown token");
-            }
+            report_prompt(pipe.as_mut(), &model_name, &[("--prompt", prompt), ("--negative-prompt", &args.negative_prompt)])?;
             pipe.encode_prompts(std::slice::from_ref(prompt), &args.negative_prompt)?
         }
         (None, Some(path)) => PipelineInputs::load(path, &device)?,
@@ -147,6 +156,9 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         solver,
         acceleration,
     };
+    pipe.validate(&opts)?;
+    let batch = inputs.prompt_embeds.as_ref().map(|p| p.dim(0)).transpose()?.unwrap_or(1);
+    args.memory.check("--height/--width", &format!("{}x{}", opts.width, opts.height), pipe.estimate_memory(&opts, batch))?;
     let run_one = |pipe: &mut Box<dyn Pipeline>, opts: &GenerateOptions| -> Result<(candle_core::Tensor, sada::sampling::Trace, f64)> {
         let bar = progress(opts.acceleration.steps(opts.steps), label(&opts.acceleration));
         let start = Instant::now();

@@ -16,7 +16,7 @@ use sada::sampling::{sample, Trace};
 use sada::schedule::NoiseSchedule;
 use sada::solvers::{build_solver, presets, FlowTimesteps, Solver, SolverKind};
 
-use crate::args::{progress, AccelArgs, SolverArg};
+use crate::args::{progress, AccelArgs, MemoryArgs, SolverArg};
 
 #[derive(Debug, Args)]
 pub struct GmmArgs {
@@ -46,6 +46,8 @@ pub struct GmmArgs {
     pub trace: Option<PathBuf>,
     #[command(flatten)]
     pub accel: AccelArgs,
+    #[command(flatten)]
+    pub memory: MemoryArgs,
 }
 
 const CLASSES: usize = 4;
@@ -55,6 +57,14 @@ const COMPONENTS: usize = CLASSES * VARIANTS;
 const DETAIL: f32 = 0.15;
 
 pub fn run(args: &GmmArgs) -> Result<()> {
+    if let Some(trace) = &args.trace {
+        crate::output::check_writable("--trace", trace)?;
+    }
+    anyhow::ensure!(args.size >= 1 && args.batch >= 1, "--size and --batch must be at least 1");
+    // per latent element: the f32 latents, the f64 posterior mean and its inputs, the guided
+    // batch twice over, the solver's history and the three runs' results
+    let elements = (args.batch as u128) * 4 * (args.size as u128) * (args.size as u128);
+    args.memory.check("--batch/--size", &format!("{}/{}", args.batch, args.size), elements.saturating_mul(160))?;
     let (kind, preset, label) = match args.solver {
         SolverArg::DpmPp => (SolverKind::DpmSolverMultistep, presets::SD21, "SD-2.1 schedule, v-prediction, DPM-Solver++"),
         SolverArg::Euler => (SolverKind::EulerDiscrete, presets::SD21, "SD-2.1 schedule, v-prediction, Euler"),
@@ -62,7 +72,6 @@ pub fn run(args: &GmmArgs) -> Result<()> {
     };
     let config = presets::parse(preset);
     let shape = [4usize, args.size, args.size];
-    anyhow::ensure!(args.size >= 1 && args.batch >= 1, "--size and --batch must be at least 1");
     // Flux packs 2x2 latent patches into one token; the shift follows the token count.
     let flow = |steps: usize| -> Result<FlowTimesteps> {
         Ok(match args.solver {

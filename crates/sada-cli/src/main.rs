@@ -23,12 +23,13 @@ enum Command {
     /// saved and the PSNR of the accelerated result against the unaccelerated one
     Gmm(gmm::GmmArgs),
     /// Generate an image from a prompt with the embedded default model (or a diffusers model
-    /// folder, from a prompt or precomputed conditioning), with SADA or as the unaccelerated
-    /// baseline; --compare runs both
+    /// folder, from a prompt or precomputed conditioning), with SADA, one of its rivals or as the
+    /// unaccelerated baseline; --compare also runs the baseline
     Generate(Box<generate::GenerateArgs>),
-    /// Benchmark SADA on a prompt list x seeds against the unaccelerated baseline and the plain
-    /// solver at SADA's evaluation count: evaluations, wall time, speedup, PSNR and SSIM, as
-    /// Markdown, JSON, an image grid and a criterion plot (resumable output folder)
+    /// Benchmark SADA and its rivals on a prompt list x seeds against the unaccelerated
+    /// baseline and the plain solver at the same cost: evaluations, wall time, speedup, PSNR,
+    /// SSIM (and LPIPS), as Markdown, JSON, an image grid and plots (resumable, shardable;
+    /// `sada bench merge` joins shards)
     Bench(bench::BenchArgs),
     /// Time our UNet on the full SD-2.1 configuration with random weights (seconds per guided
     /// evaluation, peak memory) and, optionally, full sampling with and without SADA
@@ -51,7 +52,20 @@ fn main() {
     if std::env::var_os("SADA_NO_MALLOPT").is_none() {
         keep_freed_memory();
     }
-    let cli = Cli::parse();
+    output::install_signal_cleanup();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+                e.exit();
+            }
+            // one line, as every other error: clap's first, without the usage block
+            let text = e.to_string();
+            eprintln!("{} (see --help)", text.lines().next().unwrap_or("error: invalid arguments"));
+            std::process::exit(2);
+        }
+    };
     let result = match &cli.command {
         Command::Gmm(a) => gmm::run(a),
         Command::Generate(a) => generate::run(a),

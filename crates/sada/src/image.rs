@@ -24,7 +24,8 @@ pub fn to_rgb(t: &Tensor) -> Result<RgbImage> {
     Ok(RgbImage { width: w, height: h, pixels: v.iter().map(|x| (x * 255.0).round() as u8).collect() })
 }
 
-/// Encode as PNG with `text` entries (e.g. "parameters" -> the settings as JSON).
+/// Encode as PNG with `text` entries (e.g. "parameters" -> the settings as JSON), as UTF-8
+/// `iTXt` chunks so prompts in any script survive.
 pub fn png_bytes(img: &RgbImage, text: &[(&str, String)]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     {
@@ -32,7 +33,7 @@ pub fn png_bytes(img: &RgbImage, text: &[(&str, String)]) -> Result<Vec<u8>> {
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
         for (k, v) in text {
-            enc.add_text_chunk(k.to_string(), v.clone()).map_err(|e| Error::param("png", e.to_string()))?;
+            enc.add_itxt_chunk(k.to_string(), v.clone()).map_err(|e| Error::param("png", e.to_string()))?;
         }
         let mut w = enc.write_header().map_err(|e| Error::param("png", e.to_string()))?;
         w.write_image_data(&img.pixels).map_err(|e| Error::param("png", e.to_string()))?;

@@ -21,6 +21,9 @@ pub mod config;
 pub mod data;
 pub mod denoiser;
 pub mod error;
+pub mod finite;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gmm;
 pub mod image;
 pub mod metrics;

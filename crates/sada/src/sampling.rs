@@ -136,8 +136,7 @@ pub fn sample(
 }
 
 fn check_finite(t: &Tensor, what: &str, step: usize) -> Result<()> {
-    let s = t.to_dtype(candle_core::DType::F32)?.abs()?.sum_all()?.to_scalar::<f32>()?;
-    if !s.is_finite() {
+    if !crate::finite::all_finite(t)? {
         return Err(Error::NonFinite { what: what.into(), step });
     }
     Ok(())

@@ -24,13 +24,13 @@ use sada::data::shapes::Scene;
 use sada::image::{png_bytes, to_rgb, RgbImage};
 use sada::metrics::lpips::Lpips;
 use sada::metrics::{psnr_rgb, ssim};
-use sada::pipelines::{GenerateOptions, Pipeline, PipelineInputs};
+use sada::pipelines::{validate_prompt, GenerateOptions, Pipeline, PipelineInputs};
 use sada::policy::acceleration::Family;
 use sada::policy::Acceleration;
 use sada::sampling::Trace;
 use serde::{Deserialize, Serialize};
 
-use crate::args::{load_model, DeviceArgs, SadaArgs, SolverArg};
+use crate::args::{load_model, DeviceArgs, MemoryArgs, SadaArgs, SolverArg};
 use crate::output::write_atomic;
 pub use shard::Shard;
 
@@ -111,6 +111,8 @@ pub struct RunArgs {
     pub sada: SadaArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub memory: MemoryArgs,
 }
 
 /// One method's result for one prompt and seed.
@@ -167,6 +169,11 @@ pub struct Settings {
     /// The LPIPS backbone, when LPIPS is reported.
     pub lpips: Option<String>,
 }
+
+/// A prompt file larger than this is refused before it is read.
+const MAX_PROMPT_FILE: u64 = 16 << 20;
+/// Prompt x seed pairs one bench may hold.
+const MAX_RUNS: u64 = 1_000_000;
 
 /// Held-out captions spread over the split (every background appears).
 pub fn builtin_prompts() -> Vec<String> {
@@ -225,6 +232,7 @@ fn methods(args: &RunArgs, family: Family) -> Result<(Vec<Acceleration>, usize)>
 fn run_bench(args: &RunArgs) -> Result<()> {
     anyhow::ensure!(args.seeds > 0, "--seeds must be at least 1");
     let shard = Shard::from_args(args.shard.as_deref())?;
+    shard::check_out(&args.out)?;
     let device = args.device.device()?;
     let (mut pipe, model_name, default_guidance) = load_model(args.model.as_deref(), DType::F32, &device)?;
     let family = pipe.family();
@@ -233,13 +241,20 @@ fn run_bench(args: &RunArgs) -> Result<()> {
     anyhow::ensure!(pipe.has_text_encoder(), "{model_name}: no text encoder, so prompts cannot be benchmarked");
     let prompts = match &args.prompts {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read prompt file", path.display()))?;
+            let size = std::fs::metadata(path).with_context(|| format!("--prompts {}: cannot read", path.display()))?.len();
+            anyhow::ensure!(size <= MAX_PROMPT_FILE, "--prompts {}: {size} bytes; a prompt file may hold at most {MAX_PROMPT_FILE}", path.display());
+            let text = std::fs::read_to_string(path).with_context(|| format!("--prompts {}: cannot read as UTF-8 text", path.display()))?;
             let p: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
             anyhow::ensure!(!p.is_empty(), "{}: no prompts (one per line expected)", path.display());
+            for (i, prompt) in p.iter().enumerate() {
+                validate_prompt(&format!("--prompts line {}", i + 1), prompt, false)?;
+            }
             p
         }
         None => builtin_prompts(),
     };
+    let runs = prompts.len() as u128 * args.seeds as u128;
+    anyhow::ensure!(runs <= MAX_RUNS as u128, "--seeds {} x {} prompts is {runs} runs; a bench holds at most {MAX_RUNS}", args.seeds, prompts.len());
     let (methods, columns) = methods(args, family)?;
     let lpips = if args.lpips_weights.is_empty() { None } else { Some(Lpips::load(&args.lpips_weights, &device)?) };
     let settings = Settings {
@@ -254,6 +269,20 @@ fn run_bench(args: &RunArgs) -> Result<()> {
         columns,
         lpips: lpips.as_ref().map(|l| format!("{:?}", l.net).to_lowercase()),
     };
+    let probe = GenerateOptions {
+        steps: args.steps,
+        guidance_scale: settings.guidance_scale,
+        height: pipe.default_size().0,
+        width: pipe.default_size().1,
+        seed: 0,
+        solver: kind,
+        acceleration: Acceleration::default(),
+    };
+    pipe.validate(&probe)?;
+    for a in &methods {
+        pipe.validate(&GenerateOptions { acceleration: a.clone(), ..probe.clone() })?;
+    }
+    args.memory.check("--model", &settings.model, pipe.estimate_memory(&probe, 1))?;
     shard::prepare(&args.out, &settings)?;
 
     let cases: Vec<(usize, usize, u64)> = (0..prompts.len())

@@ -55,6 +55,18 @@ impl Shard {
     }
 }
 
+/// Before any work: `out` can be (or is) a bench folder.
+pub fn check_out(out: &Path) -> Result<()> {
+    if out.exists() {
+        if !out.is_dir() {
+            bail!("--out {}: is a file; give a folder", out.display());
+        }
+        return crate::output::check_writable("--out", &out.join("settings.json"));
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    crate::output::check_writable("--out", &parent.join(out.file_name().unwrap_or_default()))
+}
+
 /// Create the folder, or check that it holds a bench of the same settings.
 pub fn prepare(out: &Path, settings: &Settings) -> Result<()> {
     let settings_path = out.join("settings.json");

@@ -28,6 +28,38 @@ pub struct AutoencoderKlConfig {
     pub mid_block_add_attention: bool,
 }
 
+impl AutoencoderKlConfig {
+    /// What this implementation can build: every value it divides by or allocates from
+    /// positive, and the options it has no code for off.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {
+            return Err(format!("`scaling_factor` = {} must be a positive number", self.scaling_factor));
+        }
+        if self.block_out_channels.is_empty() || self.block_out_channels.contains(&0) {
+            return Err(format!("`block_out_channels` = {:?} needs at least one level, each with channels", self.block_out_channels));
+        }
+        if self.block_out_channels.len() > 8 {
+            return Err(format!("`block_out_channels` has {} levels; at most 8 are supported", self.block_out_channels.len()));
+        }
+        if self.norm_num_groups == 0 || self.block_out_channels.iter().any(|c| c % self.norm_num_groups != 0) {
+            return Err(format!("`norm_num_groups` = {} must be at least 1 and divide every block_out_channels entry", self.norm_num_groups));
+        }
+        if self.latent_channels == 0 || self.layers_per_block == 0 {
+            return Err("`latent_channels` and `layers_per_block` must be at least 1".into());
+        }
+        if self.in_channels != 3 || self.out_channels != 3 {
+            return Err("only 3-channel images (in_channels = out_channels = 3)".into());
+        }
+        if self.shift_factor.is_some_and(|s| s != 0.0) {
+            return Err("`shift_factor`: only null or 0 is supported".into());
+        }
+        if !self.mid_block_add_attention {
+            return Err("`mid_block_add_attention` = false".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for AutoencoderKlConfig {
     /// diffusers' `AutoencoderKL` constructor defaults.
     fn default() -> Self {
@@ -66,12 +98,7 @@ impl AutoencoderKl {
         let config_rel = format!("{component}/config.json");
         let config_path = source.path(&config_rel);
         let config: AutoencoderKlConfig = source.read_json(&config_rel)?;
-        if config.in_channels != 3 || config.out_channels != 3 {
-            return Err(Error::file(&config_path, "unsupported config: only 3-channel images (in_channels = out_channels = 3)"));
-        }
-        if config.shift_factor.is_some_and(|s| s != 0.0) {
-            return Err(Error::file(&config_path, "unsupported config value `shift_factor`: only null or 0 is supported"));
-        }
+        config.validate().map_err(|msg| Error::file(&config_path, format!("unsupported config: {msg}")))?;
         let (vb, weights_path) = source.var_builder(component, "diffusion_pytorch_model", dtype, device)?;
         let cfg = AutoEncoderKLConfig {
             block_out_channels: config.block_out_channels.clone(),
@@ -81,9 +108,6 @@ impl AutoencoderKl {
             use_quant_conv: config.use_quant_conv,
             use_post_quant_conv: config.use_post_quant_conv,
         };
-        if !config.mid_block_add_attention {
-            return Err(Error::file(&config_path, "unsupported config value `mid_block_add_attention` = false"));
-        }
         let mismatch = |e: candle_core::Error| Error::file(&weights_path, format!("weights do not match config.json: {e}"));
         let encoder = super::vae_encoder::VaeEncoder::new(
             vb.clone(),
@@ -98,6 +122,20 @@ impl AutoencoderKl {
         .map_err(mismatch)?;
         let inner = AutoEncoderKL::new(vb, config.in_channels, config.out_channels, cfg).map_err(mismatch)?;
         Ok(Self { config, inner, encoder })
+    }
+
+    /// A generous estimate of decoding's activation memory in bytes for `batch` latents of
+    /// `h x w`: the largest level's convolution patches and the mid block's full attention
+    /// matrix (candle's decoder attends over every latent pixel at once).
+    pub fn decode_bytes(&self, batch: usize, h: usize, w: usize) -> u128 {
+        let levels = self.config.block_out_channels.len();
+        let lat_px = h as u128 * w as u128;
+        let mut work = lat_px.saturating_mul(lat_px);
+        for (i, &c) in self.config.block_out_channels.iter().enumerate() {
+            let scale = 1u128 << (2 * (levels - 1 - i));
+            work = work.max((c as u128).saturating_mul(lat_px).saturating_mul(scale).saturating_mul(9 + 4));
+        }
+        work.saturating_mul(batch as u128).saturating_mul(4)
     }
 
     /// The sampler's final latents -> image, nominally in [-1, 1] (divides by `scaling_factor`).

@@ -40,6 +40,12 @@ fn shards(index: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_owned)).collect();
     files.sort();
     files.dedup();
+    if files.is_empty() {
+        return Err(Error::file(index, "`weight_map` lists no weight files"));
+    }
+    if let Some(bad) = files.iter().find(|f| Path::new(f).components().count() != 1) {
+        return Err(Error::file(index, format!("`weight_map` names `{bad}`; shards must be file names in the same folder")));
+    }
     let dir = index.parent().unwrap_or(Path::new("."));
     let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
     if let Some(missing) = paths.iter().find(|p| !p.is_file()) {
@@ -48,16 +54,42 @@ fn shards(index: &Path) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
-/// Memory-map the files; a file that is not valid safetensors is an error naming it.
+/// Memory-map the files; a file that is not valid safetensors, or holds a tensor that is not
+/// floating point or not finite, is an error naming it.
 pub fn var_builder(files: &[PathBuf], dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
     for f in files {
         // Validate each file up front so the error names the corrupt one.
         // SAFETY: the file is only read; concurrent modification by another process is the
         // caller's responsibility, as with any memory-mapped model file.
-        unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }
             .map_err(|e| Error::file(f, format!("not a valid safetensors file: {e}")))?;
+        check_tensors(st.tensors(), f)?;
     }
     // SAFETY: as above.
     unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }
         .map_err(|e| Error::file(&files[0], format!("cannot open weights: {e}")))
+}
+
+/// Weights must be floating point (an integer tensor would be cast silently) and finite; the
+/// error names the tensor and the file.
+pub fn check_tensors(tensors: Vec<(String, safetensors::tensor::TensorView<'_>)>, path: &Path) -> Result<()> {
+    use rayon::prelude::*;
+    use safetensors::Dtype;
+    for (name, view) in tensors {
+        let data = view.data();
+        // non-finite: every exponent bit set
+        let finite = match view.dtype() {
+            Dtype::F32 => data.par_chunks(1 << 16).all(|c| c.chunks_exact(4).all(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 != 0x7f80_0000)),
+            Dtype::F16 => data.par_chunks(1 << 16).all(|c| c.chunks_exact(2).all(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 != 0x7c00)),
+            Dtype::BF16 => data.par_chunks(1 << 16).all(|c| c.chunks_exact(2).all(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 != 0x7f80)),
+            Dtype::F64 => data.par_chunks(1 << 16).all(|c| {
+                c.chunks_exact(8).all(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) & 0x7ff0_0000_0000_0000 != 0x7ff0_0000_0000_0000)
+            }),
+            other => return Err(Error::file(path, format!("tensor `{name}` is {other:?}; weights must be floating point (f16, bf16, f32 or f64)"))),
+        };
+        if !finite {
+            return Err(Error::file(path, format!("tensor `{name}` holds NaN or infinite values")));
+        }
+    }
+    Ok(())
 }

@@ -1,7 +1,6 @@
 //! What a pipeline is given besides its settings: conditioning and starting noise, named as
 //! diffusers names its pipeline arguments.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -29,19 +28,43 @@ const INPUT_NAMES: [&str; 6] = [
     "latents",
 ];
 
+/// Inputs larger than this many elements are refused before they are read: no pipeline input
+/// of a real model comes near it (SDXL's 1024 px latents have 2^18), a corrupt or hostile file
+/// can.
+const MAX_INPUT_ELEMENTS: usize = 1 << 28;
+
 impl PipelineInputs {
-    /// Read a safetensors file of named tensors; other tensors in the file are ignored.
+    /// Read a safetensors file of named tensors; other tensors in the file are ignored. Each
+    /// input must be floating point, finite and of a sane size; errors name the tensor.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         if !path.is_file() {
             return Err(Error::file(path, "inputs file not found"));
         }
-        let map: HashMap<String, Tensor> = candle_core::safetensors::load(path, device)
+        // SAFETY: the file is only read, as any memory-mapped input.
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
             .map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
-        if !map.keys().any(|k| INPUT_NAMES.contains(&k.as_str())) {
+        let names: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
+        if !names.iter().any(|k| INPUT_NAMES.contains(&k.as_str())) {
             return Err(Error::file(path, format!("holds none of the pipeline inputs {INPUT_NAMES:?}")));
         }
         let get = |k: &str| -> Result<Option<Tensor>> {
-            map.get(k).map(|t| t.to_dtype(DType::F32)).transpose().map_err(|e| Error::file(path, format!("tensor `{k}`: {e}")))
+            if !names.iter().any(|n| n == k) {
+                return Ok(None);
+            }
+            let view = st.get(k).map_err(|e| Error::file(path, format!("tensor `{k}`: {e}")))?;
+            use safetensors::Dtype;
+            if !matches!(view.dtype(), Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64) {
+                return Err(Error::file(path, format!("tensor `{k}` is {:?}; expected floating point", view.dtype())));
+            }
+            let n = view.shape().iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            if !n.is_some_and(|n| n <= MAX_INPUT_ELEMENTS) {
+                return Err(Error::file(path, format!("tensor `{k}` of shape {:?} is larger than any pipeline input ({MAX_INPUT_ELEMENTS} elements at most)", view.shape())));
+            }
+            let t = st.load(k, device).and_then(|t| t.to_dtype(DType::F32)).map_err(|e| Error::file(path, format!("tensor `{k}`: {e}")))?;
+            if !crate::finite::all_finite(&t)? {
+                return Err(Error::file(path, format!("tensor `{k}` holds NaN or infinite values")));
+            }
+            Ok(Some(t))
         };
         Ok(Self {
             prompt_embeds: get("prompt_embeds")?,

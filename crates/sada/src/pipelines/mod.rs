@@ -10,7 +10,7 @@ pub mod stable_diffusion;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::policy::acceleration::Family;
 use crate::policy::Acceleration;
 use crate::sampling::Trace;
@@ -32,6 +32,33 @@ pub struct GenerateOptions {
     pub acceleration: Acceleration,
 }
 
+/// What a prompt becomes before it is encoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptCheck {
+    /// Words the tokenizer does not know (they become the unknown token).
+    pub unknown: Vec<String>,
+    /// Tokens the prompt has, and how many the text encoder reads (the rest are dropped).
+    pub tokens: usize,
+    pub window: usize,
+}
+
+/// Prompts longer than this are refused: far beyond any text encoder's window, and cheap to
+/// refuse before tokenising.
+pub const MAX_PROMPT_CHARS: usize = 10_000;
+
+/// A prompt worth encoding: not blank (unless `may_be_blank`, as a negative prompt may be)
+/// and not absurdly long; `flag` names it in the error.
+pub fn validate_prompt(flag: &str, text: &str, may_be_blank: bool) -> Result<()> {
+    if !may_be_blank && text.trim().is_empty() {
+        return Err(Error::param(flag, "is empty; describe the image to generate"));
+    }
+    let n = text.chars().count();
+    if n > MAX_PROMPT_CHARS {
+        return Err(Error::param(flag, format!("has {n} characters; at most {MAX_PROMPT_CHARS} are read")));
+    }
+    Ok(())
+}
+
 /// A text-to-image model ready to sample.
 pub trait Pipeline {
     /// Which published accelerator settings apply.
@@ -45,10 +72,16 @@ pub trait Pipeline {
     fn has_text_encoder(&self) -> bool;
     /// Whether [`Pipeline::decode`] gives images.
     fn can_decode(&self) -> bool;
-    /// Words of `prompt` the tokenizer does not know (they become the unknown token).
-    fn unknown_words(&mut self, prompt: &str) -> Result<Vec<String>>;
+    /// Unknown words and length of `prompt` as the tokenizer reads it.
+    fn check_prompt(&mut self, prompt: &str) -> Result<PromptCheck>;
+    /// An estimate of the memory (bytes) generating and decoding `batch` images of `opts`
+    /// needs beyond the loaded weights, to refuse sizes that cannot fit before allocating.
+    fn estimate_memory(&self, opts: &GenerateOptions, batch: usize) -> u128;
     /// Conditioning for a batch of prompts and one negative prompt, as diffusers' `encode_prompt`.
     fn encode_prompts(&mut self, prompts: &[String], negative_prompt: &str) -> Result<PipelineInputs>;
+    /// Check `opts` against this model (size, step count, accelerator settings) without
+    /// sampling, so a run can be refused before any output exists.
+    fn validate(&self, opts: &GenerateOptions) -> Result<()>;
     /// Sample latents; `on_step(done, total)` after every step.
     fn generate(&mut self, inputs: &PipelineInputs, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<(Tensor, Trace)>;
     /// Latents to an image tensor in [-1, 1], if the model has a decoder.

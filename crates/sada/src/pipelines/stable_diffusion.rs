@@ -9,7 +9,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{GenerateOptions, Pipeline, PipelineInputs};
+use super::{GenerateOptions, Pipeline, PipelineInputs, PromptCheck};
 use crate::denoiser::{Conditioning, Guided};
 use crate::error::{Error, Result};
 use crate::models::{AutoencoderKl, ModelSource, UNet2DConditionModel};
@@ -17,6 +17,10 @@ use crate::policy::acceleration::Family;
 use crate::sampling::{sample, Trace};
 use crate::solvers::{build_solver, scheduler_config_object, FlowTimesteps, Solver, SolverKind};
 use crate::text::{ClipTextEncoder, WordLevelTokenizer};
+
+/// Latents larger than this are refused before they are allocated (2^31 elements: 8 GiB in
+/// f32, some hundred times a 1024 px SDXL batch).
+const MAX_LATENT_ELEMENTS: usize = 1 << 31;
 
 pub struct StableDiffusion {
     pub source: ModelSource,
@@ -57,14 +61,23 @@ impl StableDiffusion {
             }
             let tok = WordLevelTokenizer::load_from(&self.source, "tokenizer")?;
             let enc = ClipTextEncoder::load_from(&self.source, "text_encoder", DType::F32, &self.device)?;
+            if tok.max_length > enc.config.max_position_embeddings {
+                return Err(Error::file(
+                    self.source.path("tokenizer/tokenizer_config.json"),
+                    format!("model_max_length {} is longer than the text encoder's {} positions", tok.max_length, enc.config.max_position_embeddings),
+                ));
+            }
             self.text = Some((tok, enc));
         }
         Ok(self.text.as_ref().expect("loaded above"))
     }
 
     pub fn solver(&self, kind: SolverKind, steps: usize) -> Result<Box<dyn Solver>> {
-        build_solver(kind, &self.scheduler_config, &Default::default(), steps, &FlowTimesteps::default())
-            .map_err(|e| Error::file(self.source.path("scheduler/scheduler_config.json"), e.to_string()))
+        build_solver(kind, &self.scheduler_config, &Default::default(), steps, &FlowTimesteps::default()).map_err(|e| match e {
+            // the run's own parameters (the step count), not the file's
+            e @ Error::InvalidParameter { .. } => e,
+            e => Error::file(self.source.path("scheduler/scheduler_config.json"), e.to_string()),
+        })
     }
 
     fn conditioning(&self, inputs: &PipelineInputs, opts: &GenerateOptions) -> Result<(Conditioning, Option<Conditioning>, usize)> {
@@ -106,6 +119,18 @@ impl StableDiffusion {
             }
         }
         Ok((cond, uncond, batch))
+    }
+
+    /// The solver for `opts` once size, steps and accelerator settings have been checked.
+    fn checked_solver(&self, opts: &GenerateOptions) -> Result<Box<dyn Solver>> {
+        let scale = self.vae_scale_factor();
+        if opts.height % scale != 0 || opts.width % scale != 0 || opts.height == 0 || opts.width == 0 {
+            return Err(Error::param("height/width", format!("{}x{} must be positive multiples of {scale}", opts.width, opts.height)));
+        }
+        let steps = opts.acceleration.steps(opts.steps);
+        let solver = self.solver(opts.solver, steps)?;
+        opts.acceleration.validate(steps)?;
+        Ok(solver)
     }
 
     /// Whether this folder has a text encoder and tokenizer to read prompts with.
@@ -154,8 +179,19 @@ impl Pipeline for StableDiffusion {
         self.vae.is_some() || self.pixel_space
     }
 
-    fn unknown_words(&mut self, prompt: &str) -> Result<Vec<String>> {
-        Ok(self.text()?.0.unknown_words(prompt))
+    fn check_prompt(&mut self, prompt: &str) -> Result<PromptCheck> {
+        let tok = &self.text()?.0;
+        let (tokens, window) = tok.word_counts(prompt);
+        Ok(PromptCheck { unknown: tok.unknown_words(prompt), tokens, window })
+    }
+
+    fn estimate_memory(&self, opts: &GenerateOptions, batch: usize) -> u128 {
+        let scale = self.vae_scale_factor().max(1);
+        let (h, w) = (opts.height.div_ceil(scale), opts.width.div_ceil(scale));
+        let guided = if opts.guidance_scale > 1.0 { 2 } else { 1 };
+        let unet = self.unet.activation_bytes(batch * guided, h, w);
+        let decode = self.vae.as_ref().map(|v| v.decode_bytes(batch, h, w)).unwrap_or(0);
+        unet.max(decode)
     }
 
     fn encode_prompts(&mut self, prompts: &[String], negative_prompt: &str) -> Result<PipelineInputs> {
@@ -174,16 +210,19 @@ impl Pipeline for StableDiffusion {
         })
     }
 
+    fn validate(&self, opts: &GenerateOptions) -> Result<()> {
+        self.checked_solver(opts).map(drop)
+    }
+
     fn generate(&mut self, inputs: &PipelineInputs, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<(Tensor, Trace)> {
         let scale = self.vae_scale_factor();
-        if opts.height % scale != 0 || opts.width % scale != 0 || opts.height == 0 || opts.width == 0 {
-            return Err(Error::param("height/width", format!("{}x{} must be positive multiples of {scale}", opts.width, opts.height)));
-        }
-        let steps = opts.acceleration.steps(opts.steps);
-        opts.acceleration.validate(steps)?;
+        // the solver checks the step count before anything is allocated for it
+        let mut solver = self.checked_solver(opts)?;
         let (cond, uncond, batch) = self.conditioning(inputs, opts)?;
-        let mut solver = self.solver(opts.solver, steps)?;
         let shape = [batch, self.unet.config.in_channels, opts.height / scale, opts.width / scale];
+        if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|n| n > MAX_LATENT_ELEMENTS) {
+            return Err(Error::param("height/width", format!("{}x{} makes latents of {shape:?}, more than any run can hold", opts.width, opts.height)));
+        }
         let noise = match &inputs.latents {
             Some(l) => {
                 if l.dims() != shape {

@@ -30,6 +30,10 @@ impl Default for TrainingSchedule {
     }
 }
 
+/// More training timesteps than any published model has (they use 1000): a bound on what a
+/// config can make us allocate.
+pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
+
 crate::config::config_enum! {
     BetaSchedule, "beta_schedule" {
         Linear = "linear",
@@ -48,8 +52,11 @@ pub struct NoiseSchedule {
 impl NoiseSchedule {
     pub fn new(cfg: &TrainingSchedule) -> Result<Self> {
         let n = cfg.num_train_timesteps;
-        if n < 2 {
-            return Err(Error::unsupported("num_train_timesteps", n, "expected at least 2"));
+        if !(2..=MAX_TRAIN_TIMESTEPS).contains(&n) {
+            return Err(Error::unsupported("num_train_timesteps", n, format!("expected 2 to {MAX_TRAIN_TIMESTEPS}")));
+        }
+        if !(cfg.beta_start.is_finite() && cfg.beta_end.is_finite()) {
+            return Err(Error::unsupported("beta_start/beta_end", format!("{}/{}", cfg.beta_start, cfg.beta_end), "must be finite numbers"));
         }
         if cfg.rescale_betas_zero_snr {
             return Err(Error::unsupported("rescale_betas_zero_snr", true, "only false is supported"));

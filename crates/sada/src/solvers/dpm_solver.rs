@@ -88,8 +88,9 @@ pub struct DpmSolverMultistep {
 
 impl DpmSolverMultistep {
     pub fn new(config: &DpmSolverConfig, num_inference_steps: usize) -> Result<Self> {
-        if num_inference_steps == 0 {
-            return Err(Error::param("num_inference_steps", "must be at least 1"));
+        super::check_num_steps(num_inference_steps, config.schedule.num_train_timesteps)?;
+        if config.steps_offset >= config.schedule.num_train_timesteps {
+            return Err(Error::unsupported("steps_offset", config.steps_offset, "must be below num_train_timesteps"));
         }
         if config.algorithm_type != "dpmsolver++" {
             return Err(Error::unsupported("algorithm_type", &config.algorithm_type, "only dpmsolver++ is supported"));

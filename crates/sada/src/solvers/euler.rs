@@ -60,8 +60,9 @@ pub struct EulerDiscrete {
 
 impl EulerDiscrete {
     pub fn new(config: &EulerDiscreteConfig, num_inference_steps: usize) -> Result<Self> {
-        if num_inference_steps == 0 {
-            return Err(Error::param("num_inference_steps", "must be at least 1"));
+        super::check_num_steps(num_inference_steps, config.schedule.num_train_timesteps)?;
+        if config.steps_offset >= config.schedule.num_train_timesteps {
+            return Err(Error::unsupported("steps_offset", config.steps_offset, "must be below num_train_timesteps"));
         }
         if config.interpolation_type != "linear" {
             return Err(Error::unsupported("interpolation_type", &config.interpolation_type, "only linear is supported"));

@@ -82,8 +82,9 @@ pub struct FlowMatchEulerDiscrete {
 
 impl FlowMatchEulerDiscrete {
     pub fn new(config: &FlowMatchEulerDiscreteConfig, num_inference_steps: usize, ts: &FlowTimesteps) -> Result<Self> {
-        if num_inference_steps == 0 {
-            return Err(Error::param("num_inference_steps", "must be at least 1"));
+        super::check_num_steps(num_inference_steps, config.num_train_timesteps)?;
+        if !(config.shift.is_finite() && config.shift > 0.0) {
+            return Err(Error::unsupported("shift", config.shift, "must be a positive number"));
         }
         if config.invert_sigmas {
             return Err(Error::unsupported("invert_sigmas", true, "only false is supported"));

@@ -126,6 +126,21 @@ pub trait Solver {
     fn reset(&mut self);
 }
 
+/// A run's step count: at least 1 and, as diffusers requires, no more than the training
+/// timesteps it is drawn from (which also bounds what a run allocates).
+pub(crate) fn check_num_steps(num_inference_steps: usize, num_train_timesteps: usize) -> Result<()> {
+    if num_inference_steps == 0 {
+        return Err(Error::param("steps", "must be at least 1"));
+    }
+    if num_inference_steps > num_train_timesteps {
+        return Err(Error::param(
+            "steps",
+            format!("{num_inference_steps} is more than the scheduler's {num_train_timesteps} training timesteps (num_train_timesteps)"),
+        ));
+    }
+    Ok(())
+}
+
 /// Steps must arrive in order: the multistep history depends on it.
 pub(crate) fn check_step_order(expected: usize, step: usize, num_steps: usize) -> Result<()> {
     if step != expected || step >= num_steps {

@@ -12,6 +12,9 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::models::ModelSource;
 
+/// No text encoder reads more tokens than this; a bound on what a config can make us allocate.
+const MAX_LENGTH: usize = 1 << 16;
+
 #[derive(Debug, Clone)]
 pub struct WordLevelTokenizer {
     vocab: HashMap<String, u32>,
@@ -82,6 +85,9 @@ impl WordLevelTokenizer {
         let pad_token = config["pad_token"].as_str().or_else(|| json["padding"]["pad_token"].as_str()).ok_or_else(|| Error::param("pad_token", "missing from tokenizer_config.json"))?;
         let pad_id = id_of("pad_token", pad_token)?;
         let max_length = config["model_max_length"].as_u64().ok_or_else(|| Error::param("model_max_length", "missing from tokenizer_config.json"))? as usize;
+        if max_length > MAX_LENGTH {
+            return Err(Error::param("model_max_length", format!("{max_length} is more than any text encoder reads (at most {MAX_LENGTH})")));
+        }
         if max_length <= prefix.len() + suffix.len() {
             return Err(Error::param("model_max_length", format!("{max_length} leaves no room between the special tokens")));
         }
@@ -97,6 +103,12 @@ impl WordLevelTokenizer {
         let mut ids: Vec<u32> = self.prefix.iter().copied().chain(words).chain(self.suffix.iter().copied()).collect();
         ids.resize(self.max_length, self.pad_id);
         ids
+    }
+
+    /// How many words `text` has, and how many fit between the special tokens (the rest are
+    /// dropped by [`Self::encode`]).
+    pub fn word_counts(&self, text: &str) -> (usize, usize) {
+        (text.split_whitespace().count(), self.max_length - self.prefix.len() - self.suffix.len())
     }
 
     /// Whether every word of `text` is in the vocabulary (a prompt the model can read).

@@ -225,7 +225,21 @@ impl UNet2DConditionConfig {
         if self.downsample_padding != 1.0 || self.mid_block_scale_factor != 1.0 {
             return Err(Error::unsupported("downsample_padding", self.downsample_padding, "only downsample_padding 1 and mid_block_scale_factor 1 are supported"));
         }
+        for (k, v) in [("in_channels", self.in_channels), ("out_channels", self.out_channels)] {
+            if v == 0 {
+                return Err(Error::unsupported(k, 0, "must be at least 1"));
+            }
+        }
+        if let Some(c) = self.block_out_channels.iter().find(|&&c| c == 0) {
+            return Err(Error::unsupported("block_out_channels", c, "every level needs at least 1 channel"));
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
+            return Err(Error::unsupported("norm_eps", self.norm_eps, "must be a positive number"));
+        }
         let groups = self.norm_num_groups.ok_or_else(|| Error::unsupported("norm_num_groups", "null", "expected a group count"))?;
+        if groups == 0 {
+            return Err(Error::unsupported("norm_num_groups", 0, "must be at least 1"));
+        }
         for &c in &self.block_out_channels {
             if c % groups != 0 {
                 return Err(Error::unsupported("norm_num_groups", groups, format!("must divide every block_out_channels entry ({c})")));
@@ -241,6 +255,9 @@ impl UNet2DConditionConfig {
             }
         }
         let cross: Vec<usize> = self.cross_attention_dim.levels("cross_attention_dim", levels)?;
+        if cross.contains(&0) {
+            return Err(Error::unsupported("cross_attention_dim", 0, "must be at least 1"));
+        }
         if cross.iter().any(|&c| c != cross[0]) {
             return Err(Error::unsupported("cross_attention_dim", format!("{cross:?}"), "per-level cross_attention_dim is not supported"));
         }
@@ -257,7 +274,13 @@ impl UNet2DConditionConfig {
             levels,
             channels: self.block_out_channels.clone(),
             cross_attn,
-            layers_per_block: self.layers_per_block.levels("layers_per_block", levels)?,
+            layers_per_block: {
+                let l = self.layers_per_block.levels("layers_per_block", levels)?;
+                if l.contains(&0) {
+                    return Err(Error::unsupported("layers_per_block", format!("{l:?}"), "every level needs at least 1 layer"));
+                }
+                l
+            },
             transformer_layers: self.transformer_layers_per_block.levels("transformer_layers_per_block", levels)?,
             heads,
             cross_attention_dim: cross[0],

@@ -160,6 +160,25 @@ impl UNet2DConditionModel {
         Ok(up.forward(&deep, s_next, step.temb, step.context, ctx, size)?)
     }
 
+    /// A generous estimate of one forward pass's activation memory in bytes for `batch` latents
+    /// of `h x w`: every skip connection kept for the up path, plus twice the largest layer's
+    /// working set (a 3 x 3 convolution's patch matrix over the concatenated up-path input, or a
+    /// transformer level's projections, feed-forward and 16 MB attention score blocks).
+    /// Saturates instead of overflowing for absurd sizes.
+    pub fn activation_bytes(&self, batch: usize, h: usize, w: usize) -> u128 {
+        let r = &self.resolved;
+        let (mut skips, mut work) = (0u128, 0u128);
+        for (i, &c) in r.channels.iter().enumerate() {
+            let px = (h as u128).div_ceil(1 << i) * (w as u128).div_ceil(1 << i);
+            let c = c as u128;
+            skips = skips.saturating_add((r.layers_per_block[i] as u128 + 1).saturating_mul(c).saturating_mul(px));
+            let conv = c.saturating_mul(px).saturating_mul(9 * 2 + 2);
+            let attn = if r.cross_attn[i] { c.saturating_mul(px).saturating_mul(16) + (4 << 20) } else { 0 };
+            work = work.max(conv.max(attn));
+        }
+        skips.saturating_add(work.saturating_mul(2)).saturating_mul(batch as u128).saturating_mul(4)
+    }
+
     /// Width of the text embeddings the cross-attention expects.
     pub fn cross_attention_dim(&self) -> usize {
         self.resolved.cross_attention_dim
