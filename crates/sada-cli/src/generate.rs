@@ -176,6 +176,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         "negative_prompt": args.prompt.as_ref().map(|_| &args.negative_prompt),
         "options": &opts,
         "evaluations": trace.evaluations,
+        "cost_in_full_evaluations": trace.equivalent_evaluations(),
         "compare": args.compare,
     });
     match args.output_type {
@@ -190,13 +191,13 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
                     let base = to_rgb(&pipe.decode(base_latents)?.context("no VAE")?)?;
                     let (p, s) = (psnr_rgb(&image, &base)?, ssim(&image, &base)?);
                     println!(
-                        "baseline: {} evaluations, sampling {:.2} s; {name} vs baseline: PSNR {:.2} dB, SSIM {:.4}, speedup {:.2}x wall, {:.2}x evaluations",
+                        "baseline: {} evaluations, sampling {:.2} s; {name} vs baseline: PSNR {:.2} dB, SSIM {:.4}, speedup {:.2}x wall, {:.2}x less network work",
                         base_trace.evaluations,
                         base_s,
                         p,
                         s,
                         base_s / sample_s,
-                        base_trace.evaluations as f64 / trace.evaluations as f64
+                        base_trace.equivalent_evaluations() / trace.equivalent_evaluations()
                     );
                     let mut settings = settings;
                     settings["psnr_db"] = p.into();
@@ -212,8 +213,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     if let Some(path) = &args.trace {
         write_atomic(path, serde_json::to_string_pretty(&trace)?.as_bytes())?;
     }
+    // partial calls (a branch served from a cache) cost less than full ones: say how much
+    let cost = trace.equivalent_evaluations();
+    let cost_note = if cost + 0.5 < trace.evaluations as f64 { format!(" (cost {cost:.1} full evaluations)") } else { String::new() };
     println!(
-        "{name}: {} evaluations for {} steps [{}], sampling {:.2} s, written to {}",
+        "{name}: {} evaluations{cost_note} for {} steps [{}], sampling {:.2} s, written to {}",
         trace.evaluations,
         trace.steps.len(),
         trace.summary(),
