@@ -5,6 +5,9 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
+use sada::models::hub::{self, HubOptions};
+use sada::models::single_file::Checkpoint;
+use sada::models::ModelSource;
 use sada::pipelines::{default_model, Pipeline, StableDiffusion};
 use sada::policy::acceleration::Family;
 use sada::policy::{Acceleration, SadaConfig};
@@ -27,6 +30,15 @@ impl SolverArg {
             SolverArg::DpmPp => SolverKind::DpmSolverMultistep,
             SolverArg::Euler => SolverKind::EulerDiscrete,
             SolverArg::Flow => SolverKind::FlowMatchEulerDiscrete,
+        }
+    }
+
+    /// The solver SADA's published runs use for `family`: Euler for SDXL, DPM-Solver++ otherwise.
+    pub fn default_for(family: Family) -> Self {
+        match family {
+            Family::Sdxl => SolverArg::Euler,
+            Family::Flux => SolverArg::Flow,
+            Family::StableDiffusion => SolverArg::DpmPp,
         }
     }
 
@@ -82,21 +94,70 @@ impl DeviceArgs {
     }
 }
 
-/// A model folder, or the embedded default model when none is given: the pipeline, the name
-/// to report, and the guidance scale to use when none is given.
-pub fn load_model(model: Option<&Path>, dtype: DType, device: &Device) -> anyhow::Result<(Box<dyn Pipeline>, String, f64)> {
-    Ok(match model {
-        Some(dir) => {
-            let pipe = StableDiffusion::load(dir, dtype, device)?;
-            let guidance = pipe.default_guidance();
-            (Box::new(pipe), dir.display().to_string(), guidance)
+/// Which model to run.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// The model: a diffusers folder, a single-file checkpoint (.safetensors in the original
+    /// SD-1.x / 2.x / XL layout), or a Hugging Face id (org/name) looked up in the local
+    /// Hugging Face cache (HF_HUB_CACHE, HF_HOME, ~/.cache/huggingface/hub) and downloaded when
+    /// missing unless offline [default: the embedded 32x32 shapes model, no download]
+    #[arg(long, value_name = "DIR|FILE|ID")]
+    pub model: Option<String>,
+    /// Branch, tag or commit of a Hugging Face id [main]
+    #[arg(long, value_name = "REV", requires = "model")]
+    pub revision: Option<String>,
+    /// Never use the network (also HF_HUB_OFFLINE=1): a Hugging Face id must be in the cache
+    #[arg(long)]
+    pub offline: bool,
+}
+
+/// The files of a diffusers repository a Stable Diffusion pipeline reads (for downloads).
+fn repo_files(snapshot: &Path) -> Vec<String> {
+    let index: serde_json::Value = std::fs::read_to_string(snapshot.join("model_index.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let mut files = vec!["model_index.json".to_owned()];
+    for (name, v) in index.as_object().into_iter().flatten() {
+        if !v.as_array().is_some_and(|a| a.iter().all(|x| !x.is_null())) {
+            continue;
         }
-        None => (
+        let add: &[&str] = match name.as_str() {
+            "scheduler" => &["scheduler_config.json"],
+            "unet" | "vae" => &["config.json", "diffusion_pytorch_model.safetensors"],
+            n if n.starts_with("text_encoder") => &["config.json", "model.safetensors"],
+            n if n.starts_with("tokenizer") => &["vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"],
+            _ => &[],
+        };
+        files.extend(add.iter().map(|f| format!("{name}/{f}")));
+    }
+    files
+}
+
+/// The model `args` names, or the embedded default model when none is given: the pipeline,
+/// the name to report, and the guidance scale to use when none is given.
+pub fn load_model(args: &ModelArgs, dtype: DType, device: &Device) -> anyhow::Result<(Box<dyn Pipeline>, String, f64)> {
+    let Some(model) = args.model.as_deref() else {
+        return Ok((
             Box::new(StableDiffusion::load_from(default_model::source(), dtype, device).context("loading the embedded default model")?),
             default_model::NAME.to_string(),
             default_model::GUIDANCE_SCALE,
-        ),
-    })
+        ));
+    };
+    let path = Path::new(model);
+    let source = if path.is_dir() {
+        ModelSource::Dir(path.to_path_buf())
+    } else if path.is_file() {
+        ModelSource::SingleFile(std::sync::Arc::new(Checkpoint::open(path)?))
+    } else if hub::is_repo_id(model) && !model.starts_with('.') {
+        let opts = HubOptions { revision: args.revision.clone(), offline: args.offline };
+        ModelSource::Dir(hub::resolve(model, &opts, &repo_files)?)
+    } else {
+        bail!("--model {model}: no such folder or file, and not a Hugging Face id (org/name)");
+    };
+    if args.revision.is_some() && !hub::is_repo_id(model) {
+        bail!("--revision applies to a Hugging Face id, not to the folder or file {model}");
+    }
+    let pipe = StableDiffusion::load_from(source, dtype, device)?;
+    let guidance = pipe.default_guidance();
+    Ok((Box::new(pipe), model.to_owned(), guidance))
 }
 
 /// The methods `--accel` takes, one per line (for --help).

@@ -11,10 +11,10 @@ use candle_core::DType;
 use clap::{Args, ValueEnum};
 use sada::image::{hstack, png_bytes, to_rgb};
 use sada::metrics::{psnr_rgb, ssim};
-use sada::pipelines::{validate_prompt, GenerateOptions, Pipeline, PipelineInputs};
+use sada::pipelines::{validate_prompt, GenerateOptions, Pipeline, PipelineInputs, SizeConditioning};
 use sada::policy::Acceleration;
 
-use crate::args::{load_model, progress, report_prompt, AccelArgs, DeviceArgs, MemoryArgs, SolverArg};
+use crate::args::{load_model, progress, report_prompt, AccelArgs, DeviceArgs, MemoryArgs, ModelArgs, SolverArg};
 use crate::output::{check_distinct, check_writable, replace_atomically, write_atomic};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -34,17 +34,31 @@ pub enum DtypeArg {
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// diffusers model folder with unet/, scheduler/ and optionally vae/, text_encoder/ and
-    /// tokenizer/ [default: the embedded 32x32 shapes model, no download]
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
-    /// The prompt (needs a model with a text encoder and a word-level tokenizer, as the
-    /// embedded model has)
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt (needs a model with a text encoder: CLIP's tokenizer as Stable Diffusion
+    /// models have, or a word-level one as the embedded model)
     #[arg(long, conflicts_with = "inputs")]
     pub prompt: Option<String>,
-    /// The negative prompt (the unconditional side of classifier-free guidance)
-    #[arg(long, default_value = "", requires = "prompt")]
-    pub negative_prompt: String,
+    /// The negative prompt (the unconditional side of classifier-free guidance) [default: none,
+    /// which is "" for SD-1.x/2.x and zero embeddings for SDXL, as in diffusers]
+    #[arg(long, requires = "prompt")]
+    pub negative_prompt: Option<String>,
+    /// Read the text encoder this many layers before its last, as diffusers' clip_skip
+    #[arg(long, value_name = "N", requires = "prompt")]
+    pub clip_skip: Option<usize>,
+    /// SDXL size conditioning: the original size H,W [default: the image size]
+    #[arg(long, value_name = "H,W", value_parser = parse_pair)]
+    pub original_size: Option<(usize, usize)>,
+    /// SDXL size conditioning: the crop's top-left corner TOP,LEFT [0,0]
+    #[arg(long, value_name = "TOP,LEFT", value_parser = parse_pair)]
+    pub crops_coords_top_left: Option<(usize, usize)>,
+    /// SDXL size conditioning: the target size H,W [default: the image size]
+    #[arg(long, value_name = "H,W", value_parser = parse_pair)]
+    pub target_size: Option<(usize, usize)>,
+    /// Initial noise from a safetensors file (tensor `latents`, unscaled) instead of --seed's
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub latents: Option<PathBuf>,
     /// safetensors file with precomputed conditioning instead of --prompt, named as diffusers'
     /// pipeline arguments: prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds,
     /// negative_pooled_prompt_embeds, add_time_ids (optional) and latents (optional unscaled
@@ -58,16 +72,18 @@ pub struct GenerateArgs {
     /// embedded model]
     #[arg(long)]
     pub guidance_scale: Option<f64>,
-    /// Solver (built from the folder's scheduler_config.json as diffusers' from_config would)
-    #[arg(long, value_enum, default_value = "dpm++")]
-    pub solver: SolverArg,
+    /// Solver, built from the model's scheduler_config.json as diffusers' from_config would
+    /// [default: dpm++, euler for SDXL, as SADA's published runs]
+    #[arg(long, value_enum)]
+    pub solver: Option<SolverArg>,
     /// Image height in pixels [default: unet sample_size x VAE scale factor]
     #[arg(long)]
     pub height: Option<usize>,
     /// Image width in pixels [default: unet sample_size x VAE scale factor]
     #[arg(long)]
     pub width: Option<usize>,
-    /// Seed of the initial noise (when --inputs has no latents) and of SADA's token selection
+    /// Seed of the initial noise, drawn as torch.Generator("cpu").manual_seed(SEED) and
+    /// diffusers' randn_tensor draw it (when no latents are given), and of SADA's token selection
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Where to write the result
@@ -112,7 +128,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     }
     if let Some(prompt) = &args.prompt {
         validate_prompt("--prompt", prompt, false)?;
-        validate_prompt("--negative-prompt", &args.negative_prompt, true)?;
+        validate_prompt("--negative-prompt", args.negative_prompt.as_deref().unwrap_or(""), true)?;
     }
     let device = args.device.device()?;
     let dtype = match args.dtype {
@@ -123,20 +139,25 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     if args.compare && args.output_type != OutputType::Pil {
         bail!("--compare writes images side by side; it needs --output-type pil");
     }
-    let (mut pipe, model_name, default_guidance) = load_model(args.model.as_deref(), dtype, &device)?;
-    let solver = args.solver.for_family(pipe.family())?;
+    let (mut pipe, model_name, default_guidance) = load_model(&args.model, dtype, &device)?;
+    let solver = args.solver.unwrap_or_else(|| SolverArg::default_for(pipe.family())).for_family(pipe.family())?;
     let acceleration = args.accel.acceleration(pipe.family(), args.seed)?;
     if args.compare && acceleration.is_baseline() {
         bail!("--compare compares an accelerated run with the baseline; it cannot be combined with --accel none");
     }
     let inputs = match (&args.prompt, &args.inputs) {
         (Some(prompt), _) => {
-            report_prompt(pipe.as_mut(), &model_name, &[("--prompt", prompt), ("--negative-prompt", &args.negative_prompt)])?;
-            pipe.encode_prompts(std::slice::from_ref(prompt), &args.negative_prompt)?
+            report_prompt(pipe.as_mut(), &model_name, &[("--prompt", prompt), ("--negative-prompt", args.negative_prompt.as_deref().unwrap_or(""))])?;
+            pipe.encode_prompts(std::slice::from_ref(prompt), args.negative_prompt.as_deref(), args.clip_skip)?
         }
         (None, Some(path)) => PipelineInputs::load(path, &device)?,
         (None, None) => bail!("give --prompt TEXT (or --inputs FILE.safetensors with precomputed prompt_embeds)"),
     };
+    let mut inputs = inputs;
+    if let Some(path) = &args.latents {
+        let given = PipelineInputs::load(path, &device)?;
+        inputs.latents = Some(given.latents.with_context(|| format!("--latents {}: holds no tensor named `latents`", path.display()))?);
+    }
     if args.output_type == OutputType::Pil && !pipe.can_decode() {
         bail!("{model_name}: no vae/ folder, so no image can be decoded; use --output-type latent");
     }
@@ -155,6 +176,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         seed: args.seed,
         solver,
         acceleration,
+        size_conditioning: SizeConditioning {
+            original_size: args.original_size,
+            crops_coords_top_left: args.crops_coords_top_left.unwrap_or((0, 0)),
+            target_size: args.target_size,
+        },
     };
     pipe.validate(&opts)?;
     let batch = inputs.prompt_embeds.as_ref().map(|p| p.dim(0)).transpose()?.unwrap_or(1);
@@ -173,7 +199,9 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let settings = serde_json::json!({
         "model": model_name,
         "prompt": args.prompt,
-        "negative_prompt": args.prompt.as_ref().map(|_| &args.negative_prompt),
+        "negative_prompt": args.negative_prompt,
+        "clip_skip": args.clip_skip,
+        "scheduler_shipped": pipe.scheduler_class(),
         "options": &opts,
         "evaluations": trace.evaluations,
         "cost_in_full_evaluations": trace.equivalent_evaluations(),
@@ -225,4 +253,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         args.output.display()
     );
     Ok(())
+}
+
+fn parse_pair(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (a, b) = s.split_once(',').ok_or_else(|| format!("expected two numbers A,B, got `{s}`"))?;
+    let a = a.trim().parse().map_err(|_| format!("`{a}` is not a size"))?;
+    let b = b.trim().parse().map_err(|_| format!("`{b}` is not a size"))?;
+    Ok((a, b))
 }

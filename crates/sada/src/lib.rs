@@ -35,5 +35,6 @@ pub mod sampling;
 pub mod schedule;
 pub mod solvers;
 pub mod text;
+pub mod torch_rng;
 
 pub use error::{Error, Result};

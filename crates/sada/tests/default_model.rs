@@ -30,7 +30,7 @@ fn pipeline_matches_diffusers_on_the_shipped_weights() {
     let prompts: Vec<String> = serde_json::from_value(settings["prompts"].clone()).unwrap();
     let mut pipe = default_model::load(&Device::Cpu).unwrap();
     assert!(pipe.pixel_space && pipe.vae_scale_factor() == 1);
-    let mut inputs = pipe.encode_prompts(&prompts, "").unwrap();
+    let mut inputs = pipe.encode_prompts(&prompts, Some(""), None).unwrap();
     let embeds_err = rel_err(inputs.prompt_embeds.as_ref().unwrap(), &f["prompt_embeds"]).max(rel_err(inputs.negative_prompt_embeds.as_ref().unwrap(), &f["negative_prompt_embeds"]));
     inputs.latents = Some(f["noise"].clone());
     let opts = GenerateOptions {
@@ -41,6 +41,7 @@ fn pipeline_matches_diffusers_on_the_shipped_weights() {
         seed: 0,
         solver: SolverKind::DpmSolverMultistep,
         acceleration: Acceleration::default(),
+        size_conditioning: Default::default(),
     };
     let (images, _) = pipe.generate(&inputs, &opts, &mut |_, _| {}).unwrap();
     let err = rel_err(&images, &f["images"]);
@@ -60,7 +61,7 @@ fn background_accuracy(pipe: &mut StableDiffusion, scenes: &[Scene], steps: usiz
     let mut hits = 0;
     for (chunk_idx, chunk) in scenes.chunks(40).enumerate() {
         let prompts: Vec<String> = chunk.iter().map(|s| s.caption()).collect();
-        let inputs: PipelineInputs = pipe.encode_prompts(&prompts, "").unwrap();
+        let inputs: PipelineInputs = pipe.encode_prompts(&prompts, Some(""), None).unwrap();
         let opts = GenerateOptions {
             steps,
             guidance_scale: default_model::GUIDANCE_SCALE,
@@ -69,6 +70,7 @@ fn background_accuracy(pipe: &mut StableDiffusion, scenes: &[Scene], steps: usiz
             seed: chunk_idx as u64,
             solver: SolverKind::DpmSolverMultistep,
             acceleration: Acceleration::default(),
+            size_conditioning: Default::default(),
         };
         let (images, _) = pipe.generate(&inputs, &opts, &mut |_, _| {}).unwrap();
         for (i, scene) in chunk.iter().enumerate() {

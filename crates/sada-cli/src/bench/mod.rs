@@ -30,7 +30,7 @@ use sada::policy::Acceleration;
 use sada::sampling::Trace;
 use serde::{Deserialize, Serialize};
 
-use crate::args::{load_model, DeviceArgs, MemoryArgs, SadaArgs, SolverArg};
+use crate::args::{load_model, DeviceArgs, MemoryArgs, ModelArgs, SadaArgs, SolverArg};
 use crate::output::write_atomic;
 pub use shard::Shard;
 
@@ -62,9 +62,8 @@ pub struct MergeArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// diffusers model folder with a text encoder [default: the embedded shapes model]
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Text file with one prompt per line [default: 8 captions the embedded model never saw in
     /// training]
     #[arg(long, value_name = "FILE")]
@@ -78,10 +77,10 @@ pub struct RunArgs {
     /// Classifier-free guidance scale [default: the model's, as `sada generate`]
     #[arg(long)]
     pub guidance_scale: Option<f64>,
-    /// Solver, built from the model's scheduler config (the published SADA numbers are for
-    /// DPM-Solver++)
-    #[arg(long, value_enum, default_value = "dpm++")]
-    pub solver: SolverArg,
+    /// Solver, built from the model's scheduler config [default: dpm++, euler for SDXL, as
+    /// SADA's published runs]
+    #[arg(long, value_enum)]
+    pub solver: Option<SolverArg>,
     /// Methods to compare with the baseline, by name, comma-separated (each with its preset
     /// settings): sada, deepcache, adaptive, fbcache, taylorseer, fewer-steps
     #[arg(long, value_name = "NAMES", default_value = "sada", value_delimiter = ',')]
@@ -234,9 +233,9 @@ fn run_bench(args: &RunArgs) -> Result<()> {
     let shard = Shard::from_args(args.shard.as_deref())?;
     shard::check_out(&args.out)?;
     let device = args.device.device()?;
-    let (mut pipe, model_name, default_guidance) = load_model(args.model.as_deref(), DType::F32, &device)?;
+    let (mut pipe, model_name, default_guidance) = load_model(&args.model, DType::F32, &device)?;
     let family = pipe.family();
-    let kind = args.solver.for_family(family)?;
+    let kind = args.solver.unwrap_or_else(|| SolverArg::default_for(family)).for_family(family)?;
     anyhow::ensure!(pipe.can_decode(), "{model_name}: no vae/ folder, so images cannot be compared");
     anyhow::ensure!(pipe.has_text_encoder(), "{model_name}: no text encoder, so prompts cannot be benchmarked");
     let prompts = match &args.prompts {
@@ -277,6 +276,7 @@ fn run_bench(args: &RunArgs) -> Result<()> {
         seed: 0,
         solver: kind,
         acceleration: Acceleration::default(),
+        size_conditioning: Default::default(),
     };
     pipe.validate(&probe)?;
     for a in &methods {
@@ -306,7 +306,7 @@ fn run_bench(args: &RunArgs) -> Result<()> {
             }
         }
         if encoded.as_ref().map(|(p, _)| *p) != Some(pi) {
-            encoded = Some((pi, bench.pipe.encode_prompts(std::slice::from_ref(prompt), "")?));
+            encoded = Some((pi, bench.pipe.encode_prompts(std::slice::from_ref(prompt), None, None)?));
         }
         let inputs = &encoded.as_ref().expect("encoded above").1;
         let record = bench.case(index, prompt, seed, inputs)?;
@@ -358,6 +358,7 @@ impl Bench<'_> {
             seed,
             solver: s.solver,
             acceleration: accel.clone(),
+            size_conditioning: Default::default(),
         };
         let label = if accel.is_baseline() { "baseline".to_owned() } else { accel.label(s.family) };
         let (img, trace, seconds) = self.sample(inputs, &opts, &label, prompt)?;
@@ -389,7 +390,7 @@ impl Bench<'_> {
         let s = self.settings;
         if !self.warmed_up {
             // First calls allocate; keep that out of the baseline's time.
-            let opts = GenerateOptions { steps: 2, guidance_scale: s.guidance_scale, height: self.pipe.default_size().0, width: self.pipe.default_size().1, seed, solver: s.solver, acceleration: Acceleration::default() };
+            let opts = GenerateOptions { steps: 2, guidance_scale: s.guidance_scale, height: self.pipe.default_size().0, width: self.pipe.default_size().1, seed, solver: s.solver, acceleration: Acceleration::default(), size_conditioning: Default::default() };
             self.pipe.generate(inputs, &opts, &mut |_, _| {})?;
             self.warmed_up = true;
         }

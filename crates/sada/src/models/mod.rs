@@ -4,7 +4,9 @@
 //! accelerators act inside them: each marks where its cacheable sub-networks are, and the
 //! calling side decides what runs there (see `denoiser::ForwardContext`).
 
+pub mod hub;
 pub mod layers;
+pub mod single_file;
 pub mod source;
 pub mod token_cache;
 pub mod unet;

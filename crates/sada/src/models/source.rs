@@ -1,6 +1,7 @@
-//! Where a model's files come from: a diffusers folder on disk, or a model compiled into the
-//! binary (the embedded default). Loaders ask for files by their path inside the model folder,
-//! so both sources go through the same code and report errors with the same paths.
+//! Where a model's files come from: a diffusers folder on disk, a model compiled into the
+//! binary (the embedded default), or a single-file checkpoint read as a folder. Loaders ask for
+//! files by their path inside the model folder, so every source goes through the same code and
+//! reports errors with the same paths.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,8 @@ pub enum ModelSource {
     Dir(PathBuf),
     /// Files compiled in, by path inside the model folder (e.g. `unet/config.json`).
     Embedded { name: &'static str, files: &'static [(&'static str, &'static [u8])] },
+    /// An original-layout checkpoint, renamed to diffusers' layout as it is read.
+    SingleFile(std::sync::Arc<crate::models::single_file::Checkpoint>),
 }
 
 impl ModelSource {
@@ -32,13 +35,14 @@ impl ModelSource {
         match self {
             ModelSource::Dir(d) => d.join(rel),
             ModelSource::Embedded { name, .. } => Path::new(&format!("<embedded {name}>")).join(rel),
+            ModelSource::SingleFile(ck) => PathBuf::from(format!("{} [{rel}]", ck.path.display())),
         }
     }
 
     fn embedded(&self, rel: &str) -> Option<&'static [u8]> {
         match self {
-            ModelSource::Dir(_) => None,
             ModelSource::Embedded { files, .. } => files.iter().find(|(p, _)| *p == rel).map(|(_, b)| *b),
+            _ => None,
         }
     }
 
@@ -46,6 +50,7 @@ impl ModelSource {
         match self {
             ModelSource::Dir(d) => d.join(rel).exists(),
             ModelSource::Embedded { files, .. } => files.iter().any(|(p, _)| *p == rel || p.starts_with(&format!("{rel}/"))),
+            ModelSource::SingleFile(ck) => ck.exists(rel),
         }
     }
 
@@ -57,6 +62,7 @@ impl ModelSource {
                 let bytes = self.embedded(rel).ok_or_else(|| Error::file(&path, "not part of the embedded model"))?;
                 String::from_utf8(bytes.to_vec()).map_err(|_| Error::file(&path, "not UTF-8 text"))
             }
+            ModelSource::SingleFile(ck) => ck.file(rel).map(str::to_owned).ok_or_else(|| Error::file(&path, "not part of this checkpoint")),
         }
     }
 
@@ -84,6 +90,7 @@ impl ModelSource {
                     .map_err(|e| Error::file(&path, format!("not a valid safetensors file: {e}")))?;
                 Ok((vb, path))
             }
+            ModelSource::SingleFile(ck) => Ok((ck.var_builder(component, dtype, device)?, self.path(component))),
         }
     }
 }

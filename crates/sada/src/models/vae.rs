@@ -84,6 +84,8 @@ pub struct AutoencoderKl {
     pub config: AutoencoderKlConfig,
     inner: AutoEncoderKL,
     encoder: super::vae_encoder::VaeEncoder,
+    /// The dtype the weights were loaded in (latents are cast to it).
+    dtype: DType,
 }
 
 impl AutoencoderKl {
@@ -121,7 +123,7 @@ impl AutoencoderKl {
         )
         .map_err(mismatch)?;
         let inner = AutoEncoderKL::new(vb, config.in_channels, config.out_channels, cfg).map_err(mismatch)?;
-        Ok(Self { config, inner, encoder })
+        Ok(Self { config, inner, encoder, dtype })
     }
 
     /// A generous estimate of decoding's activation memory in bytes for `batch` latents of
@@ -140,7 +142,7 @@ impl AutoencoderKl {
 
     /// The sampler's final latents -> image, nominally in [-1, 1] (divides by `scaling_factor`).
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        let scaled = (latents / self.config.scaling_factor)?;
+        let scaled = (latents.to_dtype(self.dtype)? / self.config.scaling_factor)?;
         Ok(self.inner.decode(&scaled)?)
     }
 

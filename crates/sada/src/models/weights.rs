@@ -70,8 +70,13 @@ pub fn var_builder(files: &[PathBuf], dtype: DType, device: &Device) -> Result<V
         .map_err(|e| Error::file(&files[0], format!("cannot open weights: {e}")))
 }
 
+/// Names (suffixes) of integer buffers saved by older transformers / LDM training code:
+/// CLIP's `position_ids`, the EMA's `num_updates`, batch norm's `num_batches_tracked`.
+const INTEGER_BUFFERS: [&str; 3] = ["position_ids", "num_updates", "num_batches_tracked"];
+
 /// Weights must be floating point (an integer tensor would be cast silently) and finite; the
 /// error names the tensor and the file.
+
 pub fn check_tensors(tensors: Vec<(String, safetensors::tensor::TensorView<'_>)>, path: &Path) -> Result<()> {
     use rayon::prelude::*;
     use safetensors::Dtype;
@@ -79,6 +84,8 @@ pub fn check_tensors(tensors: Vec<(String, safetensors::tensor::TensorView<'_>)>
         let data = view.data();
         // non-finite: every exponent bit set
         let finite = match view.dtype() {
+            // integer buffers real checkpoints carry beside the weights; no model reads them
+            Dtype::I64 | Dtype::I32 if INTEGER_BUFFERS.iter().any(|b| name.ends_with(b)) => true,
             Dtype::F32 => data.par_chunks(1 << 16).all(|c| c.chunks_exact(4).all(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 != 0x7f80_0000)),
             Dtype::F16 => data.par_chunks(1 << 16).all(|c| c.chunks_exact(2).all(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 != 0x7c00)),
             Dtype::BF16 => data.par_chunks(1 << 16).all(|c| c.chunks_exact(2).all(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 != 0x7f80)),

@@ -18,6 +18,16 @@ use crate::solvers::SolverKind;
 pub use inputs::PipelineInputs;
 pub use stable_diffusion::StableDiffusion;
 
+/// SDXL's size conditioning (`add_time_ids`): what diffusers' `original_size`,
+/// `crops_coords_top_left` and `target_size` set; unset sizes are the image's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SizeConditioning {
+    pub original_size: Option<(usize, usize)>,
+    pub crops_coords_top_left: (usize, usize),
+    pub target_size: Option<(usize, usize)>,
+}
+
 /// The settings of one generation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerateOptions {
@@ -30,6 +40,9 @@ pub struct GenerateOptions {
     pub seed: u64,
     pub solver: SolverKind,
     pub acceleration: Acceleration,
+    /// SDXL's size conditioning (ignored by other models).
+    #[serde(default)]
+    pub size_conditioning: SizeConditioning,
 }
 
 /// What a prompt becomes before it is encoded.
@@ -77,13 +90,18 @@ pub trait Pipeline {
     /// An estimate of the memory (bytes) generating and decoding `batch` images of `opts`
     /// needs beyond the loaded weights, to refuse sizes that cannot fit before allocating.
     fn estimate_memory(&self, opts: &GenerateOptions, batch: usize) -> u128;
-    /// Conditioning for a batch of prompts and one negative prompt, as diffusers' `encode_prompt`.
-    fn encode_prompts(&mut self, prompts: &[String], negative_prompt: &str) -> Result<PipelineInputs>;
+    /// Conditioning for a batch of prompts and one negative prompt (None: the pipeline's
+    /// default, as diffusers' `negative_prompt=None`), as diffusers' `encode_prompt`;
+    /// `clip_skip` as diffusers applies it.
+    fn encode_prompts(&mut self, prompts: &[String], negative_prompt: Option<&str>, clip_skip: Option<usize>) -> Result<PipelineInputs>;
     /// Check `opts` against this model (size, step count, accelerator settings) without
     /// sampling, so a run can be refused before any output exists.
     fn validate(&self, opts: &GenerateOptions) -> Result<()>;
     /// Sample latents; `on_step(done, total)` after every step.
     fn generate(&mut self, inputs: &PipelineInputs, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<(Tensor, Trace)>;
+    /// The scheduler class the model ships (its `scheduler_config.json`), which the chosen
+    /// solver is built from.
+    fn scheduler_class(&self) -> Option<String>;
     /// Latents to an image tensor in [-1, 1], if the model has a decoder.
     fn decode(&self, latents: &Tensor) -> Result<Option<Tensor>>;
 }

@@ -1,9 +1,11 @@
-//! Stable Diffusion (1.x, 2.x, XL) from a diffusers folder: `unet/`, `scheduler/`, optional `vae/`,
-//! and optional `tokenizer/` + `text_encoder/`. Conditioning comes either from a prompt (where
-//! the folder's tokenizer is one we read: word-level, as the embedded default model's) or as
-//! precomputed embeddings named as diffusers names the pipeline arguments. A folder whose
-//! `model_index.json` lists no VAE (`"vae": [null, null]`) is a pixel-space model: the UNet
-//! denoises images directly and "decoding" is the identity.
+//! Stable Diffusion 1.x, 2.x and XL (diffusers' `StableDiffusionPipeline` and
+//! `StableDiffusionXLPipeline`) from a diffusers folder, a Hugging Face cache snapshot or a
+//! single-file checkpoint: `unet/`, `scheduler/`, optional `vae/`, and optional `tokenizer/` +
+//! `text_encoder/` (SDXL: and `tokenizer_2/` + `text_encoder_2/`). Conditioning comes from a
+//! prompt, encoded as diffusers' `encode_prompt` encodes it, or as precomputed embeddings named
+//! as diffusers names the pipeline arguments. A folder whose `model_index.json` lists no VAE
+//! (`"vae": [null, null]`) is a pixel-space model: the UNet denoises images directly and
+//! "decoding" is the identity.
 
 use std::path::Path;
 
@@ -16,7 +18,7 @@ use crate::models::{AutoencoderKl, ModelSource, UNet2DConditionModel};
 use crate::policy::acceleration::Family;
 use crate::sampling::{sample, Trace};
 use crate::solvers::{build_solver, scheduler_config_object, FlowTimesteps, Solver, SolverKind};
-use crate::text::{ClipTextEncoder, WordLevelTokenizer};
+use crate::text::{ClipTextEncoder, Tokenizer};
 
 /// Latents larger than this are refused before they are allocated (2^31 elements: 8 GiB in
 /// f32, some hundred times a 1024 px SDXL batch).
@@ -26,8 +28,11 @@ pub struct StableDiffusion {
     pub source: ModelSource,
     pub unet: UNet2DConditionModel,
     pub vae: Option<AutoencoderKl>,
-    /// Loaded on the first prompt (folders with only precomputed embeddings never need it).
-    text: Option<(WordLevelTokenizer, ClipTextEncoder)>,
+    /// Loaded on the first prompt (folders with only precomputed embeddings never need them):
+    /// one tokenizer and encoder, two for SDXL.
+    text: Option<Vec<(Tokenizer, ClipTextEncoder)>>,
+    /// SDXL: the negative embeddings of an absent negative prompt are zeros (model_index.json).
+    force_zeros_for_empty_prompt: bool,
     pub pixel_space: bool,
     scheduler_config: serde_json::Map<String, serde_json::Value>,
     device: Device,
@@ -46,30 +51,77 @@ impl StableDiffusion {
         let unet = UNet2DConditionModel::load_from(&source, "unet", dtype, device)?;
         const SCHEDULER: &str = "scheduler/scheduler_config.json";
         let scheduler_config = scheduler_config_object(source.read_json(SCHEDULER)?, &source.path(SCHEDULER))?;
-        let pixel_space = source.exists("model_index.json") && {
-            let index: serde_json::Value = source.read_json("model_index.json")?;
-            index.get("vae").is_some_and(|v| v.as_array().is_some_and(|a| a.iter().all(|x| x.is_null())))
+        let index: serde_json::Value = if source.exists("model_index.json") { source.read_json("model_index.json")? } else { serde_json::Value::Null };
+        let pixel_space = index.get("vae").is_some_and(|v| v.as_array().is_some_and(|a| a.iter().all(|x| x.is_null())));
+        let force_zeros_for_empty_prompt = index.get("force_zeros_for_empty_prompt").and_then(|v| v.as_bool()).unwrap_or(false);
+        let vae = if !pixel_space && source.exists("vae/config.json") {
+            // diffusers decodes in float32 when the VAE asks for it (SDXL's overflows in f16)
+            let config: crate::models::vae::AutoencoderKlConfig = source.read_json("vae/config.json")?;
+            let vae_dtype = if dtype != DType::F32 && config.force_upcast == Some(true) { DType::F32 } else { dtype };
+            Some(AutoencoderKl::load_from(&source, "vae", vae_dtype, device)?)
+        } else {
+            None
         };
-        let vae = if !pixel_space && source.exists("vae/config.json") { Some(AutoencoderKl::load_from(&source, "vae", dtype, device)?) } else { None };
-        Ok(Self { source, unet, vae, text: None, pixel_space, scheduler_config, device: device.clone(), dtype })
+        Ok(Self { source, unet, vae, text: None, force_zeros_for_empty_prompt, pixel_space, scheduler_config, device: device.clone(), dtype })
     }
 
-    fn text(&mut self) -> Result<&(WordLevelTokenizer, ClipTextEncoder)> {
+    /// The tokenizers and text encoders, loaded on first use.
+    fn text(&mut self) -> Result<&[(Tokenizer, ClipTextEncoder)]> {
         if self.text.is_none() {
             if !self.has_text() {
                 return Err(Error::file(self.source.path("text_encoder"), "this model has no text encoder: pass precomputed prompt_embeds instead of a prompt"));
             }
-            let tok = WordLevelTokenizer::load_from(&self.source, "tokenizer")?;
-            let enc = ClipTextEncoder::load_from(&self.source, "text_encoder", DType::F32, &self.device)?;
-            if tok.max_length > enc.config.max_position_embeddings {
-                return Err(Error::file(
-                    self.source.path("tokenizer/tokenizer_config.json"),
-                    format!("model_max_length {} is longer than the text encoder's {} positions", tok.max_length, enc.config.max_position_embeddings),
-                ));
+            let mut text = Vec::new();
+            for (tok_dir, enc_dir) in [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")] {
+                if !self.source.exists(&format!("{enc_dir}/config.json")) {
+                    continue;
+                }
+                let tok = Tokenizer::load_from(&self.source, tok_dir)?;
+                let enc = ClipTextEncoder::load_from(&self.source, enc_dir, DType::F32, &self.device)?;
+                if tok.max_length() > enc.config.max_position_embeddings {
+                    return Err(Error::file(
+                        self.source.path(&format!("{tok_dir}/tokenizer_config.json")),
+                        format!("model_max_length {} is longer than the text encoder's {} positions", tok.max_length(), enc.config.max_position_embeddings),
+                    ));
+                }
+                text.push((tok, enc));
             }
-            self.text = Some((tok, enc));
+            if self.unet.uses_text_time() && !text.get(1).is_some_and(|(_, e)| e.has_projection()) {
+                return Err(Error::file(self.source.path("text_encoder_2"), "an SDXL-style UNet needs text_encoder_2 with a text_projection (CLIPTextModelWithProjection) for its pooled embeddings"));
+            }
+            self.text = Some(text);
         }
-        Ok(self.text.as_ref().expect("loaded above"))
+        Ok(self.text.as_deref().expect("loaded above"))
+    }
+
+    /// `encode_prompt` of diffusers' SD and SDXL pipelines for `texts`: (prompt_embeds, pooled).
+    /// `clip_skip`: SD reads the output of `clip_skip` layers before the last through the final
+    /// layer norm; SDXL the output `clip_skip + 1` layers before the last without it
+    /// (penultimate by default), both encoders concatenated.
+    fn encode_texts(&mut self, texts: &[&str], clip_skip: Option<usize>) -> Result<(Tensor, Option<Tensor>)> {
+        let device = self.device.clone();
+        let sdxl = self.unet.uses_text_time();
+        let text = self.text()?;
+        let mut embeds = Vec::new();
+        let mut pooled = None;
+        for (tok, enc) in text {
+            let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t)).collect();
+            let out = enc.encode(&Tensor::new(ids, &device)?)?;
+            let n = out.hidden_states.len();
+            let pick = |back: usize| -> Result<&Tensor> {
+                out.hidden_states.get(n.checked_sub(1 + back).ok_or_else(|| Error::param("clip_skip", format!("{back} is more layers than the text encoder has ({})", n - 1)))?).ok_or_else(|| Error::internal("hidden state index"))
+            };
+            embeds.push(match (sdxl, clip_skip) {
+                (false, None) => out.last_hidden_state.clone(),
+                (false, Some(k)) => enc.final_layer_norm(pick(k)?)?,
+                (true, k) => pick(k.unwrap_or(0) + 1)?.clone(),
+            });
+            if enc.has_projection() {
+                pooled = Some(enc.project(&out.pooled)?);
+            }
+        }
+        let embeds = if embeds.len() == 1 { embeds.pop().expect("one") } else { Tensor::cat(&embeds, 2)? };
+        Ok((embeds, if sdxl { pooled } else { None }))
     }
 
     pub fn solver(&self, kind: SolverKind, steps: usize) -> Result<Box<dyn Solver>> {
@@ -102,12 +154,16 @@ impl StableDiffusion {
         };
         if self.unet.uses_text_time() {
             let pooled = inputs.pooled_prompt_embeds.as_ref().ok_or_else(|| Error::param("pooled_prompt_embeds", "required by this (SDXL-style) UNet"))?;
-            // diffusers' default add_time_ids: original size, crop (0, 0), target size
+            // diffusers' add_time_ids: original size, crop top-left, target size (image size by default)
             let ids = match &inputs.add_time_ids {
                 Some(t) => t.clone(),
                 None => {
-                    let (h, w) = (opts.height as f32, opts.width as f32);
-                    Tensor::new(&[h, w, 0.0, 0.0, h, w], &self.device)?.unsqueeze(0)?.repeat((batch, 1))?
+                    let sc = &opts.size_conditioning;
+                    let (oh, ow) = sc.original_size.unwrap_or((opts.height, opts.width));
+                    let (ct, cl) = sc.crops_coords_top_left;
+                    let (th, tw) = sc.target_size.unwrap_or((opts.height, opts.width));
+                    let v: Vec<f32> = [oh, ow, ct, cl, th, tw].iter().map(|&x| x as f32).collect();
+                    Tensor::new(v, &self.device)?.unsqueeze(0)?.repeat((batch, 1))?
                 }
             };
             cond = cond.with("text_embeds", pooled.clone()).with("time_ids", ids.clone());
@@ -180,9 +236,8 @@ impl Pipeline for StableDiffusion {
     }
 
     fn check_prompt(&mut self, prompt: &str) -> Result<PromptCheck> {
-        let tok = &self.text()?.0;
-        let (tokens, window) = tok.word_counts(prompt);
-        Ok(PromptCheck { unknown: tok.unknown_words(prompt), tokens, window })
+        let c = self.text()?[0].0.count(prompt);
+        Ok(PromptCheck { unknown: c.unknown, tokens: c.tokens, window: c.window })
     }
 
     fn estimate_memory(&self, opts: &GenerateOptions, batch: usize) -> u128 {
@@ -194,18 +249,21 @@ impl Pipeline for StableDiffusion {
         unet.max(decode)
     }
 
-    fn encode_prompts(&mut self, prompts: &[String], negative_prompt: &str) -> Result<PipelineInputs> {
+    fn encode_prompts(&mut self, prompts: &[String], negative_prompt: Option<&str>, clip_skip: Option<usize>) -> Result<PipelineInputs> {
         let dtype = self.dtype;
-        let device = self.device.clone();
-        let (tok, enc) = self.text()?;
-        let embed = |texts: Vec<&str>| -> Result<Tensor> {
-            let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t)).collect();
-            let ids = Tensor::new(ids, &device)?;
-            Ok(enc.forward(&ids)?.to_dtype(dtype)?)
+        let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let (pe, pooled) = self.encode_texts(&texts, clip_skip)?;
+        // diffusers encodes the negative prompt without clip_skip; SDXL zeroes an absent one
+        let (ne, npooled) = if negative_prompt.is_none() && self.force_zeros_for_empty_prompt {
+            (pe.zeros_like()?, pooled.as_ref().map(Tensor::zeros_like).transpose()?)
+        } else {
+            self.encode_texts(&vec![negative_prompt.unwrap_or(""); prompts.len()], None)?
         };
         Ok(PipelineInputs {
-            prompt_embeds: Some(embed(prompts.iter().map(String::as_str).collect())?),
-            negative_prompt_embeds: Some(embed(vec![negative_prompt; prompts.len()])?),
+            prompt_embeds: Some(pe.to_dtype(dtype)?),
+            negative_prompt_embeds: Some(ne.to_dtype(dtype)?),
+            pooled_prompt_embeds: pooled.map(|p| p.to_dtype(dtype)).transpose()?,
+            negative_pooled_prompt_embeds: npooled.map(|p| p.to_dtype(dtype)).transpose()?,
             ..Default::default()
         })
     }
@@ -230,12 +288,17 @@ impl Pipeline for StableDiffusion {
                 }
                 l.clone()
             }
-            None => Tensor::from_vec(crate::noise::normal_samples(shape.iter().product(), opts.seed), &shape[..], &self.device)?,
+            // torch's CPU generator, as diffusers' randn_tensor draws it for this seed
+            None => Tensor::from_vec(crate::torch_rng::TorchGenerator::new(opts.seed).randn(shape.iter().product()), &shape[..], &self.device)?,
         };
         let latents = noise.affine(solver.init_noise_sigma(), 0.0)?.to_dtype(self.dtype)?;
         let guided = Guided::new(&self.unet, cond, uncond, opts.guidance_scale)?;
         let mut policy = opts.acceleration.policy();
         sample(&guided, solver.as_mut(), policy.as_mut(), latents, on_step)
+    }
+
+    fn scheduler_class(&self) -> Option<String> {
+        self.scheduler_config.get("_class_name").and_then(|v| v.as_str()).map(str::to_owned)
     }
 
     fn decode(&self, latents: &Tensor) -> Result<Option<Tensor>> {

@@ -1,0 +1,573 @@
+//! Single-file checkpoints (`model.safetensors` as ComfyUI, A1111 and Forge users keep them):
+//! the original LDM / SGM layout of Stable Diffusion 1.x, 2.x and XL, read as a diffusers folder.
+//!
+//! Every tensor is renamed to diffusers' component layout as diffusers' `from_single_file`
+//! renames it (`docs/single-file.md`), lazily, straight from the memory-mapped file (a
+//! [`SimpleBackend`] per component), so nothing is copied or converted up front. The
+//! architecture of each component is read from the tensors' names and shapes; what the weights
+//! do not say (attention heads, `upcast_attention`, the scheduler, the VAE's scaling factor, the
+//! tokenizers) is the diffusers configuration of the family, which is recognised from the text
+//! encoders the file holds (more reliably than diffusers' own marker keys, which call a
+//! UNet-only SDXL file "v1").
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+
+/// The model families a single file can be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointFamily {
+    /// SD-1.x: OpenAI CLIP-L text encoder, epsilon prediction.
+    Sd1,
+    /// SD-2.x: OpenCLIP-H text encoder (its last layer dropped), v prediction (as diffusers
+    /// assumes for every SD-2 file).
+    Sd2,
+    /// SDXL base: CLIP-L and OpenCLIP-bigG with projection, `text_time` conditioning.
+    Sdxl,
+}
+
+const UNET: &str = "model.diffusion_model.";
+
+/// How a diffusers tensor is made from the file's.
+#[derive(Debug, Clone)]
+enum Source {
+    Same(String),
+    /// Rows `part`/`parts` of a fused tensor (OpenCLIP's in_proj into q, k, v).
+    Rows(String, usize, usize),
+    /// OpenCLIP's `text_projection` is used as x @ P; diffusers' Linear holds P^T.
+    Transpose(String),
+    /// A 1x1 convolution's weight [C, C, 1, 1] as a Linear's [C, C] (VAE attention).
+    Squeeze(String),
+}
+
+/// A component's tensors under diffusers names, read from the mapped file.
+struct Renamed {
+    file: Arc<MmapedSafetensors>,
+    path: PathBuf,
+    map: HashMap<String, Source>,
+}
+
+impl Renamed {
+    fn load(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let src = self.map.get(name).ok_or_else(|| candle_core::Error::Msg(format!("{}: no tensor for `{name}`", self.path.display())))?;
+        let t = match src {
+            Source::Same(k) => self.file.load(k, dev)?,
+            Source::Rows(k, part, parts) => {
+                let t = self.file.load(k, dev)?;
+                let n = t.dim(0)? / parts;
+                t.narrow(0, part * n, n)?.contiguous()?
+            }
+            Source::Transpose(k) => self.file.load(k, dev)?.t()?.contiguous()?,
+            Source::Squeeze(k) => {
+                let t = self.file.load(k, dev)?;
+                match t.rank() {
+                    4 => t.squeeze(3)?.squeeze(2)?,
+                    3 => t.squeeze(2)?,
+                    _ => t,
+                }
+            }
+        };
+        t.to_dtype(dtype)
+    }
+}
+
+impl SimpleBackend for Renamed {
+    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = self.load(name, dtype, dev)?;
+        if t.shape() != &s {
+            return Err(candle_core::Error::Msg(format!("{}: `{name}` has shape {:?}, expected {:?}", self.path.display(), t.dims(), s.dims())));
+        }
+        Ok(t)
+    }
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.load(name, dtype, dev)
+    }
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+}
+
+/// A single-file checkpoint, opened and mapped.
+pub struct Checkpoint {
+    pub path: PathBuf,
+    pub family: CheckpointFamily,
+    file: Arc<MmapedSafetensors>,
+    /// Per diffusers component: tensor name -> where it comes from.
+    maps: HashMap<String, HashMap<String, Source>>,
+    /// Per component: the shape of every tensor under its diffusers name.
+    shapes: HashMap<String, HashMap<String, Vec<usize>>>,
+    /// Synthesised diffusers files: `model_index.json`, `unet/config.json`, tokenizer files, ...
+    files: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint").field("path", &self.path).field("family", &self.family).finish()
+    }
+}
+
+fn resnet_tail(t: &str) -> String {
+    let mut t = t.to_owned();
+    for (a, b) in [
+        ("in_layers.0", "norm1"),
+        ("in_layers.2", "conv1"),
+        ("out_layers.0", "norm2"),
+        ("out_layers.3", "conv2"),
+        ("emb_layers.1", "time_emb_proj"),
+        ("skip_connection", "conv_shortcut"),
+    ] {
+        if let Some(rest) = t.strip_prefix(a) {
+            t = format!("{b}{rest}");
+        }
+    }
+    t
+}
+
+/// `a.{n}.rest` -> (n, rest).
+fn index_rest(s: &str) -> Option<(usize, &str)> {
+    let (n, rest) = s.split_once('.')?;
+    Some((n.parse().ok()?, rest))
+}
+
+impl Checkpoint {
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::file(path, "checkpoint file not found"));
+        }
+        if path.extension().is_some_and(|e| e == "ckpt" || e == "pt" || e == "bin") {
+            return Err(Error::file(path, "pickled PyTorch checkpoints are not read (they can run code); convert it to .safetensors"));
+        }
+        // SAFETY: read-only mapping of a model file, as every weights file is read.
+        let file = unsafe { MmapedSafetensors::new(path) }.map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
+        crate::models::weights::check_tensors(file.tensors(), path)?;
+        let shapes_of: HashMap<String, Vec<usize>> = file.tensors().into_iter().map(|(k, v)| (k, v.shape().to_vec())).collect();
+        let keys: BTreeSet<String> = shapes_of.keys().cloned().collect();
+        let has = |p: &str| keys.iter().any(|k| k.starts_with(p));
+        if !has(UNET) {
+            return Err(Error::file(path, "no `model.diffusion_model.*` tensors: not a Stable Diffusion (LDM / SGM) checkpoint"));
+        }
+        let context = keys
+            .iter()
+            .find(|k| k.starts_with(UNET) && k.ends_with("attn2.to_k.weight"))
+            .and_then(|k| shapes_of[k].get(1).copied());
+        let family = if has("conditioner.embedders.") {
+            CheckpointFamily::Sdxl
+        } else if has("cond_stage_model.model.") {
+            CheckpointFamily::Sd2
+        } else if has("cond_stage_model.transformer.") {
+            CheckpointFamily::Sd1
+        } else {
+            // no text encoder in the file: the cross-attention width tells
+            match context {
+                Some(768) => CheckpointFamily::Sd1,
+                Some(1024) => CheckpointFamily::Sd2,
+                Some(2048) => CheckpointFamily::Sdxl,
+                other => return Err(Error::file(path, format!("no text encoder and a cross-attention width of {other:?}: cannot tell SD-1, SD-2 or SDXL apart"))),
+            }
+        };
+        let mut maps: HashMap<String, HashMap<String, Source>> = HashMap::new();
+        let err = |m: String| Error::file(path, m);
+        maps.insert("unet".into(), unet_map(&keys, &shapes_of).map_err(err)?);
+        let vae_prefix = ["first_stage_model.", "vae."].into_iter().find(|p| has(p));
+        if let Some(p) = vae_prefix {
+            maps.insert("vae".into(), vae_map(&keys, p, &shapes_of).map_err(err)?);
+        }
+        match family {
+            CheckpointFamily::Sd1 if has("cond_stage_model.transformer.") => {
+                maps.insert("text_encoder".into(), clip_map(&keys, "cond_stage_model.transformer."));
+            }
+            CheckpointFamily::Sd2 if has("cond_stage_model.model.") => {
+                maps.insert("text_encoder".into(), openclip_map(&keys, "cond_stage_model.model.", true, &shapes_of).map_err(err)?);
+            }
+            CheckpointFamily::Sdxl => {
+                if has("conditioner.embedders.0.transformer.") {
+                    maps.insert("text_encoder".into(), clip_map(&keys, "conditioner.embedders.0.transformer."));
+                }
+                if has("conditioner.embedders.1.model.") {
+                    maps.insert("text_encoder_2".into(), openclip_map(&keys, "conditioner.embedders.1.model.", false, &shapes_of).map_err(err)?);
+                }
+            }
+            _ => {}
+        }
+        // the shape of each diffusers tensor, for config inference
+        let mut shapes: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
+        for (comp, map) in &maps {
+            let s = map
+                .iter()
+                .map(|(name, src)| {
+                    let shape = match src {
+                        Source::Same(k) => shapes_of[k].clone(),
+                        Source::Rows(k, _, parts) => {
+                            let mut v = shapes_of[k].clone();
+                            v[0] /= parts;
+                            v
+                        }
+                        Source::Transpose(k) => shapes_of[k].iter().rev().copied().collect(),
+                        Source::Squeeze(k) => shapes_of[k].iter().copied().take(2).collect(),
+                    };
+                    (name.clone(), shape)
+                })
+                .collect();
+            shapes.insert(comp.clone(), s);
+        }
+        let file = Arc::new(file);
+        let mut ck = Checkpoint { path: path.to_path_buf(), family, file, maps, shapes, files: HashMap::new() };
+        ck.files = ck.synthesise().map_err(err)?;
+        Ok(ck)
+    }
+
+    /// The diffusers files this checkpoint stands for (configs and tokenizer files).
+    pub fn file(&self, rel: &str) -> Option<&str> {
+        self.files.get(rel).map(String::as_str)
+    }
+
+    /// Whether the checkpoint provides `rel` (a file or a component folder).
+    pub fn exists(&self, rel: &str) -> bool {
+        self.files.contains_key(rel) || self.files.keys().any(|k| k.starts_with(&format!("{rel}/"))) || self.maps.contains_key(rel)
+    }
+
+    /// The weights of `component` under diffusers' names.
+    pub fn var_builder(&self, component: &str, dtype: DType, device: &Device) -> Result<candle_nn::VarBuilder<'static>> {
+        let map = self.maps.get(component).ok_or_else(|| Error::file(&self.path, format!("the checkpoint holds no {component}")))?;
+        let backend = Renamed { file: self.file.clone(), path: self.path.clone(), map: map.clone() };
+        Ok(candle_nn::VarBuilder::from_backend(Box::new(backend), dtype, device.clone()))
+    }
+
+    fn shape(&self, comp: &str, name: &str) -> std::result::Result<&[usize], String> {
+        self.shapes.get(comp).and_then(|s| s.get(name)).map(Vec::as_slice).ok_or_else(|| format!("the {comp} has no `{name}`"))
+    }
+
+    /// model_index.json, the component configs, the scheduler config and tokenizer files.
+    fn synthesise(&self) -> std::result::Result<HashMap<String, String>, String> {
+        let fam = self.family;
+        let mut files = HashMap::new();
+        let mut index = json!({"_class_name": if fam == CheckpointFamily::Sdxl { "StableDiffusionXLPipeline" } else { "StableDiffusionPipeline" },
+            "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", scheduler(fam)["_class_name"].clone()]});
+        files.insert("unet/config.json".into(), self.unet_config()?.to_string());
+        files.insert("scheduler/scheduler_config.json".into(), scheduler(fam).to_string());
+        if self.maps.contains_key("vae") {
+            files.insert("vae/config.json".into(), self.vae_config()?.to_string());
+            index["vae"] = json!(["diffusers", "AutoencoderKL"]);
+        }
+        for (comp, tok, pad) in [("text_encoder", "tokenizer", if fam == CheckpointFamily::Sd2 { "!" } else { "<|endoftext|>" }), ("text_encoder_2", "tokenizer_2", "!")] {
+            if self.maps.contains_key(comp) {
+                files.insert(format!("{comp}/config.json"), self.text_config(comp)?.to_string());
+                index[comp] = json!(["transformers", if comp == "text_encoder_2" { "CLIPTextModelWithProjection" } else { "CLIPTextModel" }]);
+                for (name, text) in crate::text::clip_vocab::tokenizer_files(pad) {
+                    files.insert(format!("{tok}/{name}"), text);
+                }
+                index[tok] = json!(["transformers", "CLIPTokenizer"]);
+            }
+        }
+        if fam == CheckpointFamily::Sdxl {
+            index["force_zeros_for_empty_prompt"] = json!(true);
+        }
+        files.insert("model_index.json".into(), index.to_string());
+        Ok(files)
+    }
+
+    fn unet_config(&self) -> std::result::Result<Value, String> {
+        let s = |n: &str| self.shape("unet", n);
+        let keys: Vec<&String> = self.maps["unet"].keys().collect();
+        let conv_in = s("conv_in.weight")?;
+        let levels = 1 + keys.iter().filter_map(|k| k.strip_prefix("down_blocks.").and_then(index_rest).map(|(n, _)| n)).max().ok_or("no down_blocks")?;
+        let lpb = 1 + keys
+            .iter()
+            .filter_map(|k| k.strip_prefix("down_blocks.0.resnets.").and_then(index_rest).map(|(n, _)| n))
+            .max()
+            .ok_or("no down_blocks.0.resnets")?;
+        let mut channels = Vec::new();
+        let mut cross = Vec::new();
+        let mut depth = Vec::new();
+        for b in 0..levels {
+            channels.push(s(&format!("down_blocks.{b}.resnets.0.conv2.weight"))?[0]);
+            let pre = format!("down_blocks.{b}.attentions.0.transformer_blocks.");
+            let d = keys.iter().filter_map(|k| k.strip_prefix(pre.as_str()).and_then(index_rest).map(|(n, _)| n + 1)).max();
+            cross.push(d.is_some());
+            depth.push(d.unwrap_or(1));
+        }
+        // the mid block's depth is the last level's in diffusers' model
+        let mid = keys.iter().filter_map(|k| k.strip_prefix("mid_block.attentions.0.transformer_blocks.").and_then(index_rest).map(|(n, _)| n + 1)).max().unwrap_or(1);
+        if let Some(last) = depth.last_mut() {
+            *last = mid;
+        }
+        let attn_key = keys.iter().find(|k| k.ends_with("attn2.to_k.weight")).ok_or("no cross-attention")?;
+        let context = s(attn_key)?[1];
+        let proj_in = keys.iter().find(|k| k.ends_with(".proj_in.weight")).ok_or("no proj_in")?;
+        let linear = s(proj_in)?.len() == 2;
+        // heads are not in the weights: SD-1 has 8 per level, the linear-projection families 64-wide heads
+        let heads: Vec<usize> = if linear { channels.iter().map(|c| (c / 64).max(1)).collect() } else { vec![8; levels] };
+        let down: Vec<&str> = cross.iter().map(|&c| if c { "CrossAttnDownBlock2D" } else { "DownBlock2D" }).collect();
+        let up: Vec<&str> = cross.iter().rev().map(|&c| if c { "CrossAttnUpBlock2D" } else { "UpBlock2D" }).collect();
+        let mut c = json!({
+            "_class_name": "UNet2DConditionModel",
+            "in_channels": conv_in[1], "out_channels": s("conv_out.weight")?[0],
+            "block_out_channels": channels, "layers_per_block": lpb,
+            "down_block_types": down, "up_block_types": up,
+            "transformer_layers_per_block": depth, "attention_head_dim": heads,
+            "cross_attention_dim": context, "use_linear_projection": linear,
+            "upcast_attention": self.family == CheckpointFamily::Sd2,
+            "norm_num_groups": 32,
+            "sample_size": match self.family { CheckpointFamily::Sd1 => 64, CheckpointFamily::Sd2 => 96, CheckpointFamily::Sdxl => 128 },
+        });
+        if let Ok(w) = s("add_embedding.linear_1.weight") {
+            c["addition_embed_type"] = json!("text_time");
+            c["addition_time_embed_dim"] = json!(256);
+            c["projection_class_embeddings_input_dim"] = json!(w[1]);
+        }
+        Ok(c)
+    }
+
+    fn vae_config(&self) -> std::result::Result<Value, String> {
+        let s = |n: &str| self.shape("vae", n);
+        let keys: Vec<&String> = self.maps["vae"].keys().collect();
+        let levels = 1 + keys.iter().filter_map(|k| k.strip_prefix("encoder.down_blocks.").and_then(index_rest).map(|(n, _)| n)).max().ok_or("no encoder.down_blocks")?;
+        let lpb = 1 + keys
+            .iter()
+            .filter_map(|k| k.strip_prefix("encoder.down_blocks.0.resnets.").and_then(index_rest).map(|(n, _)| n))
+            .max()
+            .ok_or("no encoder resnets")?;
+        let channels: Vec<usize> = (0..levels).map(|i| s(&format!("encoder.down_blocks.{i}.resnets.0.conv2.weight")).map(|v| v[0])).collect::<std::result::Result<_, _>>()?;
+        let xl = self.family == CheckpointFamily::Sdxl;
+        Ok(json!({
+            "_class_name": "AutoencoderKL",
+            "in_channels": s("encoder.conv_in.weight")?[1], "out_channels": s("decoder.conv_out.weight")?[0],
+            "block_out_channels": channels, "layers_per_block": lpb,
+            "latent_channels": s("post_quant_conv.weight").map(|v| v[0]).or_else(|_| s("decoder.conv_in.weight").map(|v| v[1]))?,
+            "norm_num_groups": 32,
+            "scaling_factor": if xl { 0.13025 } else { 0.18215 },
+            "force_upcast": xl,
+            "use_quant_conv": self.maps["vae"].contains_key("quant_conv.weight"),
+            "use_post_quant_conv": self.maps["vae"].contains_key("post_quant_conv.weight"),
+        }))
+    }
+
+    fn text_config(&self, comp: &str) -> std::result::Result<Value, String> {
+        let s = |n: &str| self.shape(comp, n);
+        let keys: Vec<&String> = self.maps[comp].keys().collect();
+        let tok = s("text_model.embeddings.token_embedding.weight")?;
+        let layers = keys.iter().filter_map(|k| k.strip_prefix("text_model.encoder.layers.").and_then(index_rest).map(|(n, _)| n + 1)).max().ok_or("no encoder layers")?;
+        let openai = comp == "text_encoder" && self.family != CheckpointFamily::Sd2;
+        let mut c = json!({
+            "vocab_size": tok[0], "hidden_size": tok[1],
+            "intermediate_size": s("text_model.encoder.layers.0.mlp.fc1.weight")?[0],
+            "num_hidden_layers": layers, "num_attention_heads": (tok[1] / 64).max(1),
+            "max_position_embeddings": s("text_model.embeddings.position_embedding.weight")?[0],
+            "hidden_act": if openai { "quick_gelu" } else { "gelu" },
+            "layer_norm_eps": 1e-5, "eos_token_id": 2,
+        });
+        if let Ok(p) = s("text_projection.weight") {
+            c["projection_dim"] = json!(p[0]);
+        }
+        Ok(c)
+    }
+}
+
+/// The scheduler configuration each family ships (diffusers' repos for SD-1.5, SD-2.1, SDXL).
+fn scheduler(fam: CheckpointFamily) -> Value {
+    let common = json!({"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "steps_offset": 1, "set_alpha_to_one": false, "clip_sample": false, "trained_betas": null});
+    let mut c = common;
+    match fam {
+        CheckpointFamily::Sd1 => {
+            c["_class_name"] = json!("PNDMScheduler");
+            c["skip_prk_steps"] = json!(true);
+            c["prediction_type"] = json!("epsilon");
+        }
+        CheckpointFamily::Sd2 => {
+            c["_class_name"] = json!("DDIMScheduler");
+            c["prediction_type"] = json!("v_prediction");
+        }
+        CheckpointFamily::Sdxl => {
+            c["_class_name"] = json!("EulerDiscreteScheduler");
+            c["prediction_type"] = json!("epsilon");
+            c["timestep_spacing"] = json!("leading");
+            c["interpolation_type"] = json!("linear");
+            c["use_karras_sigmas"] = json!(false);
+        }
+    }
+    c
+}
+
+/// `model.diffusion_model.*` -> diffusers' UNet names (names only; no tensor changes shape).
+fn unet_map(keys: &BTreeSet<String>, shapes: &HashMap<String, Vec<usize>>) -> std::result::Result<HashMap<String, Source>, String> {
+    let body: Vec<&str> = keys.iter().filter_map(|k| k.strip_prefix(UNET)).collect();
+    let n_in = 1 + body.iter().filter_map(|k| k.strip_prefix("input_blocks.").and_then(index_rest).map(|(n, _)| n)).max().ok_or("no input_blocks")?;
+    let ops: Vec<usize> = body.iter().filter(|k| k.contains(".0.op.weight")).filter_map(|k| k.strip_prefix("input_blocks.").and_then(index_rest).map(|(n, _)| n)).collect();
+    let levels = ops.len() + 1;
+    if n_in % levels != 0 || n_in / levels < 2 {
+        return Err(format!("{n_in} input blocks do not split into {levels} levels"));
+    }
+    let s = n_in / levels; // layers per level + 1 (the downsampler's slot)
+    let lpb = s - 1;
+    let mut map = HashMap::new();
+    for (full, k) in keys.iter().filter_map(|k| Some((k, k.strip_prefix(UNET)?))) {
+        let top = [
+            ("time_embed.0.", "time_embedding.linear_1."),
+            ("time_embed.2.", "time_embedding.linear_2."),
+            ("input_blocks.0.0.", "conv_in."),
+            ("out.0.", "conv_norm_out."),
+            ("out.2.", "conv_out."),
+            ("label_emb.0.0.", "add_embedding.linear_1."),
+            ("label_emb.0.2.", "add_embedding.linear_2."),
+        ];
+        let name = if let Some((a, b)) = top.iter().find(|(a, _)| k.starts_with(a)) {
+            Some(format!("{b}{}", &k[a.len()..]))
+        } else if let Some((i, rest)) = k.strip_prefix("input_blocks.").and_then(index_rest) {
+            let (b, j) = ((i - 1) / s, (i - 1) % s);
+            match index_rest(rest) {
+                Some((0, t)) if j < lpb => Some(format!("down_blocks.{b}.resnets.{j}.{}", resnet_tail(t))),
+                Some((1, t)) if j < lpb => Some(format!("down_blocks.{b}.attentions.{j}.{t}")),
+                Some((0, t)) => t.strip_prefix("op.").map(|t| format!("down_blocks.{b}.downsamplers.0.conv.{t}")),
+                _ => None,
+            }
+        } else if let Some((i, t)) = k.strip_prefix("middle_block.").and_then(index_rest) {
+            match i {
+                0 => Some(format!("mid_block.resnets.0.{}", resnet_tail(t))),
+                1 => Some(format!("mid_block.attentions.0.{t}")),
+                2 => Some(format!("mid_block.resnets.1.{}", resnet_tail(t))),
+                _ => None,
+            }
+        } else if let Some((i, rest)) = k.strip_prefix("output_blocks.").and_then(index_rest) {
+            let (b, j) = (i / s, i % s);
+            match index_rest(rest) {
+                Some((0, t)) => Some(format!("up_blocks.{b}.resnets.{j}.{}", resnet_tail(t))),
+                Some((1, t)) if t.starts_with("conv.") => Some(format!("up_blocks.{b}.upsamplers.0.{t}")),
+                Some((1, t)) => Some(format!("up_blocks.{b}.attentions.{j}.{t}")),
+                Some((2, t)) if t.starts_with("conv.") => Some(format!("up_blocks.{b}.upsamplers.0.{t}")),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if let Some(n) = name {
+            map.insert(n, Source::Same(full.clone()));
+        }
+    }
+    let _ = shapes;
+    Ok(map)
+}
+
+/// `first_stage_model.*` -> diffusers' AutoencoderKL names.
+fn vae_map(keys: &BTreeSet<String>, prefix: &str, shapes: &HashMap<String, Vec<usize>>) -> std::result::Result<HashMap<String, Source>, String> {
+    let body: Vec<(&String, &str)> = keys.iter().filter_map(|k| Some((k, k.strip_prefix(prefix)?))).collect();
+    let levels = 1 + body.iter().filter_map(|(_, k)| k.strip_prefix("encoder.down.").and_then(index_rest).map(|(n, _)| n)).max().ok_or("no encoder.down")?;
+    let mut map = HashMap::new();
+    for (full, k) in body {
+        let mut squeeze = false;
+        let (side, rest) = match k.split_once('.') {
+            Some((s @ ("encoder" | "decoder"), r)) => (s, r),
+            _ => {
+                if k.starts_with("quant_conv.") || k.starts_with("post_quant_conv.") {
+                    map.insert(k.to_owned(), Source::Same(full.clone()));
+                }
+                continue;
+            }
+        };
+        let tail = |t: &str| t.replacen("nin_shortcut", "conv_shortcut", 1);
+        let name = if let Some(t) = rest.strip_prefix("norm_out.") {
+            Some(format!("conv_norm_out.{t}"))
+        } else if rest.starts_with("conv_in.") || rest.starts_with("conv_out.") {
+            Some(rest.to_owned())
+        } else if let Some((i, r)) = rest.strip_prefix("down.").and_then(index_rest) {
+            if let Some((j, t)) = r.strip_prefix("block.").and_then(index_rest) {
+                Some(format!("down_blocks.{i}.resnets.{j}.{}", tail(t)))
+            } else {
+                r.strip_prefix("downsample.conv.").map(|t| format!("down_blocks.{i}.downsamplers.0.conv.{t}"))
+            }
+        } else if let Some((u, r)) = rest.strip_prefix("up.").and_then(index_rest) {
+            let i = levels.checked_sub(1 + u).ok_or_else(|| format!("decoder level {u} beyond the encoder's {levels}"))?;
+            if let Some((j, t)) = r.strip_prefix("block.").and_then(index_rest) {
+                Some(format!("up_blocks.{i}.resnets.{j}.{}", tail(t)))
+            } else {
+                r.strip_prefix("upsample.conv.").map(|t| format!("up_blocks.{i}.upsamplers.0.conv.{t}"))
+            }
+        } else if let Some(t) = rest.strip_prefix("mid.block_1.") {
+            Some(format!("mid_block.resnets.0.{}", tail(t)))
+        } else if let Some(t) = rest.strip_prefix("mid.block_2.") {
+            Some(format!("mid_block.resnets.1.{}", tail(t)))
+        } else if let Some(t) = rest.strip_prefix("mid.attn_1.") {
+            let (part, p) = t.split_once('.').unwrap_or((t, ""));
+            squeeze = part != "norm";
+            let to = match part {
+                "norm" => "group_norm",
+                "q" => "to_q",
+                "k" => "to_k",
+                "v" => "to_v",
+                "proj_out" => "to_out.0",
+                _ => "",
+            };
+            (!to.is_empty()).then(|| format!("mid_block.attentions.0.{to}.{p}"))
+        } else {
+            None
+        };
+        if let Some(n) = name {
+            let src = if squeeze && shapes[full].len() > 2 { Source::Squeeze(full.clone()) } else { Source::Same(full.clone()) };
+            map.insert(format!("{side}.{n}"), src);
+        }
+    }
+    Ok(map)
+}
+
+/// OpenAI CLIP (already named as transformers names it): the prefix stripped.
+fn clip_map(keys: &BTreeSet<String>, prefix: &str) -> HashMap<String, Source> {
+    keys.iter()
+        .filter_map(|k| Some((k, k.strip_prefix(prefix)?)))
+        .filter(|(_, k)| !k.ends_with("position_ids"))
+        .map(|(full, k)| (k.to_owned(), Source::Same(full.clone())))
+        .collect()
+}
+
+/// OpenCLIP -> transformers' CLIP names; `drop_last`: SD-2 reads the penultimate layer, which
+/// diffusers' 23-layer text encoder gives as its last (and SD-2 has no projection).
+fn openclip_map(keys: &BTreeSet<String>, prefix: &str, drop_last: bool, shapes: &HashMap<String, Vec<usize>>) -> std::result::Result<HashMap<String, Source>, String> {
+    let body: Vec<(&String, &str)> = keys.iter().filter_map(|k| Some((k, k.strip_prefix(prefix)?))).collect();
+    let layers = 1 + body.iter().filter_map(|(_, k)| k.strip_prefix("transformer.resblocks.").and_then(index_rest).map(|(n, _)| n)).max().ok_or("no OpenCLIP resblocks")?;
+    let keep = if drop_last { layers - 1 } else { layers };
+    let mut map = HashMap::new();
+    for (full, k) in body {
+        let same = |n: &str| (n.to_owned(), Source::Same(full.clone()));
+        let entries: Vec<(String, Source)> = match k {
+            "token_embedding.weight" => vec![same("text_model.embeddings.token_embedding.weight")],
+            "positional_embedding" => vec![same("text_model.embeddings.position_embedding.weight")],
+            "ln_final.weight" => vec![same("text_model.final_layer_norm.weight")],
+            "ln_final.bias" => vec![same("text_model.final_layer_norm.bias")],
+            "text_projection" if !drop_last => {
+                if shapes[full].len() != 2 {
+                    return Err(format!("`{full}` should be a matrix"));
+                }
+                vec![("text_projection.weight".to_owned(), Source::Transpose(full.clone()))]
+            }
+            _ => match k.strip_prefix("transformer.resblocks.").and_then(index_rest) {
+                Some((n, _)) if n >= keep => vec![],
+                Some((n, t)) => {
+                    let l = format!("text_model.encoder.layers.{n}");
+                    match t {
+                        "attn.in_proj_weight" | "attn.in_proj_bias" => {
+                            let kind = if t.ends_with("weight") { "weight" } else { "bias" };
+                            ["q", "k", "v"].iter().enumerate().map(|(p, x)| (format!("{l}.self_attn.{x}_proj.{kind}"), Source::Rows(full.clone(), p, 3))).collect()
+                        }
+                        _ => {
+                            let renamed = t
+                                .replacen("attn.out_proj", "self_attn.out_proj", 1)
+                                .replacen("ln_1", "layer_norm1", 1)
+                                .replacen("ln_2", "layer_norm2", 1)
+                                .replacen("mlp.c_fc", "mlp.fc1", 1)
+                                .replacen("mlp.c_proj", "mlp.fc2", 1);
+                            vec![(format!("{l}.{renamed}"), Source::Same(full.clone()))]
+                        }
+                    }
+                }
+                None => vec![],
+            },
+        };
+        map.extend(entries);
+    }
+    Ok(map)
+}
