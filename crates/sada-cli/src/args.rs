@@ -148,7 +148,11 @@ pub fn load_model(args: &ModelArgs, dtype: DType, device: &Device) -> anyhow::Re
         ModelSource::SingleFile(std::sync::Arc::new(Checkpoint::open(path)?))
     } else if hub::is_repo_id(model) && !model.starts_with('.') {
         let opts = HubOptions { revision: args.revision.clone(), offline: args.offline };
-        ModelSource::Dir(hub::resolve(model, &opts, &repo_files)?)
+        let snapshot = hub::resolve(model, &opts, &repo_files)?;
+        // a cached snapshot can lack files (an interrupted download): name the id, not only the path
+        let pipe = StableDiffusion::load_from(ModelSource::Dir(snapshot), dtype, device).with_context(|| format!("--model {model} (revision {})", opts.revision()))?;
+        let guidance = pipe.default_guidance();
+        return Ok((Box::new(pipe), model.to_owned(), guidance));
     } else {
         bail!("--model {model}: no such folder or file, and not a Hugging Face id (org/name)");
     };
