@@ -139,7 +139,10 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     if args.compare && args.output_type != OutputType::Pil {
         bail!("--compare writes images side by side; it needs --output-type pil");
     }
+    let load_start = Instant::now();
     let (mut pipe, model_name, default_guidance) = load_model(&args.model, dtype, &device)?;
+    let mut load_s = load_start.elapsed().as_secs_f64();
+    let mut text_s = 0.0;
     let solver = args.solver.unwrap_or_else(|| SolverArg::default_for(pipe.family())).for_family(pipe.family())?;
     let acceleration = args.accel.acceleration(pipe.family(), args.seed)?;
     if args.compare && acceleration.is_baseline() {
@@ -147,8 +150,14 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     }
     let inputs = match (&args.prompt, &args.inputs) {
         (Some(prompt), _) => {
+            // the tokenizers and text encoders load on the first prompt: load time, not encoding time
+            let start = Instant::now();
             report_prompt(pipe.as_mut(), &model_name, &[("--prompt", prompt), ("--negative-prompt", args.negative_prompt.as_deref().unwrap_or(""))])?;
-            pipe.encode_prompts(std::slice::from_ref(prompt), args.negative_prompt.as_deref(), args.clip_skip)?
+            load_s += start.elapsed().as_secs_f64();
+            let start = Instant::now();
+            let encoded = pipe.encode_prompts(std::slice::from_ref(prompt), args.negative_prompt.as_deref(), args.clip_skip)?;
+            text_s = start.elapsed().as_secs_f64();
+            encoded
         }
         (None, Some(path)) => PipelineInputs::load(path, &device)?,
         (None, None) => bail!("give --prompt TEXT (or --inputs FILE.safetensors with precomputed prompt_embeds)"),
@@ -208,13 +217,16 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         "evaluations": trace.evaluations,
         "compare": args.compare,
     });
+    let mut decode_s = 0.0;
     match args.output_type {
         OutputType::Latent => {
             let latents = HashMap::from([("latents".to_string(), latents.to_dtype(DType::F32)?)]);
             replace_atomically(&args.output, |tmp| Ok(candle_core::safetensors::save(&latents, tmp)?))?;
         }
         OutputType::Pil => {
+            let start = Instant::now();
             let image = to_rgb(&pipe.decode(&latents)?.context("no VAE")?)?;
+            decode_s = start.elapsed().as_secs_f64();
             let (out, settings) = match &baseline {
                 Some((base_latents, base_trace, base_s)) => {
                     let base = to_rgb(&pipe.decode(base_latents)?.context("no VAE")?)?;
@@ -253,7 +265,16 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         sample_s,
         args.output.display()
     );
+    let peak = peak_memory_gib().map(|g| format!(", peak memory {g:.2} GiB")).unwrap_or_default();
+    println!("time: loading {load_s:.2} s, text encoding {text_s:.2} s, sampling {sample_s:.2} s, decoding {decode_s:.2} s{peak}");
     Ok(())
+}
+
+/// The process's peak resident memory (Linux `VmHWM`), where the system reports it.
+fn peak_memory_gib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib / (1024.0 * 1024.0))
 }
 
 fn parse_pair(s: &str) -> std::result::Result<(usize, usize), String> {

@@ -8,29 +8,12 @@ use std::process::Command;
 
 use candle_core::{Device, Tensor};
 
+#[path = "../../sada/tests/common/sd_fixture.rs"]
+mod sd_fixture;
+use sd_fixture::{fixtures, sd_folder};
+
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const ID: &str = "tiny-org/sd2-tiny";
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn fixtures() -> PathBuf {
-    repo_root().join("tests/fixtures/sd")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
-}
 
 /// A Hugging Face cache holding the SD-2-shaped fixture as `ID` at `COMMIT` (refs/main), with
 /// the CLIP vocabulary the fixture leaves out.
@@ -38,10 +21,7 @@ fn hub_cache(tmp: &Path) -> PathBuf {
     let cache = tmp.join("hub");
     let repo = cache.join(format!("models--{}", ID.replace('/', "--")));
     let snap = repo.join("snapshots").join(COMMIT);
-    copy_dir(&fixtures().join("sd2"), &snap);
-    for f in ["vocab.json", "merges.txt"] {
-        std::fs::copy(repo_root().join("crates/sada/assets/clip").join(f), snap.join("tokenizer").join(f)).unwrap();
-    }
+    sd_folder("sd2", &snap);
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), COMMIT).unwrap();
     cache

@@ -7,7 +7,6 @@
 //! magnitude, decoded images 1/255.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
@@ -17,41 +16,16 @@ use sada::pipelines::{GenerateOptions, Pipeline, PipelineInputs, StableDiffusion
 use sada::policy::acceleration::Family;
 use sada::policy::Acceleration;
 use sada::solvers::SolverKind;
-use sada::text::clip_vocab::tokenizer_files;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/sd")
-}
+#[path = "common/sd_fixture.rs"]
+mod sd_fixture;
+use sd_fixture::{fixtures, sd_folder};
 
-/// A copy of a fixture folder with its tokenizers completed by the embedded CLIP vocabulary
-/// (the fixtures leave out vocab.json / merges.txt; the pad token stays the folder's own).
+/// A complete copy of fixture pipeline `fam`.
 fn folder(fam: &str) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
-    copy_dir(&fixtures().join(fam), tmp.path());
-    for tok in ["tokenizer", "tokenizer_2"] {
-        let dir = tmp.path().join(tok);
-        if dir.is_dir() {
-            for (name, text) in tokenizer_files("unused") {
-                if name == "vocab.json" || name == "merges.txt" {
-                    std::fs::write(dir.join(name), text).unwrap();
-                }
-            }
-        }
-    }
+    sd_folder(fam, tmp.path());
     tmp
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
 }
 
 fn expected(fam: &str) -> HashMap<String, Tensor> {

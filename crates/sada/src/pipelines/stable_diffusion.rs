@@ -133,7 +133,7 @@ impl StableDiffusion {
     }
 
     fn conditioning(&self, inputs: &PipelineInputs, opts: &GenerateOptions) -> Result<(Conditioning, Option<Conditioning>, usize)> {
-        let pe = inputs.prompt_embeds.as_ref().ok_or_else(|| Error::param("prompt_embeds", "required (this model folder has no text encoder support yet)"))?;
+        let pe = inputs.prompt_embeds.as_ref().ok_or_else(|| Error::param("prompt_embeds", "required: give a prompt, or prompt_embeds among the precomputed inputs"))?;
         let d = self.unet.cross_attention_dim();
         if pe.rank() != 3 || pe.dim(2)? != d {
             return Err(Error::Shape { what: "prompt_embeds".into(), expected: format!("[batch, tokens, {d}]"), got: format!("{:?}", pe.dims()) });
