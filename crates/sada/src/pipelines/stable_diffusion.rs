@@ -109,7 +109,7 @@ impl StableDiffusion {
             let out = enc.encode(&Tensor::new(ids, &device)?)?;
             let n = out.hidden_states.len();
             let pick = |back: usize| -> Result<&Tensor> {
-                out.hidden_states.get(n.checked_sub(1 + back).ok_or_else(|| Error::param("clip_skip", format!("{back} is more layers than the text encoder has ({})", n - 1)))?).ok_or_else(|| Error::internal("hidden state index"))
+                out.hidden_states.get(n.checked_sub(1 + back).ok_or_else(|| Error::param("clip_skip", format!("{} skips more layers than the text encoder has ({})", clip_skip.unwrap_or(0), n - 1)))?).ok_or_else(|| Error::internal("hidden state index"))
             };
             embeds.push(match (sdxl, clip_skip) {
                 (false, None) => out.last_hidden_state.clone(),
