@@ -27,7 +27,7 @@ fn generate_from_a_prompt_writes_a_png_with_its_settings_and_is_deterministic() 
     let prompt = "a red circle on a blue background";
     let (ok, stdout, err) = sada(&["generate", "--prompt", prompt, "--output", a.to_str().unwrap()]);
     assert!(ok, "{err}");
-    assert!(stdout.starts_with("SADA: ") && stdout.contains("evaluations for 50 steps [full"), "{stdout}");
+    assert!(stdout.starts_with("SADA: ") && stdout.contains(" evaluations") && stdout.contains("for 50 steps [full"), "{stdout}");
     assert_eq!(png_size(&a), (32, 32));
     let text = String::from_utf8_lossy(&std::fs::read(&a).unwrap()).into_owned();
     assert!(text.contains("parameters") && text.contains(prompt) && text.contains("sada-shapes-32"), "settings missing from PNG");
