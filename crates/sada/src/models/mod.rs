@@ -5,6 +5,7 @@
 //! calling side decides what runs there (see `denoiser::ForwardContext`).
 
 pub mod hub;
+pub mod kernels;
 pub mod layers;
 pub mod single_file;
 pub mod source;

@@ -1,7 +1,10 @@
 //! Multi-head attention (diffusers' `Attention` with the default processor), self or cross.
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{linear, linear_no_bias, Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::models::kernels;
+use crate::models::layers::linear::{linear, linear_no_bias, Linear};
 
 pub struct Attention {
     to_q: Linear,
@@ -39,18 +42,26 @@ impl Attention {
 
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let context = context.unwrap_or(x);
-        let q = self.split_heads(&self.to_q.forward(x)?)?;
-        let k = self.split_heads(&self.to_k.forward(context)?)?;
-        let v = self.split_heads(&self.to_v.forward(context)?)?;
-        let out = scaled_dot_product_attention(&q, &k, &v, self.scale)?;
-        let (b, h, n, d) = out.dims4()?;
-        let out = out.transpose(1, 2)?.reshape((b, n, h * d))?;
+        let (q, k, v) = (self.to_q.forward(x)?, self.to_k.forward(context)?, self.to_v.forward(context)?);
+        let _s = tracing::trace_span!("sdpa").entered();
+        let out = if q.device().is_cpu() {
+            // f32 throughout, as the unfused path computes it
+            let f = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
+            kernels::attention::attention(&f(&q)?, &f(&k)?, &f(&v)?, self.heads, self.scale as f32)?.to_dtype(q.dtype())?
+        } else {
+            let (q, k, v) = (self.split_heads(&q)?, self.split_heads(&k)?, self.split_heads(&v)?);
+            let out = scaled_dot_product_attention(&q, &k, &v, self.scale)?;
+            let (b, h, n, d) = out.dims4()?;
+            out.transpose(1, 2)?.reshape((b, n, h * d))?
+        };
+        drop(_s);
         self.to_out.forward(&out)
     }
 }
 
-/// softmax(q k^T * scale) v over [B, H, N, D] tensors, in float32 (diffusers' upcast_attention
-/// is therefore always on), processed in query chunks so the score matrix stays bounded.
+/// softmax(q k^T * scale) v over [B, H, N, D] tensors, in float32 (the unfused form: other devices, and
+/// the reference the fused CPU kernel is tested against; diffusers' upcast_attention is
+/// therefore always on), processed in query chunks so the score matrix stays bounded.
 pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
     let dtype = q.dtype();
     // scaling q (N x D) instead of the scores (N x N) saves a pass over the largest tensor

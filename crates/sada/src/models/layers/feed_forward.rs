@@ -1,7 +1,9 @@
 //! The transformer blocks' feed-forward network.
 
-use candle_core::{Module, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_core::{DType, Module, Tensor};
+use candle_nn::VarBuilder;
+
+use super::linear::{linear, Linear};
 
 /// GEGLU feed-forward (`FeedForward` with activation `geglu`). The input projection's two
 /// halves (value and gate) are held as separate matrices, so each product comes out contiguous
@@ -15,16 +17,21 @@ pub struct FeedForward {
 impl FeedForward {
     pub fn new(vb: VarBuilder, dim: usize) -> candle_core::Result<Self> {
         let inner = dim * 4;
-        let proj = linear(dim, inner * 2, vb.pp("net.0.proj"))?;
+        let proj = candle_nn::linear(dim, inner * 2, vb.pp("net.0.proj"))?;
         let (w, b) = (proj.weight(), proj.bias().expect("linear() has a bias"));
         let half = |i: usize| -> candle_core::Result<Linear> {
-            Ok(Linear::new(w.narrow(0, i * inner, inner)?.contiguous()?, Some(b.narrow(0, i * inner, inner)?.contiguous()?)))
+            Linear::new(w.narrow(0, i * inner, inner)?.contiguous()?, Some(b.narrow(0, i * inner, inner)?.contiguous()?))
         };
         Ok(Self { value: half(0)?, gate: half(1)?, out: linear(inner, dim, vb.pp("net.2"))? })
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = (self.value.forward(x)? * self.gate.forward(x)?.gelu_erf()?)?;
+        let (value, gate) = (self.value.forward(x)?, self.gate.forward(x)?);
+        let h = if value.device().is_cpu() && value.dtype() == DType::F32 {
+            crate::models::kernels::dense::geglu(&value.contiguous()?, &gate.contiguous()?)?
+        } else {
+            (value * gate.gelu_erf()?)?
+        };
         self.out.forward(&h)
     }
 }

@@ -1,7 +1,9 @@
 //! Convolutional blocks: `ResnetBlock2D`, `Downsample2D`, `Upsample2D` (UNet and autoencoder).
 
 use candle_core::{Module, Tensor};
-use candle_nn::{group_norm, linear, GroupNorm, Linear, VarBuilder};
+use candle_nn::{group_norm, GroupNorm, VarBuilder};
+
+use super::linear::{linear, Linear};
 
 pub use super::conv::{conv2d, Conv};
 

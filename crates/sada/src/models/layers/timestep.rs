@@ -1,7 +1,9 @@
 //! Timestep embeddings: diffusers' sinusoidal `get_timestep_embedding` and `TimestepEmbedding`.
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use super::linear::{linear, Linear};
 
 /// diffusers' `get_timestep_embedding` (sinusoidal, max_period 10000).
 pub fn timestep_embedding(timesteps: &Tensor, dim: usize, flip_sin_to_cos: bool, freq_shift: f64) -> candle_core::Result<Tensor> {

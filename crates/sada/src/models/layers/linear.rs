@@ -1,0 +1,109 @@
+//! Linear layers with diffusers' key names (`weight` [out, in], `bias` [out]). Frozen f32 CPU
+//! weights run through the fused GEMM in `kernels::dense` (the weight transposed once at load);
+//! trainable weights and other devices use candle's `Linear`, which records the backward graph.
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::models::kernels::dense;
+
+#[derive(Clone)]
+pub enum Linear {
+    /// `[in, out]` (transposed once at load; the original is not kept) and the bias (zeros when
+    /// there is none).
+    Fused { wt: Tensor, bias: Tensor, has_bias: bool },
+    Candle(candle_nn::Linear),
+}
+
+pub fn linear(cin: usize, cout: usize, vb: VarBuilder) -> candle_core::Result<Linear> {
+    Linear::from_candle(candle_nn::linear(cin, cout, vb)?)
+}
+
+pub fn linear_no_bias(cin: usize, cout: usize, vb: VarBuilder) -> candle_core::Result<Linear> {
+    Linear::from_candle(candle_nn::linear_no_bias(cin, cout, vb)?)
+}
+
+impl Linear {
+    /// Wrap a weight [out, in] and optional bias [out].
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> candle_core::Result<Self> {
+        Self::from_candle(candle_nn::Linear::new(weight, bias))
+    }
+
+    fn from_candle(inner: candle_nn::Linear) -> candle_core::Result<Self> {
+        let w = inner.weight();
+        if !(matches!(w.device(), Device::Cpu) && w.dtype() == DType::F32 && !w.is_variable()) {
+            return Ok(Self::Candle(inner));
+        }
+        let wt = w.t()?.contiguous()?;
+        let (bias, has_bias) = match inner.bias() {
+            Some(b) => (b.contiguous()?, true),
+            None => (Tensor::zeros(w.dim(0)?, DType::F32, w.device())?, false),
+        };
+        Ok(Self::Fused { wt, bias, has_bias })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let _s = tracing::trace_span!("linear").entered();
+        match self {
+            Self::Fused { wt, bias, has_bias } if x.dtype() == DType::F32 && x.device().is_cpu() => dense::dense(&x.contiguous()?, wt, bias, *has_bias),
+            Self::Fused { wt, bias, has_bias } => {
+                let y = x.broadcast_matmul(&wt.to_dtype(x.dtype())?.to_device(x.device())?)?;
+                if *has_bias { y.broadcast_add(&bias.to_dtype(x.dtype())?.to_device(x.device())?) } else { Ok(y) }
+            }
+            Self::Candle(l) => l.forward(x),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn fused_linear_equals_candles() {
+        let dev = Device::Cpu;
+        for (shape, cin, cout, bias) in [(vec![2, 7, 5], 5, 3, true), (vec![1, 300, 64], 64, 130, false), (vec![4, 33], 33, 1, true), (vec![0, 8], 8, 2, true)] {
+            let mut t = HashMap::new();
+            t.insert("weight".to_string(), Tensor::from_vec(crate::noise::normal_samples(cin * cout, 1), (cout, cin), &dev).unwrap());
+            if bias {
+                t.insert("bias".to_string(), Tensor::from_vec(crate::noise::normal_samples(cout, 2), cout, &dev).unwrap());
+            }
+            let (vb_w, vb_b) = (t["weight"].clone(), t.get("bias").cloned().unwrap_or_else(|| Tensor::zeros(cout, DType::F32, &dev).unwrap()));
+            let vb = VarBuilder::from_tensors(t, DType::F32, &dev);
+            let l = if bias { linear(cin, cout, vb).unwrap() } else { linear_no_bias(cin, cout, vb).unwrap() };
+            assert!(matches!(l, Linear::Fused { .. }));
+            let reference = candle_nn::Linear::new(vb_w.clone(), if bias { Some(vb_b.clone()) } else { None });
+            let n: usize = shape.iter().product();
+            let x = Tensor::from_vec(crate::noise::normal_samples(n, 3), shape.as_slice(), &dev).unwrap();
+            let (ours, theirs) = (l.forward(&x).unwrap(), reference.forward(&x).unwrap());
+            assert_eq!(ours.dims(), theirs.dims());
+            if n > 0 {
+                let err = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let mag = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(err <= 1e-5 * mag.max(1.0), "{shape:?}: {err}");
+            }
+        }
+        // a transposed (non-contiguous) input is made contiguous, not misread
+        let w = Tensor::from_vec(crate::noise::normal_samples(12, 4), (3, 4), &dev).unwrap();
+        let l = Linear::new(w.clone(), None).unwrap();
+        let x = Tensor::from_vec(crate::noise::normal_samples(20, 5), (4, 5), &dev).unwrap().t().unwrap();
+        let d = (l.forward(&x).unwrap() - candle_nn::Linear::new(w, None).forward(&x).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-5);
+    }
+
+    #[test]
+    fn geglu_equals_value_times_gelu_erf() {
+        let dev = Device::Cpu;
+        let v = Tensor::from_vec(crate::noise::normal_samples(3 * 40_000, 6), (3, 40_000), &dev).unwrap();
+        let g = (Tensor::from_vec(crate::noise::normal_samples(3 * 40_000, 7), (3, 40_000), &dev).unwrap() * 3.0).unwrap();
+        let ours = dense::geglu(&v, &g).unwrap();
+        let want = (&v * g.gelu_erf().unwrap()).unwrap();
+        let err = (ours - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(err < 2e-6, "{err}");
+        assert!(dense::geglu(&v, &v.narrow(1, 0, 5).unwrap().contiguous().unwrap()).is_err());
+    }
+}
