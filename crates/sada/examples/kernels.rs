@@ -21,7 +21,7 @@ fn main() {
         let b = Tensor::randn(0f32, 1., cout, &dev).unwrap();
         let wt = w.t().unwrap().contiguous().unwrap();
         let fl = 2.0 * (rows * cin * cout) as f64;
-        t(&format!("dense {rows}x{cin}->{cout}"), fl, || kernels::dense::dense(&x, &wt, &b, true).unwrap());
+        t(&format!("dense {rows}x{cin}->{cout}"), fl, || kernels::dense::dense(&x, &w, &b, true).unwrap());
         let l = candle_nn::Linear::new(w.clone(), Some(b.clone()));
         t(&format!("candle linear {rows}x{cin}->{cout}"), fl, || l.forward(&x).unwrap());
         let x2 = x.reshape((rows, cin)).unwrap();

@@ -30,10 +30,11 @@ fn parallelism(work: usize) -> Parallelism {
     }
 }
 
-/// `x`: [..., in]; `wt`: [in, out] (the transposed weight, contiguous); `bias`: [out] (used only
-/// when `has_bias`). f32 CPU tensors.
-pub fn dense(x: &Tensor, wt: &Tensor, bias: &Tensor, has_bias: bool) -> candle_core::Result<Tensor> {
-    x.apply_op3_no_bwd(wt, bias, &Dense { has_bias })
+/// `x`: [..., in]; `w`: [out, in] (diffusers' layout: the product reads it transposed through
+/// strides, so no transposed copy is made); `bias`: [out] (used only when `has_bias`). f32 CPU
+/// tensors.
+pub fn dense(x: &Tensor, w: &Tensor, bias: &Tensor, has_bias: bool) -> candle_core::Result<Tensor> {
+    x.apply_op3_no_bwd(w, bias, &Dense { has_bias })
 }
 
 impl CustomOp3 for Dense {
@@ -42,7 +43,7 @@ impl CustomOp3 for Dense {
     }
 
     fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sw: &CpuStorage, lw: &Layout, sb: &CpuStorage, lb: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (cin, cout) = lw.shape().dims2()?;
+        let (cout, cin) = lw.shape().dims2()?;
         let dims = lx.shape().dims();
         if dims.last() != Some(&cin) || (self.has_bias && lb.shape().dims() != [cout]) {
             candle_core::bail!("dense: input {:?} against weight [out {cout}, in {cin}]", lx.shape());
@@ -54,13 +55,14 @@ impl CustomOp3 for Dense {
             out.par_chunks_mut(cout.max(1)).for_each(|r| r.copy_from_slice(b));
         }
         if rows > 0 && cout > 0 && cin > 0 {
-            // SAFETY: out is rows x cout, x rows x cin, w cin x cout, all row-major and in bounds.
+            // SAFETY: out is rows x cout and x rows x cin, row-major; w is cout x cin row-major, read
+            // as its cin x cout transpose (row stride 1, column stride cin). All in bounds.
             unsafe {
                 gemm::gemm(
                     rows, cout, cin,
                     out.as_mut_ptr(), 1, cout as isize, self.has_bias,
                     x.as_ptr(), 1, cin as isize,
-                    w.as_ptr(), 1, cout as isize,
+                    w.as_ptr(), cin as isize, 1,
                     1.0, 1.0, false, false, false, parallelism(rows * cout * cin),
                 );
             }

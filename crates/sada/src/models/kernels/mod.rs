@@ -3,5 +3,6 @@
 
 pub mod attention;
 pub mod dense;
+pub mod group_norm;
 pub mod winograd;
 pub mod vmath;

@@ -1,5 +1,5 @@
 //! Linear layers with diffusers' key names (`weight` [out, in], `bias` [out]). Frozen f32 CPU
-//! weights run through the fused GEMM in `kernels::dense` (the weight transposed once at load);
+//! weights run through the fused GEMM in `kernels::dense`;
 //! trainable weights and other devices use candle's `Linear`, which records the backward graph.
 
 use candle_core::{DType, Device, Module, Tensor};
@@ -9,9 +9,8 @@ use crate::models::kernels::dense;
 
 #[derive(Clone)]
 pub enum Linear {
-    /// `[in, out]` (transposed once at load; the original is not kept) and the bias (zeros when
-    /// there is none).
-    Fused { wt: Tensor, bias: Tensor, has_bias: bool },
+    /// The weight `[out, in]` as loaded and the bias (zeros when there is none).
+    Fused { w: Tensor, bias: Tensor, has_bias: bool },
     Candle(candle_nn::Linear),
 }
 
@@ -34,12 +33,11 @@ impl Linear {
         if !(matches!(w.device(), Device::Cpu) && w.dtype() == DType::F32 && !w.is_variable()) {
             return Ok(Self::Candle(inner));
         }
-        let wt = w.t()?.contiguous()?;
         let (bias, has_bias) = match inner.bias() {
             Some(b) => (b.contiguous()?, true),
             None => (Tensor::zeros(w.dim(0)?, DType::F32, w.device())?, false),
         };
-        Ok(Self::Fused { wt, bias, has_bias })
+        Ok(Self::Fused { w: w.contiguous()?, bias, has_bias })
     }
 }
 
@@ -47,9 +45,9 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let _s = tracing::trace_span!("linear").entered();
         match self {
-            Self::Fused { wt, bias, has_bias } if x.dtype() == DType::F32 && x.device().is_cpu() => dense::dense(&x.contiguous()?, wt, bias, *has_bias),
-            Self::Fused { wt, bias, has_bias } => {
-                let y = x.broadcast_matmul(&wt.to_dtype(x.dtype())?.to_device(x.device())?)?;
+            Self::Fused { w, bias, has_bias } if x.dtype() == DType::F32 && x.device().is_cpu() => dense::dense(&x.contiguous()?, w, bias, *has_bias),
+            Self::Fused { w, bias, has_bias } => {
+                let y = x.broadcast_matmul(&w.to_dtype(x.dtype())?.to_device(x.device())?.t()?)?;
                 if *has_bias { y.broadcast_add(&bias.to_dtype(x.dtype())?.to_device(x.device())?) } else { Ok(y) }
             }
             Self::Candle(l) => l.forward(x),

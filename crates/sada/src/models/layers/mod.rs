@@ -5,5 +5,6 @@ pub mod attention;
 pub mod conv;
 pub mod feed_forward;
 pub mod linear;
+pub mod norm;
 pub mod resnet;
 pub mod timestep;

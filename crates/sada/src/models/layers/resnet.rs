@@ -1,9 +1,10 @@
 //! Convolutional blocks: `ResnetBlock2D`, `Downsample2D`, `Upsample2D` (UNet and autoencoder).
 
 use candle_core::{Module, Tensor};
-use candle_nn::{group_norm, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::linear::{linear, Linear};
+use super::norm::{group_norm, GroupNorm};
 
 pub use super::conv::{conv2d, Conv};
 
@@ -32,12 +33,12 @@ impl ResnetBlock2D {
 
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let _s = tracing::trace_span!("resnet").entered();
-        let mut h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let mut h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
             h = h.broadcast_add(&t)?;
         }
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         match &self.conv_shortcut {
             Some(c) => c.forward(x)? + h,
             None => x + h,

@@ -14,7 +14,9 @@ pub mod transformer;
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{group_norm, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::models::layers::norm::{group_norm, GroupNorm};
 
 use self::blocks::{down_block, up_block, DownLayer, LevelSpec, MidBlock, UpLayer};
 pub use self::config::UNet2DConditionConfig;
@@ -137,7 +139,7 @@ impl UNet2DConditionModel {
                 Ok(self.up[0].forward(&x, &s0, step.temb, step.context, ctx, None)?)
             }
         })?;
-        Ok(self.conv_out.forward(&self.conv_norm_out.forward(&h)?.silu()?)?)
+        Ok(self.conv_out.forward(&self.conv_norm_out.forward_silu(&h)?)?)
     }
 
     /// The input of the up layer that takes skip k, from skip k's state `s_k`.

@@ -3,13 +3,14 @@
 //! [`ForwardContext`] (see `models/token_cache.rs`).
 
 use candle_core::{Module, Tensor};
-use candle_nn::{group_norm, layer_norm, GroupNorm, LayerNorm, VarBuilder};
+use candle_nn::{layer_norm, LayerNorm, VarBuilder};
 
 use crate::denoiser::ForwardContext;
 use crate::models::layers::attention::Attention;
 use crate::models::layers::conv::{conv2d, Conv};
 use crate::models::layers::feed_forward::FeedForward;
 use crate::models::layers::linear::{linear, Linear};
+use crate::models::layers::norm::{group_norm, GroupNorm};
 
 pub struct BasicTransformerBlock {
     norm1: LayerNorm,
