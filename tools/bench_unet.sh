@@ -5,7 +5,9 @@
 #
 #   tools/bench_unet.sh [--sample]     (needs tools/.venv: pip install -r tools/requirements.txt)
 #
-# Writes JSON lines to stdout and a Markdown table to out/bench_unet.md.
+# Writes JSON lines to stdout and a Markdown table to out/bench_unet.md, with each side's share of
+# an evaluation by operation (ours from tracing spans, diffusers' from torch.profiler).
+echo "host: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) threads, $(grep -m1 -o 'avx512f' /proc/cpuinfo || echo 'no AVX-512')"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -q -p sada-cli
@@ -14,7 +16,7 @@ log=out/bench_unet.jsonl
 : > "$log"
 for size in 256 512; do
   ./target/debug/sada bench-unet --size "$size" --evals 3 | tee -a "$log"
-  tools/.venv/bin/python tools/bench_unet_torch.py --size "$size" --evals 3 | tee -a "$log"
+  tools/.venv/bin/python tools/bench_unet_torch.py --size "$size" --evals 3 --profile | tee -a "$log"
 done
 if [ "${1:-}" = "--sample" ]; then
   ./target/debug/sada bench-unet --size 256 --evals 1 --sample-steps 50 | tee -a "$log"
@@ -32,7 +34,8 @@ for size in sorted({r["size"] for r in evals}):
     print(f"| {size} px | {a['s_per_guided_eval']} ({a['min']}) | {b['s_per_guided_eval']} ({b['min']}) | {a['min'] / b['min']:.2f}x | {a['peak_rss_gib']} GiB | {b['peak_rss_gib']} GiB |")
 shares = [r for r in rows if "share_of_eval_time" in r]
 for r in shares:
-    print(f"\nours at {r['size']} px, share of evaluation time: " + ", ".join(f"{k} {v:.0%}" for k, v in r["share_of_eval_time"].items()))
+    who = "diffusers (torch.profiler, self time by op)" if r["impl"].startswith("diffusers") else "ours (tracing spans, nested)"
+    print(f"\n{who} at {r['size']} px, share of evaluation time: " + ", ".join(f"{k} {v:.0%}" for k, v in r["share_of_eval_time"].items()))
 runs = [r for r in rows if "run" in r]
 if runs:
     print("\n| 256 px, 50 DPM++ steps | evaluations | wall s |")

@@ -22,11 +22,35 @@ def peak_rss_gib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
 
 
+# torch op name -> the category it is reported under (matched by substring, first match wins)
+CATEGORIES = [("convolution", ["conv"]), ("linear", ["addmm", "linear", "mm", "bmm", "matmul"]),
+              ("attention (SDPA)", ["scaled_dot_product", "flash_attention", "_efficient_attention"]),
+              ("norms", ["group_norm", "layer_norm", "native_group_norm", "native_layer_norm"]),
+              ("copies", ["copy_", "contiguous", "clone", "cat", "to"]),
+              ("elementwise", ["add", "mul", "silu", "gelu", "sigmoid", "div", "sub", "exp", "sin", "cos", "neg", "pow", "upsample"])]
+
+
+def profile(unet, x, text, size):
+    """Self CPU time of one guided evaluation by op category (leaf ops only, so nothing is counted twice)."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    with torch.no_grad(), torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        unet(torch.cat([x, x]), 500, encoder_hidden_states=text)
+    totals = {}
+    for ev in prof.key_averages():
+        name = ev.key.replace("aten::", "")
+        cat = next((c for c, keys in CATEGORIES if any(k in name for k in keys)), "other")
+        totals[cat] = totals.get(cat, 0.0) + ev.self_cpu_time_total
+    whole = sum(totals.values())
+    print(json.dumps({"impl": "diffusers (torch.profiler)", "size": size,
+                      "share_of_eval_time": {k: round(v / whole, 3) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}}))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--evals", type=int, default=3)
     ap.add_argument("--sample-steps", type=int, default=0)
+    ap.add_argument("--profile", action="store_true", help="also print torch.profiler's time by op category for one evaluation")
     args = ap.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -45,6 +69,8 @@ def main():
                 times.append(time.perf_counter() - t)
     print(json.dumps({"impl": f"diffusers {__import__('diffusers').__version__} / torch {torch.__version__}", "size": args.size,
                       "s_per_guided_eval": round(sum(times) / len(times), 3), "min": round(min(times), 3), "peak_rss_gib": round(peak_rss_gib(), 2)}))
+    if args.profile:
+        profile(unet, x, text, args.size)
     if args.sample_steps:
         sched = DPMSolverMultistepScheduler.from_config(SD21_SCHEDULER)
         sched.set_timesteps(args.sample_steps)
