@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::vmath;
+use super::{contiguous, vmath};
 
 /// Queries per tile and keys per tile: a 256 x 1024 score tile is 1 MB, an L2's worth; of the
 /// sizes tried (64-512 x 256-1024) the fastest on a 2-core AVX2 host at 77-4096 keys.
@@ -25,14 +25,6 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32) -
     q.apply_op3_no_bwd(k, v, &FusedAttention { heads, scale })
 }
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("fused attention: {what} must be contiguous"),
-    }
-}
-
 impl CustomOp3 for FusedAttention {
     fn name(&self) -> &'static str {
         "fused-attention"
@@ -41,11 +33,15 @@ impl CustomOp3 for FusedAttention {
     fn cpu_fwd(&self, sq: &CpuStorage, lq: &Layout, sk: &CpuStorage, lk: &Layout, sv: &CpuStorage, lv: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, n, c) = lq.shape().dims3()?;
         let (bk, m, ck) = lk.shape().dims3()?;
-        if lv.shape().dims() != lk.shape().dims() || bk != b || ck != c || c % self.heads != 0 || m == 0 {
+        if lv.shape().dims() != lk.shape().dims() || bk != b || ck != c || self.heads == 0 || c % self.heads != 0 || m == 0 {
             candle_core::bail!("fused attention: q {:?}, k {:?}, v {:?} with {} heads", lq.shape(), lk.shape(), lv.shape(), self.heads);
         }
-        let (q, k, v) = (contiguous(sq, lq, "q")?, contiguous(sk, lk, "k")?, contiguous(sv, lv, "v")?);
+        let (q, k, v) = (contiguous(sq, lq, "fused attention: q")?, contiguous(sk, lk, "fused attention: k")?, contiguous(sv, lv, "fused attention: v")?);
         let mut out = vec![0f32; b * n * c];
+        if out.is_empty() {
+            // no queries (every token pruned) or no channels: nothing to attend
+            return Ok((CpuStorage::F32(out), Shape::from((b, n, c))));
+        }
         // one task per (image, query tile): its output rows are one contiguous chunk
         out.par_chunks_mut(n * c).enumerate().for_each(|(img, o_img)| {
             o_img.par_chunks_mut(BLOCK_Q * c).enumerate().for_each_init(
@@ -176,5 +172,8 @@ mod tests {
         assert!(super::attention(&q, &randn((1, 5, 6), 2), &randn((1, 5, 6), 3), 2, 1.0).is_err());
         assert!(super::attention(&q, &randn((1, 5, 8), 2), &randn((1, 4, 8), 3), 2, 1.0).is_err());
         assert!(super::attention(&q, &randn((1, 5, 8), 2), &randn((1, 5, 8), 3), 3, 1.0).is_err());
+        assert!(super::attention(&q, &randn((1, 5, 8), 2), &randn((1, 5, 8), 3), 0, 1.0).is_err());
+        let none = super::attention(&randn((2, 0, 8), 1), &randn((2, 5, 8), 2), &randn((2, 5, 8), 3), 2, 1.0).unwrap();
+        assert_eq!(none.dims(), &[2, 0, 8]);
     }
 }

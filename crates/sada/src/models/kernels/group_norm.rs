@@ -5,6 +5,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::contiguous;
 use super::vmath::{self, dispatch};
 
 struct GroupNormOp {
@@ -18,14 +19,6 @@ pub fn group_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, groups: usize, eps:
     x.apply_op3_no_bwd(gamma, beta, &GroupNormOp { groups, eps: eps as f32, silu })
 }
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("group norm: {what} must be contiguous"),
-    }
-}
-
 impl CustomOp3 for GroupNormOp {
     fn name(&self) -> &'static str {
         "group-norm"
@@ -36,7 +29,7 @@ impl CustomOp3 for GroupNormOp {
         if dims.len() < 2 || self.groups == 0 || dims[1] % self.groups != 0 || lg.shape().dims() != [dims[1]] || lb.shape().dims() != [dims[1]] {
             candle_core::bail!("group norm: input {:?} with {} groups and {:?} / {:?} affine", lx.shape(), self.groups, lg.shape(), lb.shape());
         }
-        let (x, gamma, beta) = (contiguous(sx, lx, "input")?, contiguous(sg, lg, "weight")?, contiguous(sb, lb, "bias")?);
+        let (x, gamma, beta) = (contiguous(sx, lx, "group norm: input")?, contiguous(sg, lg, "group norm: weight")?, contiguous(sb, lb, "group norm: bias")?);
         let c = dims[1];
         let spatial: usize = dims[2..].iter().product();
         let cpg = c / self.groups;

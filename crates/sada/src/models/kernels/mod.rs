@@ -6,3 +6,14 @@ pub mod dense;
 pub mod group_norm;
 pub mod winograd;
 pub mod vmath;
+
+use candle_core::{CpuStorage, Layout};
+
+/// The f32 elements a contiguous layout covers (the kernels read their operands as flat slices).
+pub(crate) fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what} must be contiguous"),
+    }
+}

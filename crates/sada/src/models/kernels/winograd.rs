@@ -367,13 +367,11 @@ impl candle_core::CustomOp3 for WinogradConv {
         if wcin != cin || kh != 3 || kw != 3 || (self.has_bias && lb.shape().dims() != [cout]) {
             candle_core::bail!("winograd convolution: input {:?}, weight {:?}", lx.shape(), lw.shape());
         }
-        let get = |l: &candle_core::Layout| -> candle_core::Result<(usize, usize)> {
-            l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("winograd convolution: operands must be contiguous".into()))
-        };
-        let (xa, xb) = get(lx)?;
-        let (wa, wb) = get(lw)?;
-        let (ba, bb) = get(lb)?;
-        let (x, wt, bias) = (&sx.as_slice::<f32>()?[xa..xb], &sw.as_slice::<f32>()?[wa..wb], &sb.as_slice::<f32>()?[ba..bb]);
+        let (x, wt, bias) = (
+            super::contiguous(sx, lx, "winograd convolution: input")?,
+            super::contiguous(sw, lw, "winograd convolution: weight")?,
+            super::contiguous(sb, lb, "winograd convolution: bias")?,
+        );
         let y = self.transform.conv3x3(x, (b, cin, h, w), wt, self.has_bias.then_some(bias), cout);
         Ok((candle_core::CpuStorage::F32(y), candle_core::Shape::from((b, cout, h, w))))
     }
