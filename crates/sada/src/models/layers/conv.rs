@@ -21,6 +21,8 @@ pub struct Conv {
     /// `[c_out, c_in * k * k]`, rows in (c_in, kh, kw) order, f32 CPU only.
     flat: Option<Tensor>,
     bias: Option<Tensor>,
+    /// The Winograd kernel's bias: the layer's, or zeros when it has none (made once here).
+    winograd_bias: Option<Tensor>,
     k: usize,
     stride: usize,
     padding: usize,
@@ -31,12 +33,16 @@ pub fn conv2d(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize, 
     let w = inner.weight();
     // Trainable weights (variables) keep candle's convolution, which records the backward graph;
     // the GEMM path rebuilds tensors from raw data and would cut it.
-    let (flat, bias) = if matches!(w.device(), Device::Cpu) && w.dtype() == DType::F32 && !w.is_variable() {
-        (Some(w.reshape((cout, cin * k * k))?.contiguous()?), inner.bias().map(|b| b.reshape((cout, 1))).transpose()?)
+    let (flat, bias, winograd_bias) = if matches!(w.device(), Device::Cpu) && w.dtype() == DType::F32 && !w.is_variable() {
+        let wb = match inner.bias() {
+            Some(b) => b.clone(),
+            None => Tensor::zeros(cout, DType::F32, w.device())?,
+        };
+        (Some(w.reshape((cout, cin * k * k))?.contiguous()?), inner.bias().map(|b| b.reshape((cout, 1))).transpose()?, Some(wb))
     } else {
-        (None, None)
+        (None, None, None)
     };
-    Ok(Conv { inner, flat, bias, k, stride, padding })
+    Ok(Conv { inner, flat, bias, winograd_bias, k, stride, padding })
 }
 
 impl Module for Conv {
@@ -48,12 +54,8 @@ impl Module for Conv {
         }
         let (b, c, h, w) = x.dims4()?;
         let (k, s, p) = (self.k, self.stride, self.padding);
-        if (k, s, p) == (3, 1, 1) && WINOGRAD.worthwhile(h, w) {
-            let bias = match self.inner.bias() {
-                Some(b) => b.clone(),
-                None => Tensor::zeros(flat.dim(0)?, DType::F32, x.device())?,
-            };
-            return winograd::conv3x3(&x.contiguous()?, self.inner.weight(), &bias, self.inner.bias().is_some(), WINOGRAD);
+        if let (true, Some(bias)) = ((k, s, p) == (3, 1, 1) && WINOGRAD.worthwhile(h, w), &self.winograd_bias) {
+            return winograd::conv3x3(&x.contiguous()?, self.inner.weight(), bias, self.inner.bias().is_some(), WINOGRAD);
         }
         let oh = (h + 2 * p - k) / s + 1;
         let ow = (w + 2 * p - k) / s + 1;
