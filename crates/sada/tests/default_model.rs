@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use sada::data::shapes::{border_colour, Scene, COLOURS};
 use sada::models::UNet2DConditionModel;
@@ -12,6 +12,10 @@ use sada::image::to_rgb;
 use sada::pipelines::{default_model, GenerateOptions, Pipeline, PipelineInputs, StableDiffusion};
 use sada::policy::Acceleration;
 use sada::solvers::SolverKind;
+
+#[path = "common/device.rs"]
+mod test_device;
+use test_device::device;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/default_model").join(name)
@@ -25,10 +29,10 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
 
 #[test]
 fn pipeline_matches_diffusers_on_the_shipped_weights() {
-    let f = candle_core::safetensors::load(fixture("pipeline.safetensors"), &Device::Cpu).unwrap();
+    let f = candle_core::safetensors::load(fixture("pipeline.safetensors"), &device()).unwrap();
     let settings: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("settings.json")).unwrap()).unwrap();
     let prompts: Vec<String> = serde_json::from_value(settings["prompts"].clone()).unwrap();
-    let mut pipe = default_model::load(&Device::Cpu).unwrap();
+    let mut pipe = default_model::load(&device()).unwrap();
     assert!(pipe.pixel_space && pipe.vae_scale_factor() == 1);
     let mut inputs = pipe.encode_prompts(&prompts, Some(""), None).unwrap();
     let embeds_err = rel_err(inputs.prompt_embeds.as_ref().unwrap(), &f["prompt_embeds"]).max(rel_err(inputs.negative_prompt_embeds.as_ref().unwrap(), &f["negative_prompt_embeds"]));
@@ -100,7 +104,7 @@ fn shuffled_unet(pipe: &StableDiffusion, seed: u64) -> UNet2DConditionModel {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut names: Vec<String> = Vec::new();
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/default_model/unet/diffusion_pytorch_model.safetensors");
-    let weights = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    let weights = candle_core::safetensors::load(path, &device()).unwrap();
     names.extend(weights.keys().cloned());
     names.sort();
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
@@ -108,9 +112,9 @@ fn shuffled_unet(pipe: &StableDiffusion, seed: u64) -> UNet2DConditionModel {
         let t = &weights[&name];
         let mut v: Vec<f32> = t.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap();
         v.shuffle(&mut rng);
-        tensors.insert(name, Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap());
+        tensors.insert(name, Tensor::from_vec(v, t.shape(), &device()).unwrap());
     }
-    UNet2DConditionModel::new(pipe.unet.config.clone(), VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu)).unwrap()
+    UNet2DConditionModel::new(pipe.unet.config.clone(), VarBuilder::from_tensors(tensors, DType::F32, &device())).unwrap()
 }
 
 /// Threshold 90% over 120 held-out captions (chance is 1/8). The same check on the same
@@ -120,7 +124,7 @@ fn shuffled_unet(pipe: &StableDiffusion, seed: u64) -> UNet2DConditionModel {
 fn trained_model_draws_the_named_background_on_held_out_captions() {
     const STEPS: usize = 15;
     let scenes = held_out(120);
-    let mut pipe = default_model::load(&Device::Cpu).unwrap();
+    let mut pipe = default_model::load(&device()).unwrap();
     let acc = background_accuracy(&mut pipe, &scenes, STEPS);
     println!("background accuracy on {} held-out captions: {:.1}%", scenes.len(), acc * 100.0);
 

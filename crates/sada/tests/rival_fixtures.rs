@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use sada::denoiser::{Conditioning, Guided};
 use sada::models::UNet2DConditionModel;
 use sada::policy::acceleration::Family;
@@ -20,12 +20,16 @@ use sada::solvers::{build_solver, load_scheduler_config, FlowTimesteps, SolverKi
 use tracing::span::{Attributes, Id};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
+#[path = "common/device.rs"]
+mod test_device;
+use test_device::device;
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
 fn load(path: PathBuf) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(&path, &Device::Cpu).unwrap()
+    candle_core::safetensors::load(&path, &device()).unwrap()
 }
 
 fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
@@ -54,7 +58,7 @@ impl<S: tracing::Subscriber> Layer<S> for ResnetCount {
 /// 20 guided DPM-Solver++ steps of `case` under `accel`; the resnet blocks each step ran.
 fn run(case: &str, accel: &Acceleration) -> (Tensor, Trace, Vec<usize>) {
     let dir = fixtures().join("unet").join(case);
-    let unet = UNet2DConditionModel::load(&dir.join("unet"), DType::F32, &Device::Cpu).unwrap();
+    let unet = UNet2DConditionModel::load(&dir.join("unet"), DType::F32, &device()).unwrap();
     let p = load(dir.join("pipeline.safetensors"));
     let config = load_scheduler_config(&dir.join("scheduler/scheduler_config.json")).unwrap();
     let mut solver = build_solver(SolverKind::DpmSolverMultistep, &config, &Default::default(), 20, &FlowTimesteps::default()).unwrap();

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use sada::models::single_file::Checkpoint;
 use sada::models::ModelSource;
 use sada::pipelines::{GenerateOptions, Pipeline, PipelineInputs, StableDiffusion};
@@ -21,6 +21,10 @@ use sada::solvers::SolverKind;
 mod sd_fixture;
 use sd_fixture::{fixtures, sd_folder};
 
+#[path = "common/device.rs"]
+mod test_device;
+use test_device::device;
+
 /// A complete copy of fixture pipeline `fam`.
 fn folder(fam: &str) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
@@ -29,7 +33,7 @@ fn folder(fam: &str) -> tempfile::TempDir {
 }
 
 fn expected(fam: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixtures().join(format!("{fam}_expected.safetensors")), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(fixtures().join(format!("{fam}_expected.safetensors")), &device()).unwrap()
 }
 
 fn case(fam: &str) -> serde_json::Value {
@@ -81,7 +85,7 @@ fn sample(pipe: &mut StableDiffusion, fam: &str, latents: Option<&Tensor>) -> Te
 fn check_family(fam: &str) {
     let dir = folder(fam);
     let want = expected(fam);
-    let mut pipe = StableDiffusion::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let mut pipe = StableDiffusion::load(dir.path(), DType::F32, &device()).unwrap();
     assert_eq!(pipe.scheduler_class().as_deref(), case(fam)["scheduler_shipped"].as_str());
 
     let inputs = encode(&mut pipe, fam, None);
@@ -116,7 +120,7 @@ fn check_family(fam: &str) {
 
     // the single-file checkpoint: same weights, renamed as it is read, architecture inferred
     let ck = Checkpoint::open(&fixtures().join(format!("{fam}.safetensors"))).unwrap();
-    let mut single = StableDiffusion::load_from(ModelSource::SingleFile(Arc::new(ck)), DType::F32, &Device::Cpu).unwrap();
+    let mut single = StableDiffusion::load_from(ModelSource::SingleFile(Arc::new(ck)), DType::F32, &device()).unwrap();
     let got = sample(&mut single, fam, Some(&want["latents"]));
     let e = max_abs(&got, &from_latents);
     assert!(e <= 1e-5, "{fam}: single file and folder differ by {e:.2e}");
@@ -150,7 +154,7 @@ fn sdxl_matches_diffusers_from_a_prompt() {
 #[test]
 fn sdxl_without_negative_prompt_uses_zeros() {
     let dir = folder("sdxl");
-    let mut pipe = StableDiffusion::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let mut pipe = StableDiffusion::load(dir.path(), DType::F32, &device()).unwrap();
     let inputs = pipe.encode_prompts(&["a cat".to_string()], None, None).unwrap();
     for t in [inputs.negative_prompt_embeds.unwrap(), inputs.negative_pooled_prompt_embeds.unwrap()] {
         assert_eq!(t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap(), 0.0);

@@ -5,18 +5,22 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use sada::metrics::{psnr_rgb, ssim};
 use sada::models::ModelSource;
 use sada::image::RgbImage;
 use sada::text::{ClipTextEncoder, WordLevelTokenizer};
+
+#[path = "common/device.rs"]
+mod test_device;
+use test_device::device;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
 fn load(path: PathBuf) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    candle_core::safetensors::load(&path, &device()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn prompts() -> Vec<String> {
@@ -39,9 +43,9 @@ fn tokenizer_matches_transformers() {
 fn text_encoder_matches_transformers() {
     let source = ModelSource::Dir(fixtures().join("text"));
     let tok = WordLevelTokenizer::load_from(&source, "tokenizer").unwrap();
-    let enc = ClipTextEncoder::load_from(&source, "text_encoder", DType::F32, &Device::Cpu).unwrap();
+    let enc = ClipTextEncoder::load_from(&source, "text_encoder", DType::F32, &device()).unwrap();
     let ids: Vec<Vec<u32>> = prompts().iter().map(|p| tok.encode(p)).collect();
-    let got = enc.forward(&Tensor::new(ids, &Device::Cpu).unwrap()).unwrap();
+    let got = enc.forward(&Tensor::new(ids, &device()).unwrap()).unwrap();
     let want = &load(fixtures().join("text/expected.safetensors"))["last_hidden_state"];
     let err = (&got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();

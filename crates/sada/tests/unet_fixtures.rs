@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use sada::denoiser::{Conditioning, Denoiser, ForwardContext, Guided, TokenPlan, TokenSelection};
 use sada::models::token_cache::TokenCache;
 use sada::models::{AutoencoderKl, UNet2DConditionModel};
@@ -17,12 +17,16 @@ use sada::policy::NoAcceleration;
 use sada::sampling::sample;
 use sada::solvers::{build_solver, load_scheduler_config, FlowTimesteps, SolverKind};
 
+#[path = "common/device.rs"]
+mod test_device;
+use test_device::device;
+
 fn dir(case: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(case)
 }
 
 fn load(path: PathBuf) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(&path, &Device::Cpu).unwrap()
+    candle_core::safetensors::load(&path, &device()).unwrap()
 }
 
 fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
@@ -34,7 +38,7 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
 }
 
 fn unet(case: &str) -> UNet2DConditionModel {
-    UNet2DConditionModel::load(&dir(&format!("unet/{case}/unet")), DType::F32, &Device::Cpu).unwrap()
+    UNet2DConditionModel::load(&dir(&format!("unet/{case}/unet")), DType::F32, &device()).unwrap()
 }
 
 /// The conditioning stored with a forward-pass fixture (SDXL cases add text_embeds/time_ids).
@@ -113,7 +117,7 @@ fn sdxl_tiny_50_guided_steps_match_diffusers() {
 
 #[test]
 fn vae_decode_matches_diffusers() {
-    let vae = AutoencoderKl::load(&dir("vae/tiny/vae"), DType::F32, &Device::Cpu).unwrap();
+    let vae = AutoencoderKl::load(&dir("vae/tiny/vae"), DType::F32, &device()).unwrap();
     let io = load(dir("vae/tiny/io.safetensors"));
     let e = rel_err(&vae.decode(&io["latents"]).unwrap(), &io["decoded"]);
     eprintln!("vae decode: relative error {e:e}");
@@ -122,7 +126,7 @@ fn vae_decode_matches_diffusers() {
 
 #[test]
 fn vae_encode_matches_diffusers() {
-    let vae = AutoencoderKl::load(&dir("vae/tiny/vae"), DType::F32, &Device::Cpu).unwrap();
+    let vae = AutoencoderKl::load(&dir("vae/tiny/vae"), DType::F32, &device()).unwrap();
     let io = load(dir("vae/tiny/io.safetensors"));
     let (mean, std) = vae.encode(&io["image"]).unwrap();
     let (em, es) = (rel_err(&mean, &io["encoded_mean"]), rel_err(&std, &io["encoded_std"]));
@@ -192,7 +196,7 @@ fn rewritten(case: &str, tag: &str, write: impl Fn(&HashMap<String, Tensor>, &st
 }
 
 fn forward_with(model_dir: &std::path::Path, case: &str) -> Tensor {
-    let m = UNet2DConditionModel::load(model_dir, DType::F32, &Device::Cpu).unwrap();
+    let m = UNet2DConditionModel::load(model_dir, DType::F32, &device()).unwrap();
     let f = load(dir(&format!("unet/{case}/forward.safetensors")));
     let cond = Conditioning::new().with("encoder_hidden_states", f["encoder_hidden_states"].clone());
     m.predict_full(&f["sample"], 377.0, &cond).unwrap()
@@ -240,7 +244,7 @@ fn weights_that_do_not_match_the_config_name_the_file() {
         w.remove("conv_in.weight");
         candle_core::safetensors::save(&w, d.join("diffusion_pytorch_model.safetensors")).unwrap();
     });
-    let err = UNet2DConditionModel::load(&d, DType::F32, &Device::Cpu).err().unwrap().to_string();
+    let err = UNet2DConditionModel::load(&d, DType::F32, &device()).err().unwrap().to_string();
     assert!(err.contains("diffusion_pytorch_model.safetensors") && err.contains("conv_in.weight"), "{err}");
     std::fs::remove_dir_all(&d).ok();
 }
