@@ -57,9 +57,10 @@ impl SolverArg {
 /// Where the networks run.
 #[derive(Debug, Clone, Args)]
 pub struct DeviceArgs {
-    /// Device: cpu, cuda, cuda:N or metal (cuda and metal need a sada built with
-    /// `--features cuda` / `--features metal`)
-    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    /// Device: auto, cpu, cuda, cuda:N or metal (cuda and metal need a sada built with
+    /// `--features cuda` / `--features metal`; auto picks the first GPU of a build that has
+    /// one and a machine that has it, else the CPU)
+    #[arg(long, value_name = "DEVICE", default_value = "auto")]
     pub device: String,
 }
 
@@ -67,6 +68,19 @@ impl DeviceArgs {
     pub fn device(&self) -> anyhow::Result<Device> {
         let d = self.device.trim();
         if d == "cpu" {
+            return Ok(Device::Cpu);
+        }
+        if d == "auto" {
+            if candle_core::utils::cuda_is_available() {
+                if let Ok(dev) = Device::new_cuda(0) {
+                    return Ok(dev);
+                }
+            }
+            if candle_core::utils::metal_is_available() {
+                if let Ok(dev) = Device::new_metal(0) {
+                    return Ok(dev);
+                }
+            }
             return Ok(Device::Cpu);
         }
         let ordinal = |rest: &str| -> anyhow::Result<usize> {
@@ -91,6 +105,28 @@ impl DeviceArgs {
             return Device::new_metal(n).with_context(|| format!("--device {d}: cannot open the Metal device"));
         }
         bail!("--device {d}: expected cpu, cuda, cuda:N or metal")
+    }
+}
+
+/// Compute precision of the networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl DtypeArg {
+    /// The dtype on `device`, refusing what the device cannot compute.
+    pub fn resolve(self, device: &Device) -> anyhow::Result<DType> {
+        Ok(match self {
+            DtypeArg::F32 => DType::F32,
+            DtypeArg::F16 => DType::F16,
+            DtypeArg::Bf16 if device.is_cpu() => {
+                bail!("--dtype bf16 is not supported on the CPU (candle has no bf16 matrix product there); use f32 or f16")
+            }
+            DtypeArg::Bf16 => DType::BF16,
+        })
     }
 }
 

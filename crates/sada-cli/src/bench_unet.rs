@@ -1,12 +1,12 @@
-//! `sada bench-unet`: speed of our UNet on the full SD-2.1 configuration with random weights
-//! (no download), per guided evaluation and end to end with and without SADA.
+//! `sada bench-unet`: speed of our UNet on the full SD-2.1 or SDXL configuration with random
+//! weights (no download), per guided evaluation and end to end with and without SADA.
 
 use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use sada::denoiser::{Conditioning, ForwardContext, Guided};
 use sada::models::token_cache::TokenCache;
 use sada::models::unet::presets;
@@ -14,11 +14,24 @@ use sada::models::{UNet2DConditionConfig, UNet2DConditionModel};
 use sada::policy::{NoAcceleration, Policy, Sada, SadaConfig};
 use sada::sampling::sample;
 
+use crate::args::{DeviceArgs, DtypeArg};
 use crate::profile::SpanTimes;
 use sada::solvers::{build_solver, FlowTimesteps, SolverKind};
 
+/// Which published UNet configuration to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UnetConfig {
+    /// Stable Diffusion 2.1 (865M parameters, 1024-wide text embeddings)
+    Sd21,
+    /// SDXL base 1.0 (2.6B parameters, text_time added conditioning)
+    Sdxl,
+}
+
 #[derive(Debug, Args)]
 pub struct BenchUnetArgs {
+    /// UNet configuration (random weights)
+    #[arg(long, value_enum, default_value = "sd21")]
+    pub config: UnetConfig,
     /// Image size in pixels (latent = size / 8)
     #[arg(long, default_value_t = 256)]
     pub size: usize,
@@ -28,6 +41,11 @@ pub struct BenchUnetArgs {
     /// Also sample this many DPM-Solver++ steps end to end, baseline and SADA (0 = skip)
     #[arg(long, default_value_t = 0)]
     pub sample_steps: usize,
+    /// Compute precision of the UNet (bf16 not on the CPU)
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// Peak resident memory of this process in GiB (Linux VmHWM).
@@ -41,9 +59,15 @@ pub fn peak_rss_gib() -> f64 {
 
 pub fn run(args: &BenchUnetArgs) -> Result<()> {
     anyhow::ensure!(args.size % 64 == 0 && args.size > 0 && args.size <= 4096, "--size must be a positive multiple of 64, at most 4096");
-    let dev = Device::Cpu;
+    anyhow::ensure!(args.evals > 0, "--evals must be at least 1");
+    let dev = args.device.device()?;
+    let dtype = args.dtype.resolve(&dev)?;
     let profile = SpanTimes::install()?;
-    let config: UNet2DConditionConfig = serde_json::from_str(presets::SD21)?;
+    let (name, preset, text_dim, sched_preset, sada_config) = match args.config {
+        UnetConfig::Sd21 => ("sd21", presets::SD21, 1024, sada::solvers::presets::SD21, SadaConfig::sd2()),
+        UnetConfig::Sdxl => ("sdxl", presets::SDXL, 2048, sada::solvers::presets::SDXL, SadaConfig::sdxl()),
+    };
+    let config: UNet2DConditionConfig = serde_json::from_str(preset)?;
     let t0 = Instant::now();
     // Random weights come from a VarMap, but variables make candle record the whole forward
     // graph (keeping every activation alive); rebuild the model from detached copies, as
@@ -52,16 +76,24 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
         let varmap = VarMap::new();
         UNet2DConditionModel::new(config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
         let data = varmap.data().lock().map_err(|_| anyhow::anyhow!("weight map poisoned"))?;
-        data.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
+        data.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().to_dtype(dtype)?))).collect::<Result<_>>()?
     };
-    let unet = UNet2DConditionModel::new(config, VarBuilder::from_tensors(weights, DType::F32, &dev))?;
+    let unet = UNet2DConditionModel::new(config, VarBuilder::from_tensors(weights, dtype, &dev))?;
     let init_s = t0.elapsed().as_secs_f64();
     let l = args.size / 8;
-    let x = Tensor::randn(0f32, 1f32, (1, 4, l, l), &dev)?;
+    let x = Tensor::randn(0f32, 1f32, (1, 4, l, l), &dev)?.to_dtype(dtype)?;
     let text = |seed: f32| -> Result<Conditioning> {
-        Ok(Conditioning::new().with("encoder_hidden_states", (Tensor::randn(0f32, 1f32, (1, 77, 1024), &dev)? * seed as f64)?))
+        let mut c = Conditioning::new().with("encoder_hidden_states", (Tensor::randn(0f32, 1f32, (1, 77, text_dim), &dev)? * seed as f64)?.to_dtype(dtype)?);
+        if unet.uses_text_time() {
+            let size = args.size as f32;
+            c = c
+                .with("text_embeds", (Tensor::randn(0f32, 1f32, (1, 1280), &dev)? * seed as f64)?.to_dtype(dtype)?)
+                .with("time_ids", Tensor::new(&[[size, size, 0.0, 0.0, size, size]], &dev)?.to_dtype(dtype)?);
+        }
+        Ok(c)
     };
     let (cond, uncond) = (text(1.0)?, text(0.5)?);
+    let label = format!("{name}, {}, {:?}", device_name(&dev), dtype).to_lowercase();
     let mut times = Vec::new();
     {
         let g = Guided::new(&unet, cond.clone(), Some(uncond.clone()), 7.5)?;
@@ -72,6 +104,8 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
             let t = Instant::now();
             let mut cache = TokenCache::default();
             g.predict(&x, 500.0, &mut ForwardContext::full(&mut cache))?;
+            // GPU work is queued: time it to completion
+            dev.synchronize()?;
             if i > 0 {
                 times.push(t.elapsed().as_secs_f64());
             }
@@ -80,32 +114,47 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
     println!(
-        "{{\"impl\": \"sada (candle)\", \"size\": {}, \"s_per_guided_eval\": {mean:.3}, \"min\": {min:.3}, \"peak_rss_gib\": {:.2}, \"init_s\": {init_s:.1}}}",
+        "{{\"impl\": \"sada (candle)\", \"config\": \"{label}\", \"size\": {}, \"s_per_guided_eval\": {mean:.4}, \"min\": {min:.4}, \"peak_rss_gib\": {:.2}, \"init_s\": {init_s:.1}}}",
         args.size,
         peak_rss_gib()
     );
-    let total: f64 = times.iter().sum();
-    let parts: Vec<String> = profile.snapshot().iter().map(|(p, s)| format!("\"{p}\": {:.3}", s / total)).collect();
-    println!("{{\"impl\": \"sada (candle)\", \"size\": {}, \"share_of_eval_time\": {{{}}}}}", args.size, parts.join(", "));
+    // span times measure the host's side; on a GPU they time kernel launches, not kernels
+    if dev.is_cpu() {
+        let total: f64 = times.iter().sum();
+        let parts: Vec<String> = profile.snapshot().iter().map(|(p, s)| format!("\"{p}\": {:.3}", s / total)).collect();
+        println!("{{\"impl\": \"sada (candle)\", \"config\": \"{label}\", \"size\": {}, \"share_of_eval_time\": {{{}}}}}", args.size, parts.join(", "));
+    }
     if args.sample_steps > 0 {
-        let sched = sada::solvers::presets::parse(sada::solvers::presets::SD21);
-        for (name, mut policy) in [
+        let sched = sada::solvers::presets::parse(sched_preset);
+        for (run, mut policy) in [
             ("baseline", Box::new(NoAcceleration) as Box<dyn Policy>),
-            ("sada", Box::new(Sada::new(SadaConfig::sd2())) as Box<dyn Policy>),
+            ("sada", Box::new(Sada::new(sada_config.clone())) as Box<dyn Policy>),
         ] {
             let mut solver = build_solver(SolverKind::DpmSolverMultistep, &sched, &Default::default(), args.sample_steps, &FlowTimesteps::default())?;
             let g = Guided::new(&unet, cond.clone(), Some(uncond.clone()), 7.5)?;
             let t = Instant::now();
-            let (_, trace) = sample(&g, solver.as_mut(), policy.as_mut(), x.clone(), &mut |_, _| {})?;
+            let (out, trace) = sample(&g, solver.as_mut(), policy.as_mut(), x.clone(), &mut |_, _| {})?;
+            dev.synchronize()?;
+            let wall = t.elapsed().as_secs_f64();
+            if out.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?.is_nan() {
+                anyhow::bail!("{run}: the sampled latents hold NaN ({label})");
+            }
             println!(
-                "{{\"impl\": \"sada (candle)\", \"size\": {}, \"run\": \"{name}\", \"steps\": {}, \"evaluations\": {}, \"wall_s\": {:.1}, \"decisions\": \"{}\"}}",
+                "{{\"impl\": \"sada (candle)\", \"config\": \"{label}\", \"size\": {}, \"run\": \"{run}\", \"steps\": {}, \"evaluations\": {}, \"wall_s\": {wall:.2}, \"decisions\": \"{}\"}}",
                 args.size,
                 args.sample_steps,
                 trace.evaluations,
-                t.elapsed().as_secs_f64(),
                 trace.summary()
             );
         }
     }
     Ok(())
+}
+
+fn device_name(dev: &Device) -> &'static str {
+    match dev {
+        Device::Cpu => "cpu",
+        Device::Cuda(_) => "cuda",
+        Device::Metal(_) => "metal",
+    }
 }

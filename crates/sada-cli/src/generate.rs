@@ -14,7 +14,7 @@ use sada::metrics::{psnr_rgb, ssim};
 use sada::pipelines::{validate_prompt, GenerateOptions, Pipeline, PipelineInputs, SizeConditioning};
 use sada::policy::Acceleration;
 
-use crate::args::{load_model, progress, report_prompt, AccelArgs, DeviceArgs, MemoryArgs, ModelArgs, SolverArg};
+use crate::args::{load_model, DtypeArg, progress, report_prompt, AccelArgs, DeviceArgs, MemoryArgs, ModelArgs, SolverArg};
 use crate::output::{check_distinct, check_writable, replace_atomically, write_atomic};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -23,13 +23,6 @@ pub enum OutputType {
     Pil,
     /// The final latents as a safetensors file with one tensor named `latents`
     Latent,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DtypeArg {
-    F32,
-    F16,
-    Bf16,
 }
 
 #[derive(Debug, Args)]
@@ -131,11 +124,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         validate_prompt("--negative-prompt", args.negative_prompt.as_deref().unwrap_or(""), true)?;
     }
     let device = args.device.device()?;
-    let dtype = match args.dtype {
-        DtypeArg::F32 => DType::F32,
-        DtypeArg::F16 => DType::F16,
-        DtypeArg::Bf16 => bail!("--dtype bf16 is not supported on the CPU (candle has no bf16 matrix product there); use f32 or f16"),
-    };
+    let dtype = args.dtype.resolve(&device)?;
     if args.compare && args.output_type != OutputType::Pil {
         bail!("--compare writes images side by side; it needs --output-type pil");
     }

@@ -146,8 +146,15 @@ fn sizes_and_counts_are_checked_before_anything_large_is_allocated() {
         (vec!["gmm", "--batch", "100000000"], "--batch/--size"),
         (vec!["gmm", "--size", "1000000"], "--batch/--size"),
         (vec!["bench-unet", "--size", "1048576"], "--size"),
+        (vec!["bench-unet", "--evals", "0"], "--evals"),
+        (vec!["bench-unet", "--device", "tpu"], "--device tpu: expected cpu, cuda, cuda:N or metal"),
+        (vec!["bench-unet", "--device", "cuda:x"], "`x` is not a device number"),
+        (vec!["generate", "--prompt", p, "--dtype", "bf16", "--device", "cpu", "--output", o], "--dtype bf16 is not supported on the CPU"),
     ] {
         refused(&d, &args, 1, needle);
+    }
+    if !cfg!(feature = "cuda") {
+        refused(&d, &["bench-unet", "--device", "cuda"], 1, "this sada was built without CUDA support");
     }
     // argument syntax is clap's: exit code 2
     refused(&d, &["generate", "--prompt", p, "--steps", "-5", "--output", o], 2, "'-5'");

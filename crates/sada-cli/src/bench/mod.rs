@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::DType;
 use clap::{Args, Subcommand};
 use sada::data::shapes::Scene;
 use sada::image::{png_bytes, to_rgb, RgbImage};
@@ -30,7 +29,7 @@ use sada::policy::Acceleration;
 use sada::sampling::Trace;
 use serde::{Deserialize, Serialize};
 
-use crate::args::{load_model, DeviceArgs, MemoryArgs, ModelArgs, SadaArgs, SolverArg};
+use crate::args::{load_model, DeviceArgs, DtypeArg, MemoryArgs, ModelArgs, SadaArgs, SolverArg};
 use crate::output::write_atomic;
 pub use shard::Shard;
 
@@ -108,6 +107,9 @@ pub struct RunArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub sada: SadaArgs,
+    /// Compute precision of the networks (bf16 not on the CPU)
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
     #[command(flatten)]
     pub device: DeviceArgs,
     #[command(flatten)]
@@ -233,7 +235,7 @@ fn run_bench(args: &RunArgs) -> Result<()> {
     let shard = Shard::from_args(args.shard.as_deref())?;
     shard::check_out(&args.out)?;
     let device = args.device.device()?;
-    let (mut pipe, model_name, default_guidance) = load_model(&args.model, DType::F32, &device)?;
+    let (mut pipe, model_name, default_guidance) = load_model(&args.model, args.dtype.resolve(&device)?, &device)?;
     let family = pipe.family();
     let kind = args.solver.unwrap_or_else(|| SolverArg::default_for(family)).for_family(family)?;
     anyhow::ensure!(pipe.can_decode(), "{model_name}: no vae/ folder, so images cannot be compared");
