@@ -1,20 +1,32 @@
-"""PyTorch/diffusers side of `tools/bench_unet.sh`: the SD-2.1 UNet configuration with random
-weights, seconds per guided evaluation (uncond + cond in one batch of 2, 77 text tokens, as
-diffusers' pipeline calls it) and peak memory, on CPU with 2 threads.
+"""PyTorch/diffusers side of `tools/bench_unet.sh` and `tools/gpu_check.sh`: the SD-2.1 or SDXL
+UNet configuration with random weights, seconds per guided evaluation (uncond + cond in one batch
+of 2, 77 text tokens, as diffusers' pipeline calls it) and peak memory; on the CPU with 2 threads,
+or on a GPU in fp16/bf16 with PyTorch's SDPA as diffusers' pipelines run there.
 
     tools/.venv/bin/python tools/bench_unet_torch.py --size 256 --evals 3 [--sample-steps 50]
+    python tools/bench_unet_torch.py --config sdxl --size 1024 --device cuda --dtype fp16
 
-Prints JSON lines shaped like `sada bench-unet`'s.
+Prints JSON lines shaped like `sada bench-unet`'s. The UNet configurations are read from
+crates/sada/src/models/unet/presets.rs, so both sides build the same network.
 """
 import argparse
 import json
+import os
+import re
 import resource
 import time
 
 import torch
 from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
 
-SD21_UNET = {"act_fn": "silu", "attention_head_dim": [5, 10, 20, 20], "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": False, "cross_attention_dim": 1024, "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"], "downsample_padding": 1, "dual_cross_attention": False, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "num_class_embeds": None, "only_cross_attention": False, "out_channels": 4, "sample_size": 96, "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], "upcast_attention": True, "use_linear_projection": True}
+def unet_preset(name):
+    """The configuration `sada bench-unet --config NAME` builds (Rust raw string in presets.rs)."""
+    src = open(os.path.join(os.path.dirname(__file__), "..", "crates/sada/src/models/unet/presets.rs")).read()
+    m = re.search(r'pub const %s: &str = r#"(.*?)"#;' % name.upper(), src, re.S)
+    cfg = json.loads(m.group(1))
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+SDXL_SCHEDULER = {"beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000, "prediction_type": "epsilon", "steps_offset": 1, "timestep_spacing": "leading"}
 SD21_SCHEDULER = {"_class_name": "DDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False, "num_train_timesteps": 1000, "prediction_type": "v_prediction", "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None}
 
 
@@ -47,42 +59,74 @@ def profile(unet, x, text, size):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--config", choices=["sd21", "sdxl"], default="sd21")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--evals", type=int, default=3)
     ap.add_argument("--sample-steps", type=int, default=0)
-    ap.add_argument("--profile", action="store_true", help="also print torch.profiler's time by op category for one evaluation")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=["f32", "f16", "bf16"], default="f32")
+    ap.add_argument("--profile", action="store_true", help="also print torch.profiler's time by op category for one evaluation (CPU)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    dev = torch.device(args.device)
+    dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    cuda = dev.type == "cuda"
+    if not cuda:
+        torch.set_num_threads(2)
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SD21_UNET).eval()
+    t0 = time.perf_counter()
+    with dev:  # initialise the random weights where they will run (SDXL's 2.6B take a minute on a CPU)
+        unet = UNet2DConditionModel(**unet_preset(args.config)).eval().to(dev, dtype)
+    init_s = time.perf_counter() - t0
     lat = args.size // 8
-    x = torch.randn(1, 4, lat, lat)
-    text = torch.randn(2, 77, 1024)
+    x = torch.randn(1, 4, lat, lat, device=dev, dtype=dtype)
+    text_dim = unet.config.cross_attention_dim
+    text = torch.randn(2, 77, text_dim, device=dev, dtype=dtype)
+    added = None
+    if unet.config.addition_embed_type == "text_time":
+        s_ = float(args.size)
+        added = {"text_embeds": torch.randn(2, 1280, device=dev, dtype=dtype),
+                 "time_ids": torch.tensor([[s_, s_, 0, 0, s_, s_]] * 2, device=dev, dtype=dtype)}
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def guided(latents, t):
+        out = unet(torch.cat([latents, latents]), t, encoder_hidden_states=text, added_cond_kwargs=added).sample
+        u, c = out.chunk(2)
+        return u + 7.5 * (c - u)
+
     times = []
     with torch.no_grad():
         for i in range(args.evals + 1):
+            sync()
             t = time.perf_counter()
-            out = unet(torch.cat([x, x]), 500, encoder_hidden_states=text).sample
-            u, c = out.chunk(2)
-            _ = u + 7.5 * (c - u)
+            guided(x, 500)
+            sync()
             if i > 0:
                 times.append(time.perf_counter() - t)
-    print(json.dumps({"impl": f"diffusers {__import__('diffusers').__version__} / torch {torch.__version__}", "size": args.size,
-                      "s_per_guided_eval": round(sum(times) / len(times), 3), "min": round(min(times), 3), "peak_rss_gib": round(peak_rss_gib(), 2)}))
-    if args.profile:
+    label = f"{args.config}, {dev.type}, {args.dtype}"
+    row = {"impl": f"diffusers {__import__('diffusers').__version__} / torch {torch.__version__}", "config": label, "size": args.size,
+           "s_per_guided_eval": round(sum(times) / len(times), 4), "min": round(min(times), 4), "peak_rss_gib": round(peak_rss_gib(), 2),
+           "init_s": round(init_s, 1)}
+    if cuda:
+        row["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        row["gpu"] = torch.cuda.get_device_name(dev)
+    print(json.dumps(row), flush=True)
+    if args.profile and not cuda:
         profile(unet, x, text, args.size)
     if args.sample_steps:
-        sched = DPMSolverMultistepScheduler.from_config(SD21_SCHEDULER)
+        sched = DPMSolverMultistepScheduler.from_config(SD21_SCHEDULER if args.config == "sd21" else SDXL_SCHEDULER)
         sched.set_timesteps(args.sample_steps)
         lat_x = x * sched.init_noise_sigma
+        sync()
         t0 = time.perf_counter()
         with torch.no_grad():
             for t in sched.timesteps:
-                out = unet(torch.cat([lat_x, lat_x]), t, encoder_hidden_states=text).sample
-                u, c = out.chunk(2)
-                lat_x = sched.step(u + 7.5 * (c - u), t, lat_x).prev_sample
-        print(json.dumps({"impl": "diffusers", "size": args.size, "run": "baseline", "steps": args.sample_steps,
-                          "evaluations": args.sample_steps, "wall_s": round(time.perf_counter() - t0, 1)}))
+                lat_x = sched.step(guided(lat_x, t), t, lat_x).prev_sample
+        sync()
+        print(json.dumps({"impl": "diffusers", "config": label, "size": args.size, "run": "baseline", "steps": args.sample_steps,
+                          "evaluations": args.sample_steps, "wall_s": round(time.perf_counter() - t0, 2)}), flush=True)
 
 
 if __name__ == "__main__":
