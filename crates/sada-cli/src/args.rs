@@ -66,45 +66,7 @@ pub struct DeviceArgs {
 
 impl DeviceArgs {
     pub fn device(&self) -> anyhow::Result<Device> {
-        let d = self.device.trim();
-        if d == "cpu" {
-            return Ok(Device::Cpu);
-        }
-        if d == "auto" {
-            if candle_core::utils::cuda_is_available() {
-                if let Ok(dev) = Device::new_cuda(0) {
-                    return Ok(dev);
-                }
-            }
-            if candle_core::utils::metal_is_available() {
-                if let Ok(dev) = Device::new_metal(0) {
-                    return Ok(dev);
-                }
-            }
-            return Ok(Device::Cpu);
-        }
-        let ordinal = |rest: &str| -> anyhow::Result<usize> {
-            match rest.strip_prefix(':') {
-                None if rest.is_empty() => Ok(0),
-                Some(n) => n.parse().with_context(|| format!("--device {d}: `{n}` is not a device number")),
-                None => bail!("--device {d}: expected cpu, cuda, cuda:N or metal"),
-            }
-        };
-        if let Some(rest) = d.strip_prefix("cuda") {
-            let n = ordinal(rest)?;
-            if !candle_core::utils::cuda_is_available() {
-                bail!("--device {d}: this sada was built without CUDA support (rebuild with --features cuda)");
-            }
-            return Device::new_cuda(n).with_context(|| format!("--device {d}: cannot open the CUDA device"));
-        }
-        if let Some(rest) = d.strip_prefix("metal") {
-            let n = ordinal(rest)?;
-            if !candle_core::utils::metal_is_available() {
-                bail!("--device {d}: this sada was built without Metal support (rebuild with --features metal)");
-            }
-            return Device::new_metal(n).with_context(|| format!("--device {d}: cannot open the Metal device"));
-        }
-        bail!("--device {d}: expected cpu, cuda, cuda:N or metal")
+        sada::device::by_name(&self.device).map_err(|e| anyhow::anyhow!("--device {}: {e}", self.device.trim()))
     }
 }
 

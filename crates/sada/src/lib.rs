@@ -20,6 +20,7 @@
 pub mod config;
 pub mod data;
 pub mod denoiser;
+pub mod device;
 pub mod error;
 pub mod finite;
 #[doc(hidden)]

@@ -1,18 +1,21 @@
 //! Where the fixture tests run the networks: the CPU unless `SADA_TEST_DEVICE` names another
-//! device (`cuda`, `cuda:N`, `metal`) of a build with that backend. tools/gpu_check.sh re-runs
-//! the fixture comparisons on the GPU this way, with the CPU's tolerances.
+//! device (`cuda`, `cuda:N`, `metal`; `sada::device::by_name`) of a build with that backend.
+//! tools/gpu_check.sh re-runs the fixture comparisons on the GPU this way, with the CPU's
+//! tolerances.
+
+use std::sync::OnceLock;
 
 use candle_core::Device;
 
+/// One device for the whole test binary: each `Device::new_cuda`/`new_metal` opens a new
+/// handle (Metal refuses to mix tensors from two of them), so it is opened once.
 pub fn device() -> Device {
-    let name = std::env::var("SADA_TEST_DEVICE").unwrap_or_default();
-    let ordinal = |rest: &str| -> usize {
-        rest.strip_prefix(':').map_or(0, |n| n.parse().unwrap_or_else(|_| panic!("SADA_TEST_DEVICE={name}: expected cuda:N")))
-    };
-    match name.as_str() {
-        "" | "cpu" => Device::Cpu,
-        d if d.starts_with("cuda") => Device::new_cuda(ordinal(&d[4..])).unwrap_or_else(|e| panic!("SADA_TEST_DEVICE={name}: {e}")),
-        d if d.starts_with("metal") => Device::new_metal(ordinal(&d[5..])).unwrap_or_else(|e| panic!("SADA_TEST_DEVICE={name}: {e}")),
-        _ => panic!("SADA_TEST_DEVICE={name}: expected cpu, cuda, cuda:N or metal"),
-    }
+    static DEVICE: OnceLock<Device> = OnceLock::new();
+    DEVICE
+        .get_or_init(|| {
+            let name = std::env::var("SADA_TEST_DEVICE").unwrap_or_default();
+            let name = if name.trim().is_empty() { "cpu" } else { name.as_str() };
+            sada::device::by_name(name).unwrap_or_else(|e| panic!("SADA_TEST_DEVICE={name}: {e}"))
+        })
+        .clone()
 }
