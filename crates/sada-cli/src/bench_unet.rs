@@ -128,7 +128,7 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
         let sched = sada::solvers::presets::parse(sched_preset);
         for (run, mut policy) in [
             ("baseline", Box::new(NoAcceleration) as Box<dyn Policy>),
-            ("sada", Box::new(Sada::new(sada_config.clone())) as Box<dyn Policy>),
+            ("sada", Box::new(Sada::new(sada_config)) as Box<dyn Policy>),
         ] {
             let mut solver = build_solver(SolverKind::DpmSolverMultistep, &sched, &Default::default(), args.sample_steps, &FlowTimesteps::default())?;
             let g = Guided::new(&unet, cond.clone(), Some(uncond.clone()), 7.5)?;

@@ -102,17 +102,17 @@ fn balanced(scenes: &[Scene], per_colour: usize) -> Vec<Scene> {
 fn shuffled_unet(pipe: &StableDiffusion, seed: u64) -> UNet2DConditionModel {
     use rand::{seq::SliceRandom, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut names: Vec<String> = Vec::new();
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/default_model/unet/diffusion_pytorch_model.safetensors");
     let weights = candle_core::safetensors::load(path, &device()).unwrap();
-    names.extend(weights.keys().cloned());
+    // a fixed order, so the permutations do not depend on the map's iteration order
+    let mut names: Vec<&String> = weights.keys().collect();
     names.sort();
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for name in names {
-        let t = &weights[&name];
+        let t = &weights[name];
         let mut v: Vec<f32> = t.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap();
         v.shuffle(&mut rng);
-        tensors.insert(name, Tensor::from_vec(v, t.shape(), &device()).unwrap());
+        tensors.insert(name.clone(), Tensor::from_vec(v, t.shape(), &device()).unwrap());
     }
     UNet2DConditionModel::new(pipe.unet.config.clone(), VarBuilder::from_tensors(tensors, DType::F32, &device())).unwrap()
 }
