@@ -19,15 +19,21 @@ import time
 import torch
 from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
 
-def unet_preset(name):
-    """The configuration `sada bench-unet --config NAME` builds (Rust raw string in presets.rs)."""
-    src = open(os.path.join(os.path.dirname(__file__), "..", "crates/sada/src/models/unet/presets.rs")).read()
+def rust_preset(rel_path, name):
+    """A configuration our side builds from (a Rust raw-string constant), so both sides agree."""
+    src = open(os.path.join(os.path.dirname(__file__), "..", rel_path)).read()
     m = re.search(r'pub const %s: &str = r#"(.*?)"#;' % name.upper(), src, re.S)
-    cfg = json.loads(m.group(1))
-    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+    return {k: v for k, v in json.loads(m.group(1)).items() if not k.startswith("_")}
 
-SDXL_SCHEDULER = {"beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000, "prediction_type": "epsilon", "steps_offset": 1, "timestep_spacing": "leading"}
-SD21_SCHEDULER = {"_class_name": "DDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False, "num_train_timesteps": 1000, "prediction_type": "v_prediction", "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None}
+
+def unet_preset(name):
+    """The UNet `sada bench-unet --config NAME` builds."""
+    return rust_preset("crates/sada/src/models/unet/presets.rs", name)
+
+
+def scheduler_preset(name):
+    """The scheduler config `sada bench-unet --config NAME` samples with."""
+    return rust_preset("crates/sada/src/solvers/presets.rs", name)
 
 
 def peak_rss_gib():
@@ -42,11 +48,11 @@ CATEGORIES = [("convolution", ["conv"]), ("linear", ["addmm", "linear", "mm", "b
               ("elementwise", ["add", "mul", "silu", "gelu", "sigmoid", "div", "sub", "exp", "sin", "cos", "neg", "pow", "upsample"])]
 
 
-def profile(unet, x, text, size):
+def profile(evaluate, size):
     """Self CPU time of one guided evaluation by op category (leaf ops only, so nothing is counted twice)."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
     with torch.no_grad(), torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        unet(torch.cat([x, x]), 500, encoder_hidden_states=text)
+        evaluate()
     totals = {}
     for ev in prof.key_averages():
         name = ev.key.replace("aten::", "")
@@ -114,9 +120,9 @@ def main():
         row["gpu"] = torch.cuda.get_device_name(dev)
     print(json.dumps(row), flush=True)
     if args.profile and not cuda:
-        profile(unet, x, text, args.size)
+        profile(lambda: guided(x, 500), args.size)
     if args.sample_steps:
-        sched = DPMSolverMultistepScheduler.from_config(SD21_SCHEDULER if args.config == "sd21" else SDXL_SCHEDULER)
+        sched = DPMSolverMultistepScheduler.from_config(scheduler_preset(args.config))
         sched.set_timesteps(args.sample_steps)
         lat_x = x * sched.init_noise_sigma
         sync()

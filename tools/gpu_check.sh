@@ -33,7 +33,8 @@ if [ "${1:-}" = "--pack" ]; then
     # the newest gpu_fixtures test binary cargo wrote
     cp "$(ls -t target/cuda/release/deps/gpu_fixtures-* | grep -v '\.d$' | head -1)" "$PACK/gpu_fixtures"
     strip "$PACK/sada" "$PACK/gpu_fixtures"
-    cp tools/.cuda-venv/lib/python3.11/site-packages/nvidia/cu13/lib/libcudart.so.13 "$PACK/"
+    # build_cuda.sh links the toolkit's libcudart there (the one the binary was linked against)
+    cp -L target/cuda/link/libcudart.so "$PACK/libcudart.so.13"
     # the test binary finds its fixtures through the path it was compiled in
     echo "$PWD/crates/sada" > "$PACK/manifest_dir"
     tools/.venv/bin/pip download -q --no-deps -d "$PACK" diffusers==0.34.0
