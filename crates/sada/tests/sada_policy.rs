@@ -162,7 +162,7 @@ fn check_substitutes(kind: SolverKind, preset: &str, overrides: serde_json::Valu
                             })
                             .collect()
                     }
-                    SkipKind::Reuse => panic!("SADA never plans a plain reuse"),
+                    SkipKind::Reuse | SkipKind::Extrapolate => panic!("SADA never plans {kind:?}"),
                 };
                 close(&got, &want, 1e-5, &format!("{kind:?} substitute at step {n}"));
                 (None, sub)

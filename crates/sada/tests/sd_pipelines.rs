@@ -133,6 +133,21 @@ fn check_family(fam: &str) {
     assert!(trace.evaluations < 50, "{fam}: SADA ran {} evaluations for 50 steps", trace.evaluations);
     let v: Vec<f32> = latents.flatten_all().unwrap().to_vec1().unwrap();
     assert!(v.iter().all(|x| x.is_finite()));
+
+    // sada+ under a budget: exactly that many network calls, every skip an extrapolation, and
+    // closer to the 50-step baseline than the plain solver with as many steps
+    let run = |pipe: &mut StableDiffusion, accel: &str, steps: usize| {
+        let opts = GenerateOptions { steps, acceleration: Acceleration::parse(accel, family).unwrap(), ..options(fam) };
+        pipe.generate(&inputs, &opts, &mut |_, _| {}).unwrap()
+    };
+    let (base, _) = run(&mut pipe, "none", 50);
+    let (plus, trace) = run(&mut pipe, "sada+:max_evals=25", 50);
+    assert_eq!(trace.evaluations, 25, "{fam}: sada+ with a budget of 25");
+    assert_eq!(trace.count(sada::policy::Decision::SkipExtrapolate), 25);
+    let (plain, _) = run(&mut pipe, "none", 25);
+    let (e_plus, e_plain) = (rel_err(&plus, &base), rel_err(&plain, &base));
+    println!("{fam} sada+ at 25 of 50: relative {e_plus:.2e} from the baseline; plain 25 steps {e_plain:.2e}");
+    assert!(e_plus < e_plain, "{fam}: sada+ {e_plus:.2e} vs plain {e_plain:.2e}");
 }
 
 #[test]

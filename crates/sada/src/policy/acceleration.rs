@@ -163,6 +163,7 @@ macro_rules! methods {
 methods! {
     None(Baseline) = "none": "the unaccelerated baseline: every step computed in full",
     Sada(SadaConfig) = "sada": "SADA (ICML 2025): stability-guided step skipping and token pruning",
+    SadaPlus(super::sada_plus::SadaPlusConfig) = "sada+": "ours: skips x0 extrapolated in the solver's time, by an error estimate against a tolerance or a budget (tolerance, max_evals, max_error, order, max_interval, warmup, tail)",
     FewerSteps(FewerSteps) = "fewer-steps": "the plain solver with fewer steps (settings: steps)",
     DeepCache(super::deepcache::DeepCacheConfig) = "deepcache": "DeepCache: the U-Net's deep branch from the last full step (interval, branch, uniform)",
     Adaptive(super::adaptive::AdaptiveConfig) = "adaptive": "AdaptiveDiffusion: reuse the last output where the trajectory is straight (threshold, max_skip_steps)",

@@ -1,4 +1,5 @@
-//! Lagrange extrapolation of the data prediction x0 over step indices (SADA's late-phase skips).
+//! Lagrange extrapolation of the data prediction x0: over step indices (SADA's late-phase skips)
+//! or over any time variable on a non-uniform grid (`sada+`'s skips, in the solver's own time).
 
 use candle_core::Tensor;
 
@@ -6,17 +7,16 @@ use crate::error::{Error, Result};
 
 /// The Lagrange basis weights of nodes `k` evaluated at `at`: w_i = prod_{j != i} (at - k_j) / (k_i - k_j).
 pub fn weights(nodes: &[usize], at: usize) -> Vec<f64> {
+    let nodes: Vec<f64> = nodes.iter().map(|&k| k as f64).collect();
+    weights_at(&nodes, at as f64)
+}
+
+/// [`weights`] on real nodes (distinct, in any order): the same formula, any grid.
+pub fn weights_at(nodes: &[f64], at: f64) -> Vec<f64> {
     nodes
         .iter()
         .enumerate()
-        .map(|(i, &ki)| {
-            nodes
-                .iter()
-                .enumerate()
-                .filter(|&(j, _)| j != i)
-                .map(|(_, &kj)| (at as f64 - kj as f64) / (ki as f64 - kj as f64))
-                .product()
-        })
+        .map(|(i, &ki)| nodes.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, &kj)| (at - kj) / (ki - kj)).product())
         .collect()
 }
 
@@ -26,8 +26,23 @@ pub fn extrapolate(anchors: &[(usize, Tensor)], at: usize) -> Result<Tensor> {
         return Err(Error::param("lagrange_term", "no Lagrange anchors recorded yet"));
     }
     let nodes: Vec<usize> = anchors.iter().map(|(k, _)| *k).collect();
+    let xs: Vec<&Tensor> = anchors.iter().map(|(_, x)| x).collect();
+    combine(&xs, &weights(&nodes, at))
+}
+
+/// The interpolating polynomial through `(t_i, x_i)` evaluated at `at` (any real grid).
+pub fn extrapolate_at(anchors: &[(f64, Tensor)], at: f64) -> Result<Tensor> {
+    if anchors.is_empty() {
+        return Err(Error::internal("extrapolation without anchors"));
+    }
+    let nodes: Vec<f64> = anchors.iter().map(|(t, _)| *t).collect();
+    let xs: Vec<&Tensor> = anchors.iter().map(|(_, x)| x).collect();
+    combine(&xs, &weights_at(&nodes, at))
+}
+
+fn combine(xs: &[&Tensor], weights: &[f64]) -> Result<Tensor> {
     let mut acc: Option<Tensor> = None;
-    for ((_, x), w) in anchors.iter().zip(weights(&nodes, at)) {
+    for (x, &w) in xs.iter().zip(weights) {
         let term = x.affine(w, 0.0)?;
         acc = Some(match acc {
             None => term,

@@ -16,6 +16,7 @@ pub mod fbcache;
 pub mod lagrange;
 pub mod rule;
 pub mod sada;
+pub mod sada_plus;
 pub mod taylorseer;
 pub mod token_score;
 
@@ -44,13 +45,23 @@ pub enum Decision {
     SkipAm,
     /// No network call: x0 extrapolated from SADA's Lagrange anchors.
     SkipLagrange,
+    /// No network call: x0 extrapolated from the computed ones in the solver's time variable (`sada+`).
+    SkipExtrapolate,
     /// No network call: the last network output reused as is.
     Reuse,
 }
 
 impl Decision {
-    pub const ALL: [Decision; 7] =
-        [Decision::Full, Decision::Refresh, Decision::Pruned, Decision::Partial, Decision::SkipAm, Decision::SkipLagrange, Decision::Reuse];
+    pub const ALL: [Decision; 8] = [
+        Decision::Full,
+        Decision::Refresh,
+        Decision::Pruned,
+        Decision::Partial,
+        Decision::SkipAm,
+        Decision::SkipLagrange,
+        Decision::SkipExtrapolate,
+        Decision::Reuse,
+    ];
 
     /// The name used in traces (kebab-case).
     pub fn name(self) -> &'static str {
@@ -61,13 +72,14 @@ impl Decision {
             Decision::Partial => "partial",
             Decision::SkipAm => "skip-am",
             Decision::SkipLagrange => "skip-lagrange",
+            Decision::SkipExtrapolate => "skip-extrapolate",
             Decision::Reuse => "reuse",
         }
     }
 
     /// Whether the step called the network (in full or in part).
     pub fn computed(self) -> bool {
-        !matches!(self, Decision::SkipAm | Decision::SkipLagrange | Decision::Reuse)
+        !matches!(self, Decision::SkipAm | Decision::SkipLagrange | Decision::SkipExtrapolate | Decision::Reuse)
     }
 
     fn of_tokens(plan: &TokenPlan) -> Self {
@@ -84,6 +96,8 @@ impl Decision {
 pub enum SkipKind {
     AdamsMoulton,
     Lagrange,
+    /// x0 extrapolated in the solver's time variable (`sada+`).
+    Extrapolate,
     /// The last network output, unchanged.
     Reuse,
 }
@@ -100,6 +114,7 @@ impl StepPlan {
             StepPlan::Compute(t) => Decision::of_tokens(t),
             StepPlan::Skip(SkipKind::AdamsMoulton) => Decision::SkipAm,
             StepPlan::Skip(SkipKind::Lagrange) => Decision::SkipLagrange,
+            StepPlan::Skip(SkipKind::Extrapolate) => Decision::SkipExtrapolate,
             StepPlan::Skip(SkipKind::Reuse) => Decision::Reuse,
         }
     }

@@ -347,7 +347,7 @@ impl Policy for Sada {
         }
         match kind {
             SkipKind::AdamsMoulton => self.pending.take().ok_or_else(|| Error::internal(format!("no substitute prepared for step {step}"))),
-            SkipKind::Reuse => Err(Error::internal("SADA never plans a plain reuse")),
+            SkipKind::Reuse | SkipKind::Extrapolate => Err(Error::internal(format!("SADA never plans {kind:?}"))),
             SkipKind::Lagrange => {
                 let anchors: Vec<(usize, Tensor)> = self.anchors.iter().cloned().collect();
                 let x0 = lagrange::extrapolate(&anchors, step)?;
