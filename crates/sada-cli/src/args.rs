@@ -181,6 +181,13 @@ pub struct AccelArgs {
     pub accel: String,
     #[command(flatten)]
     pub sada: SadaArgs,
+    /// sada+: at most this many network evaluations per image (its budget; overrides
+    /// --tolerance)
+    #[arg(long, value_name = "N")]
+    pub max_evals: Option<usize>,
+    /// sada+: skip a step when its estimated relative error is at most this [0.01]
+    #[arg(long, value_name = "X")]
+    pub tolerance: Option<f64>,
 }
 
 impl AccelArgs {
@@ -190,6 +197,16 @@ impl AccelArgs {
         match &mut accel {
             Acceleration::Sada(cfg) => *cfg = self.sada.apply(cfg.clone(), seed),
             _ if self.sada.any() => bail!("the SADA flags (--acc-range, --max-interval, ...) apply to --accel sada, not `{}`", accel.name()),
+            _ => {}
+        }
+        match &mut accel {
+            Acceleration::SadaPlus(cfg) => {
+                cfg.max_evals = self.max_evals.unwrap_or(cfg.max_evals);
+                cfg.tolerance = self.tolerance.unwrap_or(cfg.tolerance);
+            }
+            _ if self.max_evals.is_some() || self.tolerance.is_some() => {
+                bail!("--max-evals and --tolerance apply to --accel sada+, not `{}`", accel.name())
+            }
             _ => {}
         }
         Ok(accel)

@@ -11,7 +11,9 @@ use sada::denoiser::{Conditioning, Guided};
 use sada::gmm::{class_weights, uniform_weights, GaussianMixture, GmmSchedule};
 use sada::metrics::{data_range, psnr};
 use sada::policy::acceleration::Family;
-use sada::policy::{NoAcceleration, Policy};
+use sada::policy::acceleration::Method;
+use sada::policy::sada_plus::SadaPlusConfig;
+use sada::policy::{Acceleration, NoAcceleration, Policy};
 use sada::sampling::{sample, Trace};
 use sada::schedule::NoiseSchedule;
 use sada::solvers::{build_solver, presets, FlowTimesteps, Solver, SolverKind};
@@ -44,6 +46,18 @@ pub struct GmmArgs {
     /// Write the accelerated run's per-step trace as JSON
     #[arg(long, value_name = "FILE.json")]
     pub trace: Option<PathBuf>,
+    /// Study instead of one run: for each budget (network evaluations, comma-separated), the
+    /// plain solver with that many steps and `sada+` held to it on the --steps schedule, plus
+    /// reference SADA once, each against the --steps baseline and against the exact ODE
+    /// solution (the same solver at 1000 steps), averaged over --runs seeds
+    #[arg(long, value_name = "EVALS,...", value_delimiter = ',', num_args = 1..)]
+    pub study: Option<Vec<usize>>,
+    /// Seeds per study point (seed, seed+1, ...)
+    #[arg(long, default_value_t = 8, requires = "study")]
+    pub runs: u64,
+    /// Write the study's PSNR-against-evaluations plot here (SVG)
+    #[arg(long, value_name = "FILE.svg", requires = "study")]
+    pub plot: Option<PathBuf>,
     #[command(flatten)]
     pub accel: AccelArgs,
     #[command(flatten)]
@@ -59,6 +73,9 @@ const DETAIL: f32 = 0.15;
 pub fn run(args: &GmmArgs) -> Result<()> {
     if let Some(trace) = &args.trace {
         crate::output::check_writable("--trace", trace)?;
+    }
+    if let Some(plot) = &args.plot {
+        crate::output::check_writable("--plot", plot)?;
     }
     anyhow::ensure!(args.size >= 1 && args.batch >= 1, "--size and --batch must be at least 1");
     // per latent element: the f32 latents, the f64 posterior mean and its inputs, the guided
@@ -108,9 +125,16 @@ pub fn run(args: &GmmArgs) -> Result<()> {
         SolverArg::Flow => Family::Flux,
         _ => Family::StableDiffusion,
     };
+    let guided = Guided::new(&model, cond, Some(uncond), args.guidance_scale)?;
+    if let Some(budgets) = &args.study {
+        let init_sigma = solver.init_noise_sigma();
+        let noise = |seed: u64| -> Result<Tensor> {
+            Ok(seeded_noise(&[args.batch, shape[0], shape[1], shape[2]], seed)?.affine(init_sigma, 0.0)?)
+        };
+        return study(args, budgets, label, &guided, &build, &noise, family);
+    }
     let accel = args.accel.acceleration(family, args.seed)?;
     accel.validate(accel.steps(args.steps))?;
-    let guided = Guided::new(&model, cond, Some(uncond), args.guidance_scale)?;
     let run = |solver: &mut dyn Solver, policy: &mut dyn Policy, name: &str| -> Result<(Tensor, Trace, f64)> {
         let bar = progress(solver.num_steps(), name);
         let start = Instant::now();
@@ -154,6 +178,131 @@ pub fn run(args: &GmmArgs) -> Result<()> {
         crate::output::write_atomic(path, serde_json::to_string_pretty(&trace)?.as_bytes())
             .with_context(|| format!("writing trace {}", path.display()))?;
         println!("trace written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// One study point: a method at a budget, averaged over the seeds.
+struct Point {
+    method: String,
+    evals: f64,
+    psnr_baseline: f64,
+    psnr_exact: f64,
+    min_baseline: f64,
+    min_exact: f64,
+}
+
+/// The steps of the "exact" solution (at 1000, DPM-Solver++'s grid repeats a timestep and
+/// its step ratio divides by zero, in diffusers too). The study prints how far half as many
+/// steps land from it, which bounds its own error.
+const EXACT_STEPS: usize = 500;
+
+fn study(
+    args: &GmmArgs,
+    budgets: &[usize],
+    label: &str,
+    guided: &Guided,
+    build: &dyn Fn(usize) -> Result<Box<dyn Solver>>,
+    noise: &dyn Fn(u64) -> Result<Tensor>,
+    family: Family,
+) -> Result<()> {
+    anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
+    anyhow::ensure!(args.accel.accel == "sada", "--study compares its own methods (plain, sada, sada+); leave --accel out");
+    for &b in budgets {
+        anyhow::ensure!((1..args.steps).contains(&b), "--study: budget {b} must lie between 1 and --steps - 1 = {}", args.steps - 1);
+    }
+    let sada_plus = |b: usize| -> Acceleration {
+        // the budget sets the evaluations; skips in a row are allowed as far as it needs
+        let mut cfg = SadaPlusConfig { max_evals: b, ..<SadaPlusConfig as Method>::preset(family) };
+        while cfg.min_evals(args.steps) > b && cfg.max_interval < args.steps {
+            cfg.max_interval += 1;
+        }
+        Acceleration::SadaPlus(cfg)
+    };
+    let mut methods: Vec<(String, usize, Acceleration)> = Vec::new();
+    for &b in budgets {
+        methods.push(("plain".into(), b, Acceleration::parse(&format!("fewer-steps:steps={b}"), family)?));
+        let plus = sada_plus(b);
+        if plus.validate(args.steps).is_ok() {
+            methods.push(("sada+".into(), b, plus));
+        }
+    }
+    // reference SADA's published ranges are for 50 steps
+    let sada = Acceleration::preset("sada", family)?;
+    let sada_fits = sada.validate(args.steps).is_ok();
+    if sada_fits {
+        methods.push(("sada".into(), 0, sada));
+    }
+    let bar = progress(methods.len() * args.runs as usize, "study");
+    let mut sums: Vec<(f64, f64, f64)> = vec![(0.0, 0.0, 0.0); methods.len()];
+    let mut mins: Vec<(f64, f64)> = vec![(f64::INFINITY, f64::INFINITY); methods.len()];
+    let (mut convergence, mut baseline_to_exact) = (0.0, 0.0);
+    for seed in args.seed..args.seed + args.runs {
+        let x_t = noise(seed)?;
+        let exact = sample(guided, build(EXACT_STEPS)?.as_mut(), &mut NoAcceleration, x_t.clone(), &mut |_, _| {})?.0;
+        let half = sample(guided, build(EXACT_STEPS / 2)?.as_mut(), &mut NoAcceleration, x_t.clone(), &mut |_, _| {})?.0;
+        convergence += psnr(&half, &exact, data_range(&exact)?)?;
+        let base = sample(guided, build(args.steps)?.as_mut(), &mut NoAcceleration, x_t.clone(), &mut |_, _| {})?.0;
+        let range = data_range(&base)?;
+        baseline_to_exact += psnr(&base, &exact, range)?;
+        for (((_, _, accel), sum), min) in methods.iter().zip(sums.iter_mut()).zip(mins.iter_mut()) {
+            let mut solver = build(accel.steps(args.steps))?;
+            let (x, trace) = sample(guided, solver.as_mut(), accel.policy().as_mut(), x_t.clone(), &mut |_, _| {})?;
+            let (to_base, to_exact) = (psnr(&x, &base, range)?, psnr(&x, &exact, range)?);
+            sum.0 += trace.evaluations as f64;
+            sum.1 += to_base;
+            sum.2 += to_exact;
+            *min = (min.0.min(to_base), min.1.min(to_exact));
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    let runs = args.runs as f64;
+    let points: Vec<Point> = methods
+        .iter()
+        .zip(sums.iter().zip(&mins))
+        .map(|((name, _, _), (s, m))| Point {
+            method: name.clone(),
+            evals: s.0 / runs,
+            psnr_baseline: s.1 / runs,
+            psnr_exact: s.2 / runs,
+            min_baseline: m.0,
+            min_exact: m.1,
+        })
+        .collect();
+    println!(
+        "Gaussian-mixture study ({COMPONENTS} components), {label}, {} steps, CFG {}, latents {}x4x{}x{}, {} seeds from {}",
+        args.steps, args.guidance_scale, args.batch, args.size, args.size, args.runs, args.seed
+    );
+    println!(
+        "PSNR on the final latents (mean over seeds; data range of each seed's baseline); exact = {EXACT_STEPS} steps of the same solver ({} steps land {:.1} dB from it)\n",
+        EXACT_STEPS / 2,
+        convergence / runs
+    );
+    println!("| method | evaluations | PSNR vs {}-step baseline dB, mean (min) | PSNR vs exact dB, mean (min) |", args.steps);
+    println!("|---|---|---|---|");
+    println!("| baseline | {} | - | {:.2} |", args.steps, baseline_to_exact / runs);
+    for p in &points {
+        println!("| {} | {:.1} | {:.2} ({:.2}) | {:.2} ({:.2}) |", p.method, p.evals, p.psnr_baseline, p.min_baseline, p.psnr_exact, p.min_exact);
+    }
+    let skipped: Vec<usize> = budgets.iter().copied().filter(|&b| !points.iter().any(|p| p.method == "sada+" && p.evals.round() as usize == b)).collect();
+    if !sada_fits {
+        println!("\nreference SADA left out: its published settings do not fit {} steps", args.steps);
+    }
+    if !skipped.is_empty() {
+        println!("
+sada+ cannot keep to budgets {skipped:?} on {} steps (below its warm-up and tail)", args.steps);
+    }
+    if let Some(path) = &args.plot {
+        let series: Vec<(String, Vec<(f64, f64)>)> = ["plain", "sada+", "sada"]
+            .iter()
+            .map(|m| (m.to_string(), points.iter().filter(|p| p.method == *m).map(|p| (p.evals, p.psnr_baseline)).collect()))
+            .collect();
+        let title = format!("GMM, {label}: PSNR vs the {}-step baseline", args.steps);
+        crate::output::write_atomic(path, crate::bench::lines_svg(&title, "network evaluations", "PSNR dB", &series).as_bytes())
+            .with_context(|| format!("writing plot {}", path.display()))?;
+        println!("
+plot written to {}", path.display());
     }
     Ok(())
 }

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::args::{load_model, DeviceArgs, DtypeArg, MemoryArgs, ModelArgs, SadaArgs, SolverArg};
 use crate::output::write_atomic;
+pub use plot::lines_svg;
 pub use shard::Shard;
 
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ fn colour(d: Decision) -> &'static str {
         Decision::Partial => "#6cc",
         Decision::SkipAm => "#f90",
         Decision::SkipLagrange => "#c3c",
+        Decision::SkipExtrapolate => "#e55",
         Decision::Reuse => "#c96",
     }
 }
@@ -67,6 +68,70 @@ pub fn criterion_svg(traces: &[&Trace], steps: usize, acc_range: (usize, usize))
     s + "</svg>\n"
 }
 
+/// About `n` round tick values between `lo` and `hi`.
+fn ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
+    let step = ((hi - lo) / n as f64).max(1e-9);
+    let mag = 10f64.powf(step.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= step).unwrap_or(step);
+    let mut v = (lo / step).ceil() * step;
+    let mut out = Vec::new();
+    while v <= hi {
+        out.push(v);
+        v += step;
+    }
+    out
+}
+
+/// Named series of (x, y) points as lines with dots, on shared linear axes.
+pub fn lines_svg(title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
+    let (w, h, left, right, top, bottom) = (900.0, 520.0, 70.0, 160.0, 40.0, 60.0);
+    let pts: Vec<(f64, f64)> = series.iter().flat_map(|(_, p)| p.iter().copied()).filter(|(a, b)| a.is_finite() && b.is_finite()).collect();
+    let lo = |f: fn(&(f64, f64)) -> f64| pts.iter().map(f).fold(f64::INFINITY, f64::min);
+    let hi = |f: fn(&(f64, f64)) -> f64| pts.iter().map(f).fold(f64::NEG_INFINITY, f64::max);
+    let (x0, x1) = if pts.is_empty() { (0.0, 1.0) } else { (lo(|p| p.0) - 1.0, hi(|p| p.0) + 1.0) };
+    let (y0, y1) = if pts.is_empty() { (0.0, 1.0) } else { (lo(|p| p.1) - 2.0, hi(|p| p.1) + 2.0) };
+    let (pw, ph) = (w - left - right, h - top - bottom);
+    let x = |v: f64| left + pw * (v - x0) / (x1 - x0);
+    let y = |v: f64| top + ph * (1.0 - (v - y0) / (y1 - y0));
+    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
+    s += &format!("<text x=\"{left}\" y=\"22\">{}</text>\n", escape(title));
+    s += &format!("<rect x=\"{left}\" y=\"{top}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#888\"/>\n");
+    for t in ticks(x0, x1, 8) {
+        s += &format!("<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{top}\" y2=\"{1:.1}\" stroke=\"#eee\"/><text x=\"{0:.1}\" y=\"{2:.1}\" text-anchor=\"middle\">{t}</text>\n", x(t), top + ph, top + ph + 16.0);
+    }
+    for t in ticks(y0, y1, 8) {
+        s += &format!("<line x1=\"{left}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{1:.1}\" stroke=\"#eee\"/><text x=\"{2:.1}\" y=\"{3:.1}\" text-anchor=\"end\">{t:.0}</text>\n", left + pw, y(t), left - 6.0, y(t) + 4.0);
+    }
+    s += &format!("<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n", left + pw / 2.0, h - 14.0, escape(x_label));
+    s += &format!("<text x=\"16\" y=\"{0:.1}\" transform=\"rotate(-90 16 {0:.1})\" text-anchor=\"middle\">{1}</text>\n", top + ph / 2.0, escape(y_label));
+    for (i, (name, points)) in series.iter().enumerate() {
+        s += &series_svg(points.clone(), i, name, &x, &y, (w - right + 20.0, top + 10.0 + 18.0 * i as f64));
+    }
+    s + "</svg>\n"
+}
+
+/// Series `index` of a plot: its finite points joined in x order, dots, and its legend entry at
+/// `legend` (x, y).
+fn series_svg(mut points: Vec<(f64, f64)>, index: usize, name: &str, x: &dyn Fn(f64) -> f64, y: &dyn Fn(f64) -> f64, legend: (f64, f64)) -> String {
+    let c = PALETTE[index % PALETTE.len()];
+    points.retain(|(a, b)| a.is_finite() && b.is_finite());
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut s = String::new();
+    if points.len() > 1 {
+        let line: Vec<String> = points.iter().map(|(a, b)| format!("{:.1},{:.1}", x(*a), y(*b))).collect();
+        s += &format!("<polyline fill=\"none\" stroke=\"{c}\" points=\"{}\"/>\n", line.join(" "));
+    }
+    for (a, b) in &points {
+        s += &format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{c}\"/>\n", x(*a), y(*b));
+    }
+    let (lx, ly) = legend;
+    s + &format!("<circle cx=\"{lx:.1}\" cy=\"{ly:.1}\" r=\"4\" fill=\"{c}\"/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n", lx + 10.0, ly + 4.0, escape(name))
+}
+
+fn escape(t: &str) -> String {
+    t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
 const PALETTE: [&str; 8] = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
 
 /// Mean PSNR against wall-clock speedup: one point per method setting (a method's sweep joined
@@ -87,18 +152,6 @@ pub fn tradeoff_svg(methods: &[MethodSummary], plain: &[(usize, f64, f64)]) -> S
     let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
     s += &format!("<text x=\"{left}\" y=\"22\">Fidelity to the baseline against speed (mean PSNR dB vs wall-clock speedup)</text>\n");
     s += &format!("<rect x=\"{left}\" y=\"{top}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#888\"/>\n");
-    let ticks = |lo: f64, hi: f64, n: usize| -> Vec<f64> {
-        let step = ((hi - lo) / n as f64).max(1e-9);
-        let mag = 10f64.powf(step.log10().floor());
-        let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= step).unwrap_or(step);
-        let mut v = (lo / step).ceil() * step;
-        let mut out = Vec::new();
-        while v <= hi {
-            out.push(v);
-            v += step;
-        }
-        out
-    };
     for t in ticks(x0, x1, 8) {
         s += &format!("<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{top}\" y2=\"{1:.1}\" stroke=\"#eee\"/><text x=\"{0:.1}\" y=\"{2:.1}\" text-anchor=\"middle\">{t:.1}x</text>\n", x(t), top + ph, top + ph + 16.0);
     }
@@ -126,23 +179,9 @@ pub fn tradeoff_svg(methods: &[MethodSummary], plain: &[(usize, f64, f64)]) -> S
         }
     }
     for (i, name) in names.iter().enumerate() {
-        let c = PALETTE[i % PALETTE.len()];
-        let mut own: Vec<(f64, f64)> = methods
-            .iter()
-            .filter(|m| m.spec.split(':').next() == Some(name))
-            .filter_map(|m| Some((m.speedup, m.mean_psnr_db?)))
-            .filter(|(a, b)| a.is_finite() && b.is_finite())
-            .collect();
-        own.sort_by(|a, b| a.0.total_cmp(&b.0));
-        if own.len() > 1 {
-            let line: Vec<String> = own.iter().map(|(a, b)| format!("{:.1},{:.1}", x(*a), y(*b))).collect();
-            s += &format!("<polyline fill=\"none\" stroke=\"{c}\" points=\"{}\"/>\n", line.join(" "));
-        }
-        for (a, b) in &own {
-            s += &format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{c}\"/>\n", x(*a), y(*b));
-        }
-        let ly = top + 10.0 + 18.0 * i as f64;
-        s += &format!("<circle cx=\"{:.1}\" cy=\"{ly:.1}\" r=\"4\" fill=\"{c}\"/><text x=\"{:.1}\" y=\"{:.1}\">{name}</text>\n", w - right + 20.0, w - right + 30.0, ly + 4.0);
+        let own: Vec<(f64, f64)> =
+            methods.iter().filter(|m| m.spec.split(':').next() == Some(name)).filter_map(|m| Some((m.speedup, m.mean_psnr_db?))).collect();
+        s += &series_svg(own, i, name, &x, &y, (w - right + 20.0, top + 10.0 + 18.0 * i as f64));
     }
     let ly = top + 10.0 + 18.0 * names.len() as f64;
     s += &format!(
