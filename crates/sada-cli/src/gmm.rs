@@ -49,7 +49,7 @@ pub struct GmmArgs {
     /// Study instead of one run: for each budget (network evaluations, comma-separated), the
     /// plain solver with that many steps and `sada+` held to it on the --steps schedule, plus
     /// reference SADA once, each against the --steps baseline and against the exact ODE
-    /// solution (the same solver at 1000 steps), averaged over --runs seeds
+    /// solution (the same solver at 500 steps), averaged over --runs seeds
     #[arg(long, value_name = "EVALS,...", value_delimiter = ',', num_args = 1..)]
     pub study: Option<Vec<usize>>,
     /// Seeds per study point (seed, seed+1, ...)
@@ -182,14 +182,21 @@ pub fn run(args: &GmmArgs) -> Result<()> {
     Ok(())
 }
 
-/// One study point: a method at a budget, averaged over the seeds.
+/// One study point: a method at a budget, over the seeds (sums while they run, then means).
 struct Point {
-    method: String,
+    method: &'static str,
+    accel: Acceleration,
     evals: f64,
     psnr_baseline: f64,
     psnr_exact: f64,
     min_baseline: f64,
     min_exact: f64,
+}
+
+impl Point {
+    fn new(method: &'static str, accel: Acceleration) -> Self {
+        Self { method, accel, evals: 0.0, psnr_baseline: 0.0, psnr_exact: 0.0, min_baseline: f64::INFINITY, min_exact: f64::INFINITY }
+    }
 }
 
 /// The steps of the "exact" solution (at 1000, DPM-Solver++'s grid repeats a timestep and
@@ -207,7 +214,12 @@ fn study(
     family: Family,
 ) -> Result<()> {
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
-    anyhow::ensure!(args.accel.accel == "sada", "--study compares its own methods (plain, sada, sada+); leave --accel out");
+    let seeds_end = args.seed.checked_add(args.runs).with_context(|| format!("--seed {} + --runs {} overflows the seed range", args.seed, args.runs))?;
+    let a = &args.accel;
+    anyhow::ensure!(
+        a.accel == "sada" && !a.sada.any() && a.max_evals.is_none() && a.tolerance.is_none() && args.trace.is_none(),
+        "--study runs its own methods (plain, sada, sada+) with their presets; leave out --accel, the method flags and --trace"
+    );
     for &b in budgets {
         anyhow::ensure!((1..args.steps).contains(&b), "--study: budget {b} must lie between 1 and --steps - 1 = {}", args.steps - 1);
     }
@@ -219,25 +231,23 @@ fn study(
         }
         Acceleration::SadaPlus(cfg)
     };
-    let mut methods: Vec<(String, usize, Acceleration)> = Vec::new();
+    let mut points: Vec<Point> = Vec::new();
     for &b in budgets {
-        methods.push(("plain".into(), b, Acceleration::parse(&format!("fewer-steps:steps={b}"), family)?));
+        points.push(Point::new("plain", Acceleration::parse(&format!("fewer-steps:steps={b}"), family)?));
         let plus = sada_plus(b);
         if plus.validate(args.steps).is_ok() {
-            methods.push(("sada+".into(), b, plus));
+            points.push(Point::new("sada+", plus));
         }
     }
     // reference SADA's published ranges are for 50 steps
     let sada = Acceleration::preset("sada", family)?;
     let sada_fits = sada.validate(args.steps).is_ok();
     if sada_fits {
-        methods.push(("sada".into(), 0, sada));
+        points.push(Point::new("sada", sada));
     }
-    let bar = progress(methods.len() * args.runs as usize, "study");
-    let mut sums: Vec<(f64, f64, f64)> = vec![(0.0, 0.0, 0.0); methods.len()];
-    let mut mins: Vec<(f64, f64)> = vec![(f64::INFINITY, f64::INFINITY); methods.len()];
+    let bar = progress(points.len().saturating_mul(usize::try_from(args.runs).unwrap_or(usize::MAX)), "study");
     let (mut convergence, mut baseline_to_exact) = (0.0, 0.0);
-    for seed in args.seed..args.seed + args.runs {
+    for seed in args.seed..seeds_end {
         let x_t = noise(seed)?;
         let exact = sample(guided, build(EXACT_STEPS)?.as_mut(), &mut NoAcceleration, x_t.clone(), &mut |_, _| {})?.0;
         let half = sample(guided, build(EXACT_STEPS / 2)?.as_mut(), &mut NoAcceleration, x_t.clone(), &mut |_, _| {})?.0;
@@ -245,31 +255,25 @@ fn study(
         let base = sample(guided, build(args.steps)?.as_mut(), &mut NoAcceleration, x_t.clone(), &mut |_, _| {})?.0;
         let range = data_range(&base)?;
         baseline_to_exact += psnr(&base, &exact, range)?;
-        for (((_, _, accel), sum), min) in methods.iter().zip(sums.iter_mut()).zip(mins.iter_mut()) {
-            let mut solver = build(accel.steps(args.steps))?;
-            let (x, trace) = sample(guided, solver.as_mut(), accel.policy().as_mut(), x_t.clone(), &mut |_, _| {})?;
+        for p in points.iter_mut() {
+            let mut solver = build(p.accel.steps(args.steps))?;
+            let (x, trace) = sample(guided, solver.as_mut(), p.accel.policy().as_mut(), x_t.clone(), &mut |_, _| {})?;
             let (to_base, to_exact) = (psnr(&x, &base, range)?, psnr(&x, &exact, range)?);
-            sum.0 += trace.evaluations as f64;
-            sum.1 += to_base;
-            sum.2 += to_exact;
-            *min = (min.0.min(to_base), min.1.min(to_exact));
+            p.evals += trace.evaluations as f64;
+            p.psnr_baseline += to_base;
+            p.psnr_exact += to_exact;
+            p.min_baseline = p.min_baseline.min(to_base);
+            p.min_exact = p.min_exact.min(to_exact);
             bar.inc(1);
         }
     }
     bar.finish_and_clear();
     let runs = args.runs as f64;
-    let points: Vec<Point> = methods
-        .iter()
-        .zip(sums.iter().zip(&mins))
-        .map(|((name, _, _), (s, m))| Point {
-            method: name.clone(),
-            evals: s.0 / runs,
-            psnr_baseline: s.1 / runs,
-            psnr_exact: s.2 / runs,
-            min_baseline: m.0,
-            min_exact: m.1,
-        })
-        .collect();
+    for p in points.iter_mut() {
+        p.evals /= runs;
+        p.psnr_baseline /= runs;
+        p.psnr_exact /= runs;
+    }
     println!(
         "Gaussian-mixture study ({COMPONENTS} components), {label}, {} steps, CFG {}, latents {}x4x{}x{}, {} seeds from {}",
         args.steps, args.guidance_scale, args.batch, args.size, args.size, args.runs, args.seed
@@ -290,19 +294,17 @@ fn study(
         println!("\nreference SADA left out: its published settings do not fit {} steps", args.steps);
     }
     if !skipped.is_empty() {
-        println!("
-sada+ cannot keep to budgets {skipped:?} on {} steps (below its warm-up and tail)", args.steps);
+        println!("\nsada+ cannot keep to budgets {skipped:?} on {} steps (below its warm-up and tail)", args.steps);
     }
     if let Some(path) = &args.plot {
         let series: Vec<(String, Vec<(f64, f64)>)> = ["plain", "sada+", "sada"]
             .iter()
-            .map(|m| (m.to_string(), points.iter().filter(|p| p.method == *m).map(|p| (p.evals, p.psnr_baseline)).collect()))
+            .map(|&m| (m.to_owned(), points.iter().filter(|p| p.method == m).map(|p| (p.evals, p.psnr_baseline)).collect()))
             .collect();
         let title = format!("GMM, {label}: PSNR vs the {}-step baseline", args.steps);
         crate::output::write_atomic(path, crate::bench::lines_svg(&title, "network evaluations", "PSNR dB", &series).as_bytes())
             .with_context(|| format!("writing plot {}", path.display()))?;
-        println!("
-plot written to {}", path.display());
+        println!("\nplot written to {}", path.display());
     }
     Ok(())
 }

@@ -149,6 +149,8 @@ fn sizes_and_counts_are_checked_before_anything_large_is_allocated() {
         (vec!["generate", "--prompt", p, "--max-evals", "20", "--output", o], "--max-evals and --tolerance apply to --accel sada+"),
         (vec!["gmm", "--study", "20,50"], "budget 50 must lie between 1 and --steps - 1"),
         (vec!["gmm", "--study", "20", "--runs", "0"], "--runs"),
+        (vec!["gmm", "--study", "20", "--max-evals", "10"], "--study runs its own methods"),
+        (vec!["gmm", "--study", "20", "--seed", "18446744073709551615"], "overflows the seed range"),
         (vec!["gmm", "--batch", "100000000"], "--batch/--size"),
         (vec!["gmm", "--size", "1000000"], "--batch/--size"),
         (vec!["bench-unet", "--size", "1048576"], "--size"),

@@ -150,10 +150,14 @@ impl SadaPlus {
         }
     }
 
-    /// The `order + 1` anchors the predictor uses (the newest ones).
+    /// The `order + 1` newest anchors: what the predictor extrapolates from.
+    fn predictor_anchors(&self) -> impl Iterator<Item = &(f64, Tensor)> {
+        self.anchors.iter().skip(self.anchors.len().saturating_sub(self.cfg.order + 1))
+    }
+
+    /// The times of [`Self::predictor_anchors`].
     fn predictor_nodes(&self) -> Vec<f64> {
-        let k = self.cfg.order + 1;
-        self.anchors.iter().skip(self.anchors.len().saturating_sub(k)).map(|(t, _)| *t).collect()
+        self.predictor_anchors().map(|(t, _)| *t).collect()
     }
 
     /// The estimated error of skipping `step`, with the error constant `c` and the predictor's
@@ -266,7 +270,7 @@ impl Policy for SadaPlus {
 
     fn substitute(&mut self, step: usize, _sample: &Tensor, _solver: &dyn Solver) -> Result<Prediction> {
         let k = self.cfg.order + 1;
-        let used: Vec<(f64, Tensor)> = self.anchors.iter().skip(self.anchors.len().saturating_sub(k)).cloned().collect();
+        let used: Vec<(f64, Tensor)> = self.predictor_anchors().cloned().collect();
         if used.len() < k {
             return Err(Error::internal(format!("step {step} skipped with {} of {k} anchors", used.len())));
         }
@@ -281,7 +285,7 @@ impl Policy for SadaPlus {
             let k = self.cfg.order + 1;
             if self.anchors.len() >= k {
                 // What the predictor would have said for this step, against what the network said.
-                let used: Vec<(f64, Tensor)> = self.anchors.iter().skip(self.anchors.len() - k).cloned().collect();
+                let used: Vec<(f64, Tensor)> = self.predictor_anchors().cloned().collect();
                 let predicted = lagrange::extrapolate_at(&used, t)?;
                 let error = rms(&(obs.data_prediction - &predicted)?)? / rms(obs.data_prediction)?.max(1e-12);
                 let span: f64 = used.iter().map(|(ti, _)| (t - ti).abs()).product();
