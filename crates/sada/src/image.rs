@@ -85,3 +85,42 @@ pub fn upscale(img: &RgbImage, factor: usize) -> RgbImage {
     }
     RgbImage { width: w, height: h, pixels }
 }
+
+/// Images with more pixels than this are refused before they are decoded (16k x 16k).
+const MAX_PIXELS: u64 = 1 << 28;
+
+/// Read a PNG as 8-bit RGB the way PIL's `convert("RGB")` does: grey is repeated, alpha is
+/// dropped (not composited), palettes are expanded, 16-bit samples keep their high byte.
+pub fn read_png(path: &std::path::Path) -> Result<RgbImage> {
+    let bad = |m: String| Error::file(path, m);
+    let file = std::fs::File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().map_err(|e| bad(format!("not a readable PNG: {e}")))?;
+    let (w, h) = (reader.info().width, reader.info().height);
+    if w as u64 * h as u64 > MAX_PIXELS {
+        return Err(bad(format!("{w}x{h} is larger than the {MAX_PIXELS} pixels an input image may have")));
+    }
+    let size = reader.output_buffer_size().ok_or_else(|| bad("image too large".into()))?;
+    let mut buf = vec![0; size];
+    let info = reader.next_frame(&mut buf).map_err(|e| bad(format!("corrupt PNG: {e}")))?;
+    buf.truncate(info.buffer_size());
+    let channels = match info.color_type {
+        png::ColorType::Grayscale => 1,
+        png::ColorType::GrayscaleAlpha => 2,
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        png::ColorType::Indexed => return Err(bad("palette PNG was not expanded".into())),
+    };
+    let pixels = match channels {
+        3 => buf,
+        c => buf.chunks_exact(c).flat_map(|p| if c < 3 { [p[0]; 3] } else { [p[0], p[1], p[2]] }).collect(),
+    };
+    Ok(RgbImage { width: info.width as usize, height: info.height as usize, pixels })
+}
+
+/// `[1, 3, H, W]` float32 in [0, 1] (diffusers' `pil_to_numpy`: value / 255, no normalisation).
+pub fn to_unit_tensor(img: &RgbImage, device: &candle_core::Device) -> Result<Tensor> {
+    let v: Vec<f32> = img.pixels.iter().map(|&p| p as f32 / 255.0).collect();
+    Ok(Tensor::from_vec(v, (img.height, img.width, 3), device)?.permute((2, 0, 1))?.contiguous()?.unsqueeze(0)?)
+}

@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod models;
 pub mod noise;
 pub mod pipelines;
+pub mod resample;
 pub mod policy;
 pub mod sampling;
 pub mod schedule;

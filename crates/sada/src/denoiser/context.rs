@@ -80,6 +80,11 @@ impl<'a> ForwardContext<'a> {
         Self::new(0, &TokenPlan::Full, token_cache, None)
     }
 
+    /// The solver step this evaluation belongs to.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
     /// Which tokens this call computes.
     pub fn plan(&self) -> &TokenPlan {
         self.plan

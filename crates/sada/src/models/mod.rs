@@ -4,6 +4,7 @@
 //! accelerators act inside them: each marks where its cacheable sub-networks are, and the
 //! calling side decides what runs there (see `denoiser::ForwardContext`).
 
+pub mod controlnet;
 pub mod hub;
 pub mod kernels;
 pub mod layers;
@@ -15,6 +16,7 @@ pub mod vae;
 pub mod vae_encoder;
 pub mod weights;
 
-pub use unet::{UNet2DConditionConfig, UNet2DConditionModel};
+pub use controlnet::ControlNetModel;
+pub use unet::{AdditionalResiduals, UNet2DConditionConfig, UNet2DConditionModel};
 pub use vae::AutoencoderKl;
 pub use source::ModelSource;

@@ -66,4 +66,9 @@ impl TokenCache {
     pub fn is_empty(&self) -> bool {
         self.outputs.is_empty()
     }
+
+    /// The names of the sites that have a cache.
+    pub fn sites(&self) -> impl Iterator<Item = &str> {
+        self.outputs.keys().map(String::as_str)
+    }
 }

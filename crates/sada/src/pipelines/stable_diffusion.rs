@@ -14,6 +14,8 @@ use candle_core::{DType, Device, Tensor};
 use super::{GenerateOptions, Pipeline, PipelineInputs, PromptCheck};
 use crate::denoiser::{Conditioning, Guided};
 use crate::error::{Error, Result};
+use crate::image::RgbImage;
+use crate::models::controlnet::{ControlUnit, ControlledUNet};
 use crate::models::{AutoencoderKl, ModelSource, UNet2DConditionModel};
 use crate::policy::acceleration::Family;
 use crate::sampling::{sample, Trace};
@@ -35,6 +37,12 @@ pub struct StableDiffusion {
     force_zeros_for_empty_prompt: bool,
     pub pixel_space: bool,
     scheduler_config: serde_json::Map<String, serde_json::Value>,
+    /// ControlNets (diffusers' `MultiControlNetModel` when several) and their control images,
+    /// resized to each run's size.
+    controlnets: Vec<ControlUnit>,
+    control_images: Vec<RgbImage>,
+    /// diffusers' `guess_mode`: the ControlNets see only the prompt's half of a guided batch.
+    pub guess_mode: bool,
     device: Device,
     dtype: DType,
 }
@@ -62,7 +70,83 @@ impl StableDiffusion {
         } else {
             None
         };
-        Ok(Self { source, unet, vae, text: None, force_zeros_for_empty_prompt, pixel_space, scheduler_config, device: device.clone(), dtype })
+        Ok(Self {
+            source,
+            unet,
+            vae,
+            text: None,
+            force_zeros_for_empty_prompt,
+            pixel_space,
+            scheduler_config,
+            controlnets: Vec::new(),
+            control_images: Vec::new(),
+            guess_mode: false,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// Steer generation with `unit.model` from `image` (any size: it is resized to each run's
+    /// as diffusers' control image processor does). Refuses a ControlNet built for another
+    /// UNet, and scales or guidance windows diffusers would refuse.
+    pub fn add_controlnet(&mut self, mut unit: ControlUnit, image: RgbImage) -> Result<()> {
+        let m = &unit.model;
+        let mismatch = |what: &str, cn: String, unet: String| Error::param("controlnet", format!("its {what} is {cn} but the UNet's is {unet}: it was made for another model"));
+        if m.in_channels() != self.unet.config.in_channels {
+            return Err(mismatch("in_channels", m.in_channels().to_string(), self.unet.config.in_channels.to_string()));
+        }
+        if m.skips() != self.unet.skips() {
+            return Err(mismatch("number of skip connections", m.skips().to_string(), self.unet.skips().to_string()));
+        }
+        if m.uses_text_time() != self.unet.uses_text_time() {
+            return Err(mismatch("addition_embed_type", format!("{:?}", m.config.unet.addition_embed_type), format!("{:?}", self.unet.config.addition_embed_type)));
+        }
+        if m.cross_attention_dim() != self.unet.cross_attention_dim() {
+            return Err(mismatch("cross_attention_dim", m.cross_attention_dim().to_string(), self.unet.cross_attention_dim().to_string()));
+        }
+        if m.image_factor() != self.vae_scale_factor() {
+            return Err(Error::param(
+                "controlnet",
+                format!("its conditioning embedding shrinks the control image {}x but the latents are {}x smaller than the image", m.image_factor(), self.vae_scale_factor()),
+            ));
+        }
+        if !unit.scale.is_finite() {
+            return Err(Error::param("controlnet_conditioning_scale", format!("{} is not a finite number", unit.scale)));
+        }
+        if !(0.0..=1.0).contains(&unit.start) || !(0.0..=1.0).contains(&unit.end) || unit.start >= unit.end {
+            return Err(Error::param("control_guidance_start/end", format!("{} .. {}: expected 0 <= start < end <= 1", unit.start, unit.end)));
+        }
+        if image.width == 0 || image.height == 0 {
+            return Err(Error::param("control image", "it has no pixels"));
+        }
+        unit.model.tag_sites(&format!("controlnet.{}", self.controlnets.len()));
+        self.controlnets.push(unit);
+        self.control_images.push(image);
+        Ok(())
+    }
+
+    pub fn controlnets(&self) -> &[ControlUnit] {
+        &self.controlnets
+    }
+
+    /// The control images at `opts`' size, repeated over `batch`, in `cond` and `uncond`, with
+    /// each half's `control_weight`.
+    fn add_control(&self, cond: Conditioning, uncond: Option<Conditioning>, batch: usize, opts: &GenerateOptions) -> Result<(Conditioning, Option<Conditioning>)> {
+        let (mut cond, mut uncond) = (cond, uncond);
+        for (i, img) in self.control_images.iter().enumerate() {
+            let resized = crate::resample::resize_lanczos(img, opts.width, opts.height);
+            let t = crate::image::to_unit_tensor(&resized, &self.device)?.repeat((batch, 1, 1, 1))?.to_dtype(self.dtype)?;
+            cond = cond.with(format!("controlnet_cond.{i}"), t.clone());
+            uncond = uncond.map(|u| u.with(format!("controlnet_cond.{i}"), t));
+        }
+        let ones = Tensor::ones(batch, DType::F32, &self.device)?;
+        let uncond_weight = if self.effective_guess_mode() { ones.zeros_like()? } else { ones.clone() };
+        Ok((cond.with("control_weight", ones), uncond.map(|u| u.with("control_weight", uncond_weight))))
+    }
+
+    /// diffusers turns guess mode on for ControlNets that pool their residuals.
+    fn effective_guess_mode(&self) -> bool {
+        self.guess_mode || self.controlnets.first().is_some_and(|c| c.model.global_pool_conditions())
     }
 
     /// The tokenizers and text encoders, loaded on first use.
@@ -244,7 +328,8 @@ impl Pipeline for StableDiffusion {
         let scale = self.vae_scale_factor().max(1);
         let (h, w) = (opts.height.div_ceil(scale), opts.width.div_ceil(scale));
         let guided = if opts.guidance_scale > 1.0 { 2 } else { 1 };
-        let unet = self.unet.activation_bytes(batch * guided, h, w);
+        // a ControlNet's activations are at most those of the UNet it copies half of
+        let unet = self.unet.activation_bytes(batch * guided, h, w).saturating_mul(1 + self.controlnets.len() as u128);
         let decode = self.vae.as_ref().map(|v| v.decode_bytes(batch, h, w)).unwrap_or(0);
         unet.max(decode)
     }
@@ -292,8 +377,14 @@ impl Pipeline for StableDiffusion {
             None => Tensor::from_vec(crate::torch_rng::TorchGenerator::new(opts.seed).randn(shape.iter().product()), &shape[..], &self.device)?,
         };
         let latents = noise.affine(solver.init_noise_sigma(), 0.0)?.to_dtype(self.dtype)?;
-        let guided = Guided::new(&self.unet, cond, uncond, opts.guidance_scale)?;
         let mut policy = opts.acceleration.policy();
+        if self.controlnets.is_empty() {
+            let guided = Guided::new(&self.unet, cond, uncond, opts.guidance_scale)?;
+            return sample(&guided, solver.as_mut(), policy.as_mut(), latents, on_step);
+        }
+        let (cond, uncond) = self.add_control(cond, uncond, batch, opts)?;
+        let controlled = ControlledUNet { unet: &self.unet, nets: &self.controlnets, guess_mode: self.effective_guess_mode(), num_steps: solver.num_steps() };
+        let guided = Guided::new(&controlled, cond, uncond, opts.guidance_scale)?;
         sample(&guided, solver.as_mut(), policy.as_mut(), latents, on_step)
     }
 

@@ -6,6 +6,7 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
+use super::config::{Resolved, UNet2DConditionConfig};
 use super::transformer::Transformer2DModel;
 use crate::denoiser::ForwardContext;
 use crate::models::layers::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
@@ -23,6 +24,19 @@ pub struct LevelSpec {
 }
 
 impl LevelSpec {
+    /// Level `level`'s settings in a resolved configuration.
+    pub fn of(config: &UNet2DConditionConfig, r: &Resolved, level: usize) -> Self {
+        LevelSpec {
+            heads: r.heads[level],
+            transformer_layers: r.transformer_layers[level],
+            cross_attn: r.cross_attn[level],
+            context_dim: r.cross_attention_dim,
+            groups: r.groups,
+            eps: config.norm_eps,
+            linear_projection: config.use_linear_projection,
+        }
+    }
+
     fn transformer(&self, vb: VarBuilder, channels: usize) -> candle_core::Result<Transformer2DModel> {
         Transformer2DModel::new(vb, channels, self.heads, self.transformer_layers, self.context_dim, self.groups, self.linear_projection)
     }
@@ -36,6 +50,13 @@ pub enum DownLayer {
 }
 
 impl DownLayer {
+    /// See [`Transformer2DModel::tag_sites`].
+    pub fn tag_sites(&mut self, tag: &str) {
+        if let DownLayer::Block { attention: Some(a), .. } = self {
+            a.tag_sites(tag);
+        }
+    }
+
     pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor, ctx: &mut ForwardContext) -> candle_core::Result<Tensor> {
         match self {
             DownLayer::Block { resnet, attention } => {
@@ -68,12 +89,32 @@ pub fn down_block(vb: VarBuilder, cin: usize, cout: usize, temb: usize, layers: 
     Ok(out)
 }
 
+/// The down path (one layer per skip connection after `conv_in`'s) and the mid block: the
+/// half of the U that a ControlNet copies.
+pub fn encoder(vb: &VarBuilder, config: &UNet2DConditionConfig, r: &Resolved) -> candle_core::Result<(Vec<DownLayer>, MidBlock)> {
+    let ch = &r.channels;
+    let temb = ch[0] * 4;
+    let mut down = Vec::new();
+    for i in 0..r.levels {
+        let cin = if i == 0 { ch[0] } else { ch[i - 1] };
+        down.extend(down_block(vb.pp("down_blocks").pp(i), cin, ch[i], temb, r.layers_per_block[i], LevelSpec::of(config, r, i), i + 1 < r.levels)?);
+    }
+    let last = r.levels - 1;
+    let mid = MidBlock::new(vb.pp("mid_block"), ch[last], temb, LevelSpec { cross_attn: true, ..LevelSpec::of(config, r, last) })?;
+    Ok((down, mid))
+}
+
 pub struct MidBlock {
     resnets: [ResnetBlock2D; 2],
     attention: Transformer2DModel,
 }
 
 impl MidBlock {
+    /// See [`Transformer2DModel::tag_sites`].
+    pub fn tag_sites(&mut self, tag: &str) {
+        self.attention.tag_sites(tag);
+    }
+
     pub fn new(vb: VarBuilder, channels: usize, temb: usize, spec: LevelSpec) -> candle_core::Result<Self> {
         Ok(Self {
             resnets: [

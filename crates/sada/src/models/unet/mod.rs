@@ -8,6 +8,7 @@
 
 pub mod blocks;
 pub mod config;
+pub mod embedding;
 pub mod presets;
 pub mod transformer;
 
@@ -18,20 +19,40 @@ use candle_nn::VarBuilder;
 
 use crate::models::layers::norm::{group_norm, GroupNorm};
 
-use self::blocks::{down_block, up_block, DownLayer, LevelSpec, MidBlock, UpLayer};
+use self::blocks::{encoder, up_block, DownLayer, LevelSpec, MidBlock, UpLayer};
 pub use self::config::UNet2DConditionConfig;
 use self::config::Resolved;
+use self::embedding::TimeTextEmbedding;
 use crate::denoiser::{Capabilities, Conditioning, Denoiser, ForwardContext, Site, SiteKind};
 use crate::error::{Error, Result};
 use crate::models::layers::conv::{conv2d, Conv};
-use crate::models::layers::timestep::{timestep_embedding, TimestepEmbedding};
 use crate::models::source::ModelSource;
+
+/// What a ControlNet adds to the UNet (diffusers' `down_block_additional_residuals` and
+/// `mid_block_additional_residual`): one tensor per skip connection, added to the skip where
+/// the up path reads it (the down path itself is unchanged), and one added to the mid block's
+/// output.
+#[derive(Debug, Clone)]
+pub struct AdditionalResiduals {
+    pub down: Vec<Tensor>,
+    pub mid: Tensor,
+}
+
+impl AdditionalResiduals {
+    /// The sum of two ControlNets' residuals (diffusers' `MultiControlNetModel`).
+    pub fn add(&self, other: &AdditionalResiduals) -> Result<AdditionalResiduals> {
+        if self.down.len() != other.down.len() {
+            return Err(Error::Shape { what: "ControlNet residuals".into(), expected: format!("{} skips", self.down.len()), got: format!("{}", other.down.len()) });
+        }
+        let down = self.down.iter().zip(&other.down).map(|(a, b)| a + b).collect::<candle_core::Result<_>>()?;
+        Ok(AdditionalResiduals { down, mid: (&self.mid + &other.mid)? })
+    }
+}
 
 pub struct UNet2DConditionModel {
     pub config: UNet2DConditionConfig,
     resolved: Resolved,
-    time_embedding: TimestepEmbedding,
-    add_embedding: Option<(TimestepEmbedding, usize, usize)>,
+    embedding: TimeTextEmbedding,
     conv_in: Conv,
     /// `down[k]` turns skip k into skip k+1 (skip 0 is `conv_in`'s output).
     down: Vec<DownLayer>,
@@ -66,28 +87,11 @@ impl UNet2DConditionModel {
         let r = config.resolve()?;
         let ch = &r.channels;
         let temb = ch[0] * 4;
-        let spec = |level: usize| LevelSpec {
-            heads: r.heads[level],
-            transformer_layers: r.transformer_layers[level],
-            cross_attn: r.cross_attn[level],
-            context_dim: r.cross_attention_dim,
-            groups: r.groups,
-            eps: config.norm_eps,
-            linear_projection: config.use_linear_projection,
-        };
-        let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), ch[0], temb)?;
-        let add_embedding = match r.text_time {
-            Some((time_dim, proj_dim)) => Some((TimestepEmbedding::new(vb.pp("add_embedding"), proj_dim, temb)?, time_dim, proj_dim)),
-            None => None,
-        };
+        let spec = |level: usize| LevelSpec::of(&config, &r, level);
+        let embedding = TimeTextEmbedding::new(&vb, &config, &r)?;
         let conv_in = conv2d(vb.pp("conv_in"), config.in_channels, ch[0], 3, 1, 1)?;
-        let mut down = Vec::new();
-        for i in 0..r.levels {
-            let cin = if i == 0 { ch[0] } else { ch[i - 1] };
-            down.extend(down_block(vb.pp("down_blocks").pp(i), cin, ch[i], temb, r.layers_per_block[i], spec(i), i + 1 < r.levels)?);
-        }
+        let (down, mid) = encoder(&vb, &config, &r)?;
         let last = r.levels - 1;
-        let mid = MidBlock::new(vb.pp("mid_block"), ch[last], temb, LevelSpec { cross_attn: true, ..spec(last) })?;
         let mut up = Vec::new();
         let mut out_ch = ch[last];
         for i in 0..r.levels {
@@ -104,26 +108,28 @@ impl UNet2DConditionModel {
         }
         let conv_norm_out = group_norm(r.groups, ch[0], config.norm_eps, vb.pp("conv_norm_out"))?;
         let conv_out = conv2d(vb.pp("conv_out"), ch[0], config.out_channels, 3, 1, 1)?;
-        Ok(Self { config, resolved: r, time_embedding, add_embedding, conv_in, down, mid, up, conv_norm_out, conv_out, dtype: vb.dtype() })
+        Ok(Self { config, resolved: r, embedding, conv_in, down, mid, up, conv_norm_out, conv_out, dtype: vb.dtype() })
     }
 
-    /// The raw UNet output for `sample` at `timestep` (broadcast over the batch).
-    pub fn forward(&self, sample: &Tensor, timestep: f64, encoder_hidden_states: &Tensor, added: Option<(&Tensor, &Tensor)>, ctx: &mut ForwardContext) -> Result<Tensor> {
-        let b = sample.dim(0)?;
-        let device = sample.device();
-        let ts = Tensor::full(timestep as f32, b, device)?;
-        let t_emb = timestep_embedding(&ts, self.resolved.channels[0], self.config.flip_sin_to_cos, self.config.freq_shift)?.to_dtype(self.dtype)?;
-        let mut emb = self.time_embedding.forward(&t_emb)?;
-        if let (Some((add, time_dim, _)), Some((text_embeds, time_ids))) = (&self.add_embedding, added) {
-            let flat = time_ids.flatten_all()?;
-            let time_embeds = timestep_embedding(&flat, *time_dim, self.config.flip_sin_to_cos, self.config.freq_shift)?
-                .reshape((b, ()))?
-                .to_dtype(self.dtype)?;
-            let add_embeds = Tensor::cat(&[&text_embeds.to_dtype(self.dtype)?, &time_embeds], 1)?;
-            emb = (emb + add.forward(&add_embeds)?)?;
+    /// The raw UNet output for `sample` at `timestep` (broadcast over the batch), with a
+    /// ControlNet's `residuals` if given.
+    pub fn forward(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        encoder_hidden_states: &Tensor,
+        added: Option<(&Tensor, &Tensor)>,
+        residuals: Option<&AdditionalResiduals>,
+        ctx: &mut ForwardContext,
+    ) -> Result<Tensor> {
+        if let Some(r) = residuals {
+            if r.down.len() != self.down.len() + 1 {
+                return Err(Error::Shape { what: "down_block_additional_residuals".into(), expected: format!("{} tensors (one per skip connection)", self.down.len() + 1), got: format!("{}", r.down.len()) });
+            }
         }
+        let emb = self.embedding.forward(sample.dim(0)?, timestep, added, sample.device())?;
         let context = encoder_hidden_states.to_dtype(self.dtype)?;
-        let step = Step { temb: &emb, context: &context };
+        let step = Step { temb: &emb, context: &context, residuals };
         let s0 = self.conv_in.forward(&sample.to_dtype(self.dtype)?)?;
         let h = ctx.branch(Site { kind: SiteKind::Rest(0), base: &s0, probe: None }, |ctx| {
             if ctx.uses(SiteKind::Rest(1)) {
@@ -132,11 +138,11 @@ impl UNet2DConditionModel {
                 let probe = (&s1 - &s0)?;
                 ctx.branch(Site { kind: SiteKind::Rest(1), base: &s1, probe: Some(&probe) }, |ctx| {
                     let x = self.ascend(0, &s0, &s1, &step, ctx)?;
-                    Ok(self.up[0].forward(&x, &s0, step.temb, step.context, ctx, None)?)
+                    Ok(self.up[0].forward(&x, &step.skip(0, &s0)?, step.temb, step.context, ctx, None)?)
                 })
             } else {
                 let x = ctx.branch(Site { kind: SiteKind::Deep(0), base: &s0, probe: None }, |ctx| self.inner(0, &s0, &step, ctx))?;
-                Ok(self.up[0].forward(&x, &s0, step.temb, step.context, ctx, None)?)
+                Ok(self.up[0].forward(&x, &step.skip(0, &s0)?, step.temb, step.context, ctx, None)?)
             }
         })?;
         Ok(self.conv_out.forward(&self.conv_norm_out.forward_silu(&h)?)?)
@@ -145,7 +151,13 @@ impl UNet2DConditionModel {
     /// The input of the up layer that takes skip k, from skip k's state `s_k`.
     fn inner(&self, k: usize, s_k: &Tensor, step: &Step, ctx: &mut ForwardContext) -> Result<Tensor> {
         match self.down.get(k) {
-            None => Ok(self.mid.forward(s_k, step.temb, step.context, ctx)?),
+            None => {
+                let h = self.mid.forward(s_k, step.temb, step.context, ctx)?;
+                Ok(match step.residuals {
+                    Some(r) => h.broadcast_add(&r.mid)?,
+                    None => h,
+                })
+            }
             Some(layer) => {
                 let s_next = layer.forward(s_k, step.temb, step.context, ctx)?;
                 self.ascend(k, s_k, &s_next, step, ctx)
@@ -159,7 +171,7 @@ impl UNet2DConditionModel {
         let deep = ctx.branch(Site { kind: SiteKind::Deep(k + 1), base: s_next, probe: None }, |ctx| self.inner(k + 1, s_next, step, ctx))?;
         let up = &self.up[k + 1];
         let size = if up.upsamples() { Some((s_k.dim(2)?, s_k.dim(3)?)) } else { None };
-        Ok(up.forward(&deep, s_next, step.temb, step.context, ctx, size)?)
+        Ok(up.forward(&deep, &step.skip(k + 1, s_next)?, step.temb, step.context, ctx, size)?)
     }
 
     /// A generous estimate of one forward pass's activation memory in bytes for `batch` latents
@@ -188,10 +200,15 @@ impl UNet2DConditionModel {
 
     /// Whether the model takes SDXL's `text_embeds` and `time_ids`.
     pub fn uses_text_time(&self) -> bool {
-        self.add_embedding.is_some()
+        self.embedding.uses_text_time()
     }
 
-    fn check_inputs(&self, latents: &Tensor, cond: &Conditioning) -> Result<()> {
+    /// How many skip connections (so ControlNet down residuals) the U has.
+    pub fn skips(&self) -> usize {
+        self.down.len() + 1
+    }
+
+    pub(crate) fn check_inputs(&self, latents: &Tensor, cond: &Conditioning) -> Result<()> {
         let dims = latents.dims();
         let b = dims[0];
         if dims.len() != 4 || dims[1] != self.config.in_channels {
@@ -210,9 +227,9 @@ impl UNet2DConditionModel {
                 got: format!("{:?}", ehs.dims()),
             });
         }
-        if let Some((_, time_dim, proj_dim)) = &self.add_embedding {
+        if let Some((time_dim, proj_dim)) = self.embedding.text_time_dims(&self.resolved) {
             let (te, ti) = (cond.get("text_embeds")?, cond.get("time_ids")?);
-            let ok = te.rank() == 2 && ti.rank() == 2 && te.dim(0)? == b && ti.dim(0)? == b && te.dim(1)? + ti.dim(1)? * time_dim == *proj_dim;
+            let ok = te.rank() == 2 && ti.rank() == 2 && te.dim(0)? == b && ti.dim(0)? == b && te.dim(1)? + ti.dim(1)? * time_dim == proj_dim;
             if !ok {
                 return Err(Error::Shape {
                     what: "text_embeds / time_ids".into(),
@@ -229,6 +246,17 @@ impl UNet2DConditionModel {
 struct Step<'a> {
     temb: &'a Tensor,
     context: &'a Tensor,
+    residuals: Option<&'a AdditionalResiduals>,
+}
+
+impl Step<'_> {
+    /// Skip connection k as the up path reads it: with the ControlNet's residual added.
+    fn skip(&self, k: usize, s_k: &Tensor) -> candle_core::Result<Tensor> {
+        match self.residuals {
+            Some(r) => s_k.broadcast_add(&r.down[k]),
+            None => Ok(s_k.clone()),
+        }
+    }
 }
 
 impl Denoiser for UNet2DConditionModel {
@@ -245,6 +273,6 @@ impl Denoiser for UNet2DConditionModel {
         self.check_inputs(latents, cond)?;
         let ehs = cond.get("encoder_hidden_states")?;
         let added = if self.uses_text_time() { Some((cond.get("text_embeds")?, cond.get("time_ids")?)) } else { None };
-        Ok(self.forward(latents, timestep, ehs, added, ctx)?.to_dtype(latents.dtype())?)
+        Ok(self.forward(latents, timestep, ehs, added, None, ctx)?.to_dtype(latents.dtype())?)
     }
 }

@@ -94,6 +94,14 @@ impl Transformer2DModel {
         })
     }
 
+    /// Prefix the names of this model's token sites with `tag`, so a second network built
+    /// from the same key names (a ControlNet's copy of the encoder) keeps its own caches.
+    pub fn tag_sites(&mut self, tag: &str) {
+        for (name, _) in &mut self.blocks {
+            *name = format!("{tag}/{name}");
+        }
+    }
+
     pub fn forward(&self, x: &Tensor, context: &Tensor, ctx: &mut ForwardContext) -> candle_core::Result<Tensor> {
         let _s = tracing::trace_span!("transformer").entered();
         let (b, c, h, w) = x.dims4()?;

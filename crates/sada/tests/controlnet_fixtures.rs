@@ -1,0 +1,258 @@
+//! ControlNet against diffusers 0.34.0 (`tools/gen_controlnet_fixtures.py`): tiny random-weight
+//! ControlNets made with `ControlNetModel.from_unet` for the SD-1.5, SD-2 and SDXL fixture
+//! pipelines of tests/fixtures/sd, fp16 files.
+//!
+//! Tolerances: residuals and the UNet given them 1e-4 of the largest magnitude; 20-step final
+//! latents 1e-3 of theirs (as the plain pipelines); the control image resize bit for bit.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Tensor};
+use sada::denoiser::{Conditioning, Denoiser, ForwardContext, TokenPlan, TokenSelection};
+use sada::image::{read_png, to_unit_tensor};
+use sada::models::controlnet::{ControlNetModel, ControlUnit, ControlledUNet};
+use sada::models::token_cache::TokenCache;
+use sada::models::{AdditionalResiduals, UNet2DConditionModel};
+use sada::pipelines::{GenerateOptions, Pipeline, PipelineInputs, StableDiffusion};
+use sada::policy::acceleration::Family;
+use sada::policy::Acceleration;
+use sada::resample::resize_lanczos;
+use sada::solvers::SolverKind;
+
+#[path = "common/sd_fixture.rs"]
+mod sd_fixture;
+use sd_fixture::sd_folder;
+
+#[path = "common/device.rs"]
+mod test_device;
+use test_device::device;
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/controlnet")
+}
+
+fn expected() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(dir().join("expected.safetensors"), &device()).unwrap()
+}
+
+fn sd_expected(fam: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(sd_fixture::fixtures().join(format!("{fam}_expected.safetensors")), &device()).unwrap()
+}
+
+fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
+    assert_eq!(got.dims(), want.dims());
+    let max = |t: Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() as f64;
+    max((got.to_dtype(DType::F32).unwrap() - want).unwrap()) / max(want.clone())
+}
+
+fn controlnet(name: &str) -> ControlNetModel {
+    ControlNetModel::load(&dir().join(name), DType::F32, &device()).unwrap()
+}
+
+fn residuals(guess_mode: bool) -> (AdditionalResiduals, HashMap<String, Tensor>) {
+    let want = expected();
+    let cn = controlnet("sd15_canny");
+    let mut cache = TokenCache::default();
+    let mut ctx = ForwardContext::full(&mut cache);
+    let r = cn.forward(&want["sample"], 500.0, &want["encoder_hidden_states"], None, &want["controlnet_cond"], 0.8, guess_mode, &mut ctx).unwrap();
+    (r, want)
+}
+
+#[test]
+fn residuals_match_diffusers() {
+    for (guess, prefix) in [(false, "res"), (true, "guess")] {
+        let (r, want) = residuals(guess);
+        assert_eq!(r.down.len(), 4);
+        for (i, d) in r.down.iter().enumerate() {
+            let e = rel_err(d, &want[&format!("{prefix}_down_{i}")]);
+            println!("{prefix} down {i}: relative {e:.2e}");
+            assert!(e <= 1e-4, "{prefix} down residual {i}: {e:.2e}");
+        }
+        let e = rel_err(&r.mid, &want[&format!("{prefix}_mid")]);
+        println!("{prefix} mid: relative {e:.2e}");
+        assert!(e <= 1e-4, "{prefix} mid residual: {e:.2e}");
+    }
+}
+
+#[test]
+fn unet_adds_the_residuals_where_diffusers_does() {
+    let (r, want) = residuals(false);
+    let unet = UNet2DConditionModel::load(&sd_fixture::fixtures().join("sd15/unet"), DType::F32, &device()).unwrap();
+    let mut cache = TokenCache::default();
+    let mut ctx = ForwardContext::full(&mut cache);
+    let got = unet.forward(&want["sample"], 500.0, &want["encoder_hidden_states"], None, Some(&r), &mut ctx).unwrap();
+    let e = rel_err(&got, &want["unet_with_residuals"]);
+    println!("UNet with residuals: relative {e:.2e}");
+    assert!(e <= 1e-4, "UNet with residuals: {e:.2e}");
+    // and they matter: without them the output is far off
+    let mut ctx = ForwardContext::full(&mut cache);
+    let plain = unet.forward(&want["sample"], 500.0, &want["encoder_hidden_states"], None, None, &mut ctx).unwrap();
+    assert!(rel_err(&plain, &want["unet_with_residuals"]) > 1e-2);
+    // a residual list of the wrong length is refused
+    let short = AdditionalResiduals { down: r.down[..3].to_vec(), mid: r.mid.clone() };
+    let mut ctx = ForwardContext::full(&mut cache);
+    let err = unet.forward(&want["sample"], 500.0, &want["encoder_hidden_states"], None, Some(&short), &mut ctx).unwrap_err();
+    assert!(err.to_string().contains("down_block_additional_residuals"), "{err}");
+}
+
+#[test]
+fn control_image_resize_matches_pil() {
+    let img = read_png(&dir().join("control_wide.png")).unwrap();
+    assert_eq!((img.width, img.height), (40, 24));
+    let got = to_unit_tensor(&resize_lanczos(&img, 32, 32), &device()).unwrap();
+    let want = &expected()["control_wide_processed"];
+    assert_eq!(got.dims(), want.dims());
+    let d = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(d < 1e-6, "resized control image differs from PIL's by {d}");
+}
+
+fn cases() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir().join("cases.json")).unwrap()).unwrap()
+}
+
+/// Fixture pipeline `base` with the ControlNets of `case`.
+fn controlled(case: &serde_json::Value) -> (tempfile::TempDir, StableDiffusion) {
+    let tmp = tempfile::tempdir().unwrap();
+    sd_folder(case["base"].as_str().unwrap(), tmp.path());
+    let mut pipe = StableDiffusion::load(tmp.path(), DType::F32, &device()).unwrap();
+    let f = |k: &str, i: usize| case[k][i].as_f64().unwrap();
+    for (i, name) in case["nets"].as_array().unwrap().iter().enumerate() {
+        let image = read_png(&dir().join(case["images"][i].as_str().unwrap())).unwrap();
+        let unit = ControlUnit { model: controlnet(name.as_str().unwrap()), scale: f("scale", i), start: f("start", i), end: f("end", i) };
+        pipe.add_controlnet(unit, image).unwrap();
+    }
+    pipe.guess_mode = case["guess_mode"].as_bool().unwrap();
+    (tmp, pipe)
+}
+
+fn inputs(base: &str) -> PipelineInputs {
+    let e = sd_expected(base);
+    PipelineInputs {
+        prompt_embeds: Some(e["prompt_embeds"].clone()),
+        negative_prompt_embeds: Some(e["negative_prompt_embeds"].clone()),
+        pooled_prompt_embeds: e.get("pooled_prompt_embeds").cloned(),
+        negative_pooled_prompt_embeds: e.get("negative_pooled_prompt_embeds").cloned(),
+        latents: Some(e["latents"].clone()),
+        ..Default::default()
+    }
+}
+
+fn options(case: &serde_json::Value) -> GenerateOptions {
+    GenerateOptions {
+        steps: case["steps"].as_u64().unwrap() as usize,
+        guidance_scale: case["guidance_scale"].as_f64().unwrap(),
+        height: case["height"].as_u64().unwrap() as usize,
+        width: case["width"].as_u64().unwrap() as usize,
+        seed: 0,
+        solver: if case["solver"] == "euler" { SolverKind::EulerDiscrete } else { SolverKind::DpmSolverMultistep },
+        acceleration: Acceleration::default(),
+        size_conditioning: Default::default(),
+    }
+}
+
+fn check_case(name: &str) {
+    let case = cases()[name].clone();
+    let (_tmp, mut pipe) = controlled(&case);
+    let base = case["base"].as_str().unwrap();
+    let (got, trace) = pipe.generate(&inputs(base), &options(&case), &mut |_, _| {}).unwrap();
+    assert_eq!(trace.evaluations, 20);
+    let e = rel_err(&got, &expected()[&format!("{name}_final")]);
+    println!("{name}: final latents relative {e:.2e}");
+    assert!(e <= 1e-3, "{name}: {e:.2e}");
+}
+
+#[test]
+fn sd15_one_controlnet_matches_diffusers() {
+    check_case("sd15_single");
+}
+
+#[test]
+fn sd15_guess_mode_matches_diffusers() {
+    check_case("sd15_guess");
+}
+
+#[test]
+fn sd2_two_controlnets_with_windows_match_diffusers() {
+    check_case("sd2_multi");
+}
+
+#[test]
+fn sdxl_controlnet_matches_diffusers() {
+    check_case("sdxl_single");
+}
+
+#[test]
+fn accelerated_runs_skip_the_controlnet_with_the_unet() {
+    let case = cases()["sd15_single"].clone();
+    let (_tmp, mut pipe) = controlled(&case);
+    let base = options(&case);
+    let baseline = pipe.generate(&inputs("sd15"), &GenerateOptions { steps: 50, ..base.clone() }, &mut |_, _| {}).unwrap().0;
+    for accel in ["sada", "sada+:max_evals=25"] {
+        let opts = GenerateOptions { steps: 50, acceleration: Acceleration::parse(accel, Family::StableDiffusion).unwrap(), ..base.clone() };
+        let (got, trace) = pipe.generate(&inputs("sd15"), &opts, &mut |_, _| {}).unwrap();
+        assert!(trace.evaluations < 50, "{accel}: {} evaluations", trace.evaluations);
+        let e = rel_err(&got, &baseline);
+        println!("{accel}: {} evaluations, relative {e:.2e} from the 50-step baseline", trace.evaluations);
+        assert!(e.is_finite() && e < 0.5, "{accel}: {e}");
+    }
+}
+
+#[test]
+fn controlnet_blocks_are_token_sites_of_their_own() {
+    let case = cases()["sd15_single"].clone();
+    let (_tmp, pipe) = controlled(&case);
+    let want = expected();
+    let (x, ehs) = (&want["sample"], &want["encoder_hidden_states"]);
+    let cond = Conditioning::new()
+        .with("encoder_hidden_states", ehs.clone())
+        .with("controlnet_cond.0", want["controlnet_cond"].clone())
+        .with("control_weight", Tensor::ones(2, DType::F32, &device()).unwrap());
+    let model = ControlledUNet { unet: &pipe.unet, nets: pipe.controlnets(), guess_mode: false, num_steps: 10 };
+    let mut cache = TokenCache::default();
+    let full = model.predict(x, 500.0, &cond, &mut ForwardContext::new(0, &TokenPlan::Refresh, &mut cache, None)).unwrap();
+    let sites: Vec<&str> = cache.sites().collect();
+    assert!(sites.contains(&"down_blocks.0.attentions.0.transformer_blocks.0"), "{sites:?}");
+    assert!(sites.contains(&"controlnet.0/down_blocks.0.attentions.0.transformer_blocks.0"), "{sites:?}");
+    assert_eq!(sites.iter().filter(|s| s.starts_with("controlnet.0/")).count(), 2, "{sites:?}");
+    // every token selected: the same as computing them all
+    let all = TokenSelection::new(vec![true; 256], 16, 16, 2, 2, 0, 1);
+    let pruned_all = model.predict(x, 500.0, &cond, &mut ForwardContext::new(1, &TokenPlan::Pruned(all), &mut cache, None)).unwrap();
+    assert!(rel_err(&pruned_all, &full) < 1e-6);
+    // a quarter of the tokens: the rest come from the caches, ControlNet's included
+    let some = TokenSelection::new(vec![false; 256], 16, 16, 2, 2, 0, 1);
+    assert!(some.num_computed() < 256);
+    let x2 = (x * 1.1).unwrap();
+    let pruned = model.predict(&x2, 500.0, &cond, &mut ForwardContext::new(2, &TokenPlan::Pruned(some), &mut cache, None)).unwrap();
+    assert!(pruned.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|v| v.is_finite()));
+    let exact = model.predict_full(&x2, 500.0, &cond).unwrap();
+    assert!(rel_err(&pruned, &exact) > 1e-5, "pruning changed nothing");
+}
+
+#[test]
+fn controlnet_for_another_model_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    sd_folder("sd15", tmp.path());
+    let mut pipe = StableDiffusion::load(tmp.path(), DType::F32, &device()).unwrap();
+    let image = read_png(&dir().join("control_circle.png")).unwrap();
+    let unit = |name: &str, scale: f64, start: f64, end: f64| ControlUnit { model: controlnet(name), scale, start, end };
+    let err = pipe.add_controlnet(unit("sdxl_canny", 1.0, 0.0, 1.0), image.clone()).unwrap_err().to_string();
+    assert!(err.contains("controlnet") && err.contains("another model"), "{err}");
+    let err = pipe.add_controlnet(unit("sd15_canny", f64::NAN, 0.0, 1.0), image.clone()).unwrap_err().to_string();
+    assert!(err.contains("controlnet_conditioning_scale"), "{err}");
+    let err = pipe.add_controlnet(unit("sd15_canny", 1.0, 0.6, 0.4), image.clone()).unwrap_err().to_string();
+    assert!(err.contains("control_guidance_start/end"), "{err}");
+    assert!(pipe.controlnets().is_empty());
+
+    // a folder without config.json, and weights that do not fit their config
+    let err = ControlNetModel::load(tmp.path(), DType::F32, &device()).err().unwrap().to_string();
+    assert!(err.contains("config.json"), "{err}");
+    let bad = tempfile::tempdir().unwrap();
+    std::fs::copy(dir().join("sd15_canny/config.json"), bad.path().join("config.json")).unwrap();
+    std::fs::copy(dir().join("sdxl_canny/diffusion_pytorch_model.fp16.safetensors"), bad.path().join("diffusion_pytorch_model.fp16.safetensors")).unwrap();
+    let err = ControlNetModel::load(bad.path(), DType::F32, &device()).err().unwrap().to_string();
+    assert!(err.contains("diffusion_pytorch_model") && err.contains("do not match"), "{err}");
+    std::fs::write(bad.path().join("diffusion_pytorch_model.fp16.safetensors"), b"not a safetensors file").unwrap();
+    let err = ControlNetModel::load(bad.path(), DType::F32, &device()).err().unwrap().to_string();
+    assert!(err.contains("diffusion_pytorch_model"), "{err}");
+}
