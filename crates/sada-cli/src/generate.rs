@@ -15,6 +15,7 @@ use sada::pipelines::{validate_prompt, GenerateOptions, Pipeline, PipelineInputs
 use sada::policy::Acceleration;
 
 use crate::args::{load_model, DtypeArg, progress, report_prompt, AccelArgs, DeviceArgs, MemoryArgs, ModelArgs, SolverArg};
+use crate::control::ControlArgs;
 use crate::output::{check_distinct, check_writable, replace_atomically, write_atomic};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -96,6 +97,8 @@ pub struct GenerateArgs {
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DtypeArg,
     #[command(flatten)]
+    pub control: ControlArgs,
+    #[command(flatten)]
     pub accel: AccelArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -123,6 +126,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         validate_prompt("--prompt", prompt, false)?;
         validate_prompt("--negative-prompt", args.negative_prompt.as_deref().unwrap_or(""), true)?;
     }
+    args.control.check(false)?;
     let device = args.device.device()?;
     let dtype = args.dtype.resolve(&device)?;
     if args.compare && args.output_type != OutputType::Pil {
@@ -130,6 +134,12 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     }
     let load_start = Instant::now();
     let (mut pipe, model_name, default_guidance) = load_model(&args.model, dtype, &device)?;
+    let controlnets = if args.control.any() {
+        let hub_opts = sada::models::hub::HubOptions { revision: None, offline: args.model.offline };
+        args.control.attach(pipe.as_mut(), &hub_opts, dtype, &device, false)?
+    } else {
+        Vec::new()
+    };
     let mut load_s = load_start.elapsed().as_secs_f64();
     let mut text_s = 0.0;
     let solver = args.solver.unwrap_or_else(|| SolverArg::default_for(pipe.family())).for_family(pipe.family())?;
@@ -201,6 +211,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         "clip_skip": args.clip_skip,
         "scheduler_shipped": pipe.scheduler_class(),
         "options": &opts,
+        "controlnets": controlnets,
+        "guess_mode": args.control.guess_mode,
         // Measured cost is timing and varies run to run; only what decides the image goes in the file,
         // so the same settings give byte-identical PNGs.
         "evaluations": trace.evaluations,

@@ -3,6 +3,7 @@
 mod args;
 mod bench;
 mod bench_unet;
+mod control;
 mod generate;
 mod gmm;
 mod output;

@@ -1,7 +1,9 @@
 //! Export the captioned shapes set for training the embedded default model (tools/
 //! train_default_model.py): `cargo run -p sada --example export_shapes -- OUT_DIR [side]`
 //! writes `train.safetensors` / `heldout.safetensors` (u8 images [N, side, side, 3]) and
-//! `train.txt` / `heldout.txt` (one caption per line, same order).
+//! `train.txt` / `heldout.txt` (one caption per line, same order); each safetensors file also
+//! holds `outlines` (u8 [N, side, side, 3], `Scene::outline`: the embedded ControlNet's control
+//! images).
 
 use std::collections::HashMap;
 
@@ -16,14 +18,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (held, train): (Vec<Scene>, Vec<Scene>) = Scene::all().into_iter().partition(|s| s.is_held_out());
     for (name, scenes) in [("train", train), ("heldout", held)] {
         let mut pixels = Vec::with_capacity(scenes.len() * side * side * 3);
+        let mut outlines = Vec::with_capacity(pixels.capacity());
         let mut captions = String::new();
         for s in &scenes {
             pixels.extend_from_slice(&s.render(side).pixels);
+            outlines.extend_from_slice(&s.outline(side).pixels);
             captions.push_str(&s.caption());
             captions.push('\n');
         }
         let images = Tensor::from_vec(pixels, (scenes.len(), side, side, 3), &Device::Cpu)?;
-        let tensors: HashMap<String, Tensor> = [("images".to_string(), images)].into();
+        let outlines = Tensor::from_vec(outlines, (scenes.len(), side, side, 3), &Device::Cpu)?;
+        let tensors: HashMap<String, Tensor> = [("images".to_string(), images), ("outlines".to_string(), outlines)].into();
         candle_core::safetensors::save(&tensors, out.join(format!("{name}.safetensors")))?;
         std::fs::write(out.join(format!("{name}.txt")), captions)?;
         println!("{name}: {} scenes", scenes.len());

@@ -30,6 +30,7 @@ use sada::sampling::Trace;
 use serde::{Deserialize, Serialize};
 
 use crate::args::{load_model, DeviceArgs, DtypeArg, MemoryArgs, ModelArgs, SadaArgs, SolverArg};
+use crate::control::ControlArgs;
 use crate::output::write_atomic;
 pub use plot::lines_svg;
 pub use shard::Shard;
@@ -89,6 +90,13 @@ pub struct RunArgs {
     /// --method deepcache:interval=5
     #[arg(long = "method", value_name = "SPEC")]
     pub extra_methods: Vec<String>,
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// With the embedded model (or any whose prompts are captions of the shapes set): steer
+    /// every run with the model's ControlNet, each caption's control image being its shape's
+    /// outline
+    #[arg(long)]
+    pub control_outlines: bool,
     /// Also run each named method's sweep of settings, from mild to aggressive, for the
     /// speed-vs-fidelity plot
     #[arg(long)]
@@ -170,6 +178,9 @@ pub struct Settings {
     pub columns: usize,
     /// The LPIPS backbone, when LPIPS is reported.
     pub lpips: Option<String>,
+    /// The ControlNets steering every run, and where their control images come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<serde_json::Value>,
 }
 
 /// A prompt file larger than this is refused before it is read.
@@ -236,7 +247,16 @@ fn run_bench(args: &RunArgs) -> Result<()> {
     let shard = Shard::from_args(args.shard.as_deref())?;
     shard::check_out(&args.out)?;
     let device = args.device.device()?;
-    let (mut pipe, model_name, default_guidance) = load_model(&args.model, args.dtype.resolve(&device)?, &device)?;
+    args.control.check(args.control_outlines)?;
+    let dtype = args.dtype.resolve(&device)?;
+    let (mut pipe, model_name, default_guidance) = load_model(&args.model, dtype, &device)?;
+    let control = if args.control.any() || args.control_outlines {
+        let hub_opts = sada::models::hub::HubOptions { revision: None, offline: args.model.offline };
+        let attached = args.control.attach(pipe.as_mut(), &hub_opts, dtype, &device, args.control_outlines)?;
+        Some(serde_json::json!({ "controlnets": attached, "control_outlines": args.control_outlines, "guess_mode": args.control.guess_mode }))
+    } else {
+        None
+    };
     let family = pipe.family();
     let kind = args.solver.unwrap_or_else(|| SolverArg::default_for(family)).for_family(family)?;
     anyhow::ensure!(pipe.can_decode(), "{model_name}: no vae/ folder, so images cannot be compared");
@@ -255,6 +275,17 @@ fn run_bench(args: &RunArgs) -> Result<()> {
         }
         None => builtin_prompts(),
     };
+    // the outline of the scene each caption describes
+    let outlines: Vec<RgbImage> = if args.control_outlines {
+        let scenes = Scene::all();
+        let side = pipe.default_size().1;
+        prompts
+            .iter()
+            .map(|p| scenes.iter().find(|s| s.caption() == *p).map(|s| s.outline(side)).with_context(|| format!("--control-outlines: `{p}` is not a caption of the shapes set")))
+            .collect::<Result<_>>()?
+    } else {
+        Vec::new()
+    };
     let runs = prompts.len() as u128 * args.seeds as u128;
     anyhow::ensure!(runs <= MAX_RUNS as u128, "--seeds {} x {} prompts is {runs} runs; a bench holds at most {MAX_RUNS}", args.seeds, prompts.len());
     let (methods, columns) = methods(args, family)?;
@@ -270,6 +301,7 @@ fn run_bench(args: &RunArgs) -> Result<()> {
         methods: methods.iter().map(Acceleration::spec).collect(),
         columns,
         lpips: lpips.as_ref().map(|l| format!("{:?}", l.net).to_lowercase()),
+        control,
     };
     let probe = GenerateOptions {
         steps: args.steps,
@@ -310,6 +342,10 @@ fn run_bench(args: &RunArgs) -> Result<()> {
         }
         if encoded.as_ref().map(|(p, _)| *p) != Some(pi) {
             encoded = Some((pi, bench.pipe.encode_prompts(std::slice::from_ref(prompt), None, None)?));
+            if let Some(outline) = outlines.get(pi) {
+                let n = args.control.controlnet.len().max(1);
+                bench.pipe.set_control_images(vec![outline.clone(); n])?;
+            }
         }
         let inputs = &encoded.as_ref().expect("encoded above").1;
         let record = bench.case(index, prompt, seed, inputs)?;

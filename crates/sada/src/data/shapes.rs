@@ -174,12 +174,12 @@ impl Scene {
         (cx, cy, half)
     }
 
-    /// Render at `side x side` pixels with 4 x 4 supersampling (soft, anti-aliased edges).
-    pub fn render(&self, side: usize) -> RgbImage {
+    /// The fraction of each pixel the shape covers at `side x side` (4 x 4 supersampling),
+    /// row-major.
+    pub fn coverage(&self, side: usize) -> Vec<f32> {
         let (cx, cy, half) = self.placement();
-        let (fg, bg) = (COLOURS[self.colour].1, COLOURS[self.background].1);
         let ss = 4;
-        let mut pixels = Vec::with_capacity(side * side * 3);
+        let mut out = Vec::with_capacity(side * side);
         for py in 0..side {
             for px in 0..side {
                 let mut hits = 0;
@@ -192,13 +192,64 @@ impl Scene {
                         }
                     }
                 }
-                let a = hits as f32 / (ss * ss) as f32;
-                for c in 0..3 {
-                    pixels.push((fg[c] as f32 * a + bg[c] as f32 * (1.0 - a)).round() as u8);
-                }
+                out.push(hits as f32 / (ss * ss) as f32);
+            }
+        }
+        out
+    }
+
+    /// Render at `side x side` pixels with 4 x 4 supersampling (soft, anti-aliased edges).
+    pub fn render(&self, side: usize) -> RgbImage {
+        let (fg, bg) = (COLOURS[self.colour].1, COLOURS[self.background].1);
+        let mut pixels = Vec::with_capacity(side * side * 3);
+        for a in self.coverage(side) {
+            for c in 0..3 {
+                pixels.push((fg[c] as f32 * a + bg[c] as f32 * (1.0 - a)).round() as u8);
             }
         }
         RgbImage { width: side, height: side, pixels }
+    }
+
+    /// The shape's outline as an edge detector would draw it: white where a pixel is at least
+    /// half covered and a 4-neighbour (or the image edge) is not, black elsewhere. It carries
+    /// the shape, size and position, and nothing of the colours: the control image of the
+    /// embedded ControlNet.
+    pub fn outline(&self, side: usize) -> RgbImage {
+        let inside = self.region(side);
+        let at = |x: isize, y: isize| x >= 0 && y >= 0 && (x as usize) < side && (y as usize) < side && inside[y as usize * side + x as usize];
+        let mut pixels = Vec::with_capacity(side * side * 3);
+        for y in 0..side as isize {
+            for x in 0..side as isize {
+                let edge = at(x, y) && !(at(x - 1, y) && at(x + 1, y) && at(x, y - 1) && at(x, y + 1));
+                pixels.extend_from_slice(&[if edge { 255 } else { 0 }; 3]);
+            }
+        }
+        RgbImage { width: side, height: side, pixels }
+    }
+}
+
+/// The pixels of `img` whose nearest palette colour is not its border's: the drawn shape,
+/// row-major.
+pub fn foreground(img: &RgbImage) -> Vec<bool> {
+    let bg = border_colour(img);
+    img.pixels.chunks_exact(3).map(|p| nearest_colour([p[0] as f32, p[1] as f32, p[2] as f32]) != bg).collect()
+}
+
+/// Intersection over union of two masks (1 when both are empty).
+pub fn iou(a: &[bool], b: &[bool]) -> f64 {
+    let inter = a.iter().zip(b).filter(|(x, y)| **x && **y).count();
+    let union = a.iter().zip(b).filter(|(x, y)| **x || **y).count();
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
+impl Scene {
+    /// The pixels the shape covers at least half of: the region its outline encloses.
+    pub fn region(&self, side: usize) -> Vec<bool> {
+        self.coverage(side).iter().map(|&a| a >= 0.5).collect()
     }
 }
 
@@ -253,6 +304,22 @@ mod tests {
         for b in 0..COLOURS.len() {
             assert!(held.iter().filter(|s| s.background == b).count() >= 15, "background {b}");
         }
+    }
+
+    #[test]
+    fn outline_rings_the_region_and_foreground_finds_the_rendered_shape() {
+        let s = Scene { shape: Shape::Square, colour: 0, size: Size::Large, position: Position::Center, background: 2 };
+        let (region, outline) = (s.region(32), s.outline(32));
+        let edge: Vec<bool> = outline.pixels.chunks(3).map(|p| p[0] == 255).collect();
+        assert!(outline.pixels.chunks(3).all(|p| p == [0, 0, 0] || p == [255, 255, 255]));
+        // every edge pixel is inside; the interior is not edge; an edge exists
+        assert!(edge.iter().zip(&region).all(|(e, r)| !e || *r));
+        assert!(edge.iter().filter(|e| **e).count() > 20);
+        assert!(!edge[16 * 32 + 16] && region[16 * 32 + 16]);
+        assert!(iou(&foreground(&s.render(32)), &region) > 0.9);
+        let other = Scene { position: Position::TopLeft, size: Size::Small, ..s };
+        assert!(iou(&other.region(32), &region) < 0.3);
+        assert_eq!(iou(&[false; 4], &[false; 4]), 1.0);
     }
 
     #[test]

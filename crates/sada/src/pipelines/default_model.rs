@@ -8,9 +8,13 @@
 
 use candle_core::{DType, Device};
 
+use crate::data::shapes::{self, Scene};
 use crate::error::Result;
+use crate::image::to_rgb;
 use crate::models::ModelSource;
-use crate::pipelines::StableDiffusion;
+use crate::pipelines::{GenerateOptions, Pipeline, StableDiffusion};
+use crate::policy::Acceleration;
+use crate::solvers::SolverKind;
 
 pub const NAME: &str = "sada-shapes-32";
 
@@ -43,4 +47,36 @@ pub fn source() -> ModelSource {
 /// The embedded model, ready to sample (f32).
 pub fn load(device: &Device) -> Result<StableDiffusion> {
     StableDiffusion::load_from(source(), DType::F32, device)
+}
+
+/// How closely the drawn shape follows a control outline. Each case is a prompt and the scene
+/// whose outline is the control image (`Scene::outline`); with no ControlNet attached (the same
+/// as an untrained one, whose zero convolutions add nothing) the outline is ignored. Returns,
+/// per case, the intersection over union of the drawn shape (`shapes::foreground`) with the
+/// outline's region and with `caption_scene`'s region, from guided DPM-Solver++ runs of
+/// `steps` steps seeded by the case index.
+pub fn outline_overlap(pipe: &mut StableDiffusion, cases: &[(String, Scene, Scene)], steps: usize) -> Result<Vec<(f64, f64)>> {
+    let (h, w) = pipe.default_size();
+    let controlled = !pipe.controlnets().is_empty();
+    let mut out = Vec::with_capacity(cases.len());
+    for (i, (prompt, caption_scene, control_scene)) in cases.iter().enumerate() {
+        if controlled {
+            pipe.set_control_images(vec![control_scene.outline(w); pipe.controlnets().len()])?;
+        }
+        let inputs = pipe.encode_prompts(std::slice::from_ref(prompt), Some(""), None)?;
+        let opts = GenerateOptions {
+            steps,
+            guidance_scale: GUIDANCE_SCALE,
+            height: h,
+            width: w,
+            seed: i as u64,
+            solver: SolverKind::DpmSolverMultistep,
+            acceleration: Acceleration::default(),
+            size_conditioning: Default::default(),
+        };
+        let (image, _) = pipe.generate(&inputs, &opts, &mut |_, _| {})?;
+        let drawn = shapes::foreground(&to_rgb(&image)?);
+        out.push((shapes::iou(&drawn, &control_scene.region(w)), shapes::iou(&drawn, &caption_scene.region(w))));
+    }
+    Ok(out)
 }

@@ -7,10 +7,12 @@ pub mod default_model;
 pub mod inputs;
 pub mod stable_diffusion;
 
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::image::RgbImage;
+use crate::models::controlnet::{ControlNetModel, ControlUnit};
 use crate::policy::acceleration::Family;
 use crate::policy::Acceleration;
 use crate::sampling::Trace;
@@ -104,4 +106,20 @@ pub trait Pipeline {
     fn scheduler_class(&self) -> Option<String>;
     /// Latents to an image tensor in [-1, 1], if the model has a decoder.
     fn decode(&self, latents: &Tensor) -> Result<Option<Tensor>>;
+
+    /// The ControlNet the model folder ships (a `controlnet/` folder, as diffusers' ControlNet
+    /// pipelines save one and the embedded model has), if any.
+    fn bundled_controlnet(&self, _dtype: DType, _device: &Device) -> Result<Option<ControlNetModel>> {
+        Ok(None)
+    }
+    /// Steer every later generation with `unit` from `image`.
+    fn add_controlnet(&mut self, _unit: ControlUnit, _image: RgbImage) -> Result<()> {
+        Err(Error::param("controlnet", "this model does not take ControlNets"))
+    }
+    /// Replace the control images (one per ControlNet, in order), e.g. per prompt.
+    fn set_control_images(&mut self, _images: Vec<RgbImage>) -> Result<()> {
+        Err(Error::param("control image", "this model has no ControlNet"))
+    }
+    /// diffusers' `guess_mode` for the ControlNets.
+    fn set_guess_mode(&mut self, _on: bool) {}
 }

@@ -15,7 +15,7 @@ use super::{GenerateOptions, Pipeline, PipelineInputs, PromptCheck};
 use crate::denoiser::{Conditioning, Guided};
 use crate::error::{Error, Result};
 use crate::image::RgbImage;
-use crate::models::controlnet::{ControlUnit, ControlledUNet};
+use crate::models::controlnet::{ControlNetModel, ControlUnit, ControlledUNet};
 use crate::models::{AutoencoderKl, ModelSource, UNet2DConditionModel};
 use crate::policy::acceleration::Family;
 use crate::sampling::{sample, Trace};
@@ -390,6 +390,32 @@ impl Pipeline for StableDiffusion {
 
     fn scheduler_class(&self) -> Option<String> {
         self.scheduler_config.get("_class_name").and_then(|v| v.as_str()).map(str::to_owned)
+    }
+
+    fn bundled_controlnet(&self, dtype: DType, device: &Device) -> Result<Option<ControlNetModel>> {
+        if !self.source.exists("controlnet/config.json") {
+            return Ok(None);
+        }
+        ControlNetModel::load_from(&self.source, "controlnet", dtype, device).map(Some)
+    }
+
+    fn add_controlnet(&mut self, unit: ControlUnit, image: RgbImage) -> Result<()> {
+        StableDiffusion::add_controlnet(self, unit, image)
+    }
+
+    fn set_control_images(&mut self, images: Vec<RgbImage>) -> Result<()> {
+        if images.len() != self.controlnets.len() {
+            return Err(Error::param("control image", format!("{} given for {} ControlNets: one each", images.len(), self.controlnets.len())));
+        }
+        if images.iter().any(|i| i.width == 0 || i.height == 0) {
+            return Err(Error::param("control image", "it has no pixels"));
+        }
+        self.control_images = images;
+        Ok(())
+    }
+
+    fn set_guess_mode(&mut self, on: bool) {
+        self.guess_mode = on;
     }
 
     fn decode(&self, latents: &Tensor) -> Result<Option<Tensor>> {

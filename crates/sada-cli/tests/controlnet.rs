@@ -1,0 +1,123 @@
+//! `sada generate` / `sada bench` with ControlNets: the fixture ControlNets on the tiny SD-1.5
+//! pipeline, and the embedded model's outline ControlNet.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{assert_flag_explained, sada};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sada-controlnet-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// The tiny SD-1.5 pipeline with its tokenizer's vocabulary, in `dir/sd15`.
+fn sd15(dir: &Path) -> PathBuf {
+    let m = dir.join("sd15");
+    copy_dir(&fixtures().join("sd/sd15"), &m);
+    for f in ["vocab.json", "merges.txt"] {
+        std::fs::copy(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sada/assets/clip").join(f), m.join("tokenizer").join(f)).unwrap();
+    }
+    m
+}
+
+fn cn(name: &str) -> String {
+    fixtures().join("controlnet").join(name).display().to_string()
+}
+
+fn parameters(png: &Path) -> serde_json::Value {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(png).unwrap()));
+    let reader = decoder.read_info().unwrap();
+    let text = reader.info().utf8_text.iter().find(|t| t.keyword == "parameters").unwrap().get_text().unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn generate_with_a_controlnet_records_it_and_differs_from_without() {
+    let dir = tmp("generate");
+    let m = sd15(&dir);
+    let (m, img) = (m.to_str().unwrap(), cn("control_circle.png"));
+    let out = dir.join("a.png");
+    let args = ["generate", "--model", m, "--prompt", "a cat", "--steps", "8", "--accel", "none", "--output-type", "latent"];
+    let (ok, _, err) = sada(&[&args[..], &["--controlnet", &cn("sd15_canny"), "--control-image", &img, "--output", out.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    let plain = dir.join("plain.safetensors");
+    let (ok, _, err) = sada(&[&args[..], &["--output", plain.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    assert_ne!(std::fs::read(&out).unwrap(), std::fs::read(&plain).unwrap(), "the ControlNet changed nothing");
+
+    let png = dir.join("b.png");
+    let (ok, _, err) = sada(&[
+        "generate", "--model", m, "--prompt", "a cat", "--steps", "8", "--accel", "none", "--controlnet", &cn("sd15_canny"), "--control-image", &img,
+        "--controlnet-scale", "0.5", "--control-guidance-end", "0.8", "--guess-mode", "--output", png.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let p = parameters(&png);
+    assert_eq!(p["controlnets"][0]["scale"], 0.5);
+    assert_eq!(p["controlnets"][0]["end"], 0.8);
+    assert_eq!(p["guess_mode"], true);
+}
+
+#[test]
+fn bad_controlnet_invocations_fail_with_one_line_and_no_output() {
+    let dir = tmp("hostile");
+    let m = sd15(&dir);
+    let m = m.to_str().unwrap();
+    let out = dir.join("x.png");
+    let img = cn("control_circle.png");
+    let not_png = fixtures().join("controlnet/cases.json").display().to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--controlnet".into(), cn("sdxl_canny"), "--control-image".into(), img.clone()], "another model"),
+        (vec!["--controlnet".into(), cn("sd15_canny")], "one control image per ControlNet"),
+        (vec!["--control-image".into(), img.clone()], "no controlnet/ folder"),
+        (vec!["--controlnet-scale".into(), "2".into()], "need --control-image"),
+        (vec!["--controlnet".into(), cn("sd15_canny"), "--control-image".into(), not_png.clone()], "not a readable PNG"),
+        (vec!["--controlnet".into(), cn("sd15_canny"), "--control-image".into(), "/nonexistent.png".into()], "/nonexistent.png"),
+        (vec!["--controlnet".into(), "/nonexistent-dir".into(), "--control-image".into(), img.clone()], "/nonexistent-dir"),
+        (vec!["--controlnet".into(), m.into(), "--control-image".into(), img.clone()], "config.json"),
+        (vec!["--controlnet".into(), cn("sd15_canny"), "--control-image".into(), img.clone(), "--control-guidance-start".into(), "0.9".into(), "--control-guidance-end".into(), "0.1".into()], "control_guidance_start/end"),
+        (vec!["--controlnet".into(), cn("sd15_canny"), "--control-image".into(), img.clone(), "--controlnet-scale".into(), "1,2".into()], "--controlnet-scale"),
+        (vec!["--controlnet".into(), cn("sd15_canny"), "--control-image".into(), img.clone(), "--controlnet-scale".into(), "nan".into()], "controlnet_conditioning_scale"),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec!["generate", "--model", m, "--prompt", "a cat", "--steps", "8", "--accel", "none", "--output", out.to_str().unwrap()];
+        args.extend(extra.iter().map(String::as_str));
+        let (ok, _, err) = sada(&args);
+        assert!(!ok, "{extra:?} succeeded");
+        assert!(err.contains(needle), "{extra:?}: expected `{needle}` in: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{extra:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!out.exists(), "{extra:?} left {}", out.display());
+    }
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "stray files in {}", dir.display());
+}
+
+#[test]
+fn help_explains_the_controlnet_flags() {
+    for cmd in ["generate", "bench"] {
+        let (ok, out, _) = sada(&[cmd, "-h"]);
+        assert!(ok);
+        for flag in ["--controlnet", "--control-image", "--controlnet-scale", "--control-guidance-start", "--control-guidance-end", "--guess-mode"] {
+            assert_flag_explained(&out, flag);
+        }
+    }
+}
