@@ -21,6 +21,9 @@ tests/fixtures/controlnet/:
       `control_wide_processed`: diffusers' control image processor on control_wide.png at 32x32 (a
       Lanczos downscale in PIL), [1,3,32,32] in [0,1].
   cases.json              each case: base model, ControlNets, scales, guidance start/end, guess mode, images.
+  sd15_canny.safetensors  the sd15_canny ControlNet in the original single-file layout (`control_model.*`, as
+                          lllyasviel's ControlNet releases), fp16; diffusers' `ControlNetModel.from_single_file`
+                          is asserted to read it back bit for bit.
 """
 
 import json
@@ -37,7 +40,7 @@ from diffusers import (AutoencoderKL, ControlNetModel, DPMSolverMultistepSchedul
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
-from gen_sd_pipeline_fixtures import to_half_exact
+from gen_sd_pipeline_fixtures import to_half_exact, unet_to_ldm
 
 warnings.filterwarnings("ignore")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +73,35 @@ def controlnet_for(unet, seed):
         for p in m.parameters():
             p.copy_((p * 0.1).half().float())
     return cn
+
+
+def controlnet_to_ldm(sd, cfg):
+    """diffusers ControlNetModel -> the original `control_model.*` layout (what diffusers'
+    convert_controlnet_checkpoint undoes)."""
+    out, body = {}, {}
+    for k, v in sd.items():
+        if k.startswith("controlnet_cond_embedding."):
+            rest = k[len("controlnet_cond_embedding."):]
+            if rest.startswith("conv_in."):
+                nk = "input_hint_block.0." + rest[len("conv_in."):]
+            elif rest.startswith("conv_out."):
+                # index 14 in every original file (the 4-level embedding); diffusers reads it there
+                nk = "input_hint_block.14." + rest[len("conv_out."):]
+            else:
+                _, i, tail = rest.split(".", 2)
+                nk = f"input_hint_block.{2 * (int(i) + 1)}.{tail}"
+        elif k.startswith("controlnet_down_blocks."):
+            _, i, tail = k.split(".", 2)
+            nk = f"zero_convs.{i}.0.{tail}"
+        elif k.startswith("controlnet_mid_block."):
+            nk = "middle_block_out.0." + k.split(".", 1)[1]
+        else:
+            body[k] = v
+            continue
+        out["control_model." + nk] = v
+    for k, v in unet_to_ldm(body, dict(cfg, up_block_types=[])).items():
+        out["control_model." + k[len("model.diffusion_model."):]] = v
+    return {k: v.half().contiguous() for k, v in out.items()}
 
 
 def load_base(fam):
@@ -181,6 +213,14 @@ def main():
         assert (res - exp["final_from_latents"]).abs().max() > 1e-2, f"{case}: control changed nothing"
         cases[case] = dict(c, steps=STEPS, height=SIZE, width=SIZE, guidance_scale=sdc["guidance_scale"], solver=sdc["solver"])
         print(f"[{case}] final std={res.std().item():.4f} uncontrolled std={exp['final_from_latents'].std().item():.4f} shift vs uncontrolled={(res - exp['final_from_latents']).abs().max().item():.3f}")
+
+    # the original single-file layout, read back by diffusers' own loader
+    sf_path = os.path.join(OUT, "sd15_canny.safetensors")
+    save_file(controlnet_to_ldm(nets["sd15_canny"].state_dict(), nets["sd15_canny"].config), sf_path)
+    sf = ControlNetModel.from_single_file(sf_path, config=os.path.join(OUT, "sd15_canny"), torch_dtype=torch.float32,
+                                          local_files_only=True)
+    a, b = nets["sd15_canny"].state_dict(), sf.state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), "single-file ControlNet does not read back"
 
     save_file({k: v.detach().float().contiguous() for k, v in out.items()}, os.path.join(OUT, "expected.safetensors"))
     with open(os.path.join(OUT, "cases.json"), "w") as f:

@@ -14,11 +14,12 @@ use sada::pipelines::Pipeline;
 #[derive(Debug, Clone, Default, Args)]
 pub struct ControlArgs {
     /// A ControlNet to steer the image with: a diffusers ControlNet folder (config.json +
-    /// diffusion_pytorch_model.safetensors) or a Hugging Face id; repeat for several
+    /// diffusion_pytorch_model.safetensors), an original single-file checkpoint
+    /// (control_model.* safetensors) or a Hugging Face id; repeat for several
     /// (diffusers' MultiControlNetModel), each with its own --control-image [default with
     /// --control-image: the model folder's controlnet/, as the embedded model ships one that
     /// reads shape outlines]
-    #[arg(long, value_name = "DIR|ID")]
+    #[arg(long, value_name = "DIR|FILE|ID")]
     pub controlnet: Vec<String>,
     /// The control image for each ControlNet, in order (PNG: an edge map, depth map, pose...),
     /// resized to the output size with Lanczos as diffusers' control image processor does
@@ -126,11 +127,8 @@ impl ControlArgs {
 /// A ControlNet from a folder or a Hugging Face id (cached, or downloaded unless offline).
 fn load_controlnet(name: &str, hub_opts: &HubOptions, dtype: DType, device: &Device) -> Result<ControlNetModel> {
     let path = Path::new(name);
-    if path.is_dir() {
+    if path.is_dir() || path.is_file() {
         return Ok(ControlNetModel::load(path, dtype, device)?);
-    }
-    if path.is_file() {
-        bail!("--controlnet {name}: a single-file ControlNet checkpoint is not supported yet; give its diffusers folder");
     }
     if hub::is_repo_id(name) && !name.starts_with('.') {
         let files = |_: &Path| vec!["config.json".to_owned(), "diffusion_pytorch_model.safetensors".to_owned()];

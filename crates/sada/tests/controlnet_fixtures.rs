@@ -256,3 +256,28 @@ fn controlnet_for_another_model_is_refused() {
     let err = ControlNetModel::load(bad.path(), DType::F32, &device()).err().unwrap().to_string();
     assert!(err.contains("diffusion_pytorch_model"), "{err}");
 }
+
+#[test]
+fn single_file_controlnet_gives_what_the_folder_gives() {
+    let want = expected();
+    let folder = controlnet("sd15_canny");
+    let single = ControlNetModel::load(&dir().join("sd15_canny.safetensors"), DType::F32, &device()).unwrap();
+    assert_eq!(single.config.extra.conditioning_embedding_out_channels, folder.config.extra.conditioning_embedding_out_channels);
+    let run = |cn: &ControlNetModel| {
+        let mut cache = TokenCache::default();
+        let mut ctx = ForwardContext::full(&mut cache);
+        cn.forward(&want["sample"], 500.0, &want["encoder_hidden_states"], None, &want["controlnet_cond"], 0.8, false, &mut ctx).unwrap()
+    };
+    let (a, b) = (run(&folder), run(&single));
+    for (x, y) in a.down.iter().chain([&a.mid]).zip(b.down.iter().chain([&b.mid])) {
+        assert_eq!(rel_err(y, x), 0.0);
+    }
+    // a Stable Diffusion checkpoint is not a ControlNet, and a pickle is not read
+    let err = ControlNetModel::load(&sd_fixture::fixtures().join("sd15.safetensors"), DType::F32, &device()).err().unwrap().to_string();
+    assert!(err.contains("not a ControlNet checkpoint"), "{err}");
+    let tmp = tempfile::tempdir().unwrap();
+    let pth = tmp.path().join("control_sd15_canny.pth");
+    std::fs::write(&pth, b"pickle").unwrap();
+    let err = ControlNetModel::load(&pth, DType::F32, &device()).err().unwrap().to_string();
+    assert!(err.contains("pickled"), "{err}");
+}

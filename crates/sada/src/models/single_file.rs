@@ -174,7 +174,7 @@ impl Checkpoint {
         };
         let mut maps: HashMap<String, HashMap<String, Source>> = HashMap::new();
         let err = |m: String| Error::file(path, m);
-        maps.insert("unet".into(), unet_map(&keys, &shapes_of).map_err(err)?);
+        maps.insert("unet".into(), unet_map(&keys, UNET).map_err(err)?);
         let vae_prefix = ["first_stage_model.", "vae."].into_iter().find(|p| has(p));
         if let Some(p) = vae_prefix {
             maps.insert("vae".into(), vae_map(&keys, p, &shapes_of).map_err(err)?);
@@ -274,54 +274,13 @@ impl Checkpoint {
     }
 
     fn unet_config(&self) -> std::result::Result<Value, String> {
-        let s = |n: &str| self.shape("unet", n);
-        let keys: Vec<&String> = self.maps["unet"].keys().collect();
-        let conv_in = s("conv_in.weight")?;
-        let levels = 1 + keys.iter().filter_map(|k| k.strip_prefix("down_blocks.").and_then(index_rest).map(|(n, _)| n)).max().ok_or("no down_blocks")?;
-        let lpb = 1 + keys
-            .iter()
-            .filter_map(|k| k.strip_prefix("down_blocks.0.resnets.").and_then(index_rest).map(|(n, _)| n))
-            .max()
-            .ok_or("no down_blocks.0.resnets")?;
-        let mut channels = Vec::new();
-        let mut cross = Vec::new();
-        let mut depth = Vec::new();
-        for b in 0..levels {
-            channels.push(s(&format!("down_blocks.{b}.resnets.0.conv2.weight"))?[0]);
-            let pre = format!("down_blocks.{b}.attentions.0.transformer_blocks.");
-            let d = keys.iter().filter_map(|k| k.strip_prefix(pre.as_str()).and_then(index_rest).map(|(n, _)| n + 1)).max();
-            cross.push(d.is_some());
-            depth.push(d.unwrap_or(1));
-        }
-        // the mid block's depth is the last level's in diffusers' model
-        let mid = keys.iter().filter_map(|k| k.strip_prefix("mid_block.attentions.0.transformer_blocks.").and_then(index_rest).map(|(n, _)| n + 1)).max().unwrap_or(1);
-        if let Some(last) = depth.last_mut() {
-            *last = mid;
-        }
-        let attn_key = keys.iter().find(|k| k.ends_with("attn2.to_k.weight")).ok_or("no cross-attention")?;
-        let context = s(attn_key)?[1];
-        let proj_in = keys.iter().find(|k| k.ends_with(".proj_in.weight")).ok_or("no proj_in")?;
-        let linear = s(proj_in)?.len() == 2;
-        // heads are not in the weights: SD-1 has 8 per level, the linear-projection families 64-wide heads
-        let heads: Vec<usize> = if linear { channels.iter().map(|c| (c / 64).max(1)).collect() } else { vec![8; levels] };
-        let down: Vec<&str> = cross.iter().map(|&c| if c { "CrossAttnDownBlock2D" } else { "DownBlock2D" }).collect();
-        let up: Vec<&str> = cross.iter().rev().map(|&c| if c { "CrossAttnUpBlock2D" } else { "UpBlock2D" }).collect();
-        let mut c = json!({
-            "_class_name": "UNet2DConditionModel",
-            "in_channels": conv_in[1], "out_channels": s("conv_out.weight")?[0],
-            "block_out_channels": channels, "layers_per_block": lpb,
-            "down_block_types": down, "up_block_types": up,
-            "transformer_layers_per_block": depth, "attention_head_dim": heads,
-            "cross_attention_dim": context, "use_linear_projection": linear,
-            "upcast_attention": self.family == CheckpointFamily::Sd2,
-            "norm_num_groups": 32,
-            "sample_size": match self.family { CheckpointFamily::Sd1 => 64, CheckpointFamily::Sd2 => 96, CheckpointFamily::Sdxl => 128 },
+        let mut c = unet_config(&self.shapes["unet"], self.family == CheckpointFamily::Sd2)?;
+        c["out_channels"] = json!(self.shape("unet", "conv_out.weight")?[0]);
+        c["sample_size"] = json!(match self.family {
+            CheckpointFamily::Sd1 => 64,
+            CheckpointFamily::Sd2 => 96,
+            CheckpointFamily::Sdxl => 128,
         });
-        if let Ok(w) = s("add_embedding.linear_1.weight") {
-            c["addition_embed_type"] = json!("text_time");
-            c["addition_time_embed_dim"] = json!(256);
-            c["projection_class_embeddings_input_dim"] = json!(w[1]);
-        }
         Ok(c)
     }
 
@@ -395,9 +354,63 @@ fn scheduler(fam: CheckpointFamily) -> Value {
     c
 }
 
-/// `model.diffusion_model.*` -> diffusers' UNet names (names only; no tensor changes shape).
-fn unet_map(keys: &BTreeSet<String>, shapes: &HashMap<String, Vec<usize>>) -> std::result::Result<HashMap<String, Source>, String> {
-    let body: Vec<&str> = keys.iter().filter_map(|k| k.strip_prefix(UNET)).collect();
+/// The UNet part of a config.json (also a ControlNet's) from the shapes of its tensors under
+/// diffusers names; `upcast_attention` as SD-2 sets it.
+fn unet_config(shapes: &HashMap<String, Vec<usize>>, upcast_attention: bool) -> std::result::Result<Value, String> {
+let s = |n: &str| shapes.get(n).map(Vec::as_slice).ok_or_else(|| format!("no `{n}`"));
+let keys: Vec<&String> = shapes.keys().collect();
+    let conv_in = s("conv_in.weight")?;
+    let levels = 1 + keys.iter().filter_map(|k| k.strip_prefix("down_blocks.").and_then(index_rest).map(|(n, _)| n)).max().ok_or("no down_blocks")?;
+    let lpb = 1 + keys
+        .iter()
+        .filter_map(|k| k.strip_prefix("down_blocks.0.resnets.").and_then(index_rest).map(|(n, _)| n))
+        .max()
+        .ok_or("no down_blocks.0.resnets")?;
+    let mut channels = Vec::new();
+    let mut cross = Vec::new();
+    let mut depth = Vec::new();
+    for b in 0..levels {
+        channels.push(s(&format!("down_blocks.{b}.resnets.0.conv2.weight"))?[0]);
+        let pre = format!("down_blocks.{b}.attentions.0.transformer_blocks.");
+        let d = keys.iter().filter_map(|k| k.strip_prefix(pre.as_str()).and_then(index_rest).map(|(n, _)| n + 1)).max();
+        cross.push(d.is_some());
+        depth.push(d.unwrap_or(1));
+    }
+    // the mid block's depth is the last level's in diffusers' model
+    let mid = keys.iter().filter_map(|k| k.strip_prefix("mid_block.attentions.0.transformer_blocks.").and_then(index_rest).map(|(n, _)| n + 1)).max().unwrap_or(1);
+    if let Some(last) = depth.last_mut() {
+        *last = mid;
+    }
+    let attn_key = keys.iter().find(|k| k.ends_with("attn2.to_k.weight")).ok_or("no cross-attention")?;
+    let context = s(attn_key)?[1];
+    let proj_in = keys.iter().find(|k| k.ends_with(".proj_in.weight")).ok_or("no proj_in")?;
+    let linear = s(proj_in)?.len() == 2;
+    // heads are not in the weights: SD-1 has 8 per level, the linear-projection families 64-wide heads
+    let heads: Vec<usize> = if linear { channels.iter().map(|c| (c / 64).max(1)).collect() } else { vec![8; levels] };
+    let down: Vec<&str> = cross.iter().map(|&c| if c { "CrossAttnDownBlock2D" } else { "DownBlock2D" }).collect();
+    let up: Vec<&str> = cross.iter().rev().map(|&c| if c { "CrossAttnUpBlock2D" } else { "UpBlock2D" }).collect();
+    let mut c = json!({
+        "_class_name": "UNet2DConditionModel",
+        "in_channels": conv_in[1],
+        "block_out_channels": channels, "layers_per_block": lpb,
+        "down_block_types": down, "up_block_types": up,
+        "transformer_layers_per_block": depth, "attention_head_dim": heads,
+        "cross_attention_dim": context, "use_linear_projection": linear,
+        "upcast_attention": upcast_attention,
+        "norm_num_groups": 32,
+    });
+    if let Ok(w) = s("add_embedding.linear_1.weight") {
+        c["addition_embed_type"] = json!("text_time");
+        c["addition_time_embed_dim"] = json!(256);
+        c["projection_class_embeddings_input_dim"] = json!(w[1]);
+    }
+    Ok(c)
+}
+
+/// `model.diffusion_model.*` (or a ControlNet's `control_model.*`: `prefix`) -> diffusers' UNet
+/// names (names only; no tensor changes shape).
+fn unet_map(keys: &BTreeSet<String>, prefix: &str) -> std::result::Result<HashMap<String, Source>, String> {
+    let body: Vec<&str> = keys.iter().filter_map(|k| k.strip_prefix(prefix)).collect();
     let n_in = 1 + body.iter().filter_map(|k| k.strip_prefix("input_blocks.").and_then(index_rest).map(|(n, _)| n)).max().ok_or("no input_blocks")?;
     let ops: Vec<usize> = body.iter().filter(|k| k.contains(".0.op.weight")).filter_map(|k| k.strip_prefix("input_blocks.").and_then(index_rest).map(|(n, _)| n)).collect();
     let levels = ops.len() + 1;
@@ -407,7 +420,7 @@ fn unet_map(keys: &BTreeSet<String>, shapes: &HashMap<String, Vec<usize>>) -> st
     let s = n_in / levels; // layers per level + 1 (the downsampler's slot)
     let lpb = s - 1;
     let mut map = HashMap::new();
-    for (full, k) in keys.iter().filter_map(|k| Some((k, k.strip_prefix(UNET)?))) {
+    for (full, k) in keys.iter().filter_map(|k| Some((k, k.strip_prefix(prefix)?))) {
         let top = [
             ("time_embed.0.", "time_embedding.linear_1."),
             ("time_embed.2.", "time_embedding.linear_2."),
@@ -450,7 +463,6 @@ fn unet_map(keys: &BTreeSet<String>, shapes: &HashMap<String, Vec<usize>>) -> st
             map.insert(n, Source::Same(full.clone()));
         }
     }
-    let _ = shapes;
     Ok(map)
 }
 
@@ -570,4 +582,75 @@ fn openclip_map(keys: &BTreeSet<String>, prefix: &str, drop_last: bool, shapes: 
         map.extend(entries);
     }
     Ok(map)
+}
+
+/// An original-layout ControlNet file (lllyasviel's releases: `control_model.*`; some
+/// redistributions drop the prefix): its config.json, inferred from the tensors as for a UNet
+/// (SD-2's `upcast_attention` from the 1024-wide cross-attention), and its weights under
+/// diffusers' names. The hint block `input_hint_block.{0, 2, ..., 14}` is the conditioning
+/// embedding (first conv_in, last conv_out, blocks between), `zero_convs.i.0` and
+/// `middle_block_out.0` the zero convolutions.
+pub fn open_controlnet(path: &Path, dtype: DType, device: &Device) -> Result<(Value, candle_nn::VarBuilder<'static>)> {
+    if path.extension().is_some_and(|e| e == "ckpt" || e == "pt" || e == "pth" || e == "bin") {
+        return Err(Error::file(path, "pickled PyTorch checkpoints are not read (they can run code); convert it to .safetensors"));
+    }
+    // SAFETY: read-only mapping of a model file, as every weights file is read.
+    let file = unsafe { MmapedSafetensors::new(path) }.map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
+    crate::models::weights::check_tensors(file.tensors(), path)?;
+    let shapes_of: HashMap<String, Vec<usize>> = file.tensors().into_iter().map(|(k, v)| (k, v.shape().to_vec())).collect();
+    let keys: BTreeSet<String> = shapes_of.keys().cloned().collect();
+    let prefix = if keys.iter().any(|k| k.starts_with("control_model.")) {
+        "control_model."
+    } else if keys.contains("input_hint_block.0.weight") {
+        ""
+    } else {
+        return Err(Error::file(path, "no `control_model.*` or `input_hint_block.*` tensors: not a ControlNet checkpoint"));
+    };
+    let err = |m: String| Error::file(path, m);
+    let mut map = unet_map(&keys, prefix).map_err(err)?;
+    let hint: BTreeSet<usize> = keys
+        .iter()
+        .filter_map(|k| k.strip_prefix(prefix)?.strip_prefix("input_hint_block.").and_then(index_rest).map(|(n, _)| n))
+        .collect();
+    let (first, last) = match (hint.first(), hint.last()) {
+        (Some(&a), Some(&b)) if a < b => (a, b),
+        _ => return Err(err("the hint block (input_hint_block) needs at least an input and an output convolution".into())),
+    };
+    for k in &keys {
+        let Some(body) = k.strip_prefix(prefix) else { continue };
+        let name = if let Some((i, t)) = body.strip_prefix("input_hint_block.").and_then(index_rest) {
+            let pos = hint.iter().position(|&h| h == i).expect("collected above");
+            Some(match i {
+                i if i == first => format!("controlnet_cond_embedding.conv_in.{t}"),
+                i if i == last => format!("controlnet_cond_embedding.conv_out.{t}"),
+                _ => format!("controlnet_cond_embedding.blocks.{}.{t}", pos - 1),
+            })
+        } else if let Some((i, t)) = body.strip_prefix("zero_convs.").and_then(index_rest) {
+            t.strip_prefix("0.").map(|t| format!("controlnet_down_blocks.{i}.{t}"))
+        } else {
+            body.strip_prefix("middle_block_out.0.").map(|t| format!("controlnet_mid_block.{t}"))
+        };
+        if let Some(n) = name {
+            map.insert(n, Source::Same(k.clone()));
+        }
+    }
+    let shapes: HashMap<String, Vec<usize>> = map
+        .iter()
+        .map(|(n, src)| match src {
+            Source::Same(k) => (n.clone(), shapes_of[k].clone()),
+            _ => unreachable!("a ControlNet is renamed, never reshaped"),
+        })
+        .collect();
+    let context = shapes.iter().find(|(k, _)| k.ends_with("attn2.to_k.weight")).and_then(|(_, s)| s.get(1).copied());
+    let mut config = unet_config(&shapes, context == Some(1024)).map_err(err)?;
+    let shape = |n: &str| shapes.get(n).cloned().ok_or_else(|| err(format!("no `{n}`")));
+    let mut embed = vec![shape("controlnet_cond_embedding.conv_in.weight")?[0]];
+    for i in (1..hint.len().saturating_sub(2)).step_by(2) {
+        embed.push(shape(&format!("controlnet_cond_embedding.blocks.{i}.weight"))?[0]);
+    }
+    config["_class_name"] = json!("ControlNetModel");
+    config["conditioning_channels"] = json!(shape("controlnet_cond_embedding.conv_in.weight")?[1]);
+    config["conditioning_embedding_out_channels"] = json!(embed);
+    let backend = Renamed { file: Arc::new(file), path: path.to_path_buf(), map };
+    Ok((config, candle_nn::VarBuilder::from_backend(Box::new(backend), dtype, device.clone())))
 }

@@ -128,8 +128,12 @@ pub struct ControlNetModel {
 }
 
 impl ControlNetModel {
-    /// Load from a diffusers ControlNet folder (config.json + diffusion_pytorch_model weights).
+    /// Load from a diffusers ControlNet folder (config.json + diffusion_pytorch_model weights)
+    /// or an original-layout single file (`control_model.*` safetensors).
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        if dir.is_file() {
+            return Self::load_single_file(dir, dtype, device);
+        }
         if !dir.join("config.json").is_file() {
             return Err(Error::file(dir.join("config.json"), "not found: expected a diffusers ControlNet folder (config.json + diffusion_pytorch_model.safetensors)"));
         }
@@ -149,6 +153,18 @@ impl ControlNetModel {
         let (vb, weights_path) = source.var_builder(component, "diffusion_pytorch_model", dtype, device)?;
         Self::new(config, vb).map_err(|e| match e {
             Error::Candle(c) => Error::file(&weights_path, format!("weights do not match config.json: {c}")),
+            other => other,
+        })
+    }
+
+    /// An original-layout single-file ControlNet, its configuration inferred from the tensors.
+    pub fn load_single_file(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let (json, vb) = crate::models::single_file::open_controlnet(path, dtype, device)?;
+        let parse = |e: String| Error::file(path, format!("inferred configuration: {e}"));
+        let config = ControlNetConfig { unet: crate::config::from_value(json.clone()).map_err(parse)?, extra: crate::config::from_value(json).map_err(parse)? };
+        config.check().map_err(|e| Error::file(path, e.to_string()))?;
+        Self::new(config, vb).map_err(|e| match e {
+            Error::Candle(c) => Error::file(path, format!("tensors do not fit the inferred architecture: {c}")),
             other => other,
         })
     }
