@@ -121,3 +121,19 @@ fn help_explains_the_controlnet_flags() {
         }
     }
 }
+
+#[test]
+fn embedded_model_takes_a_control_image_with_its_own_controlnet() {
+    let dir = tmp("embedded");
+    let out = dir.join("c.png");
+    let img = fixtures().join("default_model/controlnet_image.png");
+    let (ok, stdout, err) = sada(&[
+        "generate", "--prompt", "a large red circle in the center on a blue background", "--control-image", img.to_str().unwrap(),
+        "--output", out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("SADA:"), "{stdout}");
+    let p = parameters(&out);
+    assert_eq!(p["controlnets"][0]["controlnet"], "the model's controlnet/");
+    assert_eq!(p["options"]["steps"], 50);
+}

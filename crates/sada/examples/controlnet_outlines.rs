@@ -1,13 +1,13 @@
 //! How well the embedded model's ControlNet makes shapes follow their outline, on held-out
 //! captions (docs/default-model/CONTROLNET.md): `cargo run --release -p sada --example
-//! controlnet_outlines -- [CONTROLNET_DIR] [CASES] [STEPS]` (default: the embedded ControlNet,
-//! 40 cases, 15 steps). Three settings, each with and without the ControlNet:
+//! controlnet_outlines -- [CONTROLNET_DIR|embedded] [CASES] [STEPS]` (default: the embedded
+//! ControlNet, 40 cases, 15 steps). Three settings, each with and without the ControlNet:
 //! - `matching`: a caption and its own shape's outline;
 //! - `moved`: a caption and the outline of the same shape at another position;
 //! - `empty prompt`: no caption, the outline alone.
 
 use candle_core::{DType, Device};
-use sada::data::shapes::{Scene, POSITIONS};
+use sada::data::shapes::Scene;
 use sada::image::RgbImage;
 use sada::models::controlnet::{ControlNetModel, ControlUnit};
 use sada::pipelines::default_model;
@@ -19,18 +19,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let steps: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(15);
     let held: Vec<Scene> = Scene::all().into_iter().filter(|s| s.is_held_out()).collect();
     let scenes: Vec<Scene> = (0..n).map(|i| held[i * held.len() / n]).collect();
-    let moved = |s: &Scene| {
-        let k = POSITIONS.iter().position(|p| *p == s.position).unwrap_or(0);
-        Scene { position: POSITIONS[(k + 2) % POSITIONS.len()], ..*s }
-    };
     let settings: [(&str, Vec<(String, Scene, Scene)>); 3] = [
         ("matching", scenes.iter().map(|s| (s.caption(), *s, *s)).collect()),
-        ("moved", scenes.iter().map(|s| (s.caption(), *s, moved(s))).collect()),
+        ("moved", scenes.iter().map(|s| (s.caption(), *s, s.moved())).collect()),
         ("empty prompt", scenes.iter().map(|s| (String::new(), *s, *s)).collect()),
     ];
     let mut plain = default_model::load(&device)?;
     let mut controlled = default_model::load(&device)?;
-    let cn = match args.get(1) {
+    let cn = match args.get(1).filter(|a| *a != "embedded") {
         Some(dir) => ControlNetModel::load(std::path::Path::new(dir), DType::F32, &device)?,
         None => sada::pipelines::Pipeline::bundled_controlnet(&controlled, DType::F32, &device)?.ok_or("the embedded model has no ControlNet")?,
     };

@@ -247,6 +247,13 @@ pub fn iou(a: &[bool], b: &[bool]) -> f64 {
 }
 
 impl Scene {
+    /// The same scene with the shape two positions further along `POSITIONS` (always
+    /// elsewhere): a control outline that disagrees with the caption.
+    pub fn moved(&self) -> Scene {
+        let k = POSITIONS.iter().position(|p| *p == self.position).unwrap_or(0);
+        Scene { position: POSITIONS[(k + 2) % POSITIONS.len()], ..*self }
+    }
+
     /// The pixels the shape covers at least half of: the region its outline encloses.
     pub fn region(&self, side: usize) -> Vec<bool> {
         self.coverage(side).iter().map(|&a| a >= 0.5).collect()

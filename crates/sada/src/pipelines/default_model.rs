@@ -4,7 +4,8 @@
 //! `crates/sada/assets/default_model/`, with the training recipe in its `TRAINING.md`): a
 //! CLIP-architecture text encoder with a word-level tokenizer, a pixel-space
 //! `UNet2DConditionModel` (3 x 32 x 32, cross-attention at full resolution) and a
-//! DPM-Solver++ scheduler config over the DDPM linear schedule.
+//! DPM-Solver++ scheduler config over the DDPM linear schedule; and a ControlNet that reads
+//! the shape's outline (`controlnet/`, docs/default-model/CONTROLNET.md).
 
 use candle_core::{DType, Device};
 
@@ -30,6 +31,8 @@ macro_rules! asset {
 
 static FILES: &[(&str, &[u8])] = &[
     asset!("model_index.json"),
+    asset!("controlnet/config.json"),
+    asset!("controlnet/diffusion_pytorch_model.safetensors"),
     asset!("scheduler/scheduler_config.json"),
     asset!("text_encoder/config.json"),
     asset!("text_encoder/model.safetensors"),
