@@ -137,3 +137,46 @@ fn embedded_model_takes_a_control_image_with_its_own_controlnet() {
     assert_eq!(p["controlnets"][0]["controlnet"], "the model's controlnet/");
     assert_eq!(p["options"]["steps"], 50);
 }
+
+/// A PNG that claims `w x h` pixels and holds none: its signature, header and an empty IDAT.
+fn png_header_only(path: &Path, w: u32, h: u32) {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = 0xffff_ffffu32;
+        for &b in bytes {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut f = b"\x89PNG\r\n\x1a\n".to_vec();
+    f.extend_from_slice(&13u32.to_be_bytes());
+    f.extend_from_slice(&ihdr);
+    f.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    f.extend_from_slice(&0u32.to_be_bytes());
+    f.extend_from_slice(b"IDAT");
+    f.extend_from_slice(&crc32(b"IDAT").to_be_bytes());
+    std::fs::write(path, f).unwrap();
+}
+
+#[test]
+fn huge_or_truncated_control_images_are_refused_before_decoding() {
+    let dir = tmp("huge");
+    let out = dir.join("x.png");
+    let huge = dir.join("huge.png");
+    png_header_only(&huge, 60_000, 60_000);
+    let small = dir.join("truncated.png");
+    png_header_only(&small, 32, 32);
+    for (img, needle) in [(&huge, "larger than"), (&small, "corrupt PNG")] {
+        let (ok, _, err) = sada(&["generate", "--prompt", "a large red circle in the center on a blue background", "--control-image", img.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+        assert!(!ok);
+        assert!(err.contains(needle) && err.contains(img.to_str().unwrap()), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!out.exists());
+    }
+}

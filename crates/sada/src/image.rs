@@ -86,8 +86,9 @@ pub fn upscale(img: &RgbImage, factor: usize) -> RgbImage {
     RgbImage { width: w, height: h, pixels }
 }
 
-/// Images with more pixels than this are refused before they are decoded (16k x 16k).
-const MAX_PIXELS: u64 = 1 << 28;
+/// Images with more pixels than this are refused before they are decoded (8k x 8k: control
+/// images are resized to the output, itself at most a few thousand pixels wide).
+const MAX_PIXELS: u64 = 1 << 26;
 
 /// Read a PNG as 8-bit RGB the way PIL's `convert("RGB")` does: grey is repeated, alpha is
 /// dropped (not composited), palettes are expanded, 16-bit samples keep their high byte.
