@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use sada::image::{hstack, png_bytes, upscale, vstack, RgbImage};
 use serde::Serialize;
 
@@ -193,13 +193,7 @@ fn grid(out: &Path, settings: &Settings, records: &[RunRecord]) -> Result<RgbIma
 }
 
 fn read_png(path: &Path) -> Result<RgbImage> {
-    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().with_context(|| format!("{}: not a PNG", path.display()))?;
-    let mut buf = vec![0; reader.output_buffer_size().context("PNG too large")?];
-    let info = reader.next_frame(&mut buf).with_context(|| format!("{}: corrupt PNG", path.display()))?;
-    anyhow::ensure!(info.color_type == png::ColorType::Rgb && info.bit_depth == png::BitDepth::Eight, "{}: expected 8-bit RGB", path.display());
-    buf.truncate(info.buffer_size());
-    Ok(RgbImage { width: info.width as usize, height: info.height as usize, pixels: buf })
+    Ok(sada::image::read_png(path)?)
 }
 
 /// Write bench.md, bench.json, grid.png, tradeoff.svg and (with SADA) criterion.svg; returns

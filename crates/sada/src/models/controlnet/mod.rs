@@ -148,7 +148,8 @@ impl ControlNetModel {
         if class.is_some_and(|c| c != "ControlNetModel") {
             return Err(Error::file(source.path(&rel), format!("a {} is not supported as a ControlNet (expected ControlNetModel)", class.unwrap_or_default())));
         }
-        let config = ControlNetConfig { unet: source.read_json(&rel)?, extra: source.read_json(&rel)? };
+        let parse = |e: String| Error::file(source.path(&rel), format!("invalid config: {e}"));
+        let config = ControlNetConfig { unet: crate::config::from_value(raw.clone()).map_err(parse)?, extra: crate::config::from_value(raw).map_err(parse)? };
         config.check().map_err(|e| Error::file(source.path(&rel), e.to_string()))?;
         let (vb, weights_path) = source.var_builder(component, "diffusion_pytorch_model", dtype, device)?;
         Self::new(config, vb).map_err(|e| match e {
