@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use sada::models::hub::{self, HubOptions};
 use sada::models::single_file::Checkpoint;
 use sada::models::ModelSource;
-use sada::pipelines::{default_model, Pipeline, StableDiffusion};
+use sada::pipelines::{default_model, load_pipeline, Pipeline, StableDiffusion};
 use sada::policy::acceleration::Family;
 use sada::policy::{Acceleration, SadaConfig};
 use sada::solvers::SolverKind;
@@ -119,14 +119,27 @@ fn repo_files(snapshot: &Path) -> Vec<String> {
         }
         let add: &[&str] = match name.as_str() {
             "scheduler" => &["scheduler_config.json"],
-            "unet" | "vae" => &["config.json", "diffusion_pytorch_model.safetensors"],
-            n if n.starts_with("text_encoder") => &["config.json", "model.safetensors"],
-            n if n.starts_with("tokenizer") => &["vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"],
+            "unet" | "vae" | "transformer" => &["config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json"],
+            n if n.starts_with("text_encoder") => &["config.json", "model.safetensors", "model.safetensors.index.json"],
+            n if n.starts_with("tokenizer") => &["vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json", "tokenizer.json", "spiece.model"],
             _ => &[],
         };
         files.extend(add.iter().map(|f| format!("{name}/{f}")));
     }
+    // the shards an index already in the snapshot lists (Flux's transformer and T5 are sharded)
+    let shards: Vec<String> = files.iter().filter(|f| f.ends_with(".index.json")).flat_map(|f| shard_files(snapshot, f)).collect();
+    files.extend(shards);
     files
+}
+
+/// The files a sharded checkpoint's `index` lists, as paths in the snapshot.
+fn shard_files(snapshot: &Path, index: &str) -> Vec<String> {
+    let v: serde_json::Value = std::fs::read_to_string(snapshot.join(index)).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let dir = Path::new(index).parent().and_then(|p| p.to_str()).unwrap_or("");
+    let mut names: Vec<String> = v.get("weight_map").and_then(|m| m.as_object()).into_iter().flatten().filter_map(|(_, f)| f.as_str()).filter(|f| !f.contains('/') && !f.contains("..")).map(|f| format!("{dir}/{f}")).collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The model `args` names, or the embedded default model when none is given: the pipeline,
@@ -148,18 +161,18 @@ pub fn load_model(args: &ModelArgs, dtype: DType, device: &Device) -> anyhow::Re
         let opts = HubOptions { revision: args.revision.clone(), offline: args.offline };
         let snapshot = hub::resolve(model, &opts, &repo_files)?;
         // a cached snapshot can lack files (an interrupted download): name the id, not only the path
-        let pipe = StableDiffusion::load_from(ModelSource::Dir(snapshot), dtype, device).with_context(|| format!("--model {model} (revision {})", opts.revision()))?;
+        let pipe = load_pipeline(ModelSource::Dir(snapshot), dtype, device).with_context(|| format!("--model {model} (revision {})", opts.revision()))?;
         let guidance = pipe.default_guidance();
-        return Ok((Box::new(pipe), model.to_owned(), guidance));
+        return Ok((pipe, model.to_owned(), guidance));
     } else {
         bail!("--model {model}: no such folder or file, and not a Hugging Face id (org/name)");
     };
     if args.revision.is_some() && !hub::is_repo_id(model) {
         bail!("--revision applies to a Hugging Face id, not to the folder or file {model}");
     }
-    let pipe = StableDiffusion::load_from(source, dtype, device)?;
+    let pipe = load_pipeline(source, dtype, device)?;
     let guidance = pipe.default_guidance();
-    Ok((Box::new(pipe), model.to_owned(), guidance))
+    Ok((pipe, model.to_owned(), guidance))
 }
 
 /// The methods `--accel` takes, one per line (for --help).

@@ -401,3 +401,27 @@ fn guidance_combines_uncond_plus_scale_times_difference() {
     // u = 2, c = 6: 2 + 7.5 * 4 = 32
     assert_eq!(vals(&out), vec![32.0; 4]);
 }
+
+/// §6: after a skipped flow step the criterion is zero by construction (the step used
+/// 2 h[-2] - h[-3] and the history repeats h[-2]); it is reported as exactly 0, so runs in f32
+/// and f64 (and on other devices) take the same decisions instead of following rounding noise.
+#[test]
+fn flow_criterion_after_a_skip_is_exactly_zero_so_f32_and_f64_take_one_path() {
+    let mut paths = Vec::new();
+    for dtype in [candle_core::DType::F32, candle_core::DType::F64] {
+        let shape = [1usize, 4, 16, 16];
+        let mut s = solver(SolverKind::FlowMatchEulerDiscrete, presets::FLUX, serde_json::json!({}), 50);
+        let model = gmm(&shape[1..], presets::FLUX, s.prediction_type());
+        let (cond, uncond) = conds(1);
+        let guided = Guided::new(&model, cond, Some(uncond), 7.5).unwrap();
+        let x = noise(&shape, 11, s.init_noise_sigma()).to_dtype(dtype).unwrap();
+        let (_, trace) = sample(&guided, s.as_mut(), &mut Sada::new(SadaConfig::flux()), x, &mut |_, _| {}).unwrap();
+        let skipped: Vec<_> = trace.steps.iter().filter(|st| !st.decision.computed()).collect();
+        assert!(!skipped.is_empty(), "{dtype:?}: no skips");
+        for st in skipped {
+            assert_eq!(st.criterion, Some(0.0), "{dtype:?}: step {} was skipped", st.index);
+        }
+        paths.push(trace.steps.iter().map(|st| st.decision).collect::<Vec<_>>());
+    }
+    assert_eq!(paths[0], paths[1]);
+}

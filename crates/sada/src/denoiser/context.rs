@@ -99,11 +99,23 @@ impl<'a> ForwardContext<'a> {
         x: &Tensor,
         block: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
     ) -> candle_core::Result<Tensor> {
+        self.token_site_indexed(name, (h, w), x, |x, _| block(x))
+    }
+
+    /// As [`Self::token_site`], for a block that needs the indices (u32, ascending, into the
+    /// `h x w` grid) of the tokens it is given; None when it is given all of them.
+    pub fn token_site_indexed(
+        &mut self,
+        name: &str,
+        (h, w): (usize, usize),
+        x: &Tensor,
+        block: impl FnOnce(&Tensor, Option<&Tensor>) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
         if !self.routes.contains_key(&(h, w)) {
             let t = BlockTokens::route(self.plan, h, w, x.device())?;
             self.routes.insert((h, w), t);
         }
-        self.token_cache.apply(name, &self.routes[&(h, w)], x, block)
+        self.token_cache.apply_indexed(name, &self.routes[&(h, w)], x, block)
     }
 
     pub fn uses(&self, kind: SiteKind) -> bool {

@@ -29,6 +29,9 @@ pub struct Capabilities {
     /// The network after its input layer ([`SiteKind::Rest`]`(0)`) and after its first block
     /// (`Rest(1)`, with the first block's residual as the signal) can be replaced by a residual.
     pub residual_sites: bool,
+    /// The side of the latent patch one token of the pruning blocks covers at their finest
+    /// level: 1 for a U-Net (a token per latent pixel), 2 for Flux (2 x 2 patches); 0 reads as 1.
+    pub token_patch: usize,
 }
 
 /// A denoising network: given a batch of (scaled) latents at a timestep, return the raw

@@ -5,6 +5,7 @@
 //! calling side decides what runs there (see `denoiser::ForwardContext`).
 
 pub mod controlnet;
+pub mod flux;
 pub mod hub;
 pub mod kernels;
 pub mod layers;
@@ -17,6 +18,7 @@ pub mod vae_encoder;
 pub mod weights;
 
 pub use controlnet::ControlNetModel;
+pub use flux::FluxTransformer2DModel;
 pub use unet::{AdditionalResiduals, UNet2DConditionConfig, UNet2DConditionModel};
 pub use vae::AutoencoderKl;
 pub use source::ModelSource;

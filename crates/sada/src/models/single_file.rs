@@ -31,6 +31,9 @@ pub enum CheckpointFamily {
     Sd2,
     /// SDXL base: CLIP-L and OpenCLIP-bigG with projection, `text_time` conditioning.
     Sdxl,
+    /// FLUX.1 (Black Forest Labs' layout): the transformer alone, dev (guidance embedding)
+    /// or schnell.
+    Flux,
 }
 
 const UNET: &str = "model.diffusion_model.";
@@ -45,7 +48,22 @@ enum Source {
     Transpose(String),
     /// A 1x1 convolution's weight [C, C, 1, 1] as a Linear's [C, C] (VAE attention).
     Squeeze(String),
+    /// Rows `start .. start + len` of a fused tensor (Flux's single blocks' q, k, v and MLP).
+    Narrow(String, usize, usize),
+    /// The two halves swapped: the original final modulation emits (shift, scale),
+    /// diffusers' `AdaLayerNormContinuous` (scale, shift).
+    SwapHalves(String),
 }
+
+impl Source {
+    /// The file's tensor this one is made from.
+    fn key(&self) -> &str {
+        match self {
+            Source::Same(k) | Source::Rows(k, ..) | Source::Transpose(k) | Source::Squeeze(k) | Source::Narrow(k, ..) | Source::SwapHalves(k) => k,
+        }
+    }
+}
+
 
 /// A component's tensors under diffusers names, read from the mapped file.
 struct Renamed {
@@ -65,6 +83,12 @@ impl Renamed {
                 t.narrow(0, part * n, n)?.contiguous()?
             }
             Source::Transpose(k) => self.file.load(k, dev)?.t()?.contiguous()?,
+            Source::Narrow(k, start, len) => self.file.load(k, dev)?.narrow(0, *start, *len)?.contiguous()?,
+            Source::SwapHalves(k) => {
+                let t = self.file.load(k, dev)?;
+                let n = t.dim(0)? / 2;
+                Tensor::cat(&[t.narrow(0, n, n)?, t.narrow(0, 0, n)?], 0)?
+            }
             Source::Squeeze(k) => {
                 let t = self.file.load(k, dev)?;
                 match t.rank() {
@@ -149,6 +173,9 @@ impl Checkpoint {
         crate::models::weights::check_tensors(file.tensors(), path)?;
         let shapes_of: HashMap<String, Vec<usize>> = file.tensors().into_iter().map(|(k, v)| (k, v.shape().to_vec())).collect();
         let keys: BTreeSet<String> = shapes_of.keys().cloned().collect();
+        if let Some(prefix) = ["", UNET].into_iter().find(|p| keys.contains(&format!("{p}double_blocks.0.img_attn.qkv.weight")) || keys.contains(&format!("{p}single_blocks.0.linear1.weight"))) {
+            return Self::open_flux(path, file, &keys, &shapes_of, prefix);
+        }
         let has = |p: &str| keys.iter().any(|k| k.starts_with(p));
         if !has(UNET) {
             return Err(Error::file(path, "no `model.diffusion_model.*` tensors: not a Stable Diffusion (LDM / SGM) checkpoint"));
@@ -196,32 +223,133 @@ impl Checkpoint {
             }
             _ => {}
         }
-        // the shape of each diffusers tensor, for config inference
-        let mut shapes: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
-        for (comp, map) in &maps {
-            let s = map
-                .iter()
-                .map(|(name, src)| {
-                    let shape = match src {
-                        Source::Same(k) => shapes_of[k].clone(),
-                        Source::Rows(k, _, parts) => {
-                            let mut v = shapes_of[k].clone();
-                            v[0] /= parts;
-                            v
-                        }
-                        Source::Transpose(k) => shapes_of[k].iter().rev().copied().collect(),
-                        Source::Squeeze(k) => shapes_of[k].iter().copied().take(2).collect(),
-                    };
-                    (name.clone(), shape)
-                })
-                .collect();
-            shapes.insert(comp.clone(), s);
-        }
+        let shapes = diffusers_shapes(&maps, &shapes_of);
         let file = Arc::new(file);
         let mut ck = Checkpoint { path: path.to_path_buf(), family, file, maps, shapes, files: HashMap::new() };
         ck.files = ck.synthesise().map_err(err)?;
         Ok(ck)
     }
+
+    /// A FLUX.1 transformer in Black Forest Labs' layout (`flux1-dev.safetensors`), keys under
+    /// `prefix`: renamed as diffusers' `convert_flux_transformer_checkpoint_to_diffusers` does
+    /// (fused projections split, the final modulation's halves swapped); the configuration is
+    /// read from the shapes instead of assumed (diffusers fixes the width at FLUX.1's 3072).
+    fn open_flux(path: &Path, file: MmapedSafetensors, keys: &BTreeSet<String>, shapes_of: &HashMap<String, Vec<usize>>, prefix: &str) -> Result<Self> {
+        let err = |m: String| Error::file(path, m);
+        let shape = |k: &str| shapes_of.get(&format!("{prefix}{k}")).cloned().ok_or_else(|| err(format!("no `{prefix}{k}`: not a complete FLUX.1 transformer")));
+        let count = |block: &str| keys.iter().filter_map(|k| k.strip_prefix(prefix)?.strip_prefix(block).and_then(index_rest).map(|(i, _)| i)).collect::<BTreeSet<_>>();
+        let (double, single) = (count("double_blocks."), count("single_blocks."));
+        for (name, set) in [("double_blocks", &double), ("single_blocks", &single)] {
+            if set.iter().enumerate().any(|(i, &b)| i != b) {
+                return Err(err(format!("{name} are not numbered 0..{}", set.len())));
+            }
+        }
+        let img_in = shape("img_in.weight")?;
+        let [dim, in_channels] = img_in[..] else {
+            return Err(err(format!("`img_in.weight` has shape {img_in:?}, expected [dim, in_channels]")));
+        };
+        let norm = if double.is_empty() { "single_blocks.0.norm.query_norm.scale" } else { "double_blocks.0.img_attn.norm.query_norm.scale" };
+        let head_dim = shape(norm)?[0];
+        if head_dim == 0 || dim % head_dim != 0 || head_dim % 16 != 0 {
+            return Err(err(format!("a head dimension of {head_dim} for a width of {dim}: expected a multiple of 16 dividing the width")));
+        }
+        let guidance = keys.contains(&format!("{prefix}guidance_in.in_layer.weight"));
+        let config = json!({
+            "_class_name": "FluxTransformer2DModel",
+            "patch_size": 1,
+            "in_channels": in_channels,
+            "num_layers": double.len(),
+            "num_single_layers": single.len(),
+            "attention_head_dim": head_dim,
+            "num_attention_heads": dim / head_dim,
+            "joint_attention_dim": shape("txt_in.weight")?.get(1).copied().unwrap_or(0),
+            "pooled_projection_dim": shape("vector_in.in_layer.weight")?.get(1).copied().unwrap_or(0),
+            "guidance_embeds": guidance,
+            // FLUX.1's split of a head over (text, row, column): 16, 56, 56 of 128
+            "axes_dims_rope": [head_dim / 8, head_dim * 7 / 16, head_dim * 7 / 16],
+        });
+        let mut map = HashMap::new();
+        let mut put = |to: String, from: &str| {
+            for t in ["weight", "bias"] {
+                let k = format!("{prefix}{from}.{t}");
+                if keys.contains(&k) {
+                    map.insert(format!("{to}.{t}"), Source::Same(k));
+                }
+            }
+        };
+        put("x_embedder".into(), "img_in");
+        put("context_embedder".into(), "txt_in");
+        for (to, from) in [("timestep_embedder", "time_in"), ("text_embedder", "vector_in"), ("guidance_embedder", "guidance_in")] {
+            put(format!("time_text_embed.{to}.linear_1"), &format!("{from}.in_layer"));
+            put(format!("time_text_embed.{to}.linear_2"), &format!("{from}.out_layer"));
+        }
+        put("proj_out".into(), "final_layer.linear");
+        for &i in &double {
+            let (d, b) = (format!("transformer_blocks.{i}"), format!("double_blocks.{i}"));
+            put(format!("{d}.norm1.linear"), &format!("{b}.img_mod.lin"));
+            put(format!("{d}.norm1_context.linear"), &format!("{b}.txt_mod.lin"));
+            put(format!("{d}.attn.to_out.0"), &format!("{b}.img_attn.proj"));
+            put(format!("{d}.attn.to_add_out"), &format!("{b}.txt_attn.proj"));
+            put(format!("{d}.ff.net.0.proj"), &format!("{b}.img_mlp.0"));
+            put(format!("{d}.ff.net.2"), &format!("{b}.img_mlp.2"));
+            put(format!("{d}.ff_context.net.0.proj"), &format!("{b}.txt_mlp.0"));
+            put(format!("{d}.ff_context.net.2"), &format!("{b}.txt_mlp.2"));
+        }
+        for &i in &single {
+            let (d, b) = (format!("single_transformer_blocks.{i}"), format!("single_blocks.{i}"));
+            put(format!("{d}.norm.linear"), &format!("{b}.modulation.lin"));
+            put(format!("{d}.proj_out"), &format!("{b}.linear2"));
+        }
+        let scale = |k: String| Source::Same(format!("{prefix}{k}"));
+        for &i in &double {
+            let (d, b) = (format!("transformer_blocks.{i}.attn"), format!("double_blocks.{i}"));
+            for (stream, names) in [("img", ["to_q", "to_k", "to_v"]), ("txt", ["add_q_proj", "add_k_proj", "add_v_proj"])] {
+                for (part, n) in names.iter().enumerate() {
+                    for t in ["weight", "bias"] {
+                        map.insert(format!("{d}.{n}.{t}"), Source::Rows(format!("{prefix}{b}.{stream}_attn.qkv.{t}"), part, 3));
+                    }
+                }
+            }
+            map.insert(format!("{d}.norm_q.weight"), scale(format!("{b}.img_attn.norm.query_norm.scale")));
+            map.insert(format!("{d}.norm_k.weight"), scale(format!("{b}.img_attn.norm.key_norm.scale")));
+            map.insert(format!("{d}.norm_added_q.weight"), scale(format!("{b}.txt_attn.norm.query_norm.scale")));
+            map.insert(format!("{d}.norm_added_k.weight"), scale(format!("{b}.txt_attn.norm.key_norm.scale")));
+        }
+        for &i in &single {
+            let (d, b) = (format!("single_transformer_blocks.{i}"), format!("single_blocks.{i}"));
+            let rows = shape(&format!("{b}.linear1.weight"))?[0];
+            if rows != 3 * dim + 4 * dim {
+                return Err(err(format!("`{b}.linear1.weight` has {rows} rows, expected q, k, v and a 4x MLP: {}", 7 * dim)));
+            }
+            for (n, start, len) in [("attn.to_q", 0, dim), ("attn.to_k", dim, dim), ("attn.to_v", 2 * dim, dim), ("proj_mlp", 3 * dim, 4 * dim)] {
+                for t in ["weight", "bias"] {
+                    map.insert(format!("{d}.{n}.{t}"), Source::Narrow(format!("{prefix}{b}.linear1.{t}"), start, len));
+                }
+            }
+            map.insert(format!("{d}.attn.norm_q.weight"), scale(format!("{b}.norm.query_norm.scale")));
+            map.insert(format!("{d}.attn.norm_k.weight"), scale(format!("{b}.norm.key_norm.scale")));
+        }
+        for t in ["weight", "bias"] {
+            map.insert(format!("norm_out.linear.{t}"), Source::SwapHalves(format!("{prefix}final_layer.adaLN_modulation.1.{t}")));
+        }
+        if let Some((name, src)) = map.iter().find(|(_, src)| !keys.contains(src.key())) {
+            return Err(err(format!("no `{}` (for {name}): not a complete FLUX.1 transformer", src.key())));
+        }
+        let maps: HashMap<String, HashMap<String, Source>> = [("transformer".to_string(), map)].into_iter().collect();
+        let shapes = diffusers_shapes(&maps, shapes_of);
+        let scheduler = if guidance {
+            json!({"_class_name": "FlowMatchEulerDiscreteScheduler", "base_image_seq_len": 256, "base_shift": 0.5, "max_image_seq_len": 4096, "max_shift": 1.15, "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": true})
+        } else {
+            json!({"_class_name": "FlowMatchEulerDiscreteScheduler", "base_image_seq_len": 256, "base_shift": 0.5, "max_image_seq_len": 4096, "max_shift": 1.15, "num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": false})
+        };
+        let index = json!({"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"], "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]});
+        let files: HashMap<String, String> =
+            [("model_index.json".to_string(), index.to_string()), ("transformer/config.json".to_string(), config.to_string()), ("scheduler/scheduler_config.json".to_string(), scheduler.to_string())]
+                .into_iter()
+                .collect();
+        Ok(Checkpoint { path: path.to_path_buf(), family: CheckpointFamily::Flux, file: Arc::new(file), maps, shapes, files })
+    }
+
 
     /// The diffusers files this checkpoint stands for (configs and tokenizer files).
     pub fn file(&self, rel: &str) -> Option<&str> {
@@ -279,7 +407,7 @@ impl Checkpoint {
         c["sample_size"] = json!(match self.family {
             CheckpointFamily::Sd1 => 64,
             CheckpointFamily::Sd2 => 96,
-            CheckpointFamily::Sdxl => 128,
+            CheckpointFamily::Sdxl | CheckpointFamily::Flux => 128,
         });
         Ok(c)
     }
@@ -350,9 +478,43 @@ fn scheduler(fam: CheckpointFamily) -> Value {
             c["interpolation_type"] = json!("linear");
             c["use_karras_sigmas"] = json!(false);
         }
+        // a Flux checkpoint synthesises its own files (`open_flux`)
+        CheckpointFamily::Flux => {}
     }
     c
 }
+
+/// The shape of each diffusers tensor, for config inference.
+fn diffusers_shapes(maps: &HashMap<String, HashMap<String, Source>>, shapes_of: &HashMap<String, Vec<usize>>) -> HashMap<String, HashMap<String, Vec<usize>>> {
+    let mut shapes = HashMap::new();
+    for (comp, map) in maps {
+        let s = map
+            .iter()
+            .filter(|(_, src)| shapes_of.contains_key(src.key()))
+            .map(|(name, src)| {
+                let shape = match src {
+                    Source::Same(k) | Source::SwapHalves(k) => shapes_of[k].clone(),
+                    Source::Rows(k, _, parts) => {
+                        let mut v = shapes_of[k].clone();
+                        v[0] /= parts;
+                        v
+                    }
+                    Source::Narrow(k, _, len) => {
+                        let mut v = shapes_of[k].clone();
+                        v[0] = *len;
+                        v
+                    }
+                    Source::Transpose(k) => shapes_of[k].iter().rev().copied().collect(),
+                    Source::Squeeze(k) => shapes_of[k].iter().copied().take(2).collect(),
+                };
+                (name.clone(), shape)
+            })
+            .collect();
+        shapes.insert(comp.clone(), s);
+    }
+    shapes
+}
+
 
 /// The UNet part of a config.json (also a ControlNet's) from the shapes of its tensors under
 /// diffusers names; `upcast_attention` as SD-2 sets it.

@@ -51,13 +51,25 @@ impl TokenCache {
         x: &Tensor,
         block: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
     ) -> candle_core::Result<Tensor> {
+        self.apply_indexed(site, tokens, x, |x, _| block(x))
+    }
+
+    /// As [`Self::apply`], for a block that needs to know which tokens it runs on (a DiT's
+    /// rotary positions): `block` gets the indices of the gathered tokens, None for all.
+    pub fn apply_indexed(
+        &mut self,
+        site: &str,
+        tokens: &BlockTokens,
+        x: &Tensor,
+        block: impl FnOnce(&Tensor, Option<&Tensor>) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let out = match (tokens, self.outputs.get(site)) {
             (BlockTokens::Subset { indices, mask }, Some(cache)) if cache.dims() == x.dims() => {
-                let computed = block(&x.index_select(indices, 1)?)?;
+                let computed = block(&x.index_select(indices, 1)?, Some(indices))?.contiguous()?;
                 let scattered = x.zeros_like()?.index_add(indices, &computed, 1)?;
                 mask.broadcast_as(x.shape())?.where_cond(&scattered, cache)?
             }
-            _ => block(x)?,
+            _ => block(x, None)?,
         };
         self.outputs.insert(site.to_owned(), out.clone());
         Ok(out)

@@ -4,6 +4,7 @@
 //! [`Pipeline`] is what the command line drives, whatever the model family.
 
 pub mod default_model;
+pub mod flux;
 pub mod inputs;
 pub mod stable_diffusion;
 
@@ -18,6 +19,7 @@ use crate::policy::Acceleration;
 use crate::sampling::Trace;
 use crate::solvers::SolverKind;
 pub use inputs::PipelineInputs;
+pub use flux::Flux;
 pub use stable_diffusion::StableDiffusion;
 
 /// SDXL's size conditioning (`add_time_ids`): what diffusers' `original_size`,
@@ -72,6 +74,15 @@ pub fn validate_prompt(flag: &str, text: &str, may_be_blank: bool) -> Result<()>
         return Err(Error::param(flag, format!("has {n} characters; at most {MAX_PROMPT_CHARS} are read")));
     }
     Ok(())
+}
+
+/// The pipeline for the model in `source`: Flux when its files say so, Stable Diffusion (1.x,
+/// 2.x, XL) otherwise.
+pub fn load_pipeline(source: crate::models::ModelSource, dtype: DType, device: &Device) -> Result<Box<dyn Pipeline>> {
+    if Flux::detect(&source) {
+        return Ok(Box::new(Flux::load_from(source, dtype, device)?));
+    }
+    Ok(Box::new(StableDiffusion::load_from(source, dtype, device)?))
 }
 
 /// A text-to-image model ready to sample.

@@ -145,8 +145,10 @@ pub struct Sada {
     num_steps: usize,
     latent: LatentScale,
     prediction_type: PredictionType,
-    /// Latent grid (height, width) when the denoiser prunes tokens.
+    /// The finest token grid (height, width) when the denoiser prunes tokens: the latent grid
+    /// over `token_patch`.
     token_grid: Option<(usize, usize)>,
+    token_patch: usize,
     plans: Vec<StepPlan>,
     /// Last three drifts f (VP/VE solvers), oldest first.
     drifts: VecDeque<Tensor>,
@@ -167,6 +169,7 @@ impl Sada {
             latent: LatentScale::VariancePreserving,
             prediction_type: PredictionType::Epsilon,
             token_grid: None,
+            token_patch: 1,
             plans: Vec::new(),
             drifts: VecDeque::new(),
             velocities: VecDeque::new(),
@@ -268,6 +271,13 @@ impl Sada {
             return Ok(None);
         }
         let (h3, h2) = (&self.velocities[0], &self.velocities[1]);
+        if obs.output.is_none() {
+            // After a skip the history is [h3, h2, h2] and the step used 2 h2 - h3, so
+            // m = (h2 - (2 h2 - h3)) + (h2 - h3) is exactly zero; computing it would leave
+            // rounding noise of either sign (about 1e-9), and the decision `mean(m) <= 0` would
+            // then depend on the dtype and the device. The exact value keeps every run on one path.
+            return Ok(Some((0.0, h2.zeros_like()?)));
+        }
         let m = ((h2 - &used)? + (h2 - h3)?)?;
         Ok(Some((mean(&m)?, m)))
     }
@@ -287,8 +297,14 @@ impl Sada {
             (CacheUse::None, _) => Ok(TokenPlan::Full),
             (CacheUse::Refresh, _) | (CacheUse::Prune, None) => Ok(TokenPlan::Refresh),
             (CacheUse::Prune, Some(m)) => {
-                // Score per latent position: m averaged over batch and channels.
-                let per_token: Vec<f32> = m.to_dtype(DType::F32)?.mean(0)?.mean(0)?.flatten_all()?.to_vec1()?;
+                // Score per token: m averaged over batch, channels and the token's latent patch.
+                let p = self.token_patch;
+                let per_pixel = m.to_dtype(DType::F32)?.mean(0)?.mean(0)?;
+                let per_token: Vec<f32> = if p > 1 {
+                    per_pixel.narrow(0, 0, h * p)?.narrow(1, 0, w * p)?.reshape((h, p, w, p))?.mean(3)?.mean(1)?.flatten_all()?.to_vec1()?
+                } else {
+                    per_pixel.flatten_all()?.to_vec1()?
+                };
                 let score = token_score::score_map(&per_token, self.cfg.max_fix);
                 let seed = self.cfg.seed ^ (s as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                 Ok(TokenPlan::Pruned(TokenSelection::new(score, h, w, self.cfg.sy, self.cfg.sx, seed, self.cfg.max_downsample)))
@@ -319,7 +335,8 @@ impl Policy for Sada {
             latent: solver.latent_scale(),
             prediction_type,
             token_grid: (caps.token_pruning && self.cfg.max_downsample > 0 && latent_shape.len() == 4)
-                .then(|| (latent_shape[2], latent_shape[3])),
+                .then(|| (latent_shape[2] / caps.token_patch.max(1), latent_shape[3] / caps.token_patch.max(1))),
+            token_patch: caps.token_patch.max(1),
             plans: vec![StepPlan::Compute(TokenPlan::Full); n],
             ..Sada::new(self.cfg.clone())
         };

@@ -35,28 +35,29 @@ impl Attention {
         })
     }
 
-    fn split_heads(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, n, c) = x.dims3()?;
-        x.reshape((b, n, self.heads, c / self.heads))?.transpose(1, 2)?.contiguous()
-    }
-
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let context = context.unwrap_or(x);
         let (q, k, v) = (self.to_q.forward(x)?, self.to_k.forward(context)?, self.to_v.forward(context)?);
-        let _s = tracing::trace_span!("sdpa").entered();
-        let out = if q.device().is_cpu() {
-            // f32 throughout, as the unfused path computes it
-            let f = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
-            kernels::attention::attention(&f(&q)?, &f(&k)?, &f(&v)?, self.heads, self.scale as f32)?.to_dtype(q.dtype())?
-        } else {
-            let (q, k, v) = (self.split_heads(&q)?, self.split_heads(&k)?, self.split_heads(&v)?);
-            let out = scaled_dot_product_attention(&q, &k, &v, self.scale)?;
-            let (b, h, n, d) = out.dims4()?;
-            out.transpose(1, 2)?.reshape((b, n, h * d))?
-        };
-        drop(_s);
-        self.to_out.forward(&out)
+        self.to_out.forward(&multi_head_attention(&q, &k, &v, self.heads, self.scale)?)
     }
+}
+
+/// softmax(q k^T * scale) v per head, on `[B, N, heads * D]` projections (keys and values
+/// `[B, M, heads * D]`), returning `[B, N, heads * D]`: the fused kernel on the CPU, the chunked
+/// unfused form elsewhere; float32 inside either way.
+pub fn multi_head_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> candle_core::Result<Tensor> {
+    let _s = tracing::trace_span!("sdpa").entered();
+    if q.device().is_cpu() {
+        let f = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
+        return kernels::attention::attention(&f(q)?, &f(k)?, &f(v)?, heads, scale as f32)?.to_dtype(q.dtype());
+    }
+    let split = |x: &Tensor| -> candle_core::Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        x.reshape((b, n, heads, c / heads))?.transpose(1, 2)?.contiguous()
+    };
+    let out = scaled_dot_product_attention(&split(q)?, &split(k)?, &split(v)?, scale)?;
+    let (b, h, n, d) = out.dims4()?;
+    out.transpose(1, 2)?.reshape((b, n, h * d))
 }
 
 /// softmax(q k^T * scale) v over [B, H, N, D] tensors, in float32 (the unfused form: other devices, and

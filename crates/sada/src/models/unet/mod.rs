@@ -266,6 +266,7 @@ impl Denoiser for UNet2DConditionModel {
             deep_branches: self.down.len() + 1,
             // Rest(1)'s output must live where its base does: the first layer keeps the size.
             residual_sites: matches!(self.down.first(), Some(DownLayer::Block { .. })),
+            token_patch: 1,
         }
     }
 

@@ -1,0 +1,80 @@
+//! `sada generate` on the tiny Flux pipelines of tests/fixtures/flux, driven by precomputed
+//! embeddings (`--inputs`): the folder is recognised as Flux, its flow solver and guidance are
+//! used, SADA runs on it, and what Flux cannot do yet is refused clearly.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use common::sada;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/flux")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sada-flux-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The fixture's pipeline embeddings as an --inputs file.
+fn inputs(dir: &std::path::Path) -> PathBuf {
+    let want = candle_core::safetensors::load(fixtures().join("expected.safetensors"), &Device::Cpu).unwrap();
+    let t: HashMap<String, Tensor> = [("prompt_embeds", "pipe_prompt_embeds"), ("pooled_prompt_embeds", "pipe_pooled_prompt_embeds")].into_iter().map(|(k, f)| (k.to_string(), want[f].clone())).collect();
+    let p = dir.join("inputs.safetensors");
+    candle_core::safetensors::save(&t, &p).unwrap();
+    p
+}
+
+fn latents(path: &std::path::Path) -> Tensor {
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap().remove("latents").unwrap()
+}
+
+#[test]
+fn generate_runs_flux_from_embeddings_baseline_matches_diffusers_and_sada_skips() {
+    let dir = tmp("generate");
+    let (model, inp) = (fixtures().join("dev"), inputs(&dir));
+    let (model, inp) = (model.to_str().unwrap(), inp.to_str().unwrap());
+    let base = dir.join("base.safetensors");
+    let args = ["generate", "--model", model, "--inputs", inp, "--height", "32", "--width", "48", "--seed", "7", "--output-type", "latent"];
+    let (ok, _, err) = sada(&[&args[..], &["--accel", "none", "--output", base.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    let want = candle_core::safetensors::load(fixtures().join("expected.safetensors"), &Device::Cpu).unwrap();
+    let got = latents(&base);
+    let err_rel = ((&got - &want["dev_final"]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()) / want["dev_final"].abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(err_rel < 1e-3, "CLI baseline off diffusers by {err_rel}");
+
+    let fast = dir.join("sada.safetensors");
+    let trace = dir.join("trace.json");
+    let (ok, out, err) = sada(&[&args[..], &["--output", fast.to_str().unwrap(), "--trace", trace.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    let t: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let evals = t["evaluations"].as_u64().unwrap();
+    assert!(evals < 40, "SADA on Flux computed {evals} of 50 steps\n{out}{err}");
+
+    // a PNG with the settings embedded
+    let png = dir.join("flux.png");
+    let (ok, _, err) = sada(&[&args[..9], &["--steps", "4", "--output", png.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    assert!(png.is_file());
+}
+
+#[test]
+fn flux_refuses_prompts_odd_sizes_and_diffusion_solvers() {
+    let dir = tmp("refuse");
+    let model = fixtures().join("dev");
+    let model = model.to_str().unwrap();
+    let (ok, _, err) = sada(&["generate", "--model", model, "--prompt", "a cat", "--output", dir.join("a.png").to_str().unwrap()]);
+    assert!(!ok && err.contains("prompt_embeds") && err.lines().count() <= 3, "{err}");
+    let inp = inputs(&dir);
+    let inp = inp.to_str().unwrap();
+    let (ok, _, err) = sada(&["generate", "--model", model, "--inputs", inp, "--height", "30", "--width", "48", "--output", dir.join("b.png").to_str().unwrap()]);
+    assert!(!ok && err.contains("multiples of 4"), "{err}");
+    let (ok, _, err) = sada(&["generate", "--model", model, "--inputs", inp, "--solver", "dpm++", "--output", dir.join("c.png").to_str().unwrap()]);
+    assert!(!ok && err.contains("flow"), "{err}");
+    assert!(std::fs::read_dir(&dir).unwrap().all(|e| e.unwrap().file_name() == "inputs.safetensors"), "a refused run left a file");
+}

@@ -1,0 +1,83 @@
+//! `transformer/config.json` of diffusers' `FluxTransformer2DModel`, with its defaults (those of
+//! FLUX.1: 19 double-stream and 38 single-stream blocks, 24 heads of 128 channels).
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct FluxTransformerConfig {
+    pub patch_size: usize,
+    /// Channels of a packed token: the latent's channels times the 2 x 2 patch.
+    pub in_channels: usize,
+    pub out_channels: Option<usize>,
+    pub num_layers: usize,
+    pub num_single_layers: usize,
+    pub attention_head_dim: usize,
+    pub num_attention_heads: usize,
+    pub joint_attention_dim: usize,
+    pub pooled_projection_dim: usize,
+    /// FLUX.1-dev: the guidance scale is an input of the network (distilled guidance).
+    pub guidance_embeds: bool,
+    /// Rotary dimensions per position axis (text index, image row, image column).
+    pub axes_dims_rope: Vec<usize>,
+}
+
+impl Default for FluxTransformerConfig {
+    fn default() -> Self {
+        Self {
+            patch_size: 1,
+            in_channels: 64,
+            out_channels: None,
+            num_layers: 19,
+            num_single_layers: 38,
+            attention_head_dim: 128,
+            num_attention_heads: 24,
+            joint_attention_dim: 4096,
+            pooled_projection_dim: 768,
+            guidance_embeds: false,
+            axes_dims_rope: vec![16, 56, 56],
+        }
+    }
+}
+
+impl FluxTransformerConfig {
+    /// Width of the token stream.
+    pub fn inner_dim(&self) -> usize {
+        self.num_attention_heads * self.attention_head_dim
+    }
+
+    /// Channels of the unpacked latent the sampler holds.
+    pub fn latent_channels(&self) -> usize {
+        self.in_channels / 4
+    }
+
+    /// What this implementation can build.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.patch_size != 1 {
+            return Err(format!("`patch_size` = {}: only 1 is supported (the 2 x 2 packing is done outside the patch embedding, as in FLUX.1)", self.patch_size));
+        }
+        if self.in_channels == 0 || self.in_channels % 4 != 0 {
+            return Err(format!("`in_channels` = {} must be a positive multiple of 4 (latent channels x 2 x 2 patch)", self.in_channels));
+        }
+        if let Some(o) = self.out_channels.filter(|&o| o != self.in_channels) {
+            return Err(format!("`out_channels` = {o} differs from `in_channels` = {}; the sampler needs the output shaped as its input", self.in_channels));
+        }
+        if self.num_attention_heads == 0 || self.attention_head_dim == 0 || self.attention_head_dim % 2 != 0 {
+            return Err(format!("`num_attention_heads` = {} and `attention_head_dim` = {} must be positive, the head dimension even", self.num_attention_heads, self.attention_head_dim));
+        }
+        if self.axes_dims_rope.is_empty() || self.axes_dims_rope.iter().any(|d| d % 2 != 0) || self.axes_dims_rope.iter().sum::<usize>() != self.attention_head_dim {
+            return Err(format!("`axes_dims_rope` = {:?} must be even sizes adding up to `attention_head_dim` = {}", self.axes_dims_rope, self.attention_head_dim));
+        }
+        if self.axes_dims_rope.len() != 3 {
+            return Err(format!("`axes_dims_rope` = {:?}: three axes (text, row, column) are expected", self.axes_dims_rope));
+        }
+        if self.joint_attention_dim == 0 || self.pooled_projection_dim == 0 {
+            return Err("`joint_attention_dim` and `pooled_projection_dim` must be positive".into());
+        }
+        let blocks = self.num_layers + self.num_single_layers;
+        if blocks == 0 || blocks > 1000 {
+            return Err(format!("{blocks} transformer blocks: expected 1 to 1000"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,215 @@
+//! Flux (diffusers' `FluxPipeline`) from a diffusers folder or a Hugging Face cache snapshot:
+//! `transformer/`, `scheduler/` (FlowMatchEulerDiscreteScheduler) and `vae/` (16 latent channels,
+//! `shift_factor`). Sampling is flow-matching Euler on the sigma grid `linspace(1, 1/N, N)`,
+//! shifted by `mu` from the image's token count when the scheduler asks for dynamic shifting
+//! (FLUX.1-dev), with the guidance scale fed to the network for models that embed it (no
+//! classifier-free guidance batch).
+//!
+//! Conditioning comes as precomputed embeddings (`prompt_embeds` from T5, `pooled_prompt_embeds`
+//! from CLIP); encoding prompts with Flux's text encoders is not implemented yet.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::{GenerateOptions, Pipeline, PipelineInputs, PromptCheck};
+use crate::denoiser::{Conditioning, Guided};
+use crate::error::{Error, Result};
+use crate::models::{AutoencoderKl, FluxTransformer2DModel, ModelSource};
+use crate::policy::acceleration::Family;
+use crate::sampling::{sample, Trace};
+use crate::schedule::flow::flux_default_sigmas;
+use crate::solvers::flow_match_euler::FlowMatchEulerDiscreteConfig;
+use crate::solvers::{build_solver, scheduler_config_object, FlowTimesteps, Solver, SolverKind};
+
+/// Latents larger than this are refused before they are allocated (as for Stable Diffusion).
+const MAX_LATENT_ELEMENTS: usize = 1 << 31;
+
+/// T5 tokens diffusers' FluxPipeline reads by default (`max_sequence_length`), used to size
+/// memory estimates.
+const MAX_SEQUENCE_LENGTH: usize = 512;
+
+pub struct Flux {
+    pub source: ModelSource,
+    pub transformer: FluxTransformer2DModel,
+    pub vae: Option<AutoencoderKl>,
+    scheduler_config: serde_json::Map<String, serde_json::Value>,
+    device: Device,
+    dtype: DType,
+}
+
+impl Flux {
+    /// Whether `source` holds a Flux pipeline (a `transformer/` whose config names
+    /// `FluxTransformer2DModel`, or a `model_index.json` naming a Flux pipeline).
+    pub fn detect(source: &ModelSource) -> bool {
+        let class = |rel: &str| -> Option<String> {
+            let v: serde_json::Value = source.read_json(rel).ok()?;
+            v.get("_class_name")?.as_str().map(str::to_owned)
+        };
+        class("model_index.json").is_some_and(|c| c.starts_with("Flux")) || class("transformer/config.json").is_some_and(|c| c == "FluxTransformer2DModel")
+    }
+
+    pub fn load_from(source: ModelSource, dtype: DType, device: &Device) -> Result<Self> {
+        let transformer = FluxTransformer2DModel::load_from(&source, "transformer", dtype, device)?;
+        const SCHEDULER: &str = "scheduler/scheduler_config.json";
+        let scheduler_config = scheduler_config_object(source.read_json(SCHEDULER)?, &source.path(SCHEDULER))?;
+        let vae = if source.exists("vae/config.json") {
+            let vae = AutoencoderKl::load_from(&source, "vae", dtype, device)?;
+            if vae.config.latent_channels != transformer.config.latent_channels() {
+                return Err(Error::file(
+                    source.path("vae/config.json"),
+                    format!("latent_channels is {} but the transformer's tokens hold {} (in_channels {} / 4)", vae.config.latent_channels, transformer.config.latent_channels(), transformer.config.in_channels),
+                ));
+            }
+            Some(vae)
+        } else {
+            None
+        };
+        Ok(Self { source, transformer, vae, scheduler_config, device: device.clone(), dtype })
+    }
+
+    /// The flow-matching Euler solver for `steps` on an image of `image_seq_len` packed tokens,
+    /// with the sigmas and `mu` diffusers' FluxPipeline passes to `set_timesteps`.
+    pub fn solver(&self, kind: SolverKind, steps: usize, image_seq_len: usize) -> Result<Box<dyn Solver>> {
+        if kind != SolverKind::FlowMatchEulerDiscrete {
+            return Err(Error::param("solver", format!("{} does not apply to Flux, a flow-matching model: use FlowMatchEulerDiscreteScheduler", kind.class_name())));
+        }
+        let path = self.source.path("scheduler/scheduler_config.json");
+        let config: FlowMatchEulerDiscreteConfig = crate::config::from_value(serde_json::Value::Object(self.scheduler_config.clone())).map_err(|e| Error::file(&path, format!("invalid config: {e}")))?;
+        let flow = FlowTimesteps { sigmas: Some(flux_default_sigmas(steps)), mu: config.use_dynamic_shifting.then(|| config.mu(image_seq_len)) };
+        build_solver(kind, &self.scheduler_config, &Default::default(), steps, &flow).map_err(|e| match e {
+            e @ Error::InvalidParameter { .. } => e,
+            e => Error::file(&path, e.to_string()),
+        })
+    }
+
+    /// Latent size for an image; both sides must be multiples of twice the VAE's factor (one
+    /// token per 2 x 2 latent patch). diffusers rounds other sizes down with a warning; we refuse.
+    fn latent_size(&self, opts: &GenerateOptions) -> Result<(usize, usize)> {
+        let m = 2 * self.vae_scale_factor();
+        if opts.height % m != 0 || opts.width % m != 0 || opts.height == 0 || opts.width == 0 {
+            return Err(Error::param("height/width", format!("{}x{} must be positive multiples of {m} (the VAE's factor times Flux's 2 x 2 patches)", opts.width, opts.height)));
+        }
+        Ok((opts.height / self.vae_scale_factor(), opts.width / self.vae_scale_factor()))
+    }
+
+    fn checked_solver(&self, opts: &GenerateOptions) -> Result<Box<dyn Solver>> {
+        let (h, w) = self.latent_size(opts)?;
+        let steps = opts.acceleration.steps(opts.steps);
+        let solver = self.solver(opts.solver, steps, (h / 2) * (w / 2))?;
+        opts.acceleration.validate(steps)?;
+        Ok(solver)
+    }
+
+    fn conditioning(&self, inputs: &PipelineInputs, opts: &GenerateOptions) -> Result<(Conditioning, usize)> {
+        let pe = inputs
+            .prompt_embeds
+            .as_ref()
+            .ok_or_else(|| Error::param("prompt_embeds", "required: Flux's prompt encoding is not implemented yet, so give prompt_embeds (T5) and pooled_prompt_embeds (CLIP) among the precomputed inputs"))?;
+        let d = self.transformer.config.joint_attention_dim;
+        if pe.rank() != 3 || pe.dim(2)? != d || pe.dim(1)? == 0 {
+            return Err(Error::Shape { what: "prompt_embeds".into(), expected: format!("[batch, tokens, {d}]"), got: format!("{:?}", pe.dims()) });
+        }
+        let batch = pe.dim(0)?;
+        let pooled = inputs.pooled_prompt_embeds.as_ref().ok_or_else(|| Error::param("pooled_prompt_embeds", "required by Flux (CLIP's pooled embedding)"))?;
+        let p = self.transformer.config.pooled_projection_dim;
+        if pooled.dims() != [batch, p] {
+            return Err(Error::Shape { what: "pooled_prompt_embeds".into(), expected: format!("[{batch}, {p}]"), got: format!("{:?}", pooled.dims()) });
+        }
+        let mut cond = Conditioning::new().with("encoder_hidden_states", pe.to_dtype(self.dtype)?).with("pooled_projections", pooled.to_dtype(self.dtype)?);
+        if self.transformer.guidance_embeds() {
+            cond = cond.with("guidance", Tensor::full(opts.guidance_scale as f32, batch, &self.device)?);
+        }
+        Ok((cond, batch))
+    }
+}
+
+impl Pipeline for Flux {
+    fn family(&self) -> Family {
+        Family::Flux
+    }
+
+    /// diffusers' FluxPipeline: `default_sample_size` 128 latent pixels (1024 px for FLUX.1).
+    fn default_size(&self) -> (usize, usize) {
+        let s = 128 * self.vae_scale_factor();
+        (s, s)
+    }
+
+    /// diffusers' FluxPipeline default (used only by models that embed guidance).
+    fn default_guidance(&self) -> f64 {
+        3.5
+    }
+
+    fn vae_scale_factor(&self) -> usize {
+        self.vae.as_ref().map(|v| 1 << (v.config.block_out_channels.len() - 1)).unwrap_or(8)
+    }
+
+    fn has_text_encoder(&self) -> bool {
+        false
+    }
+
+    fn can_decode(&self) -> bool {
+        self.vae.is_some()
+    }
+
+    fn check_prompt(&mut self, _prompt: &str) -> Result<PromptCheck> {
+        Err(self.no_text_encoder())
+    }
+
+    fn estimate_memory(&self, opts: &GenerateOptions, batch: usize) -> u128 {
+        let scale = self.vae_scale_factor().max(1);
+        let (h, w) = (opts.height.div_ceil(scale), opts.width.div_ceil(scale));
+        let net = self.transformer.activation_bytes(batch, h, w, MAX_SEQUENCE_LENGTH);
+        let decode = self.vae.as_ref().map(|v| v.decode_bytes(batch, h, w)).unwrap_or(0);
+        net.max(decode)
+    }
+
+    fn encode_prompts(&mut self, _prompts: &[String], _negative_prompt: Option<&str>, _clip_skip: Option<usize>) -> Result<PipelineInputs> {
+        Err(self.no_text_encoder())
+    }
+
+    fn validate(&self, opts: &GenerateOptions) -> Result<()> {
+        self.checked_solver(opts).map(drop)
+    }
+
+    fn generate(&mut self, inputs: &PipelineInputs, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<(Tensor, Trace)> {
+        let mut solver = self.checked_solver(opts)?;
+        let (h, w) = self.latent_size(opts)?;
+        let (cond, batch) = self.conditioning(inputs, opts)?;
+        let shape = [batch, self.transformer.config.latent_channels(), h, w];
+        if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|n| n > MAX_LATENT_ELEMENTS) {
+            return Err(Error::param("height/width", format!("{}x{} makes latents of {shape:?}, more than any run can hold", opts.width, opts.height)));
+        }
+        let noise = match &inputs.latents {
+            Some(l) if l.dims() != shape => {
+                return Err(Error::Shape { what: "latents".into(), expected: format!("{shape:?} (batch, channels, height/{0}, width/{0}), unpacked", self.vae_scale_factor()), got: format!("{:?}", l.dims()) });
+            }
+            Some(l) => l.clone(),
+            // diffusers draws Flux's noise in this unpacked shape from torch's CPU generator, then packs it
+            None => Tensor::from_vec(crate::torch_rng::TorchGenerator::new(opts.seed).randn(shape.iter().product()), &shape[..], &self.device)?,
+        };
+        let latents = noise.affine(solver.init_noise_sigma(), 0.0)?.to_dtype(self.dtype)?;
+        let mut policy = opts.acceleration.policy();
+        // the guidance scale is an input of the network, not a second batch
+        let guided = Guided::new(&self.transformer, cond, None, 1.0)?;
+        sample(&guided, solver.as_mut(), policy.as_mut(), latents, on_step)
+    }
+
+    fn scheduler_class(&self) -> Option<String> {
+        self.scheduler_config.get("_class_name").and_then(|v| v.as_str()).map(str::to_owned)
+    }
+
+    fn decode(&self, latents: &Tensor) -> Result<Option<Tensor>> {
+        match &self.vae {
+            Some(v) => Ok(Some(v.decode(latents)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Flux {
+    fn no_text_encoder(&self) -> Error {
+        Error::param(
+            "prompt",
+            "Flux's text encoders (T5-XXL and CLIP) are not implemented yet: pass --inputs with prompt_embeds [batch, tokens, joint_attention_dim] and pooled_prompt_embeds [batch, pooled_projection_dim]",
+        )
+    }
+}

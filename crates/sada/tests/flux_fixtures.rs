@@ -1,0 +1,217 @@
+//! Flux against diffusers 0.34.0 (`tools/gen_flux_fixtures.py`): tiny random-weight
+//! FluxTransformer2DModels (2 double + 2 single blocks; dev with guidance embedding from an fp16
+//! variant, schnell in f32) and SADA's token pruning inside a DiT.
+//!
+//! Tolerances: one forward 1e-4 of the largest magnitude (the bound); the pruning
+//! properties exactly (every token computed) or 1e-5 (a subset against the blocks run on it alone).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use sada::denoiser::{Conditioning, Denoiser, ForwardContext, TokenPlan, TokenSelection};
+use sada::models::flux::{pack_latents, unpack_latents, FluxTransformer2DModel};
+use sada::models::token_cache::TokenCache;
+use sada::models::ModelSource;
+use sada::pipelines::{Flux, GenerateOptions, Pipeline, PipelineInputs};
+use sada::policy::Acceleration;
+use sada::solvers::SolverKind;
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/flux")
+}
+
+fn expected() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(dir().join("expected.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
+    assert_eq!(got.dims(), want.dims());
+    let max = |t: Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() as f64;
+    max((got.to_dtype(DType::F32).unwrap() - want).unwrap()) / max(want.clone())
+}
+
+fn transformer(variant: &str) -> FluxTransformer2DModel {
+    FluxTransformer2DModel::load(&dir().join(variant).join("transformer"), DType::F32, &Device::Cpu).unwrap()
+}
+
+fn cond(want: &HashMap<String, Tensor>, dev: bool) -> Conditioning {
+    let c = Conditioning::new().with("encoder_hidden_states", want["prompt_embeds"].clone()).with("pooled_projections", want["pooled_prompt_embeds"].clone());
+    if dev {
+        c.with("guidance", Tensor::new(&[3.5f32, 3.5], &Device::Cpu).unwrap())
+    } else {
+        c
+    }
+}
+
+#[test]
+fn packing_matches_diffusers_layout_and_round_trips() {
+    // token (r, c) holds channel-major the 2x2 patch at rows 2r..2r+2, columns 2c..2c+2
+    let x = Tensor::arange(0f32, 2.0 * 3.0 * 4.0 * 6.0, &Device::Cpu).unwrap().reshape((2, 3, 4, 6)).unwrap();
+    let p = pack_latents(&x).unwrap();
+    assert_eq!(p.dims(), [2, 6, 12]);
+    let token = p.get(1).unwrap().get(4).unwrap().to_vec1::<f32>().unwrap(); // image 1, row 1, column 1
+    let at = |c: usize, y: usize, xx: usize| (((3 + c) * 4 + y) * 6 + xx) as f32;
+    let want: Vec<f32> = (0..3).flat_map(|c| [at(c, 2, 2), at(c, 2, 3), at(c, 3, 2), at(c, 3, 3)]).collect();
+    assert_eq!(token, want);
+    let back = unpack_latents(&p, 4, 6).unwrap();
+    assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), x.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+}
+
+#[test]
+fn forward_matches_diffusers_dev_and_schnell() {
+    let want = expected();
+    for (variant, dev) in [("dev", true), ("schnell", false)] {
+        let t = transformer(variant);
+        assert_eq!(t.guidance_embeds(), dev);
+        let out = t.predict_full(&want["latents"], 700.0, &cond(&want, dev)).unwrap();
+        let err = rel_err(&out, &want[&format!("{variant}_forward")]);
+        eprintln!("{variant} forward: relative error {err:e}");
+        assert!(err < 1e-4, "{variant}: {err}");
+    }
+}
+
+#[test]
+fn missing_or_misshapen_conditioning_is_an_error() {
+    let want = expected();
+    let t = transformer("dev");
+    let no_guidance = cond(&want, false);
+    let e = t.predict_full(&want["latents"], 700.0, &no_guidance).unwrap_err().to_string();
+    assert!(e.contains("guidance"), "{e}");
+    let odd = want["latents"].narrow(3, 0, 11).unwrap();
+    let e = t.predict_full(&odd, 700.0, &cond(&want, true)).unwrap_err().to_string();
+    assert!(e.contains("even height and width"), "{e}");
+    let wrong = cond(&want, true).with("pooled_projections", Tensor::zeros((2, 23), DType::F32, &Device::Cpu).unwrap());
+    let e = t.predict_full(&want["latents"], 700.0, &wrong).unwrap_err().to_string();
+    assert!(e.contains("pooled_projections") && e.contains("[2, 24]"), "{e}");
+}
+
+/// A pruned evaluation at t = 700: the first call (on `x0`) fills every block cache, the second
+/// (on `x1`) computes `mask`'s tokens of the packed `grid`.
+fn pruned(t: &FluxTransformer2DModel, x0: &Tensor, x1: &Tensor, c: &Conditioning, mask: Vec<bool>, grid: (usize, usize)) -> Tensor {
+    let mut cache = TokenCache::default();
+    let full = TokenPlan::Refresh;
+    t.predict(x0, 700.0, c, &mut ForwardContext::new(0, &full, &mut cache, None)).unwrap();
+    let sel = TokenSelection { height: grid.0, width: grid.1, score: mask.clone(), mask, sy: 3, sx: 3, seed: 0, max_downsample: 1 };
+    let plan = TokenPlan::Pruned(sel);
+    t.predict(x1, 700.0, c, &mut ForwardContext::new(1, &plan, &mut cache, None)).unwrap()
+}
+
+#[test]
+fn pruning_every_token_equals_the_full_network() {
+    let want = expected();
+    let t = transformer("dev");
+    let c = cond(&want, true);
+    let x1 = (&want["latents"] * 0.9).unwrap();
+    let full = t.predict_full(&x1, 700.0, &c).unwrap();
+    // the packed grid is 4 x 6 tokens
+    let out = pruned(&t, &want["latents"], &x1, &c, vec![true; 24], (4, 6));
+    assert_eq!(rel_err(&out, &full), 0.0);
+}
+
+/// With a subset computed, every block runs on the text and the computed image tokens alone, at
+/// their own positions: for a band of whole token rows or columns starting at 0 that is exactly
+/// the network run on the latent cropped to the band (same position ids, no pruning involved).
+/// The pruned tokens' outputs are the first call's, read from the last block's cache.
+#[test]
+fn pruned_blocks_run_on_the_computed_tokens_alone_and_read_the_rest_from_the_cache() {
+    let want = expected();
+    let t = transformer("schnell");
+    let c = cond(&want, false);
+    let x0 = want["latents"].clone();
+    let x1 = (x0.sin().unwrap() * 1.3).unwrap();
+    let first = t.predict_full(&x0, 700.0, &c).unwrap();
+    // (token rows, token columns) computed: the top two rows, then the left two columns
+    for (rows, cols) in [(2, 6), (4, 2)] {
+        let mask: Vec<bool> = (0..24).map(|i| i / 6 < rows && i % 6 < cols).collect();
+        let out = pruned(&t, &x0, &x1, &c, mask, (4, 6));
+        let crop = |x: &Tensor| x.narrow(2, 0, 2 * rows).unwrap().narrow(3, 0, 2 * cols).unwrap();
+        let alone = t.predict_full(&crop(&x1).contiguous().unwrap(), 700.0, &c).unwrap();
+        let err = rel_err(&crop(&out), &alone);
+        assert!(err < 1e-5, "band {rows}x{cols}: computed tokens differ from the band alone by {err}");
+        // outside the band: the cached outputs of the first call
+        let (po, pf) = (pack_latents(&out).unwrap(), pack_latents(&first).unwrap());
+        for i in (0..24).filter(|i| !(i / 6 < rows && i % 6 < cols)) {
+            let e = rel_err(&po.narrow(1, i, 1).unwrap(), &pf.narrow(1, i, 1).unwrap());
+            assert!(e < 1e-6, "band {rows}x{cols}: pruned token {i} is not the cached output ({e})");
+        }
+    }
+}
+
+fn pipeline(variant: &str) -> Flux {
+    Flux::load_from(ModelSource::Dir(dir().join(variant)), DType::F32, &Device::Cpu).unwrap()
+}
+
+fn pipe_inputs(want: &HashMap<String, Tensor>) -> PipelineInputs {
+    PipelineInputs { prompt_embeds: Some(want["pipe_prompt_embeds"].clone()), pooled_prompt_embeds: Some(want["pipe_pooled_prompt_embeds"].clone()), ..Default::default() }
+}
+
+fn options(steps: usize, guidance_scale: f64) -> GenerateOptions {
+    GenerateOptions { steps, guidance_scale, height: 32, width: 48, seed: 7, solver: SolverKind::FlowMatchEulerDiscrete, acceleration: Acceleration::default(), size_conditioning: Default::default() }
+}
+
+/// The whole FluxPipeline from precomputed embeddings: seeded noise as diffusers draws it, the
+/// dynamically shifted sigma grid (dev) or the plain one (schnell), guidance fed to the network,
+/// and the decoder with `shift_factor`. Final latents within 1e-3, images within 1/255 (of [0, 1]).
+#[test]
+fn pipeline_matches_diffusers_dev_50_steps_and_schnell_4_steps() {
+    let want = expected();
+    for (variant, steps, guidance) in [("dev", 50, 3.5), ("schnell", 4, 0.0)] {
+        let mut pipe = pipeline(variant);
+        assert_eq!(pipe.vae_scale_factor(), 2);
+        let (latents, trace) = pipe.generate(&pipe_inputs(&want), &options(steps, guidance), &mut |_, _| {}).unwrap();
+        assert_eq!(trace.evaluations, steps);
+        let err = rel_err(&latents, &want[&format!("{variant}_final")]);
+        eprintln!("{variant} {steps} steps: final latents relative error {err:e}");
+        assert!(err < 1e-3, "{variant}: final latents off by {err}");
+        let image = pipe.decode(&latents).unwrap().unwrap();
+        let diff = (image - &want[&format!("{variant}_image")]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        eprintln!("{variant}: decoded image max error {diff:e} in [-1, 1]");
+        assert!(diff / 2.0 < 1.0 / 255.0, "{variant}: image off by {diff} in [-1, 1]");
+    }
+}
+
+#[test]
+fn pipeline_refuses_what_flux_cannot_run() {
+    let want = expected();
+    let mut pipe = pipeline("dev");
+    // not a multiple of 2 x the VAE factor
+    let mut o = options(4, 3.5);
+    o.width = 50;
+    let e = pipe.generate(&pipe_inputs(&want), &o, &mut |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("multiples of 4"), "{e}");
+    // an epsilon solver on a velocity model
+    let mut o = options(4, 3.5);
+    o.solver = SolverKind::DpmSolverMultistep;
+    let e = pipe.validate(&o).unwrap_err().to_string();
+    assert!(e.contains("flow-matching"), "{e}");
+    // no pooled embedding
+    let inputs = PipelineInputs { pooled_prompt_embeds: None, ..pipe_inputs(&want) };
+    let e = pipe.generate(&inputs, &options(4, 3.5), &mut |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("pooled_prompt_embeds"), "{e}");
+    // prompts need the text encoders, which are not there yet
+    let e = pipe.encode_prompts(&["a cat".into()], None, None).unwrap_err().to_string();
+    assert!(e.contains("prompt_embeds"), "{e}");
+    // latents given packed instead of unpacked
+    let inputs = PipelineInputs { latents: Some(Tensor::zeros((2, 96, 64), DType::F32, &Device::Cpu).unwrap()), ..pipe_inputs(&want) };
+    let e = pipe.generate(&inputs, &options(4, 3.5), &mut |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("unpacked"), "{e}");
+}
+
+/// The original single-file layout (fused projections, swapped final modulation) loads as the
+/// same network: identical outputs, and the configuration read from the shapes.
+#[test]
+fn single_file_layout_gives_the_folders_output() {
+    let want = expected();
+    let ck = sada::models::single_file::Checkpoint::open(&dir().join("flux_dev_single.safetensors")).unwrap();
+    let source = ModelSource::SingleFile(std::sync::Arc::new(ck));
+    let single = FluxTransformer2DModel::load_from(&source, "transformer", DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(single.config, transformer("dev").config);
+    let out = single.predict_full(&want["latents"], 700.0, &cond(&want, true)).unwrap();
+    let folder = transformer("dev").predict_full(&want["latents"], 700.0, &cond(&want, true)).unwrap();
+    assert_eq!(rel_err(&out, &folder), 0.0);
+    // as a whole model: a Flux pipeline with the dev scheduler and no decoder
+    let pipe = sada::pipelines::load_pipeline(source, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(pipe.family(), sada::policy::acceleration::Family::Flux);
+    assert!(!pipe.can_decode());
+}
