@@ -3,7 +3,7 @@
     tools/.venv/bin/python tools/gen_flux_fixtures.py
 
 Builds tiny random-weight Flux models (2 double-stream + 2 single-stream blocks, 2 heads of 32 channels,
-rotary axes (4, 14, 14) -- FLUX.1's proportions, which the single-file loader infers --, joint_attention_dim 32, pooled_projection_dim 24), every weight rounded to
+rotary axes (4, 14, 14) -- FLUX.1's proportions, which the single-file loader infers --, joint_attention_dim 32, pooled_projection_dim 8), every weight rounded to
 float16 so the fp16 files hold them exactly, and writes to tests/fixtures/flux/:
 
   dev/, schnell/        pipeline folders as diffusers lays them out: transformer/ (dev: the fp16 variant,
@@ -14,15 +14,21 @@ float16 so the fp16 files hold them exactly, and writes to tests/fixtures/flux/:
                         Labs' key names: double_blocks.*, single_blocks.*, fused qkv), fp16; diffusers'
                         converter (its hard-coded width set to the file's) is asserted to read it back
                         bit for bit
+  dev/ also has text_encoder/ + tokenizer/ (a tiny CLIP-L-shaped CLIPTextModel; the tokenizer's vocab.json and
+                        merges.txt left out: the crate ships them) and text_encoder_2/ + tokenizer_2/ (a tiny
+                        T5 v1.1-shaped T5EncoderModel and a SentencePiece Unigram tokenizer.json trained here)
+  prompts.json          the two prompts of the prompt cases (the second long enough to be truncated by both)
   expected.safetensors
-      forward: `latents` [2,16,8,12] (unpacked), `prompt_embeds` [2,7,32], `pooled_prompt_embeds` [2,24],
+      prompts: `t5_input_ids` [2,512] and `clip_input_ids` [2,77] (as float), `prompt_t5_embeds` [2,512,32] and
+      `prompt_pooled` [2,8] from FluxPipeline.encode_prompt, `dev_prompt_final` after 50 steps from seed 7;
+      forward: `latents` [2,16,8,12] (unpacked), `prompt_embeds` [2,7,32], `pooled_prompt_embeds` [2,8],
       timestep 0.7 (the pipeline's t / 1000), guidance 3.5 -> `dev_forward`, `schnell_forward` (unpacked,
       as the pipeline's _unpack_latents gives them);
       pipelines: 32x48 images (latents 16x24, 96 packed tokens) from seed 7 (noise drawn by diffusers
       from torch.Generator().manual_seed(7) in the unpacked shape, then packed): `dev_noise`,
       `dev_final` (50 steps, guidance 3.5, dynamic shift), `dev_image` (decoded, [-1, 1]),
       `schnell_final` (4 steps, shift 1), `schnell_image`; the embeddings used are `pipe_prompt_embeds`
-      [2,7,32] and `pipe_pooled_prompt_embeds` [2,24].
+      [2,7,32] and `pipe_pooled_prompt_embeds` [2,8].
 """
 
 import inspect
@@ -34,6 +40,9 @@ import warnings
 import torch
 from safetensors.torch import load_file, save_file
 from diffusers.loaders import single_file_utils
+from tokenizers import SentencePieceUnigramTokenizer
+from tokenizers.processors import TemplateProcessing
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
 warnings.filterwarnings("ignore")
@@ -41,7 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures", "flux")
 
 TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=32,
-                   num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=24, axes_dims_rope=(4, 14, 14))
+                   num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=8, axes_dims_rope=(4, 14, 14))
 VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
            up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[16, 32], layers_per_block=1,
            latent_channels=16, norm_num_groups=8, scaling_factor=0.3611, shift_factor=0.1159,
@@ -54,6 +63,28 @@ SCHEDULERS = {
                     num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False),
 }
 HEIGHT, WIDTH = 32, 48
+VOCAB = os.path.join(ROOT, "crates", "sada", "assets", "clip")
+# FLUX.1's text encoders in miniature: CLIP-L's shape (quick_gelu, 77 positions, the full vocabulary) and
+# T5 v1.1's (gated GELU, relative position buckets), with a SentencePiece Unigram vocabulary trained here
+CLIP = dict(hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, vocab_size=49408,
+            max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5, bos_token_id=0, eos_token_id=2,
+            pad_token_id=1)
+T5 = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=32,
+          relative_attention_max_distance=128, feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6, dropout_rate=0.0,
+          is_encoder_decoder=False, use_cache=False, pad_token_id=0, eos_token_id=1, tie_word_embeddings=False)
+CORPUS = [
+    "a photograph of an astronaut riding a horse on the moon",
+    "a red circle on a blue background, digital art",
+    "a cat holding a sign that says hello world",
+    "an oil painting of a lighthouse at night, stormy sea, dramatic lighting",
+    "close-up portrait of an old fisherman, 85mm, shallow depth of field",
+    "a bowl of ramen with chopsticks, studio photo, high detail",
+    "isometric pixel art of a tiny village with windmills and rivers",
+    "Ünïcödé wörds and numbers 1234 5678 should still tokenize!",
+]
+PROMPTS = ["a cat holding a sign that says hello world",
+           # longer than CLIP's 77 tokens and, with the tiny vocabulary, than T5's window: both truncate
+           " ".join(CORPUS * 12)]
 
 
 def half_exact(model, seed):
@@ -135,6 +166,19 @@ def from_bfl(sd):
     return out
 
 
+def t5_tokenizer(dest):
+    """A SentencePiece Unigram tokenizer as T5's tokenizer.json lays one out (<pad> 0, </s> 1, <unk> 2, NFKC-free
+    Metaspace pre-tokenizer, `$A </s>` post-processor), trained on a few captions; saved by T5TokenizerFast."""
+    sp = SentencePieceUnigramTokenizer()
+    sp.train_from_iterator(CORPUS * 4, vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
+                           show_progress=False)
+    sp.post_processor = TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    tok = T5TokenizerFast(tokenizer_object=sp, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0,
+                          model_max_length=512)
+    tok.save_pretrained(dest)
+    return T5TokenizerFast.from_pretrained(dest)
+
+
 def exact(a, b, what):
     assert set(a) == set(b), f"{what}: keys differ: {sorted(set(a) ^ set(b))[:5]}"
     bad = [k for k in a if a[k].shape != b[k].shape or not torch.equal(a[k].float(), b[k].float())]
@@ -175,6 +219,27 @@ def main():
     vae = AutoencoderKL.from_pretrained(os.path.join(OUT, "dev"), subfolder="vae", variant="fp16",
                                         torch_dtype=torch.float32).eval()
 
+    # the text encoders, in the dev folder only (schnell stays an embeddings-only folder)
+    dev = os.path.join(OUT, "dev")
+    clip = half_exact(CLIPTextModel(CLIPTextConfig(**CLIP)), 8)
+    clip.to(torch.float16).save_pretrained(os.path.join(dev, "text_encoder"), variant="fp16")
+    clip = CLIPTextModel.from_pretrained(dev, subfolder="text_encoder", variant="fp16", torch_dtype=torch.float32).eval()
+    clip_tok = CLIPTokenizer(os.path.join(VOCAB, "vocab.json"), os.path.join(VOCAB, "merges.txt"), pad_token="<|endoftext|>",
+                             model_max_length=77)
+    clip_tok.save_pretrained(os.path.join(dev, "tokenizer"))
+    for f in ("vocab.json", "merges.txt"):  # the crate ships CLIP's vocabulary; tests copy it back in
+        os.remove(os.path.join(dev, "tokenizer", f))
+    t5_tok = t5_tokenizer(os.path.join(dev, "tokenizer_2"))
+    t5 = half_exact(T5EncoderModel(T5Config(vocab_size=len(t5_tok), **T5)), 9)
+    t5.to(torch.float16).save_pretrained(os.path.join(dev, "text_encoder_2"), variant="fp16")
+    t5 = T5EncoderModel.from_pretrained(dev, subfolder="text_encoder_2", variant="fp16", torch_dtype=torch.float32).eval()
+    with open(os.path.join(dev, "model_index.json")) as f:
+        index = json.load(f)
+    index.update(text_encoder=["transformers", "CLIPTextModel"], tokenizer=["transformers", "CLIPTokenizer"],
+                 text_encoder_2=["transformers", "T5EncoderModel"], tokenizer_2=["transformers", "T5TokenizerFast"])
+    with open(os.path.join(dev, "model_index.json"), "w") as f:
+        json.dump(index, f, indent=2)
+
     # the original single-file layout, read back by diffusers' own converter
     single = os.path.join(OUT, "flux_dev_single.safetensors")
     save_file(to_bfl(transformers["dev"].state_dict()), single)
@@ -184,7 +249,7 @@ def main():
     g = torch.Generator().manual_seed(3)
     latents = torch.randn(2, 16, 8, 12, generator=g)
     prompt_embeds = torch.randn(2, 7, 32, generator=g)
-    pooled = torch.randn(2, 24, generator=g)
+    pooled = torch.randn(2, 8, generator=g)
     out.update(latents=latents, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled)
     packed = FluxPipeline._pack_latents(latents, 2, 16, 8, 12)
     img_ids = FluxPipeline._prepare_latent_image_ids(2, 4, 6, "cpu", torch.float32)
@@ -196,7 +261,7 @@ def main():
         out[f"{variant}_forward"] = FluxPipeline._unpack_latents(y, 16, 24, 2)
 
     pe = torch.randn(2, 7, 32, generator=g)
-    pp = torch.randn(2, 24, generator=g)
+    pp = torch.randn(2, 8, generator=g)
     out.update(pipe_prompt_embeds=pe, pipe_pooled_prompt_embeds=pp)
     for variant, steps, guidance in (("dev", 50, 3.5), ("schnell", 4, 0.0)):
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(os.path.join(OUT, variant), subfolder="scheduler")
@@ -210,6 +275,22 @@ def main():
         out[f"{variant}_noise"] = noise
         out[f"{variant}_final"] = final
         out[f"{variant}_image"] = vae.decode(final / vae.config.scaling_factor + vae.config.shift_factor).sample
+    # from prompts: FluxPipeline.encode_prompt (T5 ids padded to max_sequence_length 512, CLIP's pooled output),
+    # then the same 50 dev steps
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(dev, subfolder="scheduler")
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tok, text_encoder_2=t5,
+                        tokenizer_2=t5_tok, transformer=transformers["dev"])
+    out["t5_input_ids"] = t5_tok(PROMPTS, padding="max_length", max_length=512, truncation=True,
+                                 return_tensors="pt").input_ids.float()
+    out["clip_input_ids"] = clip_tok(PROMPTS, padding="max_length", max_length=77, truncation=True,
+                                     return_tensors="pt").input_ids.float()
+    pe, pooled, _ = pipe.encode_prompt(prompt=PROMPTS, prompt_2=None, max_sequence_length=512)
+    out.update(prompt_t5_embeds=pe, prompt_pooled=pooled)
+    final = pipe(prompt=PROMPTS, height=HEIGHT, width=WIDTH, num_inference_steps=50, guidance_scale=3.5,
+                 generator=torch.Generator().manual_seed(7), output_type="latent").images
+    out["dev_prompt_final"] = unpack(pipe, final)
+    with open(os.path.join(OUT, "prompts.json"), "w") as f:
+        json.dump(PROMPTS, f, indent=2)
     save_file({k: v.contiguous().float() for k, v in out.items()}, os.path.join(OUT, "expected.safetensors"))
     print({k: tuple(v.shape) for k, v in out.items()})
 

@@ -17,6 +17,10 @@ use sada::pipelines::{Flux, GenerateOptions, Pipeline, PipelineInputs};
 use sada::policy::Acceleration;
 use sada::solvers::SolverKind;
 
+#[path = "common/sd_fixture.rs"]
+#[allow(dead_code)]
+mod sd_fixture;
+
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/flux")
 }
@@ -83,7 +87,7 @@ fn missing_or_misshapen_conditioning_is_an_error() {
     assert!(e.contains("even height and width"), "{e}");
     let wrong = cond(&want, true).with("pooled_projections", Tensor::zeros((2, 23), DType::F32, &Device::Cpu).unwrap());
     let e = t.predict_full(&want["latents"], 700.0, &wrong).unwrap_err().to_string();
-    assert!(e.contains("pooled_projections") && e.contains("[2, 24]"), "{e}");
+    assert!(e.contains("pooled_projections") && e.contains("[2, 8]"), "{e}");
 }
 
 /// A pruned evaluation at t = 700: the first call (on `x0`) fills every block cache, the second
@@ -189,9 +193,9 @@ fn pipeline_refuses_what_flux_cannot_run() {
     let inputs = PipelineInputs { pooled_prompt_embeds: None, ..pipe_inputs(&want) };
     let e = pipe.generate(&inputs, &options(4, 3.5), &mut |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("pooled_prompt_embeds"), "{e}");
-    // prompts need the text encoders, which are not there yet
-    let e = pipe.encode_prompts(&["a cat".into()], None, None).unwrap_err().to_string();
-    assert!(e.contains("prompt_embeds"), "{e}");
+    // prompts need the text encoders, which the schnell fixture does not have
+    let e = pipeline("schnell").encode_prompts(&["a cat".into()], None, None).unwrap_err().to_string();
+    assert!(e.contains("text_encoder_2") && e.contains("prompt_embeds"), "{e}");
     // latents given packed instead of unpacked
     let inputs = PipelineInputs { latents: Some(Tensor::zeros((2, 96, 64), DType::F32, &Device::Cpu).unwrap()), ..pipe_inputs(&want) };
     let e = pipe.generate(&inputs, &options(4, 3.5), &mut |_, _| {}).unwrap_err().to_string();
@@ -214,4 +218,50 @@ fn single_file_layout_gives_the_folders_output() {
     let pipe = sada::pipelines::load_pipeline(source, DType::F32, &Device::Cpu).unwrap();
     assert_eq!(pipe.family(), sada::policy::acceleration::Family::Flux);
     assert!(!pipe.can_decode());
+}
+
+/// The dev folder with its CLIP tokenizer's vocabulary put back (the fixtures leave it out).
+fn dev_with_text() -> (tempfile::TempDir, Flux) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("dev");
+    sd_fixture::with_clip_vocab(&dir().join("dev"), &dest);
+    let pipe = Flux::load_from(ModelSource::Dir(dest), DType::F32, &Device::Cpu).unwrap();
+    (tmp, pipe)
+}
+
+fn prompts() -> Vec<String> {
+    serde_json::from_str(&std::fs::read_to_string(dir().join("prompts.json")).unwrap()).unwrap()
+}
+
+/// Prompts through both tokenizers and text encoders as diffusers' FluxPipeline.encode_prompt:
+/// T5's ids (SentencePiece Unigram from tokenizer.json, padded to 512, the long prompt truncated
+/// with its end token kept) and CLIP's exactly; T5's last hidden state and CLIP's pooled output
+/// within 1e-4; then 50 dev steps from those prompts within 1e-3.
+#[test]
+fn prompts_encode_as_diffusers_and_drive_the_pipeline() {
+    let want = expected();
+    let (_tmp, mut pipe) = dev_with_text();
+    assert!(pipe.has_text_encoder());
+    assert_eq!(pipe.max_sequence_length, 512);
+    let texts = prompts();
+    let t5 = sada::text::t5::T5Tokenizer::load_from(&ModelSource::Dir(_tmp.path().join("dev")), "tokenizer_2").unwrap();
+    for (i, t) in texts.iter().enumerate() {
+        let ids: Vec<f32> = t5.encode(t, 512).unwrap().into_iter().map(|i| i as f32).collect();
+        assert_eq!(ids, want["t5_input_ids"].get(i).unwrap().to_vec1::<f32>().unwrap(), "T5 ids of prompt {i}");
+        let clip = sada::text::Tokenizer::load_from(&ModelSource::Dir(_tmp.path().join("dev")), "tokenizer").unwrap();
+        let ids: Vec<f32> = clip.encode(t).into_iter().map(|i| i as f32).collect();
+        assert_eq!(ids, want["clip_input_ids"].get(i).unwrap().to_vec1::<f32>().unwrap(), "CLIP ids of prompt {i}");
+    }
+    let inputs = pipe.encode_prompts(&texts, None, None).unwrap();
+    let (pe, pooled) = (inputs.prompt_embeds.clone().unwrap(), inputs.pooled_prompt_embeds.clone().unwrap());
+    let (e1, e2) = (rel_err(&pe, &want["prompt_t5_embeds"]), rel_err(&pooled, &want["prompt_pooled"]));
+    eprintln!("T5 embeddings relative error {e1:e}, CLIP pooled {e2:e}");
+    assert!(e1 < 1e-4 && e2 < 1e-4, "{e1} {e2}");
+    let (latents, _) = pipe.generate(&inputs, &options(50, 3.5), &mut |_, _| {}).unwrap();
+    let err = rel_err(&latents, &want["dev_prompt_final"]);
+    eprintln!("dev 50 steps from prompts: final latents relative error {err:e}");
+    assert!(err < 1e-3, "{err}");
+    // what Flux cannot take
+    assert!(pipe.encode_prompts(&texts, Some("blurry"), None).unwrap_err().to_string().contains("negative"));
+    assert!(pipe.encode_prompts(&texts, None, Some(1)).unwrap_err().to_string().contains("clip"));
 }

@@ -5,8 +5,10 @@
 //! (FLUX.1-dev), with the guidance scale fed to the network for models that embed it (no
 //! classifier-free guidance batch).
 //!
-//! Conditioning comes as precomputed embeddings (`prompt_embeds` from T5, `pooled_prompt_embeds`
-//! from CLIP); encoding prompts with Flux's text encoders is not implemented yet.
+//! Prompts are encoded as diffusers' `encode_prompt` does: T5's last hidden state over
+//! `max_sequence_length` tokens (`text_encoder_2`, padded, no attention mask) and CLIP's pooled
+//! output (`text_encoder`); or the embeddings come precomputed (`prompt_embeds`,
+//! `pooled_prompt_embeds`).
 
 use candle_core::{DType, Device, Tensor};
 
@@ -19,19 +21,32 @@ use crate::sampling::{sample, Trace};
 use crate::schedule::flow::flux_default_sigmas;
 use crate::solvers::flow_match_euler::FlowMatchEulerDiscreteConfig;
 use crate::solvers::{build_solver, scheduler_config_object, FlowTimesteps, Solver, SolverKind};
+use crate::text::t5::{T5Encoder, T5Tokenizer};
+use crate::text::{ClipTextEncoder, Tokenizer};
 
 /// Latents larger than this are refused before they are allocated (as for Stable Diffusion).
 const MAX_LATENT_ELEMENTS: usize = 1 << 31;
 
-/// T5 tokens diffusers' FluxPipeline reads by default (`max_sequence_length`), used to size
-/// memory estimates.
+/// T5 tokens a prompt may have at most (`max_sequence_length`; FLUX.1-dev's default).
 const MAX_SEQUENCE_LENGTH: usize = 512;
+
+/// Flux's text encoders, loaded on the first prompt.
+struct FluxText {
+    clip_tokenizer: Tokenizer,
+    clip: ClipTextEncoder,
+    t5_tokenizer: T5Tokenizer,
+    t5: T5Encoder,
+}
 
 pub struct Flux {
     pub source: ModelSource,
     pub transformer: FluxTransformer2DModel,
     pub vae: Option<AutoencoderKl>,
     scheduler_config: serde_json::Map<String, serde_json::Value>,
+    text: Option<FluxText>,
+    /// T5 tokens each prompt is padded or truncated to: 512, or 256 for schnell (what it was
+    /// trained with; diffusers leaves 512 to the caller).
+    pub max_sequence_length: usize,
     device: Device,
     dtype: DType,
 }
@@ -63,7 +78,34 @@ impl Flux {
         } else {
             None
         };
-        Ok(Self { source, transformer, vae, scheduler_config, device: device.clone(), dtype })
+        let max_sequence_length = if transformer.guidance_embeds() { 512 } else { 256 };
+        Ok(Self { source, transformer, vae, scheduler_config, text: None, max_sequence_length, device: device.clone(), dtype })
+    }
+
+    /// Whether the folder has both text encoders and their tokenizers.
+    fn has_text(&self) -> bool {
+        ["text_encoder/config.json", "tokenizer", "text_encoder_2/config.json", "tokenizer_2"].iter().all(|f| self.source.exists(f))
+    }
+
+    /// The tokenizers and text encoders, loaded on first use; each must fit the transformer.
+    fn text(&mut self) -> Result<&mut FluxText> {
+        if self.text.is_none() {
+            if !self.has_text() {
+                return Err(self.no_text_encoder());
+            }
+            let clip = ClipTextEncoder::load_from(&self.source, "text_encoder", DType::F32, &self.device)?;
+            let t5 = T5Encoder::load_from(&self.source, "text_encoder_2", self.dtype, &self.device)?;
+            let cfg = &self.transformer.config;
+            if clip.config.hidden_size != cfg.pooled_projection_dim {
+                return Err(Error::file(self.source.path("text_encoder/config.json"), format!("hidden_size is {} but the transformer's pooled_projection_dim is {}", clip.config.hidden_size, cfg.pooled_projection_dim)));
+            }
+            if t5.config.d_model != cfg.joint_attention_dim {
+                return Err(Error::file(self.source.path("text_encoder_2/config.json"), format!("d_model is {} but the transformer's joint_attention_dim is {}", t5.config.d_model, cfg.joint_attention_dim)));
+            }
+            let text = FluxText { clip_tokenizer: Tokenizer::load_from(&self.source, "tokenizer")?, clip, t5_tokenizer: T5Tokenizer::load_from(&self.source, "tokenizer_2")?, t5 };
+            self.text = Some(text);
+        }
+        Ok(self.text.as_mut().expect("loaded above"))
     }
 
     /// The flow-matching Euler solver for `steps` on an image of `image_seq_len` packed tokens,
@@ -103,7 +145,7 @@ impl Flux {
         let pe = inputs
             .prompt_embeds
             .as_ref()
-            .ok_or_else(|| Error::param("prompt_embeds", "required: Flux's prompt encoding is not implemented yet, so give prompt_embeds (T5) and pooled_prompt_embeds (CLIP) among the precomputed inputs"))?;
+            .ok_or_else(|| Error::param("prompt_embeds", "required: give a prompt, or prompt_embeds (T5) and pooled_prompt_embeds (CLIP) among the precomputed inputs"))?;
         let d = self.transformer.config.joint_attention_dim;
         if pe.rank() != 3 || pe.dim(2)? != d || pe.dim(1)? == 0 {
             return Err(Error::Shape { what: "prompt_embeds".into(), expected: format!("[batch, tokens, {d}]"), got: format!("{:?}", pe.dims()) });
@@ -143,15 +185,19 @@ impl Pipeline for Flux {
     }
 
     fn has_text_encoder(&self) -> bool {
-        false
+        self.has_text()
     }
 
     fn can_decode(&self) -> bool {
         self.vae.is_some()
     }
 
-    fn check_prompt(&mut self, _prompt: &str) -> Result<PromptCheck> {
-        Err(self.no_text_encoder())
+    /// T5's count: it reads the most (`max_sequence_length` tokens; CLIP's pooled embedding
+    /// sees the first 77).
+    fn check_prompt(&mut self, prompt: &str) -> Result<PromptCheck> {
+        let window = self.max_sequence_length;
+        let tokens = self.text()?.t5_tokenizer.count(prompt)?;
+        Ok(PromptCheck { unknown: Vec::new(), tokens, window })
     }
 
     fn estimate_memory(&self, opts: &GenerateOptions, batch: usize) -> u128 {
@@ -162,8 +208,23 @@ impl Pipeline for Flux {
         net.max(decode)
     }
 
-    fn encode_prompts(&mut self, _prompts: &[String], _negative_prompt: Option<&str>, _clip_skip: Option<usize>) -> Result<PipelineInputs> {
-        Err(self.no_text_encoder())
+    fn encode_prompts(&mut self, prompts: &[String], negative_prompt: Option<&str>, clip_skip: Option<usize>) -> Result<PipelineInputs> {
+        if negative_prompt.is_some() {
+            return Err(Error::param("negative_prompt", "Flux is guidance-distilled: it runs no unconditional branch, so a negative prompt has nothing to act on"));
+        }
+        if clip_skip.is_some() {
+            return Err(Error::param("clip_skip", "Flux reads CLIP's pooled output only; clip skip does not apply"));
+        }
+        if !(1..=MAX_SEQUENCE_LENGTH).contains(&self.max_sequence_length) {
+            return Err(Error::param("max_sequence_length", format!("{} is outside 1..={MAX_SEQUENCE_LENGTH}", self.max_sequence_length)));
+        }
+        let (device, n) = (self.device.clone(), self.max_sequence_length);
+        let text = self.text()?;
+        let clip_ids: Vec<Vec<u32>> = prompts.iter().map(|p| text.clip_tokenizer.encode(p)).collect();
+        let pooled = text.clip.encode(&Tensor::new(clip_ids, &device)?)?.pooled;
+        let t5_ids = prompts.iter().map(|p| text.t5_tokenizer.encode(p, n)).collect::<Result<Vec<_>>>()?;
+        let embeds = text.t5.encode(&Tensor::new(t5_ids, &device)?)?;
+        Ok(PipelineInputs { prompt_embeds: Some(embeds.to_dtype(self.dtype)?), pooled_prompt_embeds: Some(pooled.to_dtype(self.dtype)?), ..Default::default() })
     }
 
     fn validate(&self, opts: &GenerateOptions) -> Result<()> {
@@ -207,9 +268,9 @@ impl Pipeline for Flux {
 
 impl Flux {
     fn no_text_encoder(&self) -> Error {
-        Error::param(
-            "prompt",
-            "Flux's text encoders (T5-XXL and CLIP) are not implemented yet: pass --inputs with prompt_embeds [batch, tokens, joint_attention_dim] and pooled_prompt_embeds [batch, pooled_projection_dim]",
+        Error::file(
+            self.source.path("text_encoder_2"),
+            "this Flux model has no text encoders (text_encoder/ + tokenizer/ for CLIP, text_encoder_2/ + tokenizer_2/ for T5): pass --inputs with prompt_embeds [batch, tokens, joint_attention_dim] and pooled_prompt_embeds [batch, pooled_projection_dim]",
         )
     }
 }

@@ -4,6 +4,7 @@
 pub mod clip;
 pub mod clip_tokenizer;
 pub mod clip_vocab;
+pub mod t5;
 pub mod tokenizer;
 mod unicode_tables;
 

@@ -11,7 +11,13 @@ pub fn fixtures() -> PathBuf {
 /// Copy pipeline `fam` to `dest`, completing its tokenizers with the CLIP vocabulary the
 /// fixtures leave out (the crate's compiled-in copy; each folder keeps its own pad token).
 pub fn sd_folder(fam: &str, dest: &Path) {
-    copy_dir(&fixtures().join(fam), dest);
+    with_clip_vocab(&fixtures().join(fam), dest);
+}
+
+/// Copy the fixture pipeline folder `src` to `dest`, completing its CLIP tokenizers with the
+/// vocabulary the fixtures leave out.
+pub fn with_clip_vocab(src: &Path, dest: &Path) {
+    copy_dir(src, dest);
     let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../crates/sada/assets/clip");
     for tok in ["tokenizer", "tokenizer_2"] {
         if dest.join(tok).is_dir() {
