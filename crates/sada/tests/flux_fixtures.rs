@@ -265,3 +265,24 @@ fn prompts_encode_as_diffusers_and_drive_the_pipeline() {
     assert!(pipe.encode_prompts(&texts, Some("blurry"), None).unwrap_err().to_string().contains("negative"));
     assert!(pipe.encode_prompts(&texts, None, Some(1)).unwrap_err().to_string().contains("clip"));
 }
+
+/// TeaCache against the authors' algorithm written out around diffusers' forward
+/// (`tools/gen_flux_teacache_fixtures.py`): the same steps computed and the same final latents
+/// within 1e-3, at the authors' 1.5x and 2.0x thresholds. And it refuses a network that shows no
+/// modulated input.
+#[test]
+fn teacache_matches_the_reference_on_flux() {
+    let want = expected();
+    let refs = candle_core::safetensors::load(dir().join("teacache.safetensors"), &Device::Cpu).unwrap();
+    let mut pipe = pipeline("dev");
+    for thr in ["0.25", "0.6"] {
+        let accel = Acceleration::parse(&format!("teacache:threshold={thr}"), sada::policy::acceleration::Family::Flux).unwrap();
+        let opts = GenerateOptions { acceleration: accel, ..options(50, 3.5) };
+        let (latents, trace) = pipe.generate(&pipe_inputs(&want), &opts, &mut |_, _| {}).unwrap();
+        let computed: Vec<f32> = trace.steps.iter().map(|s| if s.decision == sada::policy::Decision::Full { 1.0 } else { 0.0 }).collect();
+        assert_eq!(computed, refs[&format!("t{thr}_mask")].to_vec1::<f32>().unwrap(), "threshold {thr}: steps computed");
+        let err = rel_err(&latents, &refs[&format!("t{thr}_final")]);
+        eprintln!("teacache {thr}: {} of 50 computed, final latents relative error {err:e}", computed.iter().sum::<f32>());
+        assert!(err < 1e-3, "threshold {thr}: {err}");
+    }
+}

@@ -32,6 +32,9 @@ pub struct Capabilities {
     /// The side of the latent patch one token of the pruning blocks covers at their finest
     /// level: 1 for a U-Net (a token per latent pixel), 2 for Flux (2 x 2 patches); 0 reads as 1.
     pub token_patch: usize,
+    /// The `Rest(0)` site carries a probe: the first block's timestep-modulated input (a DiT's
+    /// adaLN input, TeaCache's signal).
+    pub input_probe: bool,
 }
 
 /// A denoising network: given a batch of (scaled) latents at a timestep, return the raw

@@ -169,6 +169,7 @@ methods! {
     Adaptive(super::adaptive::AdaptiveConfig) = "adaptive": "AdaptiveDiffusion: reuse the last output where the trajectory is straight (threshold, max_skip_steps)",
     FirstBlockCache(super::fbcache::FirstBlockCacheConfig) = "fbcache": "First-Block-Cache: skip the rest while the first block's residual holds (threshold)",
     TaylorSeer(super::taylorseer::TaylorSeerConfig) = "taylorseer": "TaylorSeer: forecast the network's features by Taylor series (interval, max_order, first_enhance)",
+    TeaCache(super::teacache::TeaCacheConfig) = "teacache": "TeaCache: skip the blocks while the first block's modulated input has changed little, accumulated (threshold, coefficients; Flux)",
 }
 
 fn unknown(name: &str) -> Error {

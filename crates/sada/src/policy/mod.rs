@@ -18,6 +18,7 @@ pub mod rule;
 pub mod sada;
 pub mod sada_plus;
 pub mod taylorseer;
+pub mod teacache;
 pub mod token_score;
 
 use candle_core::Tensor;

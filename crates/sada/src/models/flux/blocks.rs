@@ -153,6 +153,13 @@ impl DoubleStreamBlock {
         })
     }
 
+    /// The image stream's input as the attention sees it: normed, shifted and scaled by the
+    /// conditioning (`norm1`'s output).
+    pub fn modulated_input(&self, img: &Tensor, temb: &Tensor) -> candle_core::Result<Tensor> {
+        let m = self.norm1.forward(temb)?;
+        self.norm.modulate(img, &m[0], &m[1])
+    }
+
     /// (text, image) after the block, for text `[B, T, C]` and image tokens `[B, N, C]`, with
     /// `rope` covering the T text tokens then the N image tokens.
     pub fn forward(&self, img: &Tensor, txt: &Tensor, temb: &Tensor, rope: &Rope) -> candle_core::Result<(Tensor, Tensor)> {

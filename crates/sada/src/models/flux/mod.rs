@@ -113,7 +113,12 @@ impl FluxTransformer2DModel {
         let rope = Rope::flux(text_len, grid.0, grid.1, &self.config.axes_dims_rope, device)?;
         let step = Step { temb: &temb, rope: &rope, grid };
 
-        let img = ctx.branch(Site { kind: SiteKind::Rest(0), base: &img, probe: None }, |ctx| {
+        // TeaCache's signal: the first block's modulated image input, only when asked for
+        let probe = match self.double.first() {
+            Some(first) if ctx.uses(SiteKind::Rest(0)) => Some(first.modulated_input(&img, &temb)?),
+            _ => None,
+        };
+        let img = ctx.branch(Site { kind: SiteKind::Rest(0), base: &img, probe: probe.as_ref() }, |ctx| {
             let Some((first, _)) = self.double.split_first().filter(|_| ctx.uses(SiteKind::Rest(1))) else {
                 return self.blocks(0, img.clone(), txt.clone(), &step, ctx);
             };
@@ -195,7 +200,7 @@ struct Step<'a> {
 
 impl Denoiser for FluxTransformer2DModel {
     fn capabilities(&self) -> Capabilities {
-        Capabilities { token_pruning: true, deep_branches: 0, residual_sites: !self.double.is_empty(), token_patch: 2 }
+        Capabilities { token_pruning: true, deep_branches: 0, residual_sites: !self.double.is_empty(), token_patch: 2, input_probe: !self.double.is_empty() }
     }
 
     fn predict(&self, latents: &Tensor, timestep: f64, cond: &Conditioning, ctx: &mut ForwardContext) -> Result<Tensor> {

@@ -267,6 +267,7 @@ impl Denoiser for UNet2DConditionModel {
             // Rest(1)'s output must live where its base does: the first layer keeps the size.
             residual_sites: matches!(self.down.first(), Some(DownLayer::Block { .. })),
             token_patch: 1,
+            input_probe: false,
         }
     }
 
