@@ -41,6 +41,10 @@ pub struct GenerateArgs {
     /// Read the text encoder this many layers before its last, as diffusers' clip_skip
     #[arg(long, value_name = "N", requires = "prompt")]
     pub clip_skip: Option<usize>,
+    /// Flux: T5 tokens the prompt is padded or cut to, as diffusers' max_sequence_length
+    /// [default: 512, 256 for schnell-style models without a guidance embedding]
+    #[arg(long, value_name = "N", requires = "prompt")]
+    pub max_sequence_length: Option<usize>,
     /// SDXL size conditioning: the original size H,W [default: the image size]
     #[arg(long, value_name = "H,W", value_parser = parse_pair)]
     pub original_size: Option<(usize, usize)>,
@@ -154,6 +158,9 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             report_prompt(pipe.as_mut(), &model_name, &[("--prompt", prompt), ("--negative-prompt", args.negative_prompt.as_deref().unwrap_or(""))])?;
             load_s += start.elapsed().as_secs_f64();
             let start = Instant::now();
+            if let Some(n) = args.max_sequence_length {
+                pipe.set_max_sequence_length(n)?;
+            }
             let encoded = pipe.encode_prompts(std::slice::from_ref(prompt), args.negative_prompt.as_deref(), args.clip_skip)?;
             text_s = start.elapsed().as_secs_f64();
             encoded
@@ -209,6 +216,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         "prompt": args.prompt,
         "negative_prompt": args.negative_prompt,
         "clip_skip": args.clip_skip,
+        "max_sequence_length": args.max_sequence_length,
         "scheduler_shipped": pipe.scheduler_class(),
         "options": &opts,
         "controlnets": controlnets,

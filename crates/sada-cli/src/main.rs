@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod bench_flux;
 mod bench_unet;
 mod control;
 mod generate;
@@ -35,6 +36,9 @@ enum Command {
     /// Time our UNet on the full SD-2.1 or SDXL configuration with random weights (seconds per guided
     /// evaluation, peak memory) and, optionally, full sampling with and without SADA
     BenchUnet(bench_unet::BenchUnetArgs),
+    /// Time our Flux transformer at FLUX.1-dev's width with random weights, a few blocks deep:
+    /// one forward and one token-pruned forward (compare with tools/bench_flux.sh)
+    BenchFlux(bench_flux::BenchFluxArgs),
 }
 
 /// Keep freed memory in the process: a UNet evaluation allocates and frees the same large
@@ -72,6 +76,7 @@ fn main() {
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
         Command::BenchUnet(a) => bench_unet::run(a),
+        Command::BenchFlux(a) => bench_flux::run(a),
     };
     if let Err(e) = result {
         // One line: the chain of causes, outermost first (candle appends a backtrace on later

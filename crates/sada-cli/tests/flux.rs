@@ -120,3 +120,32 @@ fn generate_from_a_prompt_matches_diffusers_and_refuses_negative_prompts() {
     let (ok, _, err) = sada(&[&args[..], &["--negative-prompt", "blurry", "--output", dir.join("n.png").to_str().unwrap()]].concat());
     assert!(!ok && err.contains("negative"), "{err}");
 }
+
+#[test]
+fn max_sequence_length_and_teacache_apply_where_they_can() {
+    let dir = tmp("seq");
+    let m = dev_with_vocab(&dir);
+    let m = m.to_str().unwrap();
+    let run = |extra: &[&str], out: &str| {
+        let p = dir.join(out);
+        let args = ["generate", "--model", m, "--prompt", "a cat holding a sign", "--height", "32", "--width", "32", "--steps", "4", "--accel", "none", "--output-type", "latent", "--output", p.to_str().unwrap()];
+        let r = sada(&[&args[..], extra].concat());
+        (r, p)
+    };
+    let ((ok, _, err), a) = run(&[], "a.safetensors");
+    assert!(ok, "{err}");
+    let ((ok, _, err), b) = run(&["--max-sequence-length", "16"], "b.safetensors");
+    assert!(ok, "{err}");
+    // fewer T5 tokens (less padding attended) change the result
+    let d = (latents(&a) - latents(&b)).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(d > 1e-4, "max_sequence_length had no effect");
+    let ((ok, _, err), _) = run(&["--max-sequence-length", "0"], "c.safetensors");
+    assert!(!ok && err.contains("max_sequence_length"), "{err}");
+    // TeaCache on Flux runs; on the embedded UNet it is refused by name
+    let p = dir.join("t.safetensors");
+    let (ok, _, err) = sada(&["generate", "--model", m, "--prompt", "a cat", "--height", "32", "--width", "32", "--accel", "teacache", "--output-type", "latent", "--output", p.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = sada(&["generate", "--prompt", "a red circle", "--accel", "teacache", "--steps", "8", "--output", dir.join("u.png").to_str().unwrap()]);
+    assert!(!ok && err.contains("teacache"), "{err}");
+    assert!(!dir.join("u.png").exists() && !dir.join("c.safetensors").exists());
+}

@@ -258,6 +258,14 @@ impl Pipeline for Flux {
         self.scheduler_config.get("_class_name").and_then(|v| v.as_str()).map(str::to_owned)
     }
 
+    fn set_max_sequence_length(&mut self, n: usize) -> Result<()> {
+        if !(1..=MAX_SEQUENCE_LENGTH).contains(&n) {
+            return Err(Error::param("max_sequence_length", format!("{n} is outside 1..={MAX_SEQUENCE_LENGTH} (T5 tokens)")));
+        }
+        self.max_sequence_length = n;
+        Ok(())
+    }
+
     fn decode(&self, latents: &Tensor) -> Result<Option<Tensor>> {
         match &self.vae {
             Some(v) => Ok(Some(v.decode(latents)?)),

@@ -133,4 +133,8 @@ pub trait Pipeline {
     }
     /// diffusers' `guess_mode` for the ControlNets.
     fn set_guess_mode(&mut self, _on: bool) {}
+    /// diffusers' `max_sequence_length`: the T5 tokens every prompt is padded or cut to (Flux).
+    fn set_max_sequence_length(&mut self, _n: usize) -> Result<()> {
+        Err(Error::param("max_sequence_length", "applies to models with a T5 text encoder (Flux) only"))
+    }
 }
