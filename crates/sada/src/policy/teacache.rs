@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn polynomial_is_evaluated_highest_power_first() {
         assert_eq!(poly(&[2.0, 0.0, 1.0], 3.0), 19.0);
-        let x = 0.05;
+        let x: f64 = 0.05;
         let want: f64 = FLUX_COEFFICIENTS.iter().enumerate().map(|(i, c)| c * x.powi(4 - i as i32)).sum();
         assert!((poly(&FLUX_COEFFICIENTS, x) - want).abs() < 1e-12);
     }
