@@ -67,17 +67,17 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
     /// Classifier-free guidance scale [default: 7.5, 5.0 for SDXL-style models, 4.0 for the
-    /// embedded model]
+    /// embedded model; Flux: 3.5, the distilled guidance fed to the network, ignored by schnell]
     #[arg(long)]
     pub guidance_scale: Option<f64>,
     /// Solver, built from the model's scheduler_config.json as diffusers' from_config would
-    /// [default: dpm++, euler for SDXL, as SADA's published runs]
+    /// [default: dpm++, euler for SDXL, flow for Flux, as SADA's published runs]
     #[arg(long, value_enum)]
     pub solver: Option<SolverArg>,
-    /// Image height in pixels [default: unet sample_size x VAE scale factor]
+    /// Image height in pixels [default: unet sample_size x VAE scale factor; Flux: 1024]
     #[arg(long)]
     pub height: Option<usize>,
-    /// Image width in pixels [default: unet sample_size x VAE scale factor]
+    /// Image width in pixels [default: unet sample_size x VAE scale factor; Flux: 1024]
     #[arg(long)]
     pub width: Option<usize>,
     /// Seed of the initial noise, drawn as torch.Generator("cpu").manual_seed(SEED) and

@@ -78,8 +78,8 @@ pub struct RunArgs {
     /// Classifier-free guidance scale [default: the model's, as `sada generate`]
     #[arg(long)]
     pub guidance_scale: Option<f64>,
-    /// Solver, built from the model's scheduler config [default: dpm++, euler for SDXL, as
-    /// SADA's published runs]
+    /// Solver, built from the model's scheduler config [default: dpm++, euler for SDXL, flow
+    /// for Flux, as SADA's published runs]
     #[arg(long, value_enum)]
     pub solver: Option<SolverArg>,
     /// Methods to compare with the baseline, by name, comma-separated (each with its preset
