@@ -196,6 +196,13 @@ fn pipeline_refuses_what_flux_cannot_run() {
     // prompts need the text encoders, which the schnell fixture does not have
     let e = pipeline("schnell").encode_prompts(&["a cat".into()], None, None).unwrap_err().to_string();
     assert!(e.contains("text_encoder_2") && e.contains("prompt_embeds"), "{e}");
+    // a Flux pipeline that conditions on images is refused by name
+    let tmp = tempfile::tempdir().unwrap();
+    sd_fixture::with_clip_vocab(&dir().join("schnell"), &tmp.path().join("kontext"));
+    let index = tmp.path().join("kontext/model_index.json");
+    std::fs::write(&index, std::fs::read_to_string(&index).unwrap().replace("\"FluxPipeline\"", "\"FluxKontextPipeline\"")).unwrap();
+    let e = Flux::load_from(ModelSource::Dir(tmp.path().join("kontext")), DType::F32, &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("FluxKontextPipeline") && e.contains("model_index.json"), "{e}");
     // latents given packed instead of unpacked
     let inputs = PipelineInputs { latents: Some(Tensor::zeros((2, 96, 64), DType::F32, &Device::Cpu).unwrap()), ..pipe_inputs(&want) };
     let e = pipe.generate(&inputs, &options(4, 3.5), &mut |_, _| {}).unwrap_err().to_string();

@@ -63,6 +63,14 @@ impl Flux {
     }
 
     pub fn load_from(source: ModelSource, dtype: DType, device: &Device) -> Result<Self> {
+        // Fill, Kontext, Control and Redux pipelines condition on images in ways this text-to-image
+        // pipeline does not: refuse them by name rather than run them wrongly
+        if source.exists("model_index.json") {
+            let index: serde_json::Value = source.read_json("model_index.json")?;
+            if let Some(class) = index.get("_class_name").and_then(|c| c.as_str()).filter(|c| *c != "FluxPipeline") {
+                return Err(Error::file(source.path("model_index.json"), format!("names {class}: only FluxPipeline (text to image) is supported for Flux")));
+            }
+        }
         let transformer = FluxTransformer2DModel::load_from(&source, "transformer", dtype, device)?;
         const SCHEDULER: &str = "scheduler/scheduler_config.json";
         let scheduler_config = scheduler_config_object(source.read_json(SCHEDULER)?, &source.path(SCHEDULER))?;
