@@ -28,5 +28,8 @@ for size in sorted({r["size"] for r in rows}):
     b = [r for r in rows if r["size"] == size and not r["impl"].startswith("sada")][0]
     print(f"| {size} px | {a['image_tokens']} + {a['text_tokens']} | {a['min']} | {b['min']} | {a['min'] / b['min']:.2f}x | "
           f"{a['pruned_min']} s ({a['tokens_computed']} image tokens) | {a['peak_rss_gib']} GiB | {b['peak_rss_gib']} GiB |")
+for r in rows:
+    if "share_of_forward_time" in r:
+        print(f"\nours at {r['size']} px, share of forward time (tracing spans): " + ", ".join(f"{k} {v:.0%}" for k, v in r["share_of_forward_time"].items()))
 PY
 cat out/bench_flux.md

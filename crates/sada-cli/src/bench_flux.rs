@@ -15,6 +15,7 @@ use sada::models::token_cache::TokenCache;
 
 use crate::args::{DeviceArgs, DtypeArg};
 use crate::bench_unet::peak_rss_gib;
+use crate::profile::SpanTimes;
 
 #[derive(Debug, Args)]
 pub struct BenchFluxArgs {
@@ -59,6 +60,7 @@ pub fn run(args: &BenchFluxArgs) -> Result<()> {
     anyhow::ensure!((1..=4096).contains(&args.text_tokens), "--text-tokens must be 1 to 4096");
     let dev = args.device.device()?;
     let dtype = args.dtype.resolve(&dev)?;
+    let profile = SpanTimes::install()?;
     let config = FluxTransformerConfig { num_layers: args.double, num_single_layers: args.single, guidance_embeds: true, ..Default::default() };
     let t0 = Instant::now();
     // random weights from a VarMap, detached so candle records no backward graph
@@ -76,11 +78,17 @@ pub fn run(args: &BenchFluxArgs) -> Result<()> {
         .with("encoder_hidden_states", Tensor::randn(0f32, 1f32, (1, args.text_tokens, config.joint_attention_dim), &dev)?.to_dtype(dtype)?)
         .with("pooled_projections", Tensor::randn(0f32, 1f32, (1, config.pooled_projection_dim), &dev)?.to_dtype(dtype)?)
         .with("guidance", Tensor::new(&[3.5f32], &dev)?);
+    let mut warm = false;
     let (mean, min) = timed(args.evals, || {
+        if warm {
+            profile.reset();
+        }
+        warm = true;
         model.predict_full(&x, 500.0, &cond)?;
         dev.synchronize()?;
         Ok(())
     })?;
+    let shares: Vec<String> = profile.snapshot().iter().map(|(p, s)| format!("\"{p}\": {:.3}", s / (mean * args.evals as f64))).collect();
     // a pruned step as SADA makes one: caches filled by a full step, then one random token per
     // 3 x 3 cell of the token grid (no token scored unstable)
     let grid = args.size / 16;
@@ -107,5 +115,9 @@ pub fn run(args: &BenchFluxArgs) -> Result<()> {
         grid * grid,
         peak_rss_gib()
     );
+    // span times measure the host's side; on a GPU they time kernel launches, not kernels
+    if dev.is_cpu() {
+        println!("{{\"impl\": \"sada (candle)\", \"size\": {}, \"share_of_forward_time\": {{{}}}}}", args.size, shares.join(", "));
+    }
     Ok(())
 }

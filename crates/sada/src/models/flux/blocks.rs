@@ -32,6 +32,7 @@ impl PlainLayerNorm {
 
     /// `norm(x) * (1 + scale) + shift` with `[B, 1, C]` modulation.
     pub fn modulate(&self, x: &Tensor, shift: &Tensor, scale: &Tensor) -> candle_core::Result<Tensor> {
+        let _s = tracing::trace_span!("layer_norm_modulate").entered();
         self.forward(x)?.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
     }
 }
@@ -65,6 +66,7 @@ impl RmsNorm {
 
     /// `x`: `[B, N, heads * D]` -> normalised `[B, N, heads, D]`.
     fn forward(&self, x: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+        let _s = tracing::trace_span!("rms_norm").entered();
         let (b, n, c) = x.dims3()?;
         let x = x.reshape((b, n, heads, c / heads))?;
         // in float32, as diffusers' RMSNorm computes the variance
@@ -117,7 +119,11 @@ impl GeluFeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.out.forward(&self.proj.forward(x)?.gelu()?)
+        let h = self.proj.forward(x)?;
+        let _s = tracing::trace_span!("gelu").entered();
+        let h = h.gelu()?;
+        drop(_s);
+        self.out.forward(&h)
     }
 }
 

@@ -61,6 +61,7 @@ impl Rope {
     /// Rotate `x` `[B, N, heads, head_dim]` (N = the table's tokens): `x cos + rot(x) sin` with
     /// rot(x)_{2j} = -x_{2j+1}, rot(x)_{2j+1} = x_{2j}; in float32, returned in x's dtype.
     pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let _s = tracing::trace_span!("rope").entered();
         let (b, n, h, d) = x.dims4()?;
         let xf = x.to_dtype(DType::F32)?;
         let pairs = xf.reshape((b, n, h, d / 2, 2))?;
