@@ -63,7 +63,8 @@ pub struct GenerateArgs {
     /// initial noise)
     #[arg(long, value_name = "FILE.safetensors")]
     pub inputs: Option<PathBuf>,
-    /// Number of solver steps
+    /// Number of solver steps (50, SADA's published setting for every model; diffusers' Flux
+    /// default is 28, and FLUX.1-schnell is meant for 4, with --accel none)
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
     /// Classifier-free guidance scale [default: 7.5, 5.0 for SDXL-style models, 4.0 for the
