@@ -12,31 +12,13 @@ fn fixtures() -> PathBuf {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sada-controlnet-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
+    common::tmp_dir("controlnet", name)
 }
 
 /// The tiny SD-1.5 pipeline with its tokenizer's vocabulary, in `dir/sd15`.
 fn sd15(dir: &Path) -> PathBuf {
     let m = dir.join("sd15");
-    copy_dir(&fixtures().join("sd/sd15"), &m);
-    for f in ["vocab.json", "merges.txt"] {
-        std::fs::copy(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sada/assets/clip").join(f), m.join("tokenizer").join(f)).unwrap();
-    }
+    common::sd_fixture::sd_folder("sd15", &m);
     m
 }
 

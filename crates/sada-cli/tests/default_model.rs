@@ -7,10 +7,7 @@ use std::path::{Path, PathBuf};
 use common::{assert_flag_explained, sada};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sada-default-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp_dir("default", name)
 }
 
 /// (width, height) from a PNG's IHDR chunk.

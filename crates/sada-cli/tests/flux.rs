@@ -15,10 +15,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sada-flux-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp_dir("flux", name)
 }
 
 /// The fixture's pipeline embeddings as an --inputs file.
@@ -83,22 +80,8 @@ fn flux_refuses_prompts_odd_sizes_and_diffusion_solvers() {
 
 /// The dev fixture with its CLIP vocabulary put back (the fixtures leave it out; the crate ships it).
 fn dev_with_vocab(dir: &std::path::Path) -> PathBuf {
-    fn copy(from: &std::path::Path, to: &std::path::Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for e in std::fs::read_dir(from).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                copy(&e.path(), &to.join(e.file_name()));
-            } else {
-                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-            }
-        }
-    }
     let m = dir.join("dev");
-    copy(&fixtures().join("dev"), &m);
-    for f in ["vocab.json", "merges.txt"] {
-        std::fs::copy(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sada/assets/clip").join(f), m.join("tokenizer").join(f)).unwrap();
-    }
+    common::sd_fixture::with_clip_vocab(&fixtures().join("dev"), &m);
     m
 }
 

@@ -5,18 +5,12 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::sada;
+use common::sd_fixture::copy_dir;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
 
 /// A model folder: sd2_tiny's unet and scheduler plus the tiny VAE.
 fn model(name: &str) -> PathBuf {

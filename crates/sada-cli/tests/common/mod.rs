@@ -1,7 +1,20 @@
 //! Helpers shared by the CLI test binaries (each binary uses a subset).
 #![allow(dead_code)]
 
+use std::path::PathBuf;
 use std::process::Command;
+
+/// The library's fixture-folder helpers (copying a tree, completing CLIP tokenizers).
+#[path = "../../../sada/tests/common/sd_fixture.rs"]
+pub mod sd_fixture;
+
+/// A fresh, empty folder for one test: `<tmp>/sada-<binary>-<pid>-<name>`.
+pub fn tmp_dir(binary: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sada-{binary}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
 
 /// Run the `sada` binary: (success, stdout, stderr).
 pub fn sada(args: &[&str]) -> (bool, String, String) {

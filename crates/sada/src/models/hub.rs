@@ -106,15 +106,16 @@ fn download(id: &str, opts: &HubOptions, files: &dyn Fn(&Path) -> Vec<String>) -
     let repo = api.repo(Repo::with_revision(id.to_owned(), RepoType::Model, opts.revision().to_owned()));
     let index = repo.get("model_index.json").map_err(net)?;
     let snap = index.parent().map(Path::to_path_buf).ok_or_else(|| Error::internal("a downloaded file without a folder"))?;
-    // twice: the second pass fetches the shards that the indexes fetched by the first list
-    for _ in 0..2 {
-        for f in files(&snap) {
-            if !snap.join(&f).exists() {
-                // optional files (a variant, a tokenizer file a model does not have) may be absent
-                let _ = repo.get(&f);
-            }
+    let fetch = |f: &String| {
+        if !snap.join(f).exists() {
+            // optional files (a variant, a tokenizer file a model does not have) may be absent
+            let _ = repo.get(f);
         }
-    }
+    };
+    let listed = files(&snap);
+    listed.iter().for_each(fetch);
+    // then the shards that the indexes just fetched name
+    files(&snap).iter().filter(|f| !listed.contains(f)).for_each(fetch);
     Ok(snap)
 }
 

@@ -64,7 +64,6 @@ impl Source {
     }
 }
 
-
 /// A component's tensors under diffusers names, read from the mapped file.
 struct Renamed {
     file: Arc<MmapedSafetensors>,
@@ -350,7 +349,6 @@ impl Checkpoint {
         Ok(Checkpoint { path: path.to_path_buf(), family: CheckpointFamily::Flux, file: Arc::new(file), maps, shapes, files })
     }
 
-
     /// The diffusers files this checkpoint stands for (configs and tokenizer files).
     pub fn file(&self, rel: &str) -> Option<&str> {
         self.files.get(rel).map(String::as_str)
@@ -514,7 +512,6 @@ fn diffusers_shapes(maps: &HashMap<String, HashMap<String, Source>>, shapes_of: 
     }
     shapes
 }
-
 
 /// The UNet part of a config.json (also a ControlNet's) from the shapes of its tensors under
 /// diffusers names; `upcast_attention` as SD-2 sets it.

@@ -101,16 +101,18 @@ impl Flux {
             if !self.has_text() {
                 return Err(self.no_text_encoder());
             }
-            let clip = ClipTextEncoder::load_from(&self.source, "text_encoder", DType::F32, &self.device)?;
-            let t5 = T5Encoder::load_from(&self.source, "text_encoder_2", self.dtype, &self.device)?;
+            // the cheap parts first, and each encoder checked before the next (T5-XXL is 19 GB) loads
+            let (clip_tokenizer, t5_tokenizer) = (Tokenizer::load_from(&self.source, "tokenizer")?, T5Tokenizer::load_from(&self.source, "tokenizer_2")?);
             let cfg = &self.transformer.config;
+            let clip = ClipTextEncoder::load_from(&self.source, "text_encoder", DType::F32, &self.device)?;
             if clip.config.hidden_size != cfg.pooled_projection_dim {
                 return Err(Error::file(self.source.path("text_encoder/config.json"), format!("hidden_size is {} but the transformer's pooled_projection_dim is {}", clip.config.hidden_size, cfg.pooled_projection_dim)));
             }
+            let t5 = T5Encoder::load_from(&self.source, "text_encoder_2", self.dtype, &self.device)?;
             if t5.config.d_model != cfg.joint_attention_dim {
                 return Err(Error::file(self.source.path("text_encoder_2/config.json"), format!("d_model is {} but the transformer's joint_attention_dim is {}", t5.config.d_model, cfg.joint_attention_dim)));
             }
-            let text = FluxText { clip_tokenizer: Tokenizer::load_from(&self.source, "tokenizer")?, clip, t5_tokenizer: T5Tokenizer::load_from(&self.source, "tokenizer_2")?, t5 };
+            let text = FluxText { clip_tokenizer, clip, t5_tokenizer, t5 };
             self.text = Some(text);
         }
         Ok(self.text.as_mut().expect("loaded above"))

@@ -330,13 +330,14 @@ impl Policy for Sada {
                 "SADA's drift is defined for epsilon, v_prediction and flow velocity outputs, not sample",
             ));
         }
+        let patch = caps.token_patch.max(1);
         *self = Sada {
             num_steps: n,
             latent: solver.latent_scale(),
             prediction_type,
             token_grid: (caps.token_pruning && self.cfg.max_downsample > 0 && latent_shape.len() == 4)
-                .then(|| (latent_shape[2] / caps.token_patch.max(1), latent_shape[3] / caps.token_patch.max(1))),
-            token_patch: caps.token_patch.max(1),
+                .then(|| (latent_shape[2] / patch, latent_shape[3] / patch)),
+            token_patch: patch,
             plans: vec![StepPlan::Compute(TokenPlan::Full); n],
             ..Sada::new(self.cfg.clone())
         };

@@ -15,12 +15,13 @@ pub fn sd_folder(fam: &str, dest: &Path) {
 }
 
 /// Copy the fixture pipeline folder `src` to `dest`, completing its CLIP tokenizers with the
-/// vocabulary the fixtures leave out.
+/// vocabulary the fixtures leave out (folders with a `tokenizer.json`, such as Flux's T5
+/// tokenizer, are complete already).
 pub fn with_clip_vocab(src: &Path, dest: &Path) {
     copy_dir(src, dest);
     let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../crates/sada/assets/clip");
     for tok in ["tokenizer", "tokenizer_2"] {
-        if dest.join(tok).is_dir() {
+        if dest.join(tok).is_dir() && !dest.join(tok).join("tokenizer.json").exists() {
             for f in ["vocab.json", "merges.txt"] {
                 std::fs::copy(assets.join(f), dest.join(tok).join(f)).unwrap();
             }
@@ -28,7 +29,8 @@ pub fn with_clip_vocab(src: &Path, dest: &Path) {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+/// Copy a folder tree.
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
