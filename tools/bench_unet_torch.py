@@ -1,6 +1,7 @@
 """PyTorch/diffusers side of `tools/bench_unet.sh` and `tools/gpu_check.sh`: the SD-2.1 or SDXL
-UNet configuration with random weights, seconds per guided evaluation (uncond + cond in one batch
-of 2, 77 text tokens, as diffusers' pipeline calls it) and peak memory; on the CPU with 2 threads,
+UNet configuration with random weights (or the embedded default model's UNet, `--config default`:
+its trained weights, 3 x 32 x 32 pixels, 16 text tokens), seconds per guided evaluation (uncond +
+cond in one batch of 2, 77 text tokens, as diffusers' pipeline calls it) and peak memory; on the CPU with 2 threads,
 or on a GPU in fp16/bf16 with PyTorch's SDPA as diffusers' pipelines run there.
 
     tools/.venv/bin/python tools/bench_unet_torch.py --size 256 --evals 3 [--sample-steps 50]
@@ -65,7 +66,7 @@ def profile(evaluate, size):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config", choices=["sd21", "sdxl"], default="sd21")
+    ap.add_argument("--config", choices=["sd21", "sdxl", "default"], default="sd21")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--evals", type=int, default=3)
     ap.add_argument("--sample-steps", type=int, default=0)
@@ -80,13 +81,18 @@ def main():
         torch.set_num_threads(2)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    with dev:  # initialise the random weights where they will run (SDXL's 2.6B take a minute on a CPU)
-        unet = UNet2DConditionModel(**unet_preset(args.config)).eval().to(dev, dtype)
+    if args.config == "default":
+        path = os.path.join(os.path.dirname(__file__), "..", "crates/sada/assets/default_model/unet")
+        unet = UNet2DConditionModel.from_pretrained(path).eval().to(dev, dtype)
+        args.size, lat, tokens = 32, 32, 16  # pixel space at its trained size, 16-token prompts
+    else:
+        with dev:  # initialise the random weights where they will run (SDXL's 2.6B take a minute on a CPU)
+            unet = UNet2DConditionModel(**unet_preset(args.config)).eval().to(dev, dtype)
+        lat, tokens = args.size // 8, 77
     init_s = time.perf_counter() - t0
-    lat = args.size // 8
-    x = torch.randn(1, 4, lat, lat, device=dev, dtype=dtype)
+    x = torch.randn(1, unet.config.in_channels, lat, lat, device=dev, dtype=dtype)
     text_dim = unet.config.cross_attention_dim
-    text = torch.randn(2, 77, text_dim, device=dev, dtype=dtype)
+    text = torch.randn(2, tokens, text_dim, device=dev, dtype=dtype)
     added = None
     if unet.config.addition_embed_type == "text_time":
         s_ = float(args.size)
@@ -122,7 +128,7 @@ def main():
     if args.profile and not cuda:
         profile(lambda: guided(x, 500), args.size)
     if args.sample_steps:
-        sched = DPMSolverMultistepScheduler.from_config(scheduler_preset(args.config))
+        sched = DPMSolverMultistepScheduler.from_config(scheduler_preset("sd21" if args.config == "default" else args.config))
         sched.set_timesteps(args.sample_steps)
         lat_x = x * sched.init_noise_sigma
         sync()

@@ -1,5 +1,6 @@
 //! `sada bench-unet`: speed of our UNet on the full SD-2.1 or SDXL configuration with random
-//! weights (no download), per guided evaluation and end to end with and without SADA.
+//! weights (no download), or on the embedded default model's UNet, per guided evaluation and
+//! end to end with and without SADA.
 
 use std::time::Instant;
 
@@ -25,11 +26,14 @@ pub enum UnetConfig {
     Sd21,
     /// SDXL base 1.0 (2.6B parameters, text_time added conditioning)
     Sdxl,
+    /// The embedded default model's UNet with its trained weights (pixel space, 32 x 32 x 3,
+    /// 16 text tokens of width 64; --size is ignored): bound by per-op overhead, not FLOPs
+    Default,
 }
 
 #[derive(Debug, Args)]
 pub struct BenchUnetArgs {
-    /// UNet configuration (random weights)
+    /// UNet configuration (random weights, except `default`)
     #[arg(long, value_enum, default_value = "sd21")]
     pub config: UnetConfig,
     /// Image size in pixels (latent = size / 8)
@@ -63,29 +67,33 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
     let dev = args.device.device()?;
     let dtype = args.dtype.resolve(&dev)?;
     let profile = SpanTimes::install()?;
-    let (name, preset, text_dim, sched_preset, sada_config) = match args.config {
-        UnetConfig::Sd21 => ("sd21", presets::SD21, 1024, sada::solvers::presets::SD21, SadaConfig::sd2()),
-        UnetConfig::Sdxl => ("sdxl", presets::SDXL, 2048, sada::solvers::presets::SDXL, SadaConfig::sdxl()),
+    let (name, preset, sched_preset, sada_config) = match args.config {
+        UnetConfig::Sd21 => ("sd21", Some(presets::SD21), sada::solvers::presets::SD21, SadaConfig::sd2()),
+        UnetConfig::Sdxl => ("sdxl", Some(presets::SDXL), sada::solvers::presets::SDXL, SadaConfig::sdxl()),
+        UnetConfig::Default => ("default", None, sada::solvers::presets::SD21, SadaConfig::sd2()),
     };
-    let config: UNet2DConditionConfig = serde_json::from_str(preset)?;
+    let source = sada::pipelines::default_model::source();
+    let config: UNet2DConditionConfig = match preset {
+        Some(preset) => serde_json::from_str(preset)?,
+        None => source.read_json("unet/config.json")?,
+    };
+    let (channels, text_dim) = (config.in_channels, config.resolve()?.cross_attention_dim);
     let t0 = Instant::now();
-    // Random weights come from a VarMap, but variables make candle record the whole forward
-    // graph (keeping every activation alive); rebuild the model from detached copies, as
-    // weights loaded from safetensors are.
-    let weights: std::collections::HashMap<String, Tensor> = {
-        let varmap = VarMap::new();
-        UNet2DConditionModel::new(config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
-        let data = varmap.data().lock().map_err(|_| anyhow::anyhow!("weight map poisoned"))?;
-        data.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().to_dtype(dtype)?))).collect::<Result<_>>()?
+    let unet = match preset {
+        Some(_) => random_unet(config, dtype, &dev)?,
+        None => UNet2DConditionModel::load_from(&source, "unet", dtype, &dev)?,
     };
-    let unet = UNet2DConditionModel::new(config, VarBuilder::from_tensors(weights, dtype, &dev))?;
     let init_s = t0.elapsed().as_secs_f64();
-    let l = args.size / 8;
-    let x = Tensor::randn(0f32, 1f32, (1, 4, l, l), &dev)?.to_dtype(dtype)?;
+    // the default model samples in pixel space at its trained size, with 16-token prompts
+    let (size, l, tokens) = match preset {
+        Some(_) => (args.size, args.size / 8, 77),
+        None => (32, 32, 16),
+    };
+    let x = Tensor::randn(0f32, 1f32, (1, channels, l, l), &dev)?.to_dtype(dtype)?;
     let text = |seed: f32| -> Result<Conditioning> {
-        let mut c = Conditioning::new().with("encoder_hidden_states", (Tensor::randn(0f32, 1f32, (1, 77, text_dim), &dev)? * seed as f64)?.to_dtype(dtype)?);
+        let mut c = Conditioning::new().with("encoder_hidden_states", (Tensor::randn(0f32, 1f32, (1, tokens, text_dim), &dev)? * seed as f64)?.to_dtype(dtype)?);
         if unet.uses_text_time() {
-            let size = args.size as f32;
+            let size = size as f32;
             c = c
                 .with("text_embeds", (Tensor::randn(0f32, 1f32, (1, 1280), &dev)? * seed as f64)?.to_dtype(dtype)?)
                 .with("time_ids", Tensor::new(&[[size, size, 0.0, 0.0, size, size]], &dev)?.to_dtype(dtype)?);
@@ -115,14 +123,17 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
     let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
     println!(
         "{{\"impl\": \"sada (candle)\", \"config\": \"{label}\", \"size\": {}, \"s_per_guided_eval\": {mean:.4}, \"min\": {min:.4}, \"peak_rss_gib\": {:.2}, \"init_s\": {init_s:.1}}}",
-        args.size,
+        size,
         peak_rss_gib()
     );
     // span times measure the host's side; on a GPU they time kernel launches, not kernels
     if dev.is_cpu() {
-        let total: f64 = times.iter().sum();
+        // the guided batch runs one image per core (ForwardContext::per_image): spans on both
+        // threads add up, so shares are of the cores' time, not of the wall time
+        let lanes = rayon::current_num_threads().min(2) as f64;
+        let total: f64 = times.iter().sum::<f64>() * lanes;
         let parts: Vec<String> = profile.snapshot().iter().map(|(p, s)| format!("\"{p}\": {:.3}", s / total)).collect();
-        println!("{{\"impl\": \"sada (candle)\", \"config\": \"{label}\", \"size\": {}, \"share_of_eval_time\": {{{}}}}}", args.size, parts.join(", "));
+        println!("{{\"impl\": \"sada (candle)\", \"config\": \"{label}\", \"size\": {}, \"share_of_eval_time\": {{{}}}}}", size, parts.join(", "));
     }
     if args.sample_steps > 0 {
         let sched = sada::solvers::presets::parse(sched_preset);
@@ -141,7 +152,7 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
             }
             println!(
                 "{{\"impl\": \"sada (candle)\", \"config\": \"{label}\", \"size\": {}, \"run\": \"{run}\", \"steps\": {}, \"evaluations\": {}, \"wall_s\": {wall:.2}, \"decisions\": \"{}\"}}",
-                args.size,
+                size,
                 args.sample_steps,
                 trace.evaluations,
                 trace.summary()
@@ -149,6 +160,19 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A UNet of this configuration with random weights. They come from a VarMap, but variables make
+/// candle record the whole forward graph (keeping every activation alive); the model is rebuilt
+/// from detached copies, as weights loaded from safetensors are.
+fn random_unet(config: UNet2DConditionConfig, dtype: DType, dev: &Device) -> Result<UNet2DConditionModel> {
+    let weights: std::collections::HashMap<String, Tensor> = {
+        let varmap = VarMap::new();
+        UNet2DConditionModel::new(config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, dev))?;
+        let data = varmap.data().lock().map_err(|_| anyhow::anyhow!("weight map poisoned"))?;
+        data.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().to_dtype(dtype)?))).collect::<Result<_>>()?
+    };
+    Ok(UNet2DConditionModel::new(config, VarBuilder::from_tensors(weights, dtype, dev))?)
 }
 
 fn device_name(dev: &Device) -> &'static str {

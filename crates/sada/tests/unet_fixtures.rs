@@ -278,3 +278,37 @@ fn partial_pruning_works_on_non_square_latents_batches_and_coarser_levels() {
         assert_eq!(rel_err(&again, &pruned), 0.0, "{case}");
     }
 }
+
+#[test]
+fn one_image_per_core_equals_the_batched_forward_with_and_without_pruning() {
+    // `predict` runs a batch's images on separate threads on a multi-core CPU
+    // (ForwardContext::per_image), `forward` runs the batch as one; a full step then a pruned
+    // step reading the token cache the full step left (split per image, merged back).
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let mut batched_cases = 0;
+    for case in ["sd15_tiny", "sd2_tiny", "sdxl_tiny"] {
+        let model = unet(case);
+        let f = load(dir(&format!("unet/{case}/forward.safetensors")));
+        let cond = forward_cond(&f);
+        let (b, _, h, w) = f["sample"].dims4().unwrap();
+        if b < 2 {
+            continue;
+        }
+        batched_cases += 1;
+        let mut score = vec![false; h * w];
+        score[w + 1] = true;
+        let plans = [TokenPlan::Full, TokenPlan::Pruned(TokenSelection::new(score, h, w, 3, 3, 11, 2))];
+        let x2 = (&f["sample"] * 0.95).unwrap();
+        let added = f.get("text_embeds").map(|te| (te, &f["time_ids"]));
+        let (mut split_cache, mut batch_cache) = (TokenCache::default(), TokenCache::default());
+        for (plan, x) in plans.iter().zip([&f["sample"], &x2]) {
+            let split = pool.install(|| run(&model, x, &cond, plan, &mut split_cache));
+            let batched = model.forward(x, 377.0, &f["encoder_hidden_states"], added, None, &mut ForwardContext::new(0, plan, &mut batch_cache, None)).unwrap();
+            let e = rel_err(&split, &batched);
+            eprintln!("{case}, {}: per-image vs batched relative difference {e:e}", if matches!(plan, TokenPlan::Full) { "full" } else { "pruned" });
+            assert!(e <= 1e-5, "{case}: per-image vs batched differ by {e:e}");
+        }
+        assert_eq!(split_cache.sites().count(), batch_cache.sites().count(), "{case}: the merged cache lost sites");
+    }
+    assert!(batched_cases > 0, "no fixture has a batch to split");
+}

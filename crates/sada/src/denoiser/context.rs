@@ -151,6 +151,32 @@ impl<'a> ForwardContext<'a> {
         Ok(out)
     }
 
+    /// Run `f` once per image of this call's batch of `n`, the images in parallel on rayon's
+    /// threads, each with its own slice of the token cache (merged back afterwards). On a
+    /// multi-core CPU a whole image per core beats splitting every op across the cores: no
+    /// hand-over between threads inside an op, and small ops stay on one core (docs/performance.md).
+    /// None, with nothing run, when the call cannot be split: a hook watches its sites (a
+    /// hook's state is per batch) or the token cache holds another batch size.
+    pub fn per_image<T: Send>(&mut self, n: usize, f: impl Fn(usize, &mut ForwardContext) -> Result<T> + Sync) -> Result<Option<Vec<T>>> {
+        use rayon::prelude::*;
+        if self.hook.is_some() || n < 2 {
+            return Ok(None);
+        }
+        let Some(caches) = self.token_cache.split_batch(n)? else { return Ok(None) };
+        let (step, plan) = (self.step, self.plan);
+        let done: Vec<Result<(T, TokenCache)>> = caches
+            .into_par_iter()
+            .enumerate()
+            .map(|(i, mut cache)| {
+                let out = f(i, &mut ForwardContext::new(step, plan, &mut cache, None))?;
+                Ok((out, cache))
+            })
+            .collect();
+        let (outs, caches): (Vec<T>, Vec<TokenCache>) = done.into_iter().collect::<Result<Vec<_>>>()?.into_iter().unzip();
+        *self.token_cache = TokenCache::merge_batch(caches)?;
+        Ok(Some(outs))
+    }
+
     /// Branches served by the hook during this call.
     pub fn replaced(&self) -> usize {
         self.replaced

@@ -79,6 +79,33 @@ impl TokenCache {
         self.outputs.is_empty()
     }
 
+    /// Each image's slice of a cache kept for a batch of `n` (views, no copies), for a call
+    /// that runs the images separately; None when some site's cache holds another batch size.
+    pub fn split_batch(&self, n: usize) -> candle_core::Result<Option<Vec<TokenCache>>> {
+        let mut parts: Vec<TokenCache> = (0..n).map(|_| TokenCache::default()).collect();
+        for (site, t) in &self.outputs {
+            if t.dim(0)? != n {
+                return Ok(None);
+            }
+            for (i, part) in parts.iter_mut().enumerate() {
+                part.outputs.insert(site.clone(), t.narrow(0, i, 1)?);
+            }
+        }
+        Ok(Some(parts))
+    }
+
+    /// The batch's cache from its images' caches, in order (the sites every image has).
+    pub fn merge_batch(parts: Vec<TokenCache>) -> candle_core::Result<TokenCache> {
+        let Some(first) = parts.first() else { return Ok(TokenCache::default()) };
+        let mut outputs = HashMap::new();
+        for site in first.outputs.keys() {
+            if let Some(all) = parts.iter().map(|p| p.outputs.get(site)).collect::<Option<Vec<&Tensor>>>() {
+                outputs.insert(site.clone(), Tensor::cat(&all, 0)?);
+            }
+        }
+        Ok(TokenCache { outputs })
+    }
+
     /// The names of the sites that have a cache.
     pub fn sites(&self) -> impl Iterator<Item = &str> {
         self.outputs.keys().map(String::as_str)

@@ -275,6 +275,21 @@ impl Denoiser for UNet2DConditionModel {
         self.check_inputs(latents, cond)?;
         let ehs = cond.get("encoder_hidden_states")?;
         let added = if self.uses_text_time() { Some((cond.get("text_embeds")?, cond.get("time_ids")?)) } else { None };
+        // a guided batch on a multi-core CPU: one image per core (ForwardContext::per_image)
+        let n = latents.dim(0)?;
+        if latents.device().is_cpu() && n > 1 && rayon::current_num_threads() > 1 {
+            let parts = ctx.per_image(n, |i, ctx| {
+                let image = |t: &Tensor| t.narrow(0, i, 1);
+                let added = match added {
+                    Some((te, ti)) => Some((image(te)?, image(ti)?)),
+                    None => None,
+                };
+                self.forward(&image(latents)?, timestep, &image(ehs)?, added.as_ref().map(|(te, ti)| (te, ti)), None, ctx)
+            })?;
+            if let Some(parts) = parts {
+                return Ok(Tensor::cat(&parts, 0)?.to_dtype(latents.dtype())?);
+            }
+        }
         Ok(self.forward(latents, timestep, ehs, added, None, ctx)?.to_dtype(latents.dtype())?)
     }
 }
