@@ -70,15 +70,7 @@ dispatch!(normalise_group(x: &[f32], out: &mut [f32], gamma: &[f32], beta: &[f32
     for (ci, (o, xc)) in out.chunks_exact_mut(spatial).zip(x.chunks_exact(spatial)).enumerate() {
         let scale = gamma[ci] * inv;
         let shift = beta[ci] - m * scale;
-        if silu {
-            for (o, &v) in o.iter_mut().zip(xc) {
-                *o = vmath::silu(v * scale + shift);
-            }
-        } else {
-            for (o, &v) in o.iter_mut().zip(xc) {
-                *o = v * scale + shift;
-            }
-        }
+        vmath::affine(o, xc, scale, shift, silu);
     }
 });
 
