@@ -4,22 +4,12 @@
 //! vectorised pass.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{contiguous, vmath};
+use super::{contiguous, gemm_parallelism, vmath};
 
 struct Dense {
     has_bias: bool,
-}
-
-/// Threads for a product of this many multiply-adds: small ones are faster on one.
-fn parallelism(work: usize) -> Parallelism {
-    if work >= 1 << 20 {
-        Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        Parallelism::None
-    }
 }
 
 /// `x`: [..., in]; `w`: [out, in] (diffusers' layout: the product reads it transposed through
@@ -55,7 +45,7 @@ impl CustomOp3 for Dense {
                     out.as_mut_ptr(), 1, cout as isize, self.has_bias,
                     x.as_ptr(), 1, cin as isize,
                     w.as_ptr(), cin as isize, 1,
-                    1.0, 1.0, false, false, false, parallelism(rows * cout * cin),
+                    1.0, 1.0, false, false, false, gemm_parallelism(rows * cout * cin),
                 );
             }
         }

@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod dense;
 pub mod group_norm;
+pub mod im2col;
 pub mod winograd;
 pub mod vmath;
 
@@ -15,5 +16,14 @@ pub(crate) fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candl
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => candle_core::bail!("{what} must be contiguous"),
+    }
+}
+
+/// Threads for a product of `work` multiply-adds: small ones are faster on one.
+pub(crate) fn gemm_parallelism(work: usize) -> gemm::Parallelism {
+    if work >= 1 << 20 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
     }
 }
