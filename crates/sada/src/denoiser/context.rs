@@ -155,11 +155,13 @@ impl<'a> ForwardContext<'a> {
     /// threads, each with its own slice of the token cache (merged back afterwards). On a
     /// multi-core CPU a whole image per core beats splitting every op across the cores: no
     /// hand-over between threads inside an op, and small ops stay on one core (docs/performance.md).
-    /// None, with nothing run, when the call cannot be split: a hook watches its sites (a
-    /// hook's state is per batch) or the token cache holds another batch size.
-    pub fn per_image<T: Send>(&mut self, n: usize, f: impl Fn(usize, &mut ForwardContext) -> Result<T> + Sync) -> Result<Option<Vec<T>>> {
+    /// `sites`: every branch site the model has. None, with nothing run, when the call cannot be
+    /// split: the hook acts at one of them (its state is per batch) or the token cache holds
+    /// another batch size. A hook that acts at none of them is never consulted by the model, so
+    /// the per-image calls run without it.
+    pub fn per_image<T: Send>(&mut self, n: usize, sites: &[SiteKind], f: impl Fn(usize, &mut ForwardContext) -> Result<T> + Sync) -> Result<Option<Vec<T>>> {
         use rayon::prelude::*;
-        if self.hook.is_some() || n < 2 {
+        if n < 2 || sites.iter().any(|&k| self.uses(k)) {
             return Ok(None);
         }
         let Some(caches) = self.token_cache.split_batch(n)? else { return Ok(None) };
@@ -180,5 +182,50 @@ impl<'a> ForwardContext<'a> {
     /// Branches served by the hook during this call.
     pub fn replaced(&self) -> usize {
         self.replaced
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+    use crate::models::token_cache::BlockTokens;
+
+    struct Watches(Option<SiteKind>);
+
+    impl SiteHook for Watches {
+        fn uses(&self, kind: SiteKind) -> bool {
+            self.0 == Some(kind)
+        }
+    }
+
+    #[test]
+    fn per_image_runs_unless_the_hook_acts_at_a_site_of_the_model_or_the_cache_holds_another_batch() {
+        let sites = [SiteKind::Rest(0), SiteKind::Deep(0)];
+        for (watched, split) in [(None, true), (Some(SiteKind::Rest(1)), true), (Some(SiteKind::Deep(0)), false)] {
+            let mut hook = Watches(watched);
+            let mut cache = TokenCache::default();
+            let mut ctx = ForwardContext::new(0, &TokenPlan::Full, &mut cache, Some(&mut hook));
+            assert_eq!(ctx.per_image(2, &sites, |i, _| Ok(i)).unwrap(), split.then(|| vec![0, 1]), "{watched:?}");
+        }
+        // a cache kept for a batch of 3 cannot be split in 2; one kept for 2 is, and comes back whole
+        for (batch, split) in [(3, false), (2, true)] {
+            let mut cache = TokenCache::default();
+            let x = Tensor::arange(0f32, (batch * 4) as f32, &Device::Cpu).unwrap().reshape((batch, 2, 2)).unwrap();
+            cache.apply("block", &BlockTokens::All, &x, |x| Ok(x.clone())).unwrap();
+            let mut ctx = ForwardContext::full(&mut cache);
+            let out = ctx.per_image(2, &sites, |i, ctx| {
+                // each image sees its own slice of the cache and writes its own output back
+                let mine = Tensor::full(i as f32, (1, 2, 2), &Device::Cpu)?;
+                ctx.token_site("block", (1, 2), &mine, |t| Ok(t.clone()))?;
+                Ok(i)
+            });
+            assert_eq!(out.unwrap().is_some(), split);
+            if split {
+                let merged = cache.output("block").expect("the merged cache keeps the site");
+                assert_eq!(merged.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0., 0., 0., 0., 1., 1., 1., 1.]);
+            }
+        }
     }
 }

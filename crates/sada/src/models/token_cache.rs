@@ -106,6 +106,11 @@ impl TokenCache {
         Ok(TokenCache { outputs })
     }
 
+    /// The cached output of `site` ([B, N, C]), if any.
+    pub fn output(&self, site: &str) -> Option<&Tensor> {
+        self.outputs.get(site)
+    }
+
     /// The names of the sites that have a cache.
     pub fn sites(&self) -> impl Iterator<Item = &str> {
         self.outputs.keys().map(String::as_str)
