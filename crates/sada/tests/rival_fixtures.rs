@@ -56,7 +56,15 @@ impl<S: tracing::Subscriber> Layer<S> for ResnetCount {
 }
 
 /// 20 guided DPM-Solver++ steps of `case` under `accel`; the resnet blocks each step ran.
+/// On one thread: the count is per evaluation (12 ResNet blocks) and every method, acting at
+/// branch sites or not, runs the batch the same way, so "off" can equal the baseline exactly
+/// (on more cores the plain solver runs one image per core, within 1e-6 of the batch).
 fn run(case: &str, accel: &Acceleration) -> (Tensor, Trace, Vec<usize>) {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    pool.install(|| run_here(case, accel))
+}
+
+fn run_here(case: &str, accel: &Acceleration) -> (Tensor, Trace, Vec<usize>) {
     let dir = fixtures().join("unet").join(case);
     let unet = UNet2DConditionModel::load(&dir.join("unet"), DType::F32, &device()).unwrap();
     let p = load(dir.join("pipeline.safetensors"));

@@ -166,12 +166,16 @@ impl<'a> ForwardContext<'a> {
         }
         let Some(caches) = self.token_cache.split_batch(n)? else { return Ok(None) };
         let (step, plan) = (self.step, self.plan);
+        // a subscriber set for this thread only (tracing's with_default) also sees the images' spans
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
         let done: Vec<Result<(T, TokenCache)>> = caches
             .into_par_iter()
             .enumerate()
             .map(|(i, mut cache)| {
-                let out = f(i, &mut ForwardContext::new(step, plan, &mut cache, None))?;
-                Ok((out, cache))
+                tracing::dispatcher::with_default(&dispatch, || {
+                    let out = f(i, &mut ForwardContext::new(step, plan, &mut cache, None))?;
+                    Ok((out, cache))
+                })
             })
             .collect();
         let (outs, caches): (Vec<T>, Vec<TokenCache>) = done.into_iter().collect::<Result<Vec<_>>>()?.into_iter().unzip();
