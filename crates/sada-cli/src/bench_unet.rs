@@ -73,9 +73,10 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
         UnetConfig::Default => ("default", None, sada::solvers::presets::SD21, SadaConfig::sd2()),
     };
     let source = sada::pipelines::default_model::source();
-    let config: UNet2DConditionConfig = match preset {
-        Some(preset) => serde_json::from_str(preset)?,
-        None => source.read_json("unet/config.json")?,
+    // the default model samples in pixel space at its trained size, with 16-token prompts
+    let (config, size, l, tokens): (UNet2DConditionConfig, _, _, _) = match preset {
+        Some(preset) => (serde_json::from_str(preset)?, args.size, args.size / 8, 77),
+        None => (source.read_json("unet/config.json")?, 32, 32, 16),
     };
     let (channels, text_dim) = (config.in_channels, config.resolve()?.cross_attention_dim);
     let t0 = Instant::now();
@@ -84,11 +85,6 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
         None => UNet2DConditionModel::load_from(&source, "unet", dtype, &dev)?,
     };
     let init_s = t0.elapsed().as_secs_f64();
-    // the default model samples in pixel space at its trained size, with 16-token prompts
-    let (size, l, tokens) = match preset {
-        Some(_) => (args.size, args.size / 8, 77),
-        None => (32, 32, 16),
-    };
     let x = Tensor::randn(0f32, 1f32, (1, channels, l, l), &dev)?.to_dtype(dtype)?;
     let text = |seed: f32| -> Result<Conditioning> {
         let mut c = Conditioning::new().with("encoder_hidden_states", (Tensor::randn(0f32, 1f32, (1, tokens, text_dim), &dev)? * seed as f64)?.to_dtype(dtype)?);

@@ -14,7 +14,7 @@ macro_rules! dispatch {
             {
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) -> $ret { body($($arg),*) }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                if $crate::models::kernels::vmath::avx2_fma() {
                     // SAFETY: the features were just detected on this CPU
                     return unsafe { avx2($($arg),*) };
                 }
@@ -133,8 +133,9 @@ pub fn affine(out: &mut [f32], x: &[f32], scale: f32, shift: f32, silu: bool) {
     }
 }
 
+/// Whether this CPU runs the AVX2 + FMA paths (detected once, then a cached load).
 #[cfg(target_arch = "x86_64")]
-fn avx2_fma() -> bool {
+pub(crate) fn avx2_fma() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
