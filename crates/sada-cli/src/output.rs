@@ -4,8 +4,10 @@
 //! name created with O_EXCL, so nothing planted at a predictable name is followed), flushed to
 //! disk, then renamed over the target in one step: a reader sees the old file or the complete
 //! new one. The temporary file is removed on any error, and on SIGINT / SIGTERM, which end the
-//! run with exit code 130 / 143 and no temporary file left. Output paths are checked before any
-//! work starts.
+//! run with exit code 130 / 143 and no temporary file left; SIGPIPE (stdout piped into a reader
+//! that has quit, as in `sada bench-unet | head -1`) ends it the same way with 141, as other
+//! command-line tools end, instead of Rust's panic on the failed print. Output paths are checked
+//! before any work starts.
 
 use std::ffi::CString;
 use std::io::Write;
@@ -33,9 +35,9 @@ extern "C" fn on_signal(sig: libc::c_int) {
     unsafe { libc::_exit(128 + sig) };
 }
 
-/// Remove pending temporary files and exit 130 / 143 on SIGINT / SIGTERM.
+/// Remove pending temporary files and exit 130 / 143 / 141 on SIGINT / SIGTERM / SIGPIPE.
 pub fn install_signal_cleanup() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGPIPE] {
         // SAFETY: installs a handler that only calls async-signal-safe functions.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();

@@ -344,3 +344,14 @@ fn two_runs_writing_one_path_each_leave_a_complete_file() {
     assert!(strays(&d, &o).is_empty(), "{:?}", strays(&d, &o));
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn stdout_into_a_closed_pipe_ends_quietly_with_141_not_a_panic() {
+    // the reader is gone before the run starts, as with `sada gmm | head -0`: every print fails
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_sada")).arg("gmm").stdout(writer).stderr(Stdio::piped()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
