@@ -230,6 +230,51 @@ fn controlnet_blocks_are_token_sites_of_their_own() {
 }
 
 #[test]
+fn one_image_per_core_equals_the_batched_controlled_forward() {
+    // on two threads a guided batch runs one image per core, ControlNets included; on one it
+    // runs whole. A full step, then a pruned step reading the caches the full step left (the
+    // ControlNets' blocks too, split per image and merged back). Guess mode keeps the batch whole.
+    let case = cases()["sd15_single"].clone();
+    let (_tmp, mut pipe) = controlled(&case);
+    // a second ControlNet, so the residuals of two are summed per image
+    let second = ControlUnit { model: controlnet("sd15_canny"), scale: 0.6, start: 0.0, end: 1.0 };
+    pipe.add_controlnet(second, read_png(&dir().join("control_square.png")).unwrap()).unwrap();
+    let want = expected();
+    let (x, ehs) = (&want["sample"], &want["encoder_hidden_states"]);
+    assert_eq!(x.dim(0).unwrap(), 2);
+    let cond = Conditioning::new()
+        .with("encoder_hidden_states", ehs.clone())
+        .with("controlnet_cond.0", want["controlnet_cond"].clone())
+        // each image its own control image, so a mix-up between images shows
+        .with("controlnet_cond.1", Tensor::cat(&[(want["controlnet_cond"].narrow(0, 0, 1).unwrap() * 0.5).unwrap(), (want["controlnet_cond"].narrow(0, 1, 1).unwrap() * 0.2).unwrap()], 0).unwrap())
+        .with("control_weight", Tensor::ones(2, DType::F32, &device()).unwrap());
+    let model = ControlledUNet { unet: &pipe.unet, nets: pipe.controlnets(), guess_mode: false, num_steps: 10 };
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let two = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let some = TokenSelection::new(vec![false; 256], 16, 16, 2, 2, 0, 1);
+    let plans = [TokenPlan::Refresh, TokenPlan::Pruned(some)];
+    let (mut split_cache, mut batch_cache) = (TokenCache::default(), TokenCache::default());
+    for (step, (plan, x)) in plans.iter().zip([x.clone(), (x * 1.1).unwrap()]).enumerate() {
+        let split = two.install(|| model.predict(&x, 500.0, &cond, &mut ForwardContext::new(step, plan, &mut split_cache, None))).unwrap();
+        let batched = one.install(|| model.predict(&x, 500.0, &cond, &mut ForwardContext::new(step, plan, &mut batch_cache, None))).unwrap();
+        let e = rel_err(&split, &batched);
+        println!("step {step}: per-image vs batched relative difference {e:e}");
+        assert!(e <= 1e-5, "step {step}: per-image vs batched differ by {e:e}");
+    }
+    let sites = |c: &TokenCache| { let mut s: Vec<String> = c.sites().map(str::to_owned).collect(); s.sort(); s };
+    assert_eq!(sites(&split_cache), sites(&batch_cache), "the merged cache lost sites");
+    assert!(sites(&split_cache).iter().any(|s| s.starts_with("controlnet.1/")), "{:?}", sites(&split_cache));
+    // guess mode's unconditional image skips the ControlNets: the batch stays whole, same result
+    let guess = ControlledUNet { guess_mode: true, ..model };
+    let cond = cond.with("control_weight", Tensor::new(&[0f32, 1.0], &device()).unwrap());
+    let mut c1 = TokenCache::default();
+    let mut c2 = TokenCache::default();
+    let a = two.install(|| guess.predict(x, 500.0, &cond, &mut ForwardContext::new(0, &TokenPlan::Refresh, &mut c1, None))).unwrap();
+    let b = one.install(|| guess.predict(x, 500.0, &cond, &mut ForwardContext::new(0, &TokenPlan::Refresh, &mut c2, None))).unwrap();
+    assert_eq!(rel_err(&a, &b), 0.0, "guess mode ran split");
+}
+
+#[test]
 fn controlnet_for_another_model_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     sd_folder("sd15", tmp.path());

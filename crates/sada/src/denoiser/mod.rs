@@ -37,6 +37,15 @@ pub struct Capabilities {
     pub input_probe: bool,
 }
 
+impl Capabilities {
+    /// Every branch site a model with these capabilities may consult a hook at: both `Rest`
+    /// sites (whether or not it offers them as residuals, a model may still pass them) and its
+    /// deep branches. What [`ForwardContext::per_image`] must know to leave batch-wide hooks alone.
+    pub fn branch_sites(&self) -> Vec<SiteKind> {
+        [SiteKind::Rest(0), SiteKind::Rest(1)].into_iter().chain((0..self.deep_branches).map(SiteKind::Deep)).collect()
+    }
+}
+
 /// A denoising network: given a batch of (scaled) latents at a timestep, return the raw
 /// prediction (epsilon, v or velocity, per its `prediction_type`).
 pub trait Denoiser {

@@ -65,10 +65,61 @@ impl Denoiser for ControlledUNet<'_> {
         if weight.len() != b {
             return Err(Error::Shape { what: "control_weight".into(), expected: format!("[{b}]"), got: format!("[{}]", weight.len()) });
         }
+        // diffusers runs a ControlNet outside its window at scale 0: zeros, so nothing to add
+        let step = ctx.step();
+        let mut acting = Vec::new();
+        for (i, unit) in self.nets.iter().enumerate() {
+            if unit.acts_at(step, self.num_steps) && unit.scale != 0.0 {
+                acting.push((unit, cond.get(&format!("controlnet_cond.{i}"))?.clone()));
+            }
+        }
+        let inputs = Inputs { latents: latents.clone(), ehs: ehs.clone(), added: added.map(|(te, ti)| (te.clone(), ti.clone())), acting, weight };
+        // a guided batch on a multi-core CPU: one image per core, as for the UNet alone; not when
+        // guess mode keeps the ControlNets off some images (their token caches would then hold
+        // different sites, which cannot be merged back into the batch's)
+        if latents.device().is_cpu() && b > 1 && rayon::current_num_threads() > 1 && inputs.weight.iter().all(|&w| w != 0.0) {
+            if let Some(parts) = ctx.per_image(b, &self.capabilities().branch_sites(), |i, ctx| self.controlled(&inputs.image(i)?, timestep, ctx))? {
+                return Ok(Tensor::cat(&parts, 0)?.to_dtype(latents.dtype())?);
+            }
+        }
+        Ok(self.controlled(&inputs, timestep, ctx)?.to_dtype(latents.dtype())?)
+    }
+}
+
+/// One evaluation's inputs: the batch's, or one image's.
+struct Inputs<'u> {
+    latents: Tensor,
+    ehs: Tensor,
+    added: Option<(Tensor, Tensor)>,
+    /// The ControlNets acting at this step, each with its control image.
+    acting: Vec<(&'u ControlUnit, Tensor)>,
+    weight: Vec<f32>,
+}
+
+impl Inputs<'_> {
+    fn image(&self, i: usize) -> candle_core::Result<Self> {
+        let one = |t: &Tensor| t.narrow(0, i, 1);
+        Ok(Inputs {
+            latents: one(&self.latents)?,
+            ehs: one(&self.ehs)?,
+            added: match &self.added {
+                Some((te, ti)) => Some((one(te)?, one(ti)?)),
+                None => None,
+            },
+            acting: self.acting.iter().map(|(u, image)| Ok((*u, one(image)?))).collect::<candle_core::Result<_>>()?,
+            weight: vec![self.weight[i]],
+        })
+    }
+}
+
+impl ControlledUNet<'_> {
+    /// The ControlNets on the rows they act on, then the UNet with their summed residuals.
+    fn controlled(&self, inputs: &Inputs, timestep: f64, ctx: &mut ForwardContext) -> Result<Tensor> {
+        let Inputs { latents, ehs, added, acting, weight } = inputs;
+        let b = latents.dim(0)?;
         let kept: Vec<u32> = (0..b as u32).filter(|&i| weight[i as usize] != 0.0).collect();
         let all = kept.len() == b;
         let rows = Tensor::from_vec(kept.clone(), kept.len(), latents.device())?;
-        let step = ctx.step();
         let mut total: Option<AdditionalResiduals> = None;
         if !kept.is_empty() {
             let x = rows_of(latents, &rows, all)?;
@@ -77,12 +128,8 @@ impl Denoiser for ControlledUNet<'_> {
                 Some((te, ti)) => Some((rows_of(te, &rows, all)?, rows_of(ti, &rows, all)?)),
                 None => None,
             };
-            for (i, unit) in self.nets.iter().enumerate() {
-                // diffusers runs a ControlNet outside its window at scale 0: zeros, so nothing to add
-                if !unit.acts_at(step, self.num_steps) || unit.scale == 0.0 {
-                    continue;
-                }
-                let image = rows_of(cond.get(&format!("controlnet_cond.{i}"))?, &rows, all)?;
+            for (unit, image) in acting {
+                let image = rows_of(image, &rows, all)?;
                 let res = unit.model.forward(&x, timestep, &e, a.as_ref().map(|(p, q)| (p, q)), &image, unit.scale, self.guess_mode, ctx)?;
                 total = Some(match total {
                     Some(t) => t.add(&res)?,
@@ -102,6 +149,7 @@ impl Denoiser for ControlledUNet<'_> {
             }
             t => t,
         };
-        Ok(self.unet.forward(latents, timestep, ehs, added, total.as_ref(), ctx)?.to_dtype(latents.dtype())?)
+        let added = added.as_ref().map(|(te, ti)| (te, ti));
+        Ok(self.unet.forward(latents, timestep, ehs, added, total.as_ref(), ctx)?)
     }
 }

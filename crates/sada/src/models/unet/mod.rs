@@ -278,8 +278,7 @@ impl Denoiser for UNet2DConditionModel {
         // a guided batch on a multi-core CPU: one image per core (ForwardContext::per_image)
         let n = latents.dim(0)?;
         if latents.device().is_cpu() && n > 1 && rayon::current_num_threads() > 1 {
-            let sites: Vec<SiteKind> = [SiteKind::Rest(0), SiteKind::Rest(1)].into_iter().chain((0..=self.down.len()).map(SiteKind::Deep)).collect();
-            let parts = ctx.per_image(n, &sites, |i, ctx| {
+            let parts = ctx.per_image(n, &self.capabilities().branch_sites(), |i, ctx| {
                 let image = |t: &Tensor| t.narrow(0, i, 1);
                 let added = match added {
                     Some((te, ti)) => Some((image(te)?, image(ti)?)),
