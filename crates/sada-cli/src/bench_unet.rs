@@ -8,7 +8,8 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use clap::{Args, ValueEnum};
-use sada::denoiser::{Conditioning, ForwardContext, Guided};
+use sada::denoiser::{Conditioning, Denoiser, ForwardContext, Guided};
+use sada::models::controlnet::{ControlNetConfig, ControlNetModel, ControlUnit, ControlledUNet};
 use sada::models::token_cache::TokenCache;
 use sada::models::unet::presets;
 use sada::models::{UNet2DConditionConfig, UNet2DConditionModel};
@@ -45,6 +46,12 @@ pub struct BenchUnetArgs {
     /// Also sample this many DPM-Solver++ steps end to end, baseline and SADA (0 = skip)
     #[arg(long, default_value_t = 0)]
     pub sample_steps: usize,
+    /// Also steer the UNet with one ControlNet and a random control image, timing the pair as
+    /// `sada generate --controlnet` runs it: for sd21 / sdxl a ControlNet of the UNet's
+    /// configuration with random weights (as diffusers' `ControlNetModel.from_unet` shapes it),
+    /// for default the embedded outline ControlNet
+    #[arg(long)]
+    pub controlnet: bool,
     /// Compute precision of the UNet (bf16 not on the CPU)
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DtypeArg,
@@ -81,11 +88,36 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
     let (channels, text_dim) = (config.in_channels, config.resolve()?.cross_attention_dim);
     let t0 = Instant::now();
     let unet = match preset {
-        Some(_) => random_unet(config, dtype, &dev)?,
+        Some(_) => random_unet(config.clone(), dtype, &dev)?,
         None => UNet2DConditionModel::load_from(&source, "unet", dtype, &dev)?,
     };
+    let controlnet = match (args.controlnet, preset) {
+        (false, _) => Vec::new(),
+        (true, preset) => {
+            let mut model = match preset {
+                Some(_) => {
+                    let config = ControlNetConfig { unet: config.clone(), extra: Default::default() };
+                    let weights = random_weights(|vb| ControlNetModel::new(config.clone(), vb).map(drop), dtype, &dev)?;
+                    ControlNetModel::new(config, VarBuilder::from_tensors(weights, dtype, &dev))?
+                }
+                None => ControlNetModel::load_from(&source, "controlnet", dtype, &dev)?,
+            };
+            model.tag_sites("controlnet.0");
+            vec![ControlUnit { model, scale: 1.0, start: 0.0, end: 1.0 }]
+        }
+    };
+    let controlled = ControlledUNet { unet: &unet, nets: &controlnet, guess_mode: false, num_steps: args.sample_steps.max(1) };
+    let model: &dyn Denoiser = if args.controlnet { &controlled } else { &unet };
     let init_s = t0.elapsed().as_secs_f64();
     let x = Tensor::randn(0f32, 1f32, (1, channels, l, l), &dev)?.to_dtype(dtype)?;
+    // one control image for both halves of the guided batch, as the pipelines pass it
+    let control_image = match controlnet.first() {
+        Some(unit) => {
+            let side = l * unit.model.image_factor();
+            Some(Tensor::rand(0f32, 1f32, (1, unit.model.conditioning_channels(), side, side), &dev)?.to_dtype(dtype)?)
+        }
+        None => None,
+    };
     let text = |seed: f32| -> Result<Conditioning> {
         let mut c = Conditioning::new().with("encoder_hidden_states", (Tensor::randn(0f32, 1f32, (1, tokens, text_dim), &dev)? * seed as f64)?.to_dtype(dtype)?);
         if unet.uses_text_time() {
@@ -94,13 +126,16 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
                 .with("text_embeds", (Tensor::randn(0f32, 1f32, (1, 1280), &dev)? * seed as f64)?.to_dtype(dtype)?)
                 .with("time_ids", Tensor::new(&[[size, size, 0.0, 0.0, size, size]], &dev)?.to_dtype(dtype)?);
         }
+        if let Some(image) = &control_image {
+            c = c.with("controlnet_cond.0", image.clone()).with("control_weight", Tensor::ones(1, DType::F32, &dev)?);
+        }
         Ok(c)
     };
     let (cond, uncond) = (text(1.0)?, text(0.5)?);
-    let label = format!("{name}, {}, {:?}", device_name(&dev), dtype).to_lowercase();
+    let label = format!("{name}{}, {}, {:?}", if args.controlnet { " + controlnet" } else { "" }, device_name(&dev), dtype).to_lowercase();
     let mut times = Vec::new();
     {
-        let g = Guided::new(&unet, cond.clone(), Some(uncond.clone()), 7.5)?;
+        let g = Guided::new(model, cond.clone(), Some(uncond.clone()), 7.5)?;
         for i in 0..=args.evals {
             if i == 1 {
                 profile.reset();
@@ -138,7 +173,7 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
             ("sada", Box::new(Sada::new(sada_config)) as Box<dyn Policy>),
         ] {
             let mut solver = build_solver(SolverKind::DpmSolverMultistep, &sched, &Default::default(), args.sample_steps, &FlowTimesteps::default())?;
-            let g = Guided::new(&unet, cond.clone(), Some(uncond.clone()), 7.5)?;
+            let g = Guided::new(model, cond.clone(), Some(uncond.clone()), 7.5)?;
             let t = Instant::now();
             let (out, trace) = sample(&g, solver.as_mut(), policy.as_mut(), x.clone(), &mut |_, _| {})?;
             dev.synchronize()?;
@@ -162,13 +197,16 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
 /// candle record the whole forward graph (keeping every activation alive); the model is rebuilt
 /// from detached copies, as weights loaded from safetensors are.
 fn random_unet(config: UNet2DConditionConfig, dtype: DType, dev: &Device) -> Result<UNet2DConditionModel> {
-    let weights: std::collections::HashMap<String, Tensor> = {
-        let varmap = VarMap::new();
-        UNet2DConditionModel::new(config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, dev))?;
-        let data = varmap.data().lock().map_err(|_| anyhow::anyhow!("weight map poisoned"))?;
-        data.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().to_dtype(dtype)?))).collect::<Result<_>>()?
-    };
+    let weights = random_weights(|vb| UNet2DConditionModel::new(config.clone(), vb).map(drop), dtype, dev)?;
     Ok(UNet2DConditionModel::new(config, VarBuilder::from_tensors(weights, dtype, dev))?)
+}
+
+/// The weights `build` creates, random, detached from the VarMap that made them.
+fn random_weights(build: impl FnOnce(VarBuilder) -> sada::Result<()>, dtype: DType, dev: &Device) -> Result<std::collections::HashMap<String, Tensor>> {
+    let varmap = VarMap::new();
+    build(VarBuilder::from_varmap(&varmap, DType::F32, dev))?;
+    let data = varmap.data().lock().map_err(|_| anyhow::anyhow!("weight map poisoned"))?;
+    data.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().to_dtype(dtype)?))).collect()
 }
 
 fn device_name(dev: &Device) -> &'static str {

@@ -52,3 +52,17 @@ fn help_explains_every_flag() {
         assert_flag_explained(&out, flag);
     }
 }
+
+#[test]
+fn bench_unet_times_the_embedded_unet_with_and_without_its_controlnet() {
+    for (extra, label) in [(None, "default, cpu, f32"), (Some("--controlnet"), "default + controlnet, cpu, f32")] {
+        let mut args = vec!["bench-unet", "--config", "default", "--evals", "2"];
+        args.extend(extra);
+        let (ok, out, err) = sada(&args);
+        assert!(ok, "{args:?}: {err}");
+        let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(first["config"], label, "{out}");
+        let s = first["s_per_guided_eval"].as_f64().unwrap();
+        assert!(s > 0.0 && s.is_finite() && first["min"].as_f64().unwrap() <= s, "{out}");
+    }
+}
