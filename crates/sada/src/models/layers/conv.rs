@@ -17,13 +17,18 @@ static WINOGRAD: &Winograd = &winograd::F4;
 
 pub struct Conv {
     inner: Conv2d,
-    /// `[c_out, c_in * k * k]`, rows in (c_in, kh, kw) order, f32 CPU only.
-    flat: Option<Tensor>,
-    /// The CPU kernels' bias: the layer's, or zeros when it has none (made once here).
-    bias: Option<Tensor>,
+    /// What the CPU kernels read (f32 CPU weights only; candle's convolution otherwise).
+    cpu: Option<CpuKernel>,
     k: usize,
     stride: usize,
     padding: usize,
+}
+
+/// The kernel flattened to `[c_out, c_in * k * k]` (rows in (c_in, kh, kw) order) and the bias:
+/// the layer's, or zeros when it has none (made once here).
+struct CpuKernel {
+    flat: Tensor,
+    bias: Tensor,
 }
 
 pub fn conv2d(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize, padding: usize) -> candle_core::Result<Conv> {
@@ -31,22 +36,22 @@ pub fn conv2d(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize, 
     let w = inner.weight();
     // Trainable weights (variables) keep candle's convolution, which records the backward graph;
     // the GEMM path rebuilds tensors from raw data and would cut it.
-    let (flat, bias) = if matches!(w.device(), Device::Cpu) && w.dtype() == DType::F32 && !w.is_variable() {
-        let wb = match inner.bias() {
+    let cpu = if matches!(w.device(), Device::Cpu) && w.dtype() == DType::F32 && !w.is_variable() {
+        let bias = match inner.bias() {
             Some(b) => b.clone(),
             None => Tensor::zeros(cout, DType::F32, w.device())?,
         };
-        (Some(w.reshape((cout, cin * k * k))?.contiguous()?), Some(wb))
+        Some(CpuKernel { flat: w.reshape((cout, cin * k * k))?.contiguous()?, bias })
     } else {
-        (None, None)
+        None
     };
-    Ok(Conv { inner, flat, bias, k, stride, padding })
+    Ok(Conv { inner, cpu, k, stride, padding })
 }
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let _s = tracing::trace_span!("conv").entered();
-        let (Some(flat), Some(bias_or_zeros), DType::F32) = (&self.flat, &self.bias, x.dtype()) else { return self.inner.forward(x) };
+        let (Some(CpuKernel { flat, bias: bias_or_zeros }), DType::F32) = (&self.cpu, x.dtype()) else { return self.inner.forward(x) };
         let (_, _, h, w) = x.dims4()?;
         let (k, s, p) = (self.k, self.stride, self.padding);
         if (k, s, p) == (3, 1, 1) && WINOGRAD.worthwhile(h, w) {
