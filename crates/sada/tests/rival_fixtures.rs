@@ -58,7 +58,7 @@ impl<S: tracing::Subscriber> Layer<S> for ResnetCount {
 /// 20 guided DPM-Solver++ steps of `case` under `accel`; the resnet blocks each step ran.
 /// On one thread: the count is per evaluation (12 ResNet blocks) and every method, acting at
 /// branch sites or not, runs the batch the same way, so "off" can equal the baseline exactly
-/// (on more cores the plain solver runs one image per core, within 1e-6 of the batch).
+/// (on more cores the batch runs one image per core, within about 1e-6 of the whole batch).
 fn run(case: &str, accel: &Acceleration) -> (Tensor, Trace, Vec<usize>) {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     pool.install(|| run_here(case, accel))
@@ -174,4 +174,25 @@ fn taylorseer_forecasts_between_full_steps_and_runs_no_block_there() {
     let (base, _, _) = run("sd15_tiny", &Acceleration::default());
     let e = rel_err(&x, &base);
     assert!(e > 0.0 && e.is_finite(), "{e}");
+}
+
+#[test]
+fn cache_methods_run_one_image_per_core_as_they_run_whole() {
+    // On two threads the guided batch runs one image per core: DeepCache and TaylorSeer with
+    // each image's rows of their cached features (SiteHook::split_batch); First-Block-Cache,
+    // which decides over the whole batch after the first block, with the call split around that
+    // site (first block per image, the decision on the batch, the rest per image). Every ResNet
+    // span is then counted per image, twice the one-thread count, and the result is the
+    // whole-batch one up to GEMM rounding, with the same decisions.
+    let two = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    for spec in ["deepcache:interval=3,branch=1", "taylorseer:interval=4,max_order=2,first_enhance=2", "fbcache:threshold=0.08"] {
+        let (whole, t1, per1) = run("sd15_tiny", &accel(spec));
+        let (split, t2, per2) = two.install(|| run_here("sd15_tiny", &accel(spec)));
+        assert_eq!(t1.summary(), t2.summary(), "{spec}");
+        let want: Vec<usize> = per1.iter().map(|n| 2 * n).collect();
+        assert_eq!(per2, want, "{spec}: ResNet blocks per step, split against whole {per1:?}");
+        let e = rel_err(&split, &whole);
+        eprintln!("{spec}: split vs whole relative {e:e} ({})", t2.summary());
+        assert!(e <= 1e-5, "{spec}: {e:e}");
+    }
 }

@@ -57,6 +57,37 @@ pub trait SiteHook {
     fn record(&mut self, _step: usize, _site: &Site, _output: &Tensor) -> Result<()> {
         Ok(())
     }
+    /// This hook's state for each image of a batch of `n`, so that a call can run one image per
+    /// core ([`ForwardContext::per_image`]) with one part per image; taken back by
+    /// [`Self::merge_batch`] after the call. None (the default): the hook's decisions or state
+    /// span the batch, and calls it acts in run whole.
+    fn split_batch(&self, _n: usize) -> Result<Option<Vec<Box<dyn ImageHook>>>> {
+        Ok(None)
+    }
+    /// The parts [`Self::split_batch`] made, in image order, after the call they served.
+    fn merge_batch(&mut self, _parts: Vec<Box<dyn ImageHook>>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// One image's part of a split [`SiteHook`]: sent to the image's thread, and handed back to
+/// the hook that made it (which knows its concrete type).
+pub trait ImageHook: SiteHook + Send {
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
+}
+
+impl<T: SiteHook + Send + 'static> ImageHook for T {
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+}
+
+/// The parts of a split hook as their concrete type `T` (what [`SiteHook::merge_batch`] needs).
+pub fn downcast_parts<T: 'static>(parts: Vec<Box<dyn ImageHook>>) -> Result<Vec<T>> {
+    parts
+        .into_iter()
+        .map(|p| p.into_any().downcast::<T>().map(|b| *b).map_err(|_| crate::error::Error::internal("a split hook was handed parts of another type")))
+        .collect()
 }
 
 pub struct ForwardContext<'a> {
@@ -152,34 +183,59 @@ impl<'a> ForwardContext<'a> {
     }
 
     /// Run `f` once per image of this call's batch of `n`, the images in parallel on rayon's
-    /// threads, each with its own slice of the token cache (merged back afterwards). On a
-    /// multi-core CPU a whole image per core beats splitting every op across the cores: no
-    /// hand-over between threads inside an op, and small ops stay on one core (docs/performance.md).
-    /// `sites`: every branch site the model has. None, with nothing run, when the call cannot be
-    /// split: the hook acts at one of them (its state is per batch) or the token cache holds
-    /// another batch size. A hook that acts at none of them is never consulted by the model, so
-    /// the per-image calls run without it.
+    /// threads, each with its own slice of the token cache and its own part of the hook (merged
+    /// back afterwards). On a multi-core CPU a whole image per core beats splitting every op
+    /// across the cores: no hand-over between threads inside an op, and small ops stay on one
+    /// core (docs/performance.md). `sites`: every branch site the model has. None, with nothing
+    /// run, when the call cannot be split: the hook acts at one of them and cannot be split
+    /// ([`SiteHook::split_batch`]), or the token cache holds another batch size. A hook that acts
+    /// at none of them is never consulted by the model, so the per-image calls run without it.
     pub fn per_image<T: Send>(&mut self, n: usize, sites: &[SiteKind], f: impl Fn(usize, &mut ForwardContext) -> Result<T> + Sync) -> Result<Option<Vec<T>>> {
         use rayon::prelude::*;
-        if n < 2 || sites.iter().any(|&k| self.uses(k)) {
+        if n < 2 {
             return Ok(None);
         }
+        let hook_parts: Vec<Option<Box<dyn ImageHook>>> = match self.hook.as_deref() {
+            Some(hook) if sites.iter().any(|&k| hook.uses(k)) => match hook.split_batch(n)? {
+                Some(parts) if parts.len() == n => parts.into_iter().map(Some).collect(),
+                _ => return Ok(None),
+            },
+            _ => (0..n).map(|_| None).collect(),
+        };
         let Some(caches) = self.token_cache.split_batch(n)? else { return Ok(None) };
         let (step, plan) = (self.step, self.plan);
         // a subscriber set for this thread only (tracing's with_default) also sees the images' spans
         let dispatch = tracing::dispatcher::get_default(|d| d.clone());
-        let done: Vec<Result<(T, TokenCache)>> = caches
+        type Done<T> = (T, TokenCache, Option<Box<dyn ImageHook>>, usize);
+        let done: Vec<Result<Done<T>>> = caches
             .into_par_iter()
+            .zip(hook_parts)
             .enumerate()
-            .map(|(i, mut cache)| {
+            .map(|(i, (mut cache, mut part))| {
                 tracing::dispatcher::with_default(&dispatch, || {
-                    let out = f(i, &mut ForwardContext::new(step, plan, &mut cache, None))?;
-                    Ok((out, cache))
+                    let mut ctx = ForwardContext::new(step, plan, &mut cache, part.as_deref_mut().map(|h| h as &mut dyn SiteHook));
+                    let out = f(i, &mut ctx)?;
+                    let replaced = ctx.replaced;
+                    Ok((out, cache, part, replaced))
                 })
             })
             .collect();
-        let (outs, caches): (Vec<T>, Vec<TokenCache>) = done.into_iter().collect::<Result<Vec<_>>>()?.into_iter().unzip();
+        let mut outs = Vec::with_capacity(n);
+        let (mut caches, mut parts) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut replaced = 0;
+        for d in done {
+            let (out, cache, part, r) = d?;
+            outs.push(out);
+            caches.push(cache);
+            parts.extend(part);
+            // every image meets the same sites: a branch served for all of them counts once
+            replaced = replaced.max(r);
+        }
         *self.token_cache = TokenCache::merge_batch(caches)?;
+        if let (Some(hook), false) = (self.hook.as_deref_mut(), parts.is_empty()) {
+            hook.merge_batch(parts)?;
+        }
+        self.replaced += replaced;
         Ok(Some(outs))
     }
 

@@ -14,7 +14,7 @@ use candle_core::Tensor;
 use crate::error::{Error, Result};
 use crate::models::token_cache::TokenCache;
 pub use conditioning::Conditioning;
-pub use context::{ForwardContext, Site, SiteHook, SiteKind};
+pub use context::{downcast_parts, ForwardContext, ImageHook, Site, SiteHook, SiteKind};
 pub use tokens::{TokenPlan, TokenSelection};
 
 /// What a denoiser lets an accelerator do inside its forward pass.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::acceleration::{Family, Method};
 use super::Policy;
-use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind};
+use crate::denoiser::{downcast_parts, Capabilities, ImageHook, Site, SiteHook, SiteKind};
 use crate::error::{Error, Result};
 use crate::solvers::Solver;
 
@@ -141,6 +141,21 @@ impl SiteHook for DeepCache {
     }
     fn record(&mut self, _: usize, _: &Site, output: &Tensor) -> Result<()> {
         self.cache = Some(output.clone());
+        Ok(())
+    }
+    /// The full steps are the same for every image and the cached feature has a row per image,
+    /// so each image of a split call gets its row.
+    fn split_batch(&self, n: usize) -> Result<Option<Vec<Box<dyn ImageHook>>>> {
+        let rows = match &self.cache {
+            Some(c) if c.dim(0)? != n => return Ok(None),
+            Some(c) => (0..n).map(|i| Ok(Some(c.narrow(0, i, 1)?))).collect::<Result<Vec<_>>>()?,
+            None => vec![None; n],
+        };
+        Ok(Some(rows.into_iter().map(|cache| Box::new(DeepCache { cfg: self.cfg.clone(), full: self.full.clone(), cache }) as Box<dyn ImageHook>).collect()))
+    }
+    fn merge_batch(&mut self, parts: Vec<Box<dyn ImageHook>>) -> Result<()> {
+        let rows: Option<Vec<Tensor>> = downcast_parts::<DeepCache>(parts)?.into_iter().map(|p| p.cache).collect();
+        self.cache = rows.map(|r| Tensor::cat(&r, 0)).transpose()?;
         Ok(())
     }
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::acceleration::{Family, Method};
 use super::Policy;
-use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind};
+use crate::denoiser::{downcast_parts, Capabilities, ImageHook, Site, SiteHook, SiteKind};
 use crate::error::{Error, Result};
 use crate::solvers::Solver;
 
@@ -120,6 +120,29 @@ impl SiteHook for TaylorSeer {
         }
         self.factors = factors;
         self.last_full = Some(step);
+        Ok(())
+    }
+
+    /// The full steps are the same for every image and the differences are taken row by row,
+    /// so each image of a split call gets its rows of the factors.
+    fn split_batch(&self, n: usize) -> Result<Option<Vec<Box<dyn ImageHook>>>> {
+        if self.factors.iter().any(|f| f.dims().first() != Some(&n)) {
+            return Ok(None);
+        }
+        let part = |i: usize| -> Result<Box<dyn ImageHook>> {
+            let factors = self.factors.iter().map(|f| f.narrow(0, i, 1)).collect::<candle_core::Result<_>>()?;
+            Ok(Box::new(TaylorSeer { cfg: self.cfg.clone(), full: self.full.clone(), factors, last_full: self.last_full }))
+        };
+        (0..n).map(part).collect::<Result<Vec<_>>>().map(Some)
+    }
+
+    fn merge_batch(&mut self, parts: Vec<Box<dyn ImageHook>>) -> Result<()> {
+        let parts = downcast_parts::<TaylorSeer>(parts)?;
+        let Some(first) = parts.first() else { return Ok(()) };
+        self.last_full = first.last_full;
+        self.factors = (0..first.factors.len())
+            .map(|k| Tensor::cat(&parts.iter().map(|p| p.factors[k].clone()).collect::<Vec<_>>(), 0))
+            .collect::<candle_core::Result<_>>()?;
         Ok(())
     }
 }

@@ -134,18 +134,51 @@ impl UNet2DConditionModel {
         let h = ctx.branch(Site { kind: SiteKind::Rest(0), base: &s0, probe: None }, |ctx| {
             if ctx.uses(SiteKind::Rest(1)) {
                 // the first block runs outside the site: its residual is the site's signal
-                let s1 = self.down[0].forward(&s0, step.temb, step.context, ctx)?;
+                let s1 = self.split_or_whole(&[&s0], &step, &[], ctx, |s, step, ctx| Ok(self.down[0].forward(&s[0], step.temb, step.context, ctx)?))?;
                 let probe = (&s1 - &s0)?;
-                ctx.branch(Site { kind: SiteKind::Rest(1), base: &s1, probe: Some(&probe) }, |ctx| {
-                    let x = self.ascend(0, &s0, &s1, &step, ctx)?;
-                    Ok(self.up[0].forward(&x, &step.skip(0, &s0)?, step.temb, step.context, ctx, None)?)
-                })
+                ctx.branch(Site { kind: SiteKind::Rest(1), base: &s1, probe: Some(&probe) }, |ctx| self.after_first_block(&s0, &s1, &step, ctx))
             } else {
                 let x = ctx.branch(Site { kind: SiteKind::Deep(0), base: &s0, probe: None }, |ctx| self.inner(0, &s0, &step, ctx))?;
                 Ok(self.up[0].forward(&x, &step.skip(0, &s0)?, step.temb, step.context, ctx, None)?)
             }
         })?;
         Ok(self.conv_out.forward(&self.conv_norm_out.forward_silu(&h)?)?)
+    }
+
+    /// Everything after the first block (the `Rest(1)` branch), from skip 0's state `s0` and the
+    /// first block's output `s1`. A hook that acts at `Rest(1)` (First-Block-Cache) decides over
+    /// the whole batch, so the call is split around that site: the first block, then the rest,
+    /// each one image per core where the CPU allows.
+    fn after_first_block(&self, s0: &Tensor, s1: &Tensor, step: &Step, ctx: &mut ForwardContext) -> Result<Tensor> {
+        let inside: Vec<SiteKind> = (1..=self.down.len()).map(SiteKind::Deep).collect();
+        self.split_or_whole(&[s0, s1], step, &inside, ctx, |s, step, ctx| {
+            let x = self.ascend(0, &s[0], &s[1], step, ctx)?;
+            Ok(self.up[0].forward(&x, &step.skip(0, &s[0])?, step.temb, step.context, ctx, None)?)
+        })
+    }
+
+    /// `f` on the batch's `states` and `step`, or on a multi-core CPU once per image
+    /// ([`ForwardContext::per_image`], `inside`: the branch sites `f` reaches) with them narrowed
+    /// to that image, the images' outputs concatenated.
+    fn split_or_whole(&self, states: &[&Tensor], step: &Step, inside: &[SiteKind], ctx: &mut ForwardContext, f: impl Fn(&[Tensor], &Step, &mut ForwardContext) -> Result<Tensor> + Sync) -> Result<Tensor> {
+        let n = states[0].dim(0)?;
+        if states[0].device().is_cpu() && n > 1 && rayon::current_num_threads() > 1 {
+            let parts = ctx.per_image(n, inside, |i, ctx| {
+                let one = |t: &Tensor| t.narrow(0, i, 1);
+                let residuals = match step.residuals {
+                    Some(r) => Some(AdditionalResiduals { down: r.down.iter().map(one).collect::<candle_core::Result<_>>()?, mid: one(&r.mid)? }),
+                    None => None,
+                };
+                let (temb, context) = (one(step.temb)?, one(step.context)?);
+                let states = states.iter().map(|t| one(t)).collect::<candle_core::Result<Vec<_>>>()?;
+                f(&states, &Step { temb: &temb, context: &context, residuals: residuals.as_ref() }, ctx)
+            })?;
+            if let Some(parts) = parts {
+                return Ok(Tensor::cat(&parts, 0)?);
+            }
+        }
+        let states: Vec<Tensor> = states.iter().map(|t| (*t).clone()).collect();
+        f(&states, step, ctx)
     }
 
     /// The input of the up layer that takes skip k, from skip k's state `s_k`.
