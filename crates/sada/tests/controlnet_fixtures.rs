@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Tensor};
-use sada::denoiser::{Conditioning, Denoiser, ForwardContext, TokenPlan, TokenSelection};
+use sada::denoiser::{Conditioning, Denoiser, ForwardContext, SiteHook, SiteKind, TokenPlan, TokenSelection};
 use sada::image::{read_png, to_unit_tensor};
 use sada::models::controlnet::{ControlNetModel, ControlUnit, ControlledUNet};
 use sada::models::token_cache::TokenCache;
@@ -264,6 +264,20 @@ fn one_image_per_core_equals_the_batched_controlled_forward() {
     let sites = |c: &TokenCache| { let mut s: Vec<String> = c.sites().map(str::to_owned).collect(); s.sort(); s };
     assert_eq!(sites(&split_cache), sites(&batch_cache), "the merged cache lost sites");
     assert!(sites(&split_cache).iter().any(|s| s.starts_with("controlnet.1/")), "{:?}", sites(&split_cache));
+    // a hook at Rest(1) that cannot be split (as First-Block-Cache's batch-wide test): the
+    // call stays whole up to there, the ControlNets and the rest still run per image
+    struct AtRest1;
+    impl SiteHook for AtRest1 {
+        fn uses(&self, kind: SiteKind) -> bool {
+            kind == SiteKind::Rest(1)
+        }
+    }
+    let (mut c1, mut c2) = (TokenCache::default(), TokenCache::default());
+    let (mut h1, mut h2) = (AtRest1, AtRest1);
+    let a = two.install(|| model.predict(x, 500.0, &cond, &mut ForwardContext::new(0, &TokenPlan::Refresh, &mut c1, Some(&mut h1)))).unwrap();
+    let b = one.install(|| model.predict(x, 500.0, &cond, &mut ForwardContext::new(0, &TokenPlan::Refresh, &mut c2, Some(&mut h2)))).unwrap();
+    let e = rel_err(&a, &b);
+    assert!(e <= 1e-5, "with a hook at Rest(1): per-image vs batched differ by {e:e}");
     // guess mode's unconditional image skips the ControlNets: the batch stays whole, same result
     let guess = ControlledUNet { guess_mode: true, ..model };
     let cond = cond.with("control_weight", Tensor::new(&[0f32, 1.0], &device()).unwrap());

@@ -113,6 +113,35 @@ impl Inputs<'_> {
 }
 
 impl ControlledUNet<'_> {
+    /// The acting ControlNets' summed residuals for every image of `inputs` (None when none
+    /// acts). One image per core where the CPU allows: the ControlNets have no branch site, so
+    /// this holds even when the accelerator keeps the UNet's call whole (First-Block-Cache).
+    fn residuals(&self, inputs: &Inputs, timestep: f64, ctx: &mut ForwardContext) -> Result<Option<AdditionalResiduals>> {
+        let sum = |inputs: &Inputs, ctx: &mut ForwardContext| -> Result<Option<AdditionalResiduals>> {
+            let mut total: Option<AdditionalResiduals> = None;
+            for (unit, image) in &inputs.acting {
+                let added = inputs.added.as_ref().map(|(p, q)| (p, q));
+                let res = unit.model.forward(&inputs.latents, timestep, &inputs.ehs, added, image, unit.scale, self.guess_mode, ctx)?;
+                total = Some(match total {
+                    Some(t) => t.add(&res)?,
+                    None => res,
+                });
+            }
+            Ok(total)
+        };
+        let n = inputs.latents.dim(0)?;
+        if inputs.latents.device().is_cpu() && n > 1 && rayon::current_num_threads() > 1 && !inputs.acting.is_empty() {
+            if let Some(parts) = ctx.per_image(n, &[], |i, ctx| sum(&inputs.image(i)?, ctx))? {
+                let parts: Vec<AdditionalResiduals> = parts.into_iter().flatten().collect();
+                let cat = |pick: &dyn Fn(&AdditionalResiduals) -> &Tensor| Tensor::cat(&parts.iter().map(|p| pick(p).clone()).collect::<Vec<_>>(), 0);
+                let skips = parts.first().map_or(0, |p| p.down.len());
+                let down = (0..skips).map(|k| cat(&|p| &p.down[k])).collect::<candle_core::Result<_>>()?;
+                return Ok(Some(AdditionalResiduals { down, mid: cat(&|p| &p.mid)? }));
+            }
+        }
+        sum(inputs, ctx)
+    }
+
     /// The ControlNets on the rows they act on, then the UNet with their summed residuals.
     fn controlled(&self, inputs: &Inputs, timestep: f64, ctx: &mut ForwardContext) -> Result<Tensor> {
         let Inputs { latents, ehs, added, acting, weight } = inputs;
@@ -128,14 +157,9 @@ impl ControlledUNet<'_> {
                 Some((te, ti)) => Some((rows_of(te, &rows, all)?, rows_of(ti, &rows, all)?)),
                 None => None,
             };
-            for (unit, image) in acting {
-                let image = rows_of(image, &rows, all)?;
-                let res = unit.model.forward(&x, timestep, &e, a.as_ref().map(|(p, q)| (p, q)), &image, unit.scale, self.guess_mode, ctx)?;
-                total = Some(match total {
-                    Some(t) => t.add(&res)?,
-                    None => res,
-                });
-            }
+            let acting = acting.iter().map(|(unit, image)| Ok((*unit, rows_of(image, &rows, all)?))).collect::<candle_core::Result<_>>()?;
+            let seen = Inputs { latents: x, ehs: e, added: a, acting, weight: vec![1.0; kept.len()] };
+            total = self.residuals(&seen, timestep, ctx)?;
         }
         // rows the ControlNets did not see take zero residuals
         let total = match total {
