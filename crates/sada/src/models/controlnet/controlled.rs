@@ -133,10 +133,7 @@ impl ControlledUNet<'_> {
         if inputs.latents.device().is_cpu() && n > 1 && rayon::current_num_threads() > 1 && !inputs.acting.is_empty() {
             if let Some(parts) = ctx.per_image(n, &[], |i, ctx| sum(&inputs.image(i)?, ctx))? {
                 let parts: Vec<AdditionalResiduals> = parts.into_iter().flatten().collect();
-                let cat = |pick: &dyn Fn(&AdditionalResiduals) -> &Tensor| Tensor::cat(&parts.iter().map(|p| pick(p).clone()).collect::<Vec<_>>(), 0);
-                let skips = parts.first().map_or(0, |p| p.down.len());
-                let down = (0..skips).map(|k| cat(&|p| &p.down[k])).collect::<candle_core::Result<_>>()?;
-                return Ok(Some(AdditionalResiduals { down, mid: cat(&|p| &p.mid)? }));
+                return Ok(Some(AdditionalResiduals::cat(&parts)?));
             }
         }
         sum(inputs, ctx)

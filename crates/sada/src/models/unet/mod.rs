@@ -47,6 +47,20 @@ impl AdditionalResiduals {
         let down = self.down.iter().zip(&other.down).map(|(a, b)| a + b).collect::<candle_core::Result<_>>()?;
         Ok(AdditionalResiduals { down, mid: (&self.mid + &other.mid)? })
     }
+
+    /// Image `i`'s residuals (a batch of one), for a call run one image per core.
+    pub fn image(&self, i: usize) -> Result<AdditionalResiduals> {
+        let one = |t: &Tensor| t.narrow(0, i, 1);
+        Ok(AdditionalResiduals { down: self.down.iter().map(one).collect::<candle_core::Result<_>>()?, mid: one(&self.mid)? })
+    }
+
+    /// The batch's residuals from its images', in order.
+    pub fn cat(parts: &[AdditionalResiduals]) -> Result<AdditionalResiduals> {
+        let cat = |pick: &dyn Fn(&AdditionalResiduals) -> &Tensor| Tensor::cat(&parts.iter().map(|p| pick(p).clone()).collect::<Vec<_>>(), 0);
+        let skips = parts.first().map_or(0, |p| p.down.len());
+        let down = (0..skips).map(|k| cat(&|p| &p.down[k])).collect::<candle_core::Result<_>>()?;
+        Ok(AdditionalResiduals { down, mid: cat(&|p| &p.mid)? })
+    }
 }
 
 pub struct UNet2DConditionModel {
@@ -165,10 +179,7 @@ impl UNet2DConditionModel {
         if states[0].device().is_cpu() && n > 1 && rayon::current_num_threads() > 1 {
             let parts = ctx.per_image(n, inside, |i, ctx| {
                 let one = |t: &Tensor| t.narrow(0, i, 1);
-                let residuals = match step.residuals {
-                    Some(r) => Some(AdditionalResiduals { down: r.down.iter().map(one).collect::<candle_core::Result<_>>()?, mid: one(&r.mid)? }),
-                    None => None,
-                };
+                let residuals = step.residuals.map(|r| r.image(i)).transpose()?;
                 let (temb, context) = (one(step.temb)?, one(step.context)?);
                 let states = states.iter().map(|t| one(t)).collect::<candle_core::Result<Vec<_>>>()?;
                 f(&states, &Step { temb: &temb, context: &context, residuals: residuals.as_ref() }, ctx)
