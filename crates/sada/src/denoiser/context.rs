@@ -182,17 +182,19 @@ impl<'a> ForwardContext<'a> {
         Ok(out)
     }
 
-    /// Run `f` once per image of this call's batch of `n`, the images in parallel on rayon's
-    /// threads, each with its own slice of the token cache and its own part of the hook (merged
+    /// Run `f` once per image of `batch` (the call's leading tensor; only its batch size and
+    /// device are read), the images in parallel on rayon's threads, each with its own slice of the token cache and its own part of the hook (merged
     /// back afterwards). On a multi-core CPU a whole image per core beats splitting every op
     /// across the cores: no hand-over between threads inside an op, and small ops stay on one
     /// core (docs/performance.md). `sites`: every branch site the model has. None, with nothing
-    /// run, when the call cannot be split: the hook acts at one of them and cannot be split
-    /// ([`SiteHook::split_batch`]), or the token cache holds another batch size. A hook that acts
+    /// run, when the call cannot or need not be split: a single image, a GPU or a single
+    /// thread; the hook acts at one of the sites and cannot be split
+    /// ([`SiteHook::split_batch`]); or the token cache holds another batch size. A hook that acts
     /// at none of them is never consulted by the model, so the per-image calls run without it.
-    pub fn per_image<T: Send>(&mut self, n: usize, sites: &[SiteKind], f: impl Fn(usize, &mut ForwardContext) -> Result<T> + Sync) -> Result<Option<Vec<T>>> {
+    pub fn per_image<T: Send>(&mut self, batch: &Tensor, sites: &[SiteKind], f: impl Fn(usize, &mut ForwardContext) -> Result<T> + Sync) -> Result<Option<Vec<T>>> {
         use rayon::prelude::*;
-        if n < 2 {
+        let n = batch.dim(0)?;
+        if n < 2 || !batch.device().is_cpu() || rayon::current_num_threads() < 2 {
             return Ok(None);
         }
         let hook_parts: Vec<Option<Box<dyn ImageHook>>> = match self.hook.as_deref() {
@@ -263,23 +265,37 @@ mod tests {
     #[test]
     fn per_image_runs_unless_the_hook_acts_at_a_site_of_the_model_or_the_cache_holds_another_batch() {
         let sites = [SiteKind::Rest(0), SiteKind::Deep(0)];
+        let two = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let pair = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
         for (watched, split) in [(None, true), (Some(SiteKind::Rest(1)), true), (Some(SiteKind::Deep(0)), false)] {
-            let mut hook = Watches(watched);
-            let mut cache = TokenCache::default();
-            let mut ctx = ForwardContext::new(0, &TokenPlan::Full, &mut cache, Some(&mut hook));
-            assert_eq!(ctx.per_image(2, &sites, |i, _| Ok(i)).unwrap(), split.then(|| vec![0, 1]), "{watched:?}");
+            let out = two.install(|| {
+                let mut hook = Watches(watched);
+                let mut cache = TokenCache::default();
+                ForwardContext::new(0, &TokenPlan::Full, &mut cache, Some(&mut hook)).per_image(&pair, &sites, |i, _| Ok(i)).unwrap()
+            });
+            assert_eq!(out, split.then(|| vec![0, 1]), "{watched:?}");
         }
+        // one image, or one thread: nothing to split
+        let bare = |images: &Tensor| {
+            let mut cache = TokenCache::default();
+            ForwardContext::full(&mut cache).per_image(images, &sites, |i, _| Ok(i)).unwrap()
+        };
+        assert!(two.install(|| bare(&pair.narrow(0, 0, 1).unwrap())).is_none());
+        assert!(two.install(|| bare(&pair)).is_some());
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        assert!(one.install(|| bare(&pair)).is_none());
         // a cache kept for a batch of 3 cannot be split in 2; one kept for 2 is, and comes back whole
         for (batch, split) in [(3, false), (2, true)] {
             let mut cache = TokenCache::default();
             let x = Tensor::arange(0f32, (batch * 4) as f32, &Device::Cpu).unwrap().reshape((batch, 2, 2)).unwrap();
             cache.apply("block", &BlockTokens::All, &x, |x| Ok(x.clone())).unwrap();
-            let mut ctx = ForwardContext::full(&mut cache);
-            let out = ctx.per_image(2, &sites, |i, ctx| {
-                // each image sees its own slice of the cache and writes its own output back
-                let mine = Tensor::full(i as f32, (1, 2, 2), &Device::Cpu)?;
-                ctx.token_site("block", (1, 2), &mine, |t| Ok(t.clone()))?;
-                Ok(i)
+            let out = two.install(|| {
+                ForwardContext::full(&mut cache).per_image(&pair, &sites, |i, ctx| {
+                    // each image sees its own slice of the cache and writes its own output back
+                    let mine = Tensor::full(i as f32, (1, 2, 2), &Device::Cpu)?;
+                    ctx.token_site("block", (1, 2), &mine, |t| Ok(t.clone()))?;
+                    Ok(i)
+                })
             });
             assert_eq!(out.unwrap().is_some(), split);
             if split {

@@ -77,8 +77,8 @@ impl Denoiser for ControlledUNet<'_> {
         // a guided batch on a multi-core CPU: one image per core, as for the UNet alone; not when
         // guess mode keeps the ControlNets off some images (their token caches would then hold
         // different sites, which cannot be merged back into the batch's)
-        if latents.device().is_cpu() && b > 1 && rayon::current_num_threads() > 1 && inputs.weight.iter().all(|&w| w != 0.0) {
-            if let Some(parts) = ctx.per_image(b, &self.capabilities().branch_sites(), |i, ctx| self.controlled(&inputs.image(i)?, timestep, ctx))? {
+        if inputs.weight.iter().all(|&w| w != 0.0) {
+            if let Some(parts) = ctx.per_image(latents, &self.capabilities().branch_sites(), |i, ctx| self.controlled(&inputs.image(i)?, timestep, ctx))? {
                 return Ok(Tensor::cat(&parts, 0)?.to_dtype(latents.dtype())?);
             }
         }
@@ -129,9 +129,8 @@ impl ControlledUNet<'_> {
             }
             Ok(total)
         };
-        let n = inputs.latents.dim(0)?;
-        if inputs.latents.device().is_cpu() && n > 1 && rayon::current_num_threads() > 1 && !inputs.acting.is_empty() {
-            if let Some(parts) = ctx.per_image(n, &[], |i, ctx| sum(&inputs.image(i)?, ctx))? {
+        if !inputs.acting.is_empty() {
+            if let Some(parts) = ctx.per_image(&inputs.latents, &[], |i, ctx| sum(&inputs.image(i)?, ctx))? {
                 let parts: Vec<AdditionalResiduals> = parts.into_iter().flatten().collect();
                 return Ok(Some(AdditionalResiduals::cat(&parts)?));
             }

@@ -175,18 +175,15 @@ impl UNet2DConditionModel {
     /// ([`ForwardContext::per_image`], `inside`: the branch sites `f` reaches) with them narrowed
     /// to that image, the images' outputs concatenated.
     fn split_or_whole(&self, states: &[&Tensor], step: &Step, inside: &[SiteKind], ctx: &mut ForwardContext, f: impl Fn(&[Tensor], &Step, &mut ForwardContext) -> Result<Tensor> + Sync) -> Result<Tensor> {
-        let n = states[0].dim(0)?;
-        if states[0].device().is_cpu() && n > 1 && rayon::current_num_threads() > 1 {
-            let parts = ctx.per_image(n, inside, |i, ctx| {
-                let one = |t: &Tensor| t.narrow(0, i, 1);
-                let residuals = step.residuals.map(|r| r.image(i)).transpose()?;
-                let (temb, context) = (one(step.temb)?, one(step.context)?);
-                let states = states.iter().map(|t| one(t)).collect::<candle_core::Result<Vec<_>>>()?;
-                f(&states, &Step { temb: &temb, context: &context, residuals: residuals.as_ref() }, ctx)
-            })?;
-            if let Some(parts) = parts {
-                return Ok(Tensor::cat(&parts, 0)?);
-            }
+        let parts = ctx.per_image(states[0], inside, |i, ctx| {
+            let one = |t: &Tensor| t.narrow(0, i, 1);
+            let residuals = step.residuals.map(|r| r.image(i)).transpose()?;
+            let (temb, context) = (one(step.temb)?, one(step.context)?);
+            let states = states.iter().map(|t| one(t)).collect::<candle_core::Result<Vec<_>>>()?;
+            f(&states, &Step { temb: &temb, context: &context, residuals: residuals.as_ref() }, ctx)
+        })?;
+        if let Some(parts) = parts {
+            return Ok(Tensor::cat(&parts, 0)?);
         }
         let states: Vec<Tensor> = states.iter().map(|t| (*t).clone()).collect();
         f(&states, step, ctx)
@@ -320,19 +317,16 @@ impl Denoiser for UNet2DConditionModel {
         let ehs = cond.get("encoder_hidden_states")?;
         let added = if self.uses_text_time() { Some((cond.get("text_embeds")?, cond.get("time_ids")?)) } else { None };
         // a guided batch on a multi-core CPU: one image per core (ForwardContext::per_image)
-        let n = latents.dim(0)?;
-        if latents.device().is_cpu() && n > 1 && rayon::current_num_threads() > 1 {
-            let parts = ctx.per_image(n, &self.capabilities().branch_sites(), |i, ctx| {
-                let image = |t: &Tensor| t.narrow(0, i, 1);
-                let added = match added {
-                    Some((te, ti)) => Some((image(te)?, image(ti)?)),
-                    None => None,
-                };
-                self.forward(&image(latents)?, timestep, &image(ehs)?, added.as_ref().map(|(te, ti)| (te, ti)), None, ctx)
-            })?;
-            if let Some(parts) = parts {
-                return Ok(Tensor::cat(&parts, 0)?.to_dtype(latents.dtype())?);
-            }
+        let parts = ctx.per_image(latents, &self.capabilities().branch_sites(), |i, ctx| {
+            let image = |t: &Tensor| t.narrow(0, i, 1);
+            let added = match added {
+                Some((te, ti)) => Some((image(te)?, image(ti)?)),
+                None => None,
+            };
+            self.forward(&image(latents)?, timestep, &image(ehs)?, added.as_ref().map(|(te, ti)| (te, ti)), None, ctx)
+        })?;
+        if let Some(parts) = parts {
+            return Ok(Tensor::cat(&parts, 0)?.to_dtype(latents.dtype())?);
         }
         Ok(self.forward(latents, timestep, ehs, added, None, ctx)?.to_dtype(latents.dtype())?)
     }
