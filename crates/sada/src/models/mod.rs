@@ -14,7 +14,6 @@ pub mod source;
 pub mod token_cache;
 pub mod unet;
 pub mod vae;
-pub mod vae_encoder;
 pub mod weights;
 
 pub use controlnet::ControlNetModel;

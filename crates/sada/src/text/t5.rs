@@ -1,9 +1,13 @@
-//! Flux's second text encoder: T5 v1.1's encoder (transformers' `T5EncoderModel`, from
-//! candle-transformers, which computes it as transformers does) and its SentencePiece tokenizer,
-//! read from the `tokenizer.json` a `T5TokenizerFast` folder holds through the `tokenizers` crate.
+//! Flux's second text encoder: T5's encoder stack (transformers' `T5EncoderModel`: RMS norms,
+//! unscaled attention with bucketed relative positions shared by every layer, a gated or plain
+//! feed-forward) and its SentencePiece tokenizer, read from the `tokenizer.json` a
+//! `T5TokenizerFast` folder holds through the `tokenizers` crate.
 
-use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::t5;
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use crate::models::layers::linear::{linear_no_bias, Linear};
 
 use crate::error::{Error, Result};
 use crate::models::ModelSource;
@@ -57,22 +61,230 @@ impl T5Tokenizer {
     }
 }
 
+/// transformers' `T5Config`, the values the encoder reads (defaults as transformers' constructor).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct T5Config {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub d_kv: usize,
+    pub d_ff: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub relative_attention_num_buckets: usize,
+    pub relative_attention_max_distance: usize,
+    pub layer_norm_epsilon: f64,
+    /// `relu`, `gelu`, `silu` or their `gated-` forms (T5 v1.1 and FLUX.1's encoder: `gated-gelu`).
+    pub feed_forward_proj: String,
+}
+
+impl Default for T5Config {
+    fn default() -> Self {
+        Self {
+            vocab_size: 32128,
+            d_model: 512,
+            d_kv: 64,
+            d_ff: 2048,
+            num_layers: 6,
+            num_heads: 8,
+            relative_attention_num_buckets: 32,
+            relative_attention_max_distance: 128,
+            layer_norm_epsilon: 1e-6,
+            feed_forward_proj: "relu".into(),
+        }
+    }
+}
+
+/// The feed-forward's activation, as transformers reads `feed_forward_proj`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Activation {
+    Relu,
+    /// `gelu` alone is the exact (erf) GELU; `gated-gelu` is mapped to the tanh form (`gelu_new`).
+    GeluErf,
+    GeluTanh,
+    Silu,
+}
+
+impl T5Config {
+    /// The activation and whether the feed-forward is gated, or why this config cannot be run.
+    fn feed_forward(&self) -> std::result::Result<(Activation, bool), String> {
+        Ok(match self.feed_forward_proj.as_str() {
+            "relu" => (Activation::Relu, false),
+            "gated-relu" => (Activation::Relu, true),
+            "gelu" => (Activation::GeluErf, false),
+            "gated-gelu" => (Activation::GeluTanh, true),
+            "silu" => (Activation::Silu, false),
+            "gated-silu" => (Activation::Silu, true),
+            other => return Err(format!("`feed_forward_proj` = {other:?} is not one of relu, gelu, silu or their gated- forms")),
+        })
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.d_model == 0 || self.d_kv == 0 || self.d_ff == 0 || self.num_heads == 0 || self.vocab_size == 0 {
+            return Err("d_model, d_kv, d_ff, num_heads and vocab_size must be positive".into());
+        }
+        if self.relative_attention_num_buckets < 4 || self.relative_attention_max_distance <= self.relative_attention_num_buckets / 4 {
+            return Err(format!(
+                "`relative_attention_num_buckets` = {} must be at least 4 and `relative_attention_max_distance` = {} above a quarter of it",
+                self.relative_attention_num_buckets, self.relative_attention_max_distance
+            ));
+        }
+        if !(self.layer_norm_epsilon.is_finite() && self.layer_norm_epsilon > 0.0) {
+            return Err(format!("`layer_norm_epsilon` = {} must be a positive number", self.layer_norm_epsilon));
+        }
+        self.feed_forward().map(|_| ())
+    }
+}
+
+/// T5's norm: x / rms(x) * weight, no mean subtracted, no bias; computed in float32.
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(vb: VarBuilder, dim: usize, eps: f64) -> candle_core::Result<Self> {
+        Ok(Self { weight: vb.get(dim, "weight")?, eps })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x32 = x.to_dtype(DType::F32)?;
+        let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = x32.broadcast_div(&(var + self.eps)?.sqrt()?)?.to_dtype(self.weight.dtype())?;
+        normed.broadcast_mul(&self.weight)
+    }
+}
+
+/// transformers' `_relative_position_bucket` for the encoder (bidirectional): half the buckets
+/// for keys after the query; exact buckets for short distances, logarithmic ones up to
+/// `max_distance`; computed in float32 and truncated as torch does.
+fn relative_position_bucket(relative: i64, num_buckets: usize, max_distance: usize) -> usize {
+    let half = num_buckets / 2;
+    let mut bucket = if relative > 0 { half } else { 0 };
+    let distance = relative.unsigned_abs() as usize;
+    let max_exact = half / 2;
+    bucket += if distance < max_exact {
+        distance
+    } else {
+        let log_ratio = (distance as f32 / max_exact as f32).ln() / (max_distance as f32 / max_exact as f32).ln();
+        let large = max_exact + (log_ratio * (half - max_exact) as f32) as usize;
+        large.min(half - 1)
+    };
+    bucket
+}
+
+struct SelfAttention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+    d_kv: usize,
+}
+
+struct FeedForward {
+    wi: Linear,
+    /// The gate's second projection (`wi_1`) of a gated feed-forward.
+    wi_1: Option<Linear>,
+    wo: Linear,
+    act: Activation,
+}
+
+impl FeedForward {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.wi.forward(x)?;
+        let h = match self.act {
+            Activation::Relu => h.relu()?,
+            Activation::GeluErf => h.gelu_erf()?,
+            Activation::GeluTanh => h.gelu()?,
+            Activation::Silu => h.silu()?,
+        };
+        let h = match &self.wi_1 {
+            Some(g) => (h * g.forward(x)?)?,
+            None => h,
+        };
+        self.wo.forward(&h)
+    }
+}
+
+struct Block {
+    attn_norm: RmsNorm,
+    attn: SelfAttention,
+    ff_norm: RmsNorm,
+    ff: FeedForward,
+}
+
+/// transformers' `T5EncoderModel`: its last hidden state.
 pub struct T5Encoder {
-    inner: t5::T5EncoderModel,
-    pub config: t5::Config,
+    embed_tokens: Tensor,
+    /// `[num_buckets, heads]`, held by the first layer and shared by all.
+    relative_attention_bias: Tensor,
+    blocks: Vec<Block>,
+    final_layer_norm: RmsNorm,
+    pub config: T5Config,
 }
 
 impl T5Encoder {
     /// `component/config.json` and its weights (`model.safetensors`, the fp16 variant or shards).
     pub fn load_from(source: &ModelSource, component: &str, dtype: DType, device: &Device) -> Result<Self> {
         let rel = format!("{component}/config.json");
-        let config: t5::Config = source.read_json(&rel)?;
-        if config.d_model == 0 || config.num_heads == 0 || config.vocab_size == 0 {
-            return Err(Error::file(source.path(&rel), "unsupported config: d_model, num_heads and vocab_size must be positive"));
-        }
+        let config: T5Config = source.read_json(&rel)?;
+        config.validate().map_err(|msg| Error::file(source.path(&rel), format!("unsupported config: {msg}")))?;
         let (vb, path) = source.var_builder(component, "model", dtype, device)?;
-        let inner = t5::T5EncoderModel::load(vb, &config).map_err(|e| Error::file(&path, format!("weights do not match config.json: {e}")))?;
-        Ok(Self { inner, config })
+        Self::new(vb, config).map_err(|e| Error::file(&path, format!("weights do not match config.json: {e}")))
+    }
+
+    fn new(vb: VarBuilder, config: T5Config) -> candle_core::Result<Self> {
+        let (d, inner) = (config.d_model, config.num_heads * config.d_kv);
+        let (act, gated) = config.feed_forward().map_err(candle_core::Error::msg)?;
+        // the shared embedding; some exports keep only the encoder's tied copy
+        let embed_tokens = match vb.get((config.vocab_size, d), "shared.weight") {
+            Ok(w) => w,
+            Err(_) => vb.get((config.vocab_size, d), "encoder.embed_tokens.weight")?,
+        };
+        let enc = vb.pp("encoder");
+        let eps = config.layer_norm_epsilon;
+        let mut blocks = Vec::with_capacity(config.num_layers);
+        for i in 0..config.num_layers {
+            let b = enc.pp("block").pp(i).pp("layer");
+            let (a, f) = (b.pp(0), b.pp(1));
+            let sa = a.pp("SelfAttention");
+            let ffn = f.pp("DenseReluDense");
+            blocks.push(Block {
+                attn_norm: RmsNorm::new(a.pp("layer_norm"), d, eps)?,
+                attn: SelfAttention {
+                    q: linear_no_bias(d, inner, sa.pp("q"))?,
+                    k: linear_no_bias(d, inner, sa.pp("k"))?,
+                    v: linear_no_bias(d, inner, sa.pp("v"))?,
+                    o: linear_no_bias(inner, d, sa.pp("o"))?,
+                    heads: config.num_heads,
+                    d_kv: config.d_kv,
+                },
+                ff_norm: RmsNorm::new(f.pp("layer_norm"), d, eps)?,
+                ff: FeedForward {
+                    wi: linear_no_bias(d, config.d_ff, ffn.pp(if gated { "wi_0" } else { "wi" }))?,
+                    wi_1: if gated { Some(linear_no_bias(d, config.d_ff, ffn.pp("wi_1"))?) } else { None },
+                    wo: linear_no_bias(config.d_ff, d, ffn.pp("wo"))?,
+                    act,
+                },
+            });
+        }
+        let relative_attention_bias = enc
+            .pp("block.0.layer.0.SelfAttention.relative_attention_bias")
+            .get((config.relative_attention_num_buckets, config.num_heads), "weight")?;
+        let final_layer_norm = RmsNorm::new(enc.pp("final_layer_norm"), d, eps)?;
+        Ok(Self { embed_tokens, relative_attention_bias, blocks, final_layer_norm, config })
+    }
+
+    /// The additive attention bias `[1, heads, T, T]` of a `t`-token sequence.
+    fn position_bias(&self, t: usize) -> candle_core::Result<Tensor> {
+        let (buckets, max_distance) = (self.config.relative_attention_num_buckets, self.config.relative_attention_max_distance);
+        let ids: Vec<u32> = (0..t as i64)
+            .flat_map(|q| (0..t as i64).map(move |k| relative_position_bucket(k - q, buckets, max_distance) as u32))
+            .collect();
+        let ids = Tensor::from_vec(ids, t * t, self.relative_attention_bias.device())?;
+        let bias = self.relative_attention_bias.index_select(&ids, 0)?.to_dtype(DType::F32)?;
+        bias.reshape((t, t, self.config.num_heads))?.permute((2, 0, 1))?.unsqueeze(0)?.contiguous()
     }
 
     /// The last hidden state `[B, T, d_model]` for ids `[B, T]` (no attention mask: Flux's
@@ -81,8 +293,26 @@ impl T5Encoder {
         if let Some(bad) = ids.flatten_all()?.to_vec1::<u32>()?.into_iter().find(|&i| i as usize >= self.config.vocab_size) {
             return Err(Error::param("prompt", format!("token id {bad} is outside T5's vocabulary of {}: tokenizer and text encoder do not match", self.config.vocab_size)));
         }
-        let out = self.inner.forward(ids)?;
-        self.inner.clear_kv_cache();
-        Ok(out)
+        Ok(self.forward(ids)?)
+    }
+
+    fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let _s = tracing::trace_span!("t5").entered();
+        let (b, t) = ids.dims2()?;
+        let mut h = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.config.d_model))?;
+        let bias = self.position_bias(t)?;
+        for block in &self.blocks {
+            let a = &block.attn;
+            let x = block.attn_norm.forward(&h)?;
+            let split = |p: &Linear| -> candle_core::Result<Tensor> { p.forward(&x)?.reshape((b, t, a.heads, a.d_kv))?.transpose(1, 2)?.to_dtype(DType::F32)?.contiguous() };
+            let (q, k, v) = (split(&a.q)?, split(&a.k)?, split(&a.v)?);
+            // T5 does not scale the scores: its initialisation folds 1/sqrt(d_kv) into q
+            let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, a.heads * a.d_kv))?.to_dtype(h.dtype())?;
+            h = (h + a.o.forward(&ctx)?)?;
+            h = (&h + block.ff.forward(&block.ff_norm.forward(&h)?)?)?;
+        }
+        self.final_layer_norm.forward(&h)
     }
 }

@@ -1,40 +1,18 @@
-//! The AutoencoderKL encoder (diffusers' `Encoder` + `quant_conv`), image -> latent distribution.
-//! candle-transformers keeps its encoder's distribution private, so this one is ours, built
-//! from the UNet's parts.
+//! The AutoencoderKL encoder (diffusers' `Encoder` + `quant_conv`), image -> latent
+//! distribution, sharing its mid block with the decoder.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{group_norm, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::layers::attention::Attention;
-use super::layers::conv::{conv2d, Conv};
-use super::layers::resnet::ResnetBlock2D;
-
-/// The autoencoder's single-head spatial self-attention with its own GroupNorm and residual.
-struct SpatialAttention {
-    group_norm: GroupNorm,
-    attn: Attention,
-}
-
-impl SpatialAttention {
-    fn new(vb: VarBuilder, channels: usize, groups: usize) -> candle_core::Result<Self> {
-        Ok(Self {
-            group_norm: group_norm(groups, channels, 1e-6, vb.pp("group_norm"))?,
-            attn: Attention::with_bias(vb, channels, None, 1, channels, true)?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
-        let t = self.group_norm.forward(x)?.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
-        let out = self.attn.forward(&t, None)?.transpose(1, 2)?.reshape((b, c, h, w))?;
-        out + x
-    }
-}
+use super::blocks::{MidBlock, EPS};
+use crate::models::layers::conv::{conv2d, Conv};
+use crate::models::layers::norm::{group_norm, GroupNorm};
+use crate::models::layers::resnet::ResnetBlock2D;
 
 pub struct VaeEncoder {
     conv_in: Conv,
     blocks: Vec<(Vec<ResnetBlock2D>, Option<Conv>)>,
-    mid: (ResnetBlock2D, Option<SpatialAttention>, ResnetBlock2D),
+    mid: MidBlock,
     conv_norm_out: GroupNorm,
     conv_out: Conv,
     quant_conv: Option<Conv>,
@@ -52,31 +30,25 @@ impl VaeEncoder {
         mid_attention: bool,
     ) -> candle_core::Result<Self> {
         let enc = vb.pp("encoder");
-        let eps = 1e-6;
         let conv_in = conv2d(enc.pp("conv_in"), in_channels, channels[0], 3, 1, 1)?;
         let mut blocks = Vec::new();
         let mut cin = channels[0];
         for (i, &cout) in channels.iter().enumerate() {
             let b = enc.pp("down_blocks").pp(i);
             let resnets = (0..layers)
-                .map(|j| ResnetBlock2D::new(b.pp("resnets").pp(j), if j == 0 { cin } else { cout }, cout, 0, groups, eps))
+                .map(|j| ResnetBlock2D::new(b.pp("resnets").pp(j), if j == 0 { cin } else { cout }, cout, 0, groups, EPS))
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let down = if i + 1 < channels.len() { Some(conv2d(b.pp("downsamplers").pp(0).pp("conv"), cout, cout, 3, 2, 0)?) } else { None };
             blocks.push((resnets, down));
             cin = cout;
         }
         let last = *channels.last().expect("at least one level");
-        let m = enc.pp("mid_block");
-        let mid = (
-            ResnetBlock2D::new(m.pp("resnets").pp(0), last, last, 0, groups, eps)?,
-            if mid_attention { Some(SpatialAttention::new(m.pp("attentions").pp(0), last, groups)?) } else { None },
-            ResnetBlock2D::new(m.pp("resnets").pp(1), last, last, 0, groups, eps)?,
-        );
+        let mid = MidBlock::new(enc.pp("mid_block"), last, groups, mid_attention)?;
         Ok(Self {
             conv_in,
             blocks,
             mid,
-            conv_norm_out: group_norm(groups, last, eps, enc.pp("conv_norm_out"))?,
+            conv_norm_out: group_norm(groups, last, EPS, enc.pp("conv_norm_out"))?,
             conv_out: conv2d(enc.pp("conv_out"), last, 2 * latent_channels, 3, 1, 1)?,
             quant_conv: if use_quant_conv { Some(conv2d(vb.pp("quant_conv"), 2 * latent_channels, 2 * latent_channels, 1, 1, 0)?) } else { None },
         })
@@ -94,12 +66,8 @@ impl VaeEncoder {
                 h = d.forward(&h.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?)?;
             }
         }
-        h = self.mid.0.forward(&h, None)?;
-        if let Some(a) = &self.mid.1 {
-            h = a.forward(&h)?;
-        }
-        h = self.mid.2.forward(&h, None)?;
-        let mut p = self.conv_out.forward(&self.conv_norm_out.forward(&h)?.silu()?)?;
+        h = self.mid.forward(&h)?;
+        let mut p = self.conv_out.forward(&self.conv_norm_out.forward_silu(&h)?)?;
         if let Some(q) = &self.quant_conv {
             p = q.forward(&p)?;
         }

@@ -1,11 +1,14 @@
-//! AutoencoderKL from a diffusers `vae/` folder: the decoder from candle-transformers (the
-//! autoencoder is not where SADA acts), the encoder ours (`vae_encoder.rs`), both configured
-//! from the folder's `config.json`.
+//! AutoencoderKL from a diffusers `vae/` folder: the encoder (`encoder.rs`) and decoder
+//! (`decoder.rs`) sharing their blocks (`blocks.rs`), configured from the folder's
+//! `config.json`.
+
+mod blocks;
+pub mod decoder;
+pub mod encoder;
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -82,8 +85,8 @@ impl Default for AutoencoderKlConfig {
 
 pub struct AutoencoderKl {
     pub config: AutoencoderKlConfig,
-    inner: AutoEncoderKL,
-    encoder: super::vae_encoder::VaeEncoder,
+    decoder: decoder::VaeDecoder,
+    encoder: encoder::VaeEncoder,
     /// The dtype the weights were loaded in (latents are cast to it).
     dtype: DType,
 }
@@ -102,16 +105,8 @@ impl AutoencoderKl {
         let config: AutoencoderKlConfig = source.read_json(&config_rel)?;
         config.validate().map_err(|msg| Error::file(&config_path, format!("unsupported config: {msg}")))?;
         let (vb, weights_path) = source.var_builder(component, "diffusion_pytorch_model", dtype, device)?;
-        let cfg = AutoEncoderKLConfig {
-            block_out_channels: config.block_out_channels.clone(),
-            layers_per_block: config.layers_per_block,
-            latent_channels: config.latent_channels,
-            norm_num_groups: config.norm_num_groups,
-            use_quant_conv: config.use_quant_conv,
-            use_post_quant_conv: config.use_post_quant_conv,
-        };
         let mismatch = |e: candle_core::Error| Error::file(&weights_path, format!("weights do not match config.json: {e}"));
-        let encoder = super::vae_encoder::VaeEncoder::new(
+        let encoder = encoder::VaeEncoder::new(
             vb.clone(),
             config.in_channels,
             &config.block_out_channels,
@@ -122,13 +117,22 @@ impl AutoencoderKl {
             true,
         )
         .map_err(mismatch)?;
-        let inner = AutoEncoderKL::new(vb, config.in_channels, config.out_channels, cfg).map_err(mismatch)?;
-        Ok(Self { config, inner, encoder, dtype })
+        let shape = decoder::DecoderShape {
+            latent_channels: config.latent_channels,
+            out_channels: config.out_channels,
+            block_out_channels: &config.block_out_channels,
+            layers_per_block: config.layers_per_block,
+            norm_num_groups: config.norm_num_groups,
+            use_post_quant_conv: config.use_post_quant_conv,
+            mid_block_add_attention: config.mid_block_add_attention,
+        };
+        let decoder = decoder::VaeDecoder::new(vb, &shape).map_err(mismatch)?;
+        Ok(Self { config, decoder, encoder, dtype })
     }
 
     /// A generous estimate of decoding's activation memory in bytes for `batch` latents of
-    /// `h x w`: the largest level's convolution patches and the mid block's full attention
-    /// matrix (candle's decoder attends over every latent pixel at once).
+    /// `h x w`: the largest level's convolution patches, and the mid block's attention scores
+    /// counted whole (the fused CPU kernel tiles them; other devices take them in chunks).
     pub fn decode_bytes(&self, batch: usize, h: usize, w: usize) -> u128 {
         let levels = self.config.block_out_channels.len();
         let lat_px = h as u128 * w as u128;
@@ -147,11 +151,7 @@ impl AutoencoderKl {
         if let Some(shift) = self.config.shift_factor.filter(|&s| s != 0.0) {
             scaled = (scaled + shift)?;
         }
-        // One image at a time: candle's decoder attention multiplies a transposed (strided)
-        // [B, HW, C] view, which its batched matmul gets wrong for B > 1 (measured: 1.5 off on
-        // a two-image batch, exact for each image alone).
-        let images = (0..scaled.dim(0)?).map(|i| self.inner.decode(&scaled.narrow(0, i, 1)?)).collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&images, 0)?)
+        Ok(self.decoder.forward(&scaled)?)
     }
 
     /// Image in [-1, 1] -> mean and std of the latent distribution (unscaled, as diffusers'
