@@ -1,15 +1,12 @@
 //! Flags shared by the subcommands that sample.
 
-use std::path::Path;
-
 use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use sada::models::hub::{self, HubOptions};
-use sada::models::single_file::Checkpoint;
-use sada::models::ModelSource;
-use sada::pipelines::{default_model, load_pipeline, Pipeline, StableDiffusion};
-use sada::policy::acceleration::Family;
+use sada::models::ModelRef;
+use sada::pipelines::{default_model, load_pipeline, Pipeline, PromptOptions};
+use sada::Family;
 use sada::policy::{Acceleration, SadaConfig};
 use sada::solvers::SolverKind;
 
@@ -32,26 +29,21 @@ impl SolverArg {
             SolverArg::Flow => SolverKind::FlowMatchEulerDiscrete,
         }
     }
+}
 
-    /// The solver SADA's published runs use for `family`: Euler for SDXL, DPM-Solver++ otherwise.
-    pub fn default_for(family: Family) -> Self {
+/// `--solver` as given, or the family's default; refused when a model of `family` cannot be
+/// sampled with it.
+pub fn solver_for(given: Option<SolverArg>, family: Family) -> anyhow::Result<SolverKind> {
+    let Some(arg) = given else { return Ok(family.default_solver()) };
+    let kind = arg.kind();
+    if !family.accepts(kind) {
+        let name = arg.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default();
         match family {
-            Family::Sdxl => SolverArg::Euler,
-            Family::Flux => SolverArg::Flow,
-            Family::StableDiffusion => SolverArg::DpmPp,
+            Family::Flux => bail!("--solver {name} needs a diffusion model; flow-matching models take flow"),
+            Family::StableDiffusion | Family::Sdxl => bail!("--solver {name} needs a flow-matching model; Stable Diffusion models take dpm++ or euler"),
         }
     }
-
-    /// The solver for a model of `family`.
-    pub fn for_family(self, family: Family) -> anyhow::Result<SolverKind> {
-        match (self, family) {
-            (SolverArg::Flow, Family::StableDiffusion | Family::Sdxl) => {
-                bail!("--solver flow needs a flow-matching model; Stable Diffusion models take dpm++ or euler")
-            }
-            (SolverArg::DpmPp | SolverArg::Euler, Family::Flux) => bail!("--solver {self:?} needs a diffusion model; flow-matching models take flow"),
-            _ => Ok(self.kind()),
-        }
-    }
+    Ok(kind)
 }
 
 /// Where the networks run.
@@ -109,70 +101,34 @@ pub struct ModelArgs {
     pub offline: bool,
 }
 
-/// The files of a diffusers repository a Stable Diffusion pipeline reads (for downloads).
-fn repo_files(snapshot: &Path) -> Vec<String> {
-    let index: serde_json::Value = std::fs::read_to_string(snapshot.join("model_index.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-    let mut files = vec!["model_index.json".to_owned()];
-    for (name, v) in index.as_object().into_iter().flatten() {
-        if !v.as_array().is_some_and(|a| a.iter().all(|x| !x.is_null())) {
-            continue;
-        }
-        let add: &[&str] = match name.as_str() {
-            "scheduler" => &["scheduler_config.json"],
-            "unet" | "vae" | "transformer" => &["config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json"],
-            n if n.starts_with("text_encoder") => &["config.json", "model.safetensors", "model.safetensors.index.json"],
-            n if n.starts_with("tokenizer") => &["vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json", "tokenizer.json", "spiece.model"],
-            _ => &[],
-        };
-        files.extend(add.iter().map(|f| format!("{name}/{f}")));
-    }
-    // the shards an index already in the snapshot lists (Flux's transformer and T5 are sharded)
-    let shards: Vec<String> = files.iter().filter(|f| f.ends_with(".index.json")).flat_map(|f| shard_files(snapshot, f)).collect();
-    files.extend(shards);
-    files
-}
-
-/// The files a sharded checkpoint's `index` lists, as paths in the snapshot.
-fn shard_files(snapshot: &Path, index: &str) -> Vec<String> {
-    let v: serde_json::Value = std::fs::read_to_string(snapshot.join(index)).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-    let dir = Path::new(index).parent().and_then(|p| p.to_str()).unwrap_or("");
-    let mut names: Vec<String> = v.get("weight_map").and_then(|m| m.as_object()).into_iter().flatten().filter_map(|(_, f)| f.as_str()).filter(|f| !f.contains('/') && !f.contains("..")).map(|f| format!("{dir}/{f}")).collect();
-    names.sort();
-    names.dedup();
-    names
-}
-
-/// The model `args` names, or the embedded default model when none is given: the pipeline,
-/// the name to report, and the guidance scale to use when none is given.
-pub fn load_model(args: &ModelArgs, dtype: DType, device: &Device) -> anyhow::Result<(Box<dyn Pipeline>, String, f64)> {
+/// The model `args` names, or the embedded default model when none is given, and the name to
+/// report.
+pub fn load_model(args: &ModelArgs, dtype: DType, device: &Device) -> anyhow::Result<(Box<dyn Pipeline>, String)> {
     let Some(model) = args.model.as_deref() else {
-        return Ok((
-            Box::new(StableDiffusion::load_from(default_model::source(), dtype, device).context("loading the embedded default model")?),
-            default_model::NAME.to_string(),
-            default_model::GUIDANCE_SCALE,
-        ));
+        let pipe = default_model::load_in(dtype, device).context("loading the embedded default model")?;
+        return Ok((Box::new(pipe), default_model::NAME.to_string()));
     };
-    let path = Path::new(model);
-    let source = if path.is_dir() {
-        ModelSource::Dir(path.to_path_buf())
-    } else if path.is_file() {
-        ModelSource::SingleFile(std::sync::Arc::new(Checkpoint::open(path)?))
-    } else if hub::is_repo_id(model) && !model.starts_with('.') {
-        let opts = HubOptions { revision: args.revision.clone(), offline: args.offline };
-        let snapshot = hub::resolve(model, &opts, &repo_files)?;
-        // a cached snapshot can lack files (an interrupted download): name the id, not only the path
-        let pipe = load_pipeline(ModelSource::Dir(snapshot), dtype, device).with_context(|| format!("--model {model} (revision {})", opts.revision()))?;
-        let guidance = pipe.default_guidance();
-        return Ok((pipe, model.to_owned(), guidance));
-    } else {
+    let Some(model_ref) = ModelRef::parse(model) else {
         bail!("--model {model}: no such folder or file, and not a Hugging Face id (org/name)");
     };
+    let opts = args.hub_options();
+    let source = model_ref.pipeline_source(&opts)?;
+    if model_ref.is_hub() {
+        // a cached snapshot can lack files (an interrupted download): name the id, not only the path
+        let pipe = load_pipeline(source, dtype, device).with_context(|| format!("--model {model} (revision {})", opts.revision()))?;
+        return Ok((pipe, model.to_owned()));
+    }
     if args.revision.is_some() && !hub::is_repo_id(model) {
         bail!("--revision applies to a Hugging Face id, not to the folder or file {model}");
     }
-    let pipe = load_pipeline(source, dtype, device)?;
-    let guidance = pipe.default_guidance();
-    Ok((pipe, model.to_owned(), guidance))
+    Ok((load_pipeline(source, dtype, device)?, model.to_owned()))
+}
+
+impl ModelArgs {
+    /// How Hugging Face ids are looked up.
+    pub fn hub_options(&self) -> HubOptions {
+        HubOptions { revision: self.revision.clone(), offline: self.offline }
+    }
 }
 
 /// The methods `--accel` takes, one per line (for --help).
@@ -204,11 +160,11 @@ pub struct AccelArgs {
 }
 
 impl AccelArgs {
-    /// The chosen method with its settings for `family`; SADA's token-selection seed is `seed`.
-    pub fn acceleration(&self, family: Family, seed: u64) -> anyhow::Result<Acceleration> {
+    /// The chosen method with its settings for `family`.
+    pub fn acceleration(&self, family: Family) -> anyhow::Result<Acceleration> {
         let mut accel = Acceleration::parse(&self.accel, family)?;
         match &mut accel {
-            Acceleration::Sada(cfg) => *cfg = self.sada.apply(cfg.clone(), seed),
+            Acceleration::Sada(cfg) => *cfg = self.sada.apply(cfg.clone()),
             _ if self.sada.any() => bail!("the SADA flags (--acc-range, --max-interval, ...) apply to --accel sada, not `{}`", accel.name()),
             _ => {}
         }
@@ -261,7 +217,7 @@ pub struct SadaArgs {
 
 impl SadaArgs {
     /// `base` with every flag that was given replacing its value.
-    pub fn apply(&self, base: SadaConfig, seed: u64) -> SadaConfig {
+    pub fn apply(&self, base: SadaConfig) -> SadaConfig {
         SadaConfig {
             acc_range: self.acc_range.unwrap_or(base.acc_range),
             max_interval: self.max_interval.unwrap_or(base.max_interval),
@@ -272,7 +228,6 @@ impl SadaArgs {
             max_downsample: self.max_downsample.unwrap_or(base.max_downsample),
             sx: self.sx.unwrap_or(base.sx),
             sy: self.sy.unwrap_or(base.sy),
-            seed,
         }
     }
 
@@ -299,10 +254,10 @@ fn parse_range(s: &str) -> Result<(usize, usize), String> {
 
 /// One line per kind of trouble with the prompts: words the model does not know (all
 /// prompts together), and tokens beyond the text encoder's window (per prompt).
-pub fn report_prompt(pipe: &mut dyn Pipeline, model_name: &str, prompts: &[(&str, &str)]) -> anyhow::Result<()> {
+pub fn report_prompt(pipe: &mut dyn Pipeline, model_name: &str, opts: &PromptOptions, prompts: &[(&str, &str)]) -> anyhow::Result<()> {
     let mut unknown = Vec::new();
     for (flag, text) in prompts {
-        let check = pipe.check_prompt(text)?;
+        let check = pipe.check_prompt(text, opts)?;
         if !check.unknown.is_empty() {
             unknown.push(format!("{:?} in {flag}", check.unknown));
         }

@@ -10,7 +10,7 @@ use candle_nn::{VarBuilder, VarMap};
 use clap::{Args, ValueEnum};
 use sada::denoiser::{Conditioning, Denoiser, ForwardContext, Guided};
 use sada::models::controlnet::{ControlNetConfig, ControlNetModel, ControlUnit, ControlledUNet};
-use sada::models::token_cache::TokenCache;
+use sada::denoiser::token_cache::TokenCache;
 use sada::models::unet::presets;
 use sada::models::{UNet2DConditionConfig, UNet2DConditionModel};
 use sada::policy::{NoAcceleration, Policy, Sada, SadaConfig};
@@ -92,7 +92,7 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
         None => UNet2DConditionModel::load_from(&source, "unet", dtype, &dev)?,
     };
     let controlnet = match (args.controlnet, preset) {
-        (false, _) => Vec::new(),
+        (false, _) => None,
         (true, preset) => {
             let mut model = match preset {
                 Some(_) => {
@@ -103,18 +103,19 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
                 None => ControlNetModel::load_from(&source, "controlnet", dtype, &dev)?,
             };
             model.tag_sites("controlnet.0");
-            vec![ControlUnit { model, scale: 1.0, start: 0.0, end: 1.0 }]
+            Some(model)
         }
     };
-    let controlled = ControlledUNet { unet: &unet, nets: &controlnet, guess_mode: false, num_steps: args.sample_steps.max(1) };
+    let units: Vec<ControlUnit> = controlnet.iter().map(|model| ControlUnit { model, settings: Default::default() }).collect();
+    let controlled = ControlledUNet { unet: &unet, nets: &units, guess_mode: false, num_steps: args.sample_steps.max(1) };
     let model: &dyn Denoiser = if args.controlnet { &controlled } else { &unet };
     let init_s = t0.elapsed().as_secs_f64();
     let x = Tensor::randn(0f32, 1f32, (1, channels, l, l), &dev)?.to_dtype(dtype)?;
     // one control image for both halves of the guided batch, as the pipelines pass it
-    let control_image = match controlnet.first() {
-        Some(unit) => {
-            let side = l * unit.model.image_factor();
-            Some(Tensor::rand(0f32, 1f32, (1, unit.model.conditioning_channels(), side, side), &dev)?.to_dtype(dtype)?)
+    let control_image = match &controlnet {
+        Some(model) => {
+            let side = l * model.image_factor();
+            Some(Tensor::rand(0f32, 1f32, (1, model.conditioning_channels(), side, side), &dev)?.to_dtype(dtype)?)
         }
         None => None,
     };
@@ -170,7 +171,7 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
         let sched = sada::solvers::presets::parse(sched_preset);
         for (run, mut policy) in [
             ("baseline", Box::new(NoAcceleration) as Box<dyn Policy>),
-            ("sada", Box::new(Sada::new(sada_config)) as Box<dyn Policy>),
+            ("sada", Box::new(Sada::new(sada_config, 0)) as Box<dyn Policy>),
         ] {
             let mut solver = build_solver(SolverKind::DpmSolverMultistep, &sched, &Default::default(), args.sample_steps, &FlowTimesteps::default())?;
             let g = Guided::new(model, cond.clone(), Some(uncond.clone()), 7.5)?;

@@ -1,15 +1,16 @@
 //! ControlNet flags shared by `generate` and `bench`: which ControlNets, their control images
 //! and settings, attached to a loaded pipeline.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::Args;
-use sada::image::read_png;
-use sada::models::controlnet::{ControlNetModel, ControlUnit};
-use sada::models::hub::{self, HubOptions};
-use sada::pipelines::Pipeline;
+use sada::image::{read_png, RgbImage};
+use sada::models::controlnet::{ControlNetModel, ControlSettings};
+use sada::models::hub::HubOptions;
+use sada::models::ModelRef;
+use sada::pipelines::{ControlInput, Pipeline};
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct ControlArgs {
@@ -44,14 +45,32 @@ pub struct ControlArgs {
     pub guess_mode: bool,
 }
 
-/// What was attached, for the PNG's settings.
+/// What was attached, for the PNG's settings, with the control image given for it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Attached {
     pub controlnet: String,
     pub control_image: Option<String>,
-    pub scale: f64,
-    pub start: f64,
-    pub end: f64,
+    #[serde(flatten)]
+    pub settings: ControlSettings,
+    #[serde(skip)]
+    pub image: Option<RgbImage>,
+}
+
+/// The control inputs of a run: each attached ControlNet's settings with `images[i]`, or
+/// with the image given for it when `images` is None.
+pub fn control_inputs(attached: &[Attached], images: Option<&[RgbImage]>) -> Result<Vec<ControlInput>> {
+    attached
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let image = match images {
+                Some(all) => all.get(i).cloned(),
+                None => a.image.clone(),
+            };
+            let image = image.with_context(|| format!("--controlnet {}: no control image", a.controlnet))?;
+            Ok(ControlInput { image, settings: a.settings })
+        })
+        .collect()
 }
 
 /// One value per ControlNet from a flag given zero (default), one (for all) or n times.
@@ -110,30 +129,26 @@ impl ControlArgs {
         let mut attached = Vec::new();
         for (i, (name, model)) in models.into_iter().enumerate() {
             let path = self.control_image.get(i);
-            let image = match path {
-                Some(p) => read_png(p)?,
-                // a placeholder until the caller's per-prompt image replaces it
-                None => sada::image::RgbImage { width: 1, height: 1, pixels: vec![0; 3] },
-            };
-            let unit = ControlUnit { model, scale: scale[i], start: start[i], end: end[i] };
-            pipe.add_controlnet(unit, image).with_context(|| format!("--controlnet {name}"))?;
-            attached.push(Attached { controlnet: name, control_image: path.map(|p| p.display().to_string()), scale: scale[i], start: start[i], end: end[i] });
+            // without a path the caller gives an image per run (bench: one per prompt)
+            let image = path.map(|p| read_png(p)).transpose()?;
+            pipe.add_controlnet(model).with_context(|| format!("--controlnet {name}"))?;
+            let settings = ControlSettings { scale: scale[i], start: start[i], end: end[i] };
+            settings.validate().with_context(|| format!("--controlnet {name}"))?;
+            attached.push(Attached { controlnet: name, control_image: path.map(|p| p.display().to_string()), settings, image });
         }
-        pipe.set_guess_mode(self.guess_mode);
         Ok(attached)
     }
 }
 
-/// A ControlNet from a folder or a Hugging Face id (cached, or downloaded unless offline).
+/// A ControlNet from a folder, a single file or a Hugging Face id (cached, or downloaded unless
+/// offline).
 fn load_controlnet(name: &str, hub_opts: &HubOptions, dtype: DType, device: &Device) -> Result<ControlNetModel> {
-    let path = Path::new(name);
-    if path.is_dir() || path.is_file() {
-        return Ok(ControlNetModel::load(path, dtype, device)?);
+    let Some(model_ref) = ModelRef::parse(name) else {
+        bail!("--controlnet {name}: no such folder, and not a Hugging Face id (org/name)")
+    };
+    let path = model_ref.controlnet_path(hub_opts)?;
+    if model_ref.is_hub() {
+        return ControlNetModel::load(&path, dtype, device).with_context(|| format!("--controlnet {name} (revision {})", hub_opts.revision()));
     }
-    if hub::is_repo_id(name) && !name.starts_with('.') {
-        let files = |_: &Path| vec!["config.json".to_owned(), "diffusion_pytorch_model.safetensors".to_owned()];
-        let snapshot = hub::resolve(name, hub_opts, &files)?;
-        return ControlNetModel::load(&snapshot, dtype, device).with_context(|| format!("--controlnet {name} (revision {})", hub_opts.revision()));
-    }
-    bail!("--controlnet {name}: no such folder, and not a Hugging Face id (org/name)")
+    Ok(ControlNetModel::load(&path, dtype, device)?)
 }

@@ -9,13 +9,13 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use clap::{Args, ValueEnum};
-use sada::image::{hstack, png_bytes, to_rgb};
-use sada::metrics::{psnr_rgb, ssim};
-use sada::pipelines::{validate_prompt, GenerateOptions, Pipeline, PipelineInputs, SizeConditioning};
+use sada::compare::{Fidelity, Run};
+use sada::image::{hstack, png_bytes};
+use sada::pipelines::{validate_prompt, GenerateOptions, Pipeline, PipelineInputs, PromptOptions, SizeConditioning};
 use sada::policy::Acceleration;
 
-use crate::args::{load_model, DtypeArg, progress, report_prompt, AccelArgs, DeviceArgs, MemoryArgs, ModelArgs, SolverArg};
-use crate::control::ControlArgs;
+use crate::args::{load_model, progress, report_prompt, solver_for, AccelArgs, DeviceArgs, DtypeArg, MemoryArgs, ModelArgs, SolverArg};
+use crate::control::{control_inputs, ControlArgs};
 use crate::output::{check_distinct, check_writable, replace_atomically, write_atomic};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -138,7 +138,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         bail!("--compare writes images side by side; it needs --output-type pil");
     }
     let load_start = Instant::now();
-    let (mut pipe, model_name, default_guidance) = load_model(&args.model, dtype, &device)?;
+    let (mut pipe, model_name) = load_model(&args.model, dtype, &device)?;
+    let default_guidance = pipe.default_guidance();
     let controlnets = if args.control.any() {
         let hub_opts = sada::models::hub::HubOptions { revision: None, offline: args.model.offline };
         args.control.attach(pipe.as_mut(), &hub_opts, dtype, &device, false)?
@@ -147,22 +148,20 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     };
     let mut load_s = load_start.elapsed().as_secs_f64();
     let mut text_s = 0.0;
-    let solver = args.solver.unwrap_or_else(|| SolverArg::default_for(pipe.family())).for_family(pipe.family())?;
-    let acceleration = args.accel.acceleration(pipe.family(), args.seed)?;
+    let solver = solver_for(args.solver, pipe.family())?;
+    let acceleration = args.accel.acceleration(pipe.family())?;
     if args.compare && acceleration.is_baseline() {
         bail!("--compare compares an accelerated run with the baseline; it cannot be combined with --accel none");
     }
     let inputs = match (&args.prompt, &args.inputs) {
         (Some(prompt), _) => {
+            let prompt_opts = PromptOptions { negative_prompt: args.negative_prompt.clone(), clip_skip: args.clip_skip, max_sequence_length: args.max_sequence_length };
             // the tokenizers and text encoders load on the first prompt: load time, not encoding time
             let start = Instant::now();
-            report_prompt(pipe.as_mut(), &model_name, &[("--prompt", prompt), ("--negative-prompt", args.negative_prompt.as_deref().unwrap_or(""))])?;
+            report_prompt(pipe.as_mut(), &model_name, &prompt_opts, &[("--prompt", prompt), ("--negative-prompt", args.negative_prompt.as_deref().unwrap_or(""))])?;
             load_s += start.elapsed().as_secs_f64();
             let start = Instant::now();
-            if let Some(n) = args.max_sequence_length {
-                pipe.set_max_sequence_length(n)?;
-            }
-            let encoded = pipe.encode_prompts(std::slice::from_ref(prompt), args.negative_prompt.as_deref(), args.clip_skip)?;
+            let encoded = pipe.encode_prompts(std::slice::from_ref(prompt), &prompt_opts)?;
             text_s = start.elapsed().as_secs_f64();
             encoded
         }
@@ -170,6 +169,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         (None, None) => bail!("give --prompt TEXT (or --inputs FILE.safetensors with precomputed prompt_embeds)"),
     };
     let mut inputs = inputs;
+    inputs.control = control_inputs(&controlnets, None)?;
+    inputs.guess_mode = args.control.guess_mode;
     if let Some(path) = &args.latents {
         let given = PipelineInputs::load(path, &device)?;
         inputs.latents = Some(given.latents.with_context(|| format!("--latents {}: holds no tensor named `latents`", path.display()))?);
@@ -201,15 +202,15 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     pipe.validate(&opts)?;
     let batch = inputs.prompt_embeds.as_ref().map(|p| p.dim(0)).transpose()?.unwrap_or(1);
     args.memory.check("--height/--width", &format!("{}x{}", opts.width, opts.height), pipe.estimate_memory(&opts, batch))?;
-    let run_one = |pipe: &mut Box<dyn Pipeline>, opts: &GenerateOptions| -> Result<(candle_core::Tensor, sada::sampling::Trace, f64)> {
+    let run_one = |pipe: &mut Box<dyn Pipeline>, opts: &GenerateOptions| -> Result<Run> {
         let bar = progress(opts.acceleration.steps(opts.steps), label(&opts.acceleration));
-        let start = Instant::now();
-        let (latents, trace) = pipe.generate(&inputs, opts, &mut |i, _| bar.set_position(i as u64))?;
+        let run = Run::sample(pipe.as_mut(), &inputs, opts, &mut |i, _| bar.set_position(i as u64))?;
         bar.finish_and_clear();
-        Ok((latents, trace, start.elapsed().as_secs_f64()))
+        Ok(run)
     };
     let baseline = if args.compare { Some(run_one(&mut pipe, &GenerateOptions { acceleration: Acceleration::default(), ..opts.clone() })?) } else { None };
-    let (latents, trace, sample_s) = run_one(&mut pipe, &opts)?;
+    let run = run_one(&mut pipe, &opts)?;
+    let (trace, sample_s) = (&run.trace, run.seconds);
     let name = label(&opts.acceleration);
 
     let settings = serde_json::json!({
@@ -230,29 +231,25 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let mut decode_s = 0.0;
     match args.output_type {
         OutputType::Latent => {
-            let latents = HashMap::from([("latents".to_string(), latents.to_dtype(DType::F32)?)]);
+            let latents = HashMap::from([("latents".to_string(), run.latents.to_dtype(DType::F32)?)]);
             replace_atomically(&args.output, |tmp| Ok(candle_core::safetensors::save(&latents, tmp)?))?;
         }
         OutputType::Pil => {
             let start = Instant::now();
-            let image = to_rgb(&pipe.decode(&latents)?.context("no VAE")?)?;
+            let image = run.image(pipe.as_ref())?;
             decode_s = start.elapsed().as_secs_f64();
             let (out, settings) = match &baseline {
-                Some((base_latents, base_trace, base_s)) => {
-                    let base = to_rgb(&pipe.decode(base_latents)?.context("no VAE")?)?;
-                    let (p, s) = (psnr_rgb(&image, &base)?, ssim(&image, &base)?);
+                Some(base_run) => {
+                    let base = base_run.image(pipe.as_ref())?;
+                    let f = Fidelity::of(&image, &base, None)?;
+                    let speedup = run.speedup_over(base_run);
                     println!(
                         "baseline: {} evaluations, sampling {:.2} s; {name} vs baseline: PSNR {:.2} dB, SSIM {:.4}, speedup {:.2}x wall, {:.2}x less network work",
-                        base_trace.evaluations,
-                        base_s,
-                        p,
-                        s,
-                        base_s / sample_s,
-                        base_trace.equivalent_evaluations() / trace.equivalent_evaluations()
+                        base_run.trace.evaluations, base_run.seconds, f.psnr_db, f.ssim, speedup.wall, speedup.work
                     );
                     let mut settings = settings;
-                    settings["psnr_db"] = p.into();
-                    settings["ssim"] = s.into();
+                    settings["psnr_db"] = f.psnr_db.into();
+                    settings["ssim"] = f.ssim.into();
                     settings["layout"] = format!("baseline | {name}").into();
                     (hstack(&[&base, &image]), settings)
                 }

@@ -10,8 +10,8 @@ use clap::Args;
 use sada::denoiser::{Conditioning, Guided};
 use sada::gmm::{class_weights, uniform_weights, GaussianMixture, GmmSchedule};
 use sada::metrics::{data_range, psnr};
-use sada::policy::acceleration::Family;
-use sada::policy::acceleration::Method;
+use sada::Family;
+use sada::policy::Method;
 use sada::policy::sada_plus::SadaPlusConfig;
 use sada::policy::{Acceleration, NoAcceleration, Policy};
 use sada::sampling::{sample, Trace};
@@ -133,7 +133,7 @@ pub fn run(args: &GmmArgs) -> Result<()> {
         };
         return study(args, budgets, label, &guided, &build, &noise, family);
     }
-    let accel = args.accel.acceleration(family, args.seed)?;
+    let accel = args.accel.acceleration(family)?;
     accel.validate(accel.steps(args.steps))?;
     let run = |solver: &mut dyn Solver, policy: &mut dyn Policy, name: &str| -> Result<(Tensor, Trace, f64)> {
         let bar = progress(solver.num_steps(), name);
@@ -145,7 +145,7 @@ pub fn run(args: &GmmArgs) -> Result<()> {
 
     let (base, base_trace, base_s) = run(solver.as_mut(), &mut NoAcceleration, "baseline")?;
     let mut fast_solver = build(accel.steps(args.steps))?;
-    let (fast, trace, fast_s) = run(fast_solver.as_mut(), accel.policy().as_mut(), accel.name())?;
+    let (fast, trace, fast_s) = run(fast_solver.as_mut(), accel.policy(args.seed).as_mut(), accel.name())?;
     // The plain solver given the same number of evaluations SADA used.
     let mut short = build(trace.evaluations)?;
     let (plain, _, plain_s) = run(short.as_mut(), &mut NoAcceleration, "plain")?;
@@ -257,7 +257,7 @@ fn study(
         baseline_to_exact += psnr(&base, &exact, range)?;
         for p in points.iter_mut() {
             let mut solver = build(p.accel.steps(args.steps))?;
-            let (x, trace) = sample(guided, solver.as_mut(), p.accel.policy().as_mut(), x_t.clone(), &mut |_, _| {})?;
+            let (x, trace) = sample(guided, solver.as_mut(), p.accel.policy(seed).as_mut(), x_t.clone(), &mut |_, _| {})?;
             let (to_base, to_exact) = (psnr(&x, &base, range)?, psnr(&x, &exact, range)?);
             p.evals += trace.evaluations as f64;
             p.psnr_baseline += to_base;

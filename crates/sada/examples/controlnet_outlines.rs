@@ -8,8 +8,7 @@
 
 use candle_core::{DType, Device};
 use sada::data::shapes::Scene;
-use sada::image::RgbImage;
-use sada::models::controlnet::{ControlNetModel, ControlUnit};
+use sada::models::controlnet::ControlNetModel;
 use sada::pipelines::default_model;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -30,8 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(dir) => ControlNetModel::load(std::path::Path::new(dir), DType::F32, &device)?,
         None => sada::pipelines::Pipeline::bundled_controlnet(&controlled, DType::F32, &device)?.ok_or("the embedded model has no ControlNet")?,
     };
-    let placeholder = RgbImage { width: 1, height: 1, pixels: vec![0; 3] };
-    controlled.add_controlnet(ControlUnit { model: cn, scale: 1.0, start: 0.0, end: 1.0 }, placeholder)?;
+    controlled.add_controlnet(cn)?;
     println!("| setting | cases | IoU with the outline, ControlNet | without (untrained) | IoU with the caption's shape, ControlNet | without |");
     println!("|---|---|---|---|---|---|");
     for (name, cases) in &settings {

@@ -17,11 +17,13 @@
 //! - [`sampling`]: the loop that runs solver + policy + denoiser and records a [`sampling::Trace`].
 //! - [`gmm`]: the exact posterior-mean denoiser of a Gaussian mixture, for tests and benchmarks.
 
+pub mod compare;
 pub mod config;
 pub mod data;
 pub mod denoiser;
 pub mod device;
 pub mod error;
+pub mod family;
 pub mod finite;
 #[doc(hidden)]
 pub mod fuzz;
@@ -40,3 +42,4 @@ pub mod text;
 pub mod torch_rng;
 
 pub use error::{Error, Result};
+pub use family::Family;

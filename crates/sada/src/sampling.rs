@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::denoiser::{ForwardContext, Guided, TokenPlan};
 use crate::error::{Error, Result};
-use crate::models::token_cache::TokenCache;
+use crate::denoiser::token_cache::TokenCache;
 use crate::policy::{Decision, Observation, Policy, StepPlan};
 use crate::solvers::{Prediction, Solver};
 
@@ -97,7 +97,7 @@ pub fn sample(
         let (output, prediction, tokens_computed) = match &plan {
             StepPlan::Compute(tokens) => {
                 let input = solver.scale_model_input(&x, n)?;
-                let mut ctx = ForwardContext::new(n, tokens, &mut token_cache, Some(&mut *policy));
+                let mut ctx = ForwardContext::new(n, tokens, &mut token_cache, policy.hook());
                 let out = model.predict(&input, t, &mut ctx)?;
                 if ctx.replaced() > 0 {
                     decision = Decision::Partial;

@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use candle_core::{DType, Tensor};
 use sada::denoiser::{Conditioning, Denoiser, ForwardContext, SiteHook, SiteKind, TokenPlan, TokenSelection};
 use sada::image::{read_png, to_unit_tensor};
-use sada::models::controlnet::{ControlNetModel, ControlUnit, ControlledUNet};
-use sada::models::token_cache::TokenCache;
+use sada::models::controlnet::{ControlNetModel, ControlSettings, ControlUnit, ControlledUNet};
+use sada::denoiser::token_cache::TokenCache;
 use sada::models::{AdditionalResiduals, UNet2DConditionModel};
-use sada::pipelines::{GenerateOptions, Pipeline, PipelineInputs, StableDiffusion};
-use sada::policy::acceleration::Family;
+use sada::pipelines::{ControlInput, GenerateOptions, Pipeline, PipelineInputs, StableDiffusion};
+use sada::Family;
 use sada::policy::Acceleration;
 use sada::resample::resize_lanczos;
 use sada::solvers::SolverKind;
@@ -111,19 +111,26 @@ fn cases() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir().join("cases.json")).unwrap()).unwrap()
 }
 
-/// Fixture pipeline `base` with the ControlNets of `case`.
-fn controlled(case: &serde_json::Value) -> (tempfile::TempDir, StableDiffusion) {
+/// Fixture pipeline `base` with the ControlNets of `case`, and the case's inputs with their
+/// control images and settings.
+fn controlled(case: &serde_json::Value) -> (tempfile::TempDir, StableDiffusion, PipelineInputs) {
     let tmp = tempfile::tempdir().unwrap();
     sd_folder(case["base"].as_str().unwrap(), tmp.path());
     let mut pipe = StableDiffusion::load(tmp.path(), DType::F32, &device()).unwrap();
+    let mut inputs = inputs(case["base"].as_str().unwrap());
     let f = |k: &str, i: usize| case[k][i].as_f64().unwrap();
     for (i, name) in case["nets"].as_array().unwrap().iter().enumerate() {
         let image = read_png(&dir().join(case["images"][i].as_str().unwrap())).unwrap();
-        let unit = ControlUnit { model: controlnet(name.as_str().unwrap()), scale: f("scale", i), start: f("start", i), end: f("end", i) };
-        pipe.add_controlnet(unit, image).unwrap();
+        pipe.add_controlnet(controlnet(name.as_str().unwrap())).unwrap();
+        inputs.control.push(ControlInput { image, settings: ControlSettings { scale: f("scale", i), start: f("start", i), end: f("end", i) } });
     }
-    pipe.guess_mode = case["guess_mode"].as_bool().unwrap();
-    (tmp, pipe)
+    inputs.guess_mode = case["guess_mode"].as_bool().unwrap();
+    (tmp, pipe, inputs)
+}
+
+/// The pipeline's ControlNets with the settings `inputs` gives them.
+fn units<'a>(pipe: &'a StableDiffusion, inputs: &PipelineInputs) -> Vec<ControlUnit<'a>> {
+    pipe.controlnets().iter().zip(&inputs.control).map(|(model, c)| ControlUnit { model, settings: c.settings }).collect()
 }
 
 fn inputs(base: &str) -> PipelineInputs {
@@ -153,9 +160,8 @@ fn options(case: &serde_json::Value) -> GenerateOptions {
 
 fn check_case(name: &str) {
     let case = cases()[name].clone();
-    let (_tmp, mut pipe) = controlled(&case);
-    let base = case["base"].as_str().unwrap();
-    let (got, trace) = pipe.generate(&inputs(base), &options(&case), &mut |_, _| {}).unwrap();
+    let (_tmp, mut pipe, inputs) = controlled(&case);
+    let (got, trace) = pipe.generate(&inputs, &options(&case), &mut |_, _| {}).unwrap();
     assert_eq!(trace.evaluations, 20);
     let e = rel_err(&got, &expected()[&format!("{name}_final")]);
     println!("{name}: final latents relative {e:.2e}");
@@ -185,12 +191,12 @@ fn sdxl_controlnet_matches_diffusers() {
 #[test]
 fn accelerated_runs_skip_the_controlnet_with_the_unet() {
     let case = cases()["sd15_single"].clone();
-    let (_tmp, mut pipe) = controlled(&case);
+    let (_tmp, mut pipe, inputs) = controlled(&case);
     let base = options(&case);
-    let baseline = pipe.generate(&inputs("sd15"), &GenerateOptions { steps: 50, ..base.clone() }, &mut |_, _| {}).unwrap().0;
+    let baseline = pipe.generate(&inputs, &GenerateOptions { steps: 50, ..base.clone() }, &mut |_, _| {}).unwrap().0;
     for accel in ["sada", "sada+:max_evals=25"] {
         let opts = GenerateOptions { steps: 50, acceleration: Acceleration::parse(accel, Family::StableDiffusion).unwrap(), ..base.clone() };
-        let (got, trace) = pipe.generate(&inputs("sd15"), &opts, &mut |_, _| {}).unwrap();
+        let (got, trace) = pipe.generate(&inputs, &opts, &mut |_, _| {}).unwrap();
         assert!(trace.evaluations < 50, "{accel}: {} evaluations", trace.evaluations);
         let e = rel_err(&got, &baseline);
         println!("{accel}: {} evaluations, relative {e:.2e} from the 50-step baseline", trace.evaluations);
@@ -201,14 +207,15 @@ fn accelerated_runs_skip_the_controlnet_with_the_unet() {
 #[test]
 fn controlnet_blocks_are_token_sites_of_their_own() {
     let case = cases()["sd15_single"].clone();
-    let (_tmp, pipe) = controlled(&case);
+    let (_tmp, pipe, inputs) = controlled(&case);
     let want = expected();
     let (x, ehs) = (&want["sample"], &want["encoder_hidden_states"]);
     let cond = Conditioning::new()
         .with("encoder_hidden_states", ehs.clone())
         .with("controlnet_cond.0", want["controlnet_cond"].clone())
         .with("control_weight", Tensor::ones(2, DType::F32, &device()).unwrap());
-    let model = ControlledUNet { unet: &pipe.unet, nets: pipe.controlnets(), guess_mode: false, num_steps: 10 };
+    let nets = units(&pipe, &inputs);
+    let model = ControlledUNet { unet: &pipe.unet, nets: &nets, guess_mode: false, num_steps: 10 };
     let mut cache = TokenCache::default();
     let full = model.predict(x, 500.0, &cond, &mut ForwardContext::new(0, &TokenPlan::Refresh, &mut cache, None)).unwrap();
     let sites: Vec<&str> = cache.sites().collect();
@@ -235,10 +242,11 @@ fn one_image_per_core_equals_the_batched_controlled_forward() {
     // runs whole. A full step, then a pruned step reading the caches the full step left (the
     // ControlNets' blocks too, split per image and merged back). Guess mode keeps the batch whole.
     let case = cases()["sd15_single"].clone();
-    let (_tmp, mut pipe) = controlled(&case);
+    let (_tmp, mut pipe, mut inputs) = controlled(&case);
     // a second ControlNet, so the residuals of two are summed per image
-    let second = ControlUnit { model: controlnet("sd15_canny"), scale: 0.6, start: 0.0, end: 1.0 };
-    pipe.add_controlnet(second, read_png(&dir().join("control_square.png")).unwrap()).unwrap();
+    pipe.add_controlnet(controlnet("sd15_canny")).unwrap();
+    let square = read_png(&dir().join("control_square.png")).unwrap();
+    inputs.control.push(ControlInput { image: square, settings: ControlSettings { scale: 0.6, start: 0.0, end: 1.0 } });
     let want = expected();
     let (x, ehs) = (&want["sample"], &want["encoder_hidden_states"]);
     assert_eq!(x.dim(0).unwrap(), 2);
@@ -248,7 +256,8 @@ fn one_image_per_core_equals_the_batched_controlled_forward() {
         // each image its own control image, so a mix-up between images shows
         .with("controlnet_cond.1", Tensor::cat(&[(want["controlnet_cond"].narrow(0, 0, 1).unwrap() * 0.5).unwrap(), (want["controlnet_cond"].narrow(0, 1, 1).unwrap() * 0.2).unwrap()], 0).unwrap())
         .with("control_weight", Tensor::ones(2, DType::F32, &device()).unwrap());
-    let model = ControlledUNet { unet: &pipe.unet, nets: pipe.controlnets(), guess_mode: false, num_steps: 10 };
+    let nets = units(&pipe, &inputs);
+    let model = ControlledUNet { unet: &pipe.unet, nets: &nets, guess_mode: false, num_steps: 10 };
     let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let two = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     let some = TokenSelection::new(vec![false; 256], 16, 16, 2, 2, 0, 1);
@@ -294,14 +303,23 @@ fn controlnet_for_another_model_is_refused() {
     sd_folder("sd15", tmp.path());
     let mut pipe = StableDiffusion::load(tmp.path(), DType::F32, &device()).unwrap();
     let image = read_png(&dir().join("control_circle.png")).unwrap();
-    let unit = |name: &str, scale: f64, start: f64, end: f64| ControlUnit { model: controlnet(name), scale, start, end };
-    let err = pipe.add_controlnet(unit("sdxl_canny", 1.0, 0.0, 1.0), image.clone()).unwrap_err().to_string();
+    let err = pipe.add_controlnet(controlnet("sdxl_canny")).unwrap_err().to_string();
     assert!(err.contains("controlnet") && err.contains("another model"), "{err}");
-    let err = pipe.add_controlnet(unit("sd15_canny", f64::NAN, 0.0, 1.0), image.clone()).unwrap_err().to_string();
-    assert!(err.contains("controlnet_conditioning_scale"), "{err}");
-    let err = pipe.add_controlnet(unit("sd15_canny", 1.0, 0.6, 0.4), image.clone()).unwrap_err().to_string();
-    assert!(err.contains("control_guidance_start/end"), "{err}");
     assert!(pipe.controlnets().is_empty());
+    // settings diffusers refuses are refused by the run, before it samples
+    pipe.add_controlnet(controlnet("sd15_canny")).unwrap();
+    let case = cases()["sd15_single"].clone();
+    for (settings, want) in [
+        (ControlSettings { scale: f64::NAN, ..Default::default() }, "controlnet_conditioning_scale"),
+        (ControlSettings { start: 0.6, end: 0.4, ..Default::default() }, "control_guidance_start/end"),
+    ] {
+        let run = PipelineInputs { control: vec![ControlInput { image: image.clone(), settings }], ..inputs("sd15") };
+        let err = pipe.generate(&run, &options(&case), &mut |_, _| {}).unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+    }
+    // one control input per ControlNet
+    let err = pipe.generate(&inputs("sd15"), &options(&case), &mut |_, _| {}).unwrap_err().to_string();
+    assert!(err.contains("0 given for 1 ControlNets"), "{err}");
 
     // a folder without config.json, and weights that do not fit their config
     let err = ControlNetModel::load(tmp.path(), DType::F32, &device()).err().unwrap().to_string();

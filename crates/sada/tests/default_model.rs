@@ -34,7 +34,7 @@ fn pipeline_matches_diffusers_on_the_shipped_weights() {
     let prompts: Vec<String> = serde_json::from_value(settings["prompts"].clone()).unwrap();
     let mut pipe = default_model::load(&device()).unwrap();
     assert!(pipe.pixel_space && pipe.vae_scale_factor() == 1);
-    let mut inputs = pipe.encode_prompts(&prompts, Some(""), None).unwrap();
+    let mut inputs = pipe.encode_prompts(&prompts, &empty_negative()).unwrap();
     let embeds_err = rel_err(inputs.prompt_embeds.as_ref().unwrap(), &f["prompt_embeds"]).max(rel_err(inputs.negative_prompt_embeds.as_ref().unwrap(), &f["negative_prompt_embeds"]));
     inputs.latents = Some(f["noise"].clone());
     let opts = GenerateOptions {
@@ -65,7 +65,7 @@ fn background_accuracy(pipe: &mut StableDiffusion, scenes: &[Scene], steps: usiz
     let mut hits = 0;
     for (chunk_idx, chunk) in scenes.chunks(40).enumerate() {
         let prompts: Vec<String> = chunk.iter().map(|s| s.caption()).collect();
-        let inputs: PipelineInputs = pipe.encode_prompts(&prompts, Some(""), None).unwrap();
+        let inputs: PipelineInputs = pipe.encode_prompts(&prompts, &empty_negative()).unwrap();
         let opts = GenerateOptions {
             steps,
             guidance_scale: default_model::GUIDANCE_SCALE,
@@ -148,11 +148,12 @@ fn embedded_controlnet_matches_diffusers() {
     let mut pipe = default_model::load(&device()).unwrap();
     let cn = pipe.bundled_controlnet(DType::F32, &device()).unwrap().unwrap();
     let image = sada::image::read_png(&fixture("controlnet_image.png")).unwrap();
-    pipe.add_controlnet(sada::models::controlnet::ControlUnit { model: cn, scale: 1.0, start: 0.0, end: 1.0 }, image).unwrap();
+    pipe.add_controlnet(cn).unwrap();
     let inputs = PipelineInputs {
         prompt_embeds: Some(f["prompt_embeds"].clone()),
         negative_prompt_embeds: Some(f["negative_prompt_embeds"].clone()),
         latents: Some(f["noise"].clone()),
+        control: vec![sada::pipelines::ControlInput { image, settings: Default::default() }],
         ..Default::default()
     };
     let opts = GenerateOptions {
@@ -183,12 +184,16 @@ fn embedded_controlnet_moves_the_shape_to_its_outline() {
     let mut plain = default_model::load(&device()).unwrap();
     let mut pipe = default_model::load(&device()).unwrap();
     let cn = pipe.bundled_controlnet(DType::F32, &device()).unwrap().expect("the embedded model ships a ControlNet");
-    let placeholder = sada::image::RgbImage { width: 1, height: 1, pixels: vec![0; 3] };
-    pipe.add_controlnet(sada::models::controlnet::ControlUnit { model: cn, scale: 1.0, start: 0.0, end: 1.0 }, placeholder).unwrap();
+    pipe.add_controlnet(cn).unwrap();
     let mean = |v: &[(f64, f64)]| v.iter().map(|x| x.0).sum::<f64>() / v.len() as f64;
     let with = mean(&default_model::outline_overlap(&mut pipe, &cases, STEPS).unwrap());
     let without = mean(&default_model::outline_overlap(&mut plain, &cases, STEPS).unwrap());
     println!("IoU of the drawn shape with a moved outline: {with:.3} with the ControlNet, {without:.3} without");
     assert!(without < 0.2, "without a ControlNet the shape already sits on the moved outline ({without})");
     assert!(with > 0.5, "with the ControlNet the shape does not follow its outline ({with})");
+}
+
+/// The prompt options these tests encode with: an empty negative prompt, as the model was trained.
+fn empty_negative() -> sada::pipelines::PromptOptions {
+    sada::pipelines::PromptOptions { negative_prompt: Some(String::new()), ..Default::default() }
 }

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use sada::denoiser::{Conditioning, Denoiser, ForwardContext, TokenPlan, TokenSelection};
 use sada::models::flux::{pack_latents, unpack_latents, FluxTransformer2DModel};
-use sada::models::token_cache::TokenCache;
+use sada::denoiser::token_cache::TokenCache;
 use sada::models::ModelSource;
-use sada::pipelines::{Flux, GenerateOptions, Pipeline, PipelineInputs};
+use sada::pipelines::{Flux, GenerateOptions, Pipeline, PipelineInputs, PromptOptions};
 use sada::policy::Acceleration;
 use sada::solvers::SolverKind;
 
@@ -194,7 +194,7 @@ fn pipeline_refuses_what_flux_cannot_run() {
     let e = pipe.generate(&inputs, &options(4, 3.5), &mut |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("pooled_prompt_embeds"), "{e}");
     // prompts need the text encoders, which the schnell fixture does not have
-    let e = pipeline("schnell").encode_prompts(&["a cat".into()], None, None).unwrap_err().to_string();
+    let e = pipeline("schnell").encode_prompts(&["a cat".into()], &PromptOptions::default()).unwrap_err().to_string();
     assert!(e.contains("text_encoder_2") && e.contains("prompt_embeds"), "{e}");
     // a Flux pipeline that conditions on images is refused by name
     let tmp = tempfile::tempdir().unwrap();
@@ -223,7 +223,7 @@ fn single_file_layout_gives_the_folders_output() {
     assert_eq!(rel_err(&out, &folder), 0.0);
     // as a whole model: a Flux pipeline with the dev scheduler and no decoder
     let pipe = sada::pipelines::load_pipeline(source, DType::F32, &Device::Cpu).unwrap();
-    assert_eq!(pipe.family(), sada::policy::acceleration::Family::Flux);
+    assert_eq!(pipe.family(), sada::Family::Flux);
     assert!(!pipe.can_decode());
 }
 
@@ -259,7 +259,7 @@ fn prompts_encode_as_diffusers_and_drive_the_pipeline() {
         let ids: Vec<f32> = clip.encode(t).into_iter().map(|i| i as f32).collect();
         assert_eq!(ids, want["clip_input_ids"].get(i).unwrap().to_vec1::<f32>().unwrap(), "CLIP ids of prompt {i}");
     }
-    let inputs = pipe.encode_prompts(&texts, None, None).unwrap();
+    let inputs = pipe.encode_prompts(&texts, &PromptOptions::default()).unwrap();
     let (pe, pooled) = (inputs.prompt_embeds.clone().unwrap(), inputs.pooled_prompt_embeds.clone().unwrap());
     let (e1, e2) = (rel_err(&pe, &want["prompt_t5_embeds"]), rel_err(&pooled, &want["prompt_pooled"]));
     eprintln!("T5 embeddings relative error {e1:e}, CLIP pooled {e2:e}");
@@ -269,8 +269,8 @@ fn prompts_encode_as_diffusers_and_drive_the_pipeline() {
     eprintln!("dev 50 steps from prompts: final latents relative error {err:e}");
     assert!(err < 1e-3, "{err}");
     // what Flux cannot take
-    assert!(pipe.encode_prompts(&texts, Some("blurry"), None).unwrap_err().to_string().contains("negative"));
-    assert!(pipe.encode_prompts(&texts, None, Some(1)).unwrap_err().to_string().contains("clip"));
+    assert!(pipe.encode_prompts(&texts, &PromptOptions { negative_prompt: Some("blurry".into()), ..Default::default() }).unwrap_err().to_string().contains("negative"));
+    assert!(pipe.encode_prompts(&texts, &PromptOptions { clip_skip: Some(1), ..Default::default() }).unwrap_err().to_string().contains("clip"));
 }
 
 /// TeaCache against the authors' algorithm written out around diffusers' forward
@@ -283,7 +283,7 @@ fn teacache_matches_the_reference_on_flux() {
     let refs = candle_core::safetensors::load(dir().join("teacache.safetensors"), &Device::Cpu).unwrap();
     let mut pipe = pipeline("dev");
     for thr in ["0.25", "0.6"] {
-        let accel = Acceleration::parse(&format!("teacache:threshold={thr}"), sada::policy::acceleration::Family::Flux).unwrap();
+        let accel = Acceleration::parse(&format!("teacache:threshold={thr}"), sada::Family::Flux).unwrap();
         let opts = GenerateOptions { acceleration: accel, ..options(50, 3.5) };
         let (latents, trace) = pipe.generate(&pipe_inputs(&want), &opts, &mut |_, _| {}).unwrap();
         let computed: Vec<f32> = trace.steps.iter().map(|s| if s.decision == sada::policy::Decision::Full { 1.0 } else { 0.0 }).collect();

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Tensor};
 use sada::denoiser::{Conditioning, Guided};
 use sada::models::UNet2DConditionModel;
-use sada::policy::acceleration::Family;
+use sada::Family;
 use sada::policy::{Acceleration, Decision};
 use sada::sampling::{sample, Trace};
 use sada::solvers::{build_solver, load_scheduler_config, FlowTimesteps, SolverKind};
@@ -78,7 +78,7 @@ fn run_here(case: &str, accel: &Acceleration) -> (Tensor, Trace, Vec<usize>) {
     let subscriber = tracing_subscriber::registry().with(counter.clone());
     let mut per_step = Vec::new();
     let (x, trace) = tracing::subscriber::with_default(subscriber, || {
-        sample(&guided, solver.as_mut(), accel.policy().as_mut(), latents, &mut |_, _| per_step.push(counter.take())).unwrap()
+        sample(&guided, solver.as_mut(), accel.policy(0).as_mut(), latents, &mut |_, _| per_step.push(counter.take())).unwrap()
     });
     (x, trace, per_step)
 }

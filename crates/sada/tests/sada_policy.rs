@@ -8,7 +8,7 @@ use std::cell::{Cell, RefCell};
 use sada::denoiser::{Capabilities, Conditioning, Denoiser, ForwardContext, Guided, TokenPlan};
 use sada::gmm::{class_weights, uniform_weights, GaussianMixture, GmmSchedule};
 use sada::metrics::{data_range, psnr};
-use sada::models::token_cache::TokenCache;
+use sada::denoiser::token_cache::TokenCache;
 use sada::noise::normal_samples;
 use sada::policy::{Decision, NoAcceleration, Observation, Policy, Sada, SadaConfig, SkipKind, StepPlan};
 use sada::sampling::sample;
@@ -67,9 +67,10 @@ fn close(got: &[f64], want: &[f64], tol: f64, what: &str) {
 fn spec_drift(s: &dyn Solver, xs: &[Vec<f64>], outs: &[Vec<f64>], k: usize) -> Vec<f64> {
     let ve = s.latent_scale() == LatentScale::VarianceExploding;
     let z = s.noise(k);
-    let coef = 0.5 * z.beta * s.num_steps() as f64;
+    let table = s.noise_schedule().expect("a diffusion solver");
+    let coef = 0.5 * table.beta_at(z.timestep) * s.num_steps() as f64;
     let scale = if ve { z.alpha_t } else { 1.0 };
-    let a = if ve { z.alpha_t } else { z.sqrt_alphas_cumprod };
+    let a = if ve { z.alpha_t } else { table.sqrt_alphas_cumprod_at(z.timestep) };
     (0..xs[k].len())
         .map(|i| match s.prediction_type() {
             PredictionType::Epsilon => -coef * xs[k][i] * scale + coef / z.sigma_t * outs[k][i],
@@ -100,7 +101,7 @@ fn check_substitutes(kind: SolverKind, preset: &str, overrides: serde_json::Valu
     let model = gmm(&shape[1..], preset, s.prediction_type());
     let (cond, uncond) = conds(1);
     let guided = Guided::new(&model, cond, Some(uncond), 7.5).unwrap();
-    let mut policy = Sada::new(SadaConfig::sd2());
+    let mut policy = Sada::new(SadaConfig::sd2(), 0);
     policy.begin(s.as_ref(), &shape, &Capabilities::default()).unwrap();
     let n_steps = s.num_steps();
     let ve = s.latent_scale() == LatentScale::VarianceExploding;
@@ -254,7 +255,7 @@ fn baseline_loop_is_bit_identical_to_the_plain_solver() {
 
 fn published_effect(kind: SolverKind, preset: &str, cfg: SadaConfig, min_psnr: f64) {
     let (base, base_trace) = run(kind, preset, 50, &mut NoAcceleration, 1);
-    let (fast, trace) = run(kind, preset, 50, &mut Sada::new(cfg), 1);
+    let (fast, trace) = run(kind, preset, 50, &mut Sada::new(cfg, 0), 1);
     let ratio = base_trace.evaluations as f64 / trace.evaluations as f64;
     let p = psnr(&fast, &base, data_range(&base).unwrap()).unwrap();
     eprintln!("{kind:?}: {} -> {} evaluations ({ratio:.2}x), PSNR {p:.2} dB [{}]", base_trace.evaluations, trace.evaluations, trace.summary());
@@ -282,8 +283,8 @@ fn published_flux_settings_save_evaluations_and_stay_close_flow() {
 
 #[test]
 fn sada_is_deterministic_and_works_with_batches() {
-    let (a, ta) = run(SolverKind::DpmSolverMultistep, presets::SD21, 50, &mut Sada::new(SadaConfig::sd2()), 2);
-    let (b, tb) = run(SolverKind::DpmSolverMultistep, presets::SD21, 50, &mut Sada::new(SadaConfig::sd2()), 2);
+    let (a, ta) = run(SolverKind::DpmSolverMultistep, presets::SD21, 50, &mut Sada::new(SadaConfig::sd2(), 0), 2);
+    let (b, tb) = run(SolverKind::DpmSolverMultistep, presets::SD21, 50, &mut Sada::new(SadaConfig::sd2(), 0), 2);
     assert_eq!(vals(&a), vals(&b));
     assert_eq!(ta.evaluations, tb.evaluations);
     assert_eq!(a.dims(), &[2, 4, 16, 16]);
@@ -291,7 +292,7 @@ fn sada_is_deterministic_and_works_with_batches() {
 
 #[test]
 fn trace_serialises_with_the_documented_fields() {
-    let (_, trace) = run(SolverKind::DpmSolverMultistep, presets::SD21, 50, &mut Sada::new(SadaConfig::sd2()), 1);
+    let (_, trace) = run(SolverKind::DpmSolverMultistep, presets::SD21, 50, &mut Sada::new(SadaConfig::sd2(), 0), 1);
     let v = serde_json::to_value(&trace).unwrap();
     assert_eq!(v["evaluations"].as_u64().unwrap() as usize, trace.evaluations);
     let steps = v["steps"].as_array().unwrap();
@@ -329,7 +330,7 @@ fn token_plans_follow_the_refresh_schedule_with_a_pruning_denoiser() {
     let (cond, uncond) = conds(1);
     let guided = Guided::new(&model, cond, Some(uncond), 7.5).unwrap();
     let x = noise(&shape, 11, s.init_noise_sigma());
-    let (_, trace) = sample(&guided, s.as_mut(), &mut Sada::new(cfg), x, &mut |_, _| {}).unwrap();
+    let (_, trace) = sample(&guided, s.as_mut(), &mut Sada::new(cfg, 0), x, &mut |_, _| {}).unwrap();
     for st in &trace.steps {
         let inside = (10..47).contains(&st.index);
         match st.decision {
@@ -358,13 +359,13 @@ fn invalid_parameters_are_refused_with_their_name() {
         (SadaConfig { acc_range: (0, 3), lagrange_term: 0, ..SadaConfig::sd2() }, "acc_range"),
     ];
     for (cfg, name) in cases {
-        let err = Sada::new(cfg).begin(s.as_mut(), &[1, 4, 8, 8], &Capabilities::default()).unwrap_err().to_string();
+        let err = Sada::new(cfg, 0).begin(s.as_mut(), &[1, 4, 8, 8], &Capabilities::default()).unwrap_err().to_string();
         assert!(err.contains(&format!("`{name}`")), "{err}");
         assert!(!err.contains('\n'));
     }
     // The example: 20 steps, acc_range (4, 18), lagrange_step 8, int 4 -> 3 anchors only.
     let ok = SadaConfig { acc_range: (4, 18), lagrange_step: 8, lagrange_term: 3, ..SadaConfig::sd2() };
-    Sada::new(ok).begin(s.as_mut(), &[1, 4, 8, 8], &Capabilities::default()).unwrap();
+    Sada::new(ok, 0).begin(s.as_mut(), &[1, 4, 8, 8], &Capabilities::default()).unwrap();
 }
 
 /// A network that returns NaN from some step on.
@@ -415,7 +416,7 @@ fn flow_criterion_after_a_skip_is_exactly_zero_so_f32_and_f64_take_one_path() {
         let (cond, uncond) = conds(1);
         let guided = Guided::new(&model, cond, Some(uncond), 7.5).unwrap();
         let x = noise(&shape, 11, s.init_noise_sigma()).to_dtype(dtype).unwrap();
-        let (_, trace) = sample(&guided, s.as_mut(), &mut Sada::new(SadaConfig::flux()), x, &mut |_, _| {}).unwrap();
+        let (_, trace) = sample(&guided, s.as_mut(), &mut Sada::new(SadaConfig::flux(), 0), x, &mut |_, _| {}).unwrap();
         let skipped: Vec<_> = trace.steps.iter().filter(|st| !st.decision.computed()).collect();
         assert!(!skipped.is_empty(), "{dtype:?}: no skips");
         for st in skipped {

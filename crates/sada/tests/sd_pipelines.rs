@@ -12,8 +12,8 @@ use std::sync::Arc;
 use candle_core::{DType, Tensor};
 use sada::models::single_file::Checkpoint;
 use sada::models::ModelSource;
-use sada::pipelines::{GenerateOptions, Pipeline, PipelineInputs, StableDiffusion};
-use sada::policy::acceleration::Family;
+use sada::pipelines::{GenerateOptions, Pipeline, PipelineInputs, PromptOptions, StableDiffusion};
+use sada::Family;
 use sada::policy::Acceleration;
 use sada::solvers::SolverKind;
 
@@ -72,7 +72,7 @@ fn options(fam: &str) -> GenerateOptions {
 
 fn encode(pipe: &mut StableDiffusion, fam: &str, clip_skip: Option<usize>) -> PipelineInputs {
     let c = case(fam);
-    pipe.encode_prompts(&[c["prompt"].as_str().unwrap().to_string()], c["negative_prompt"].as_str(), clip_skip).unwrap()
+    pipe.encode_prompts(&[c["prompt"].as_str().unwrap().to_string()], &PromptOptions { negative_prompt: c["negative_prompt"].as_str().map(str::to_owned), clip_skip, ..Default::default() }).unwrap()
 }
 
 /// Final latents from the prompt, from the fixture's `latents` or (None) from the seed.
@@ -170,7 +170,7 @@ fn sdxl_matches_diffusers_from_a_prompt() {
 fn sdxl_without_negative_prompt_uses_zeros() {
     let dir = folder("sdxl");
     let mut pipe = StableDiffusion::load(dir.path(), DType::F32, &device()).unwrap();
-    let inputs = pipe.encode_prompts(&["a cat".to_string()], None, None).unwrap();
+    let inputs = pipe.encode_prompts(&["a cat".to_string()], &PromptOptions::default()).unwrap();
     for t in [inputs.negative_prompt_embeds.unwrap(), inputs.negative_pooled_prompt_embeds.unwrap()] {
         assert_eq!(t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap(), 0.0);
     }

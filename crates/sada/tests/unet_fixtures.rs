@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Tensor};
 use sada::denoiser::{Conditioning, Denoiser, ForwardContext, Guided, TokenPlan, TokenSelection};
-use sada::models::token_cache::TokenCache;
+use sada::denoiser::token_cache::TokenCache;
 use sada::models::{AutoencoderKl, UNet2DConditionModel};
 use sada::policy::NoAcceleration;
 use sada::sampling::sample;

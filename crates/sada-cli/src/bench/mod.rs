@@ -15,22 +15,21 @@ mod shard;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use sada::data::shapes::Scene;
-use sada::image::{png_bytes, to_rgb, RgbImage};
+use sada::compare::{equal_budget_steps, Fidelity, Run};
+use sada::image::{png_bytes, RgbImage};
 use sada::metrics::lpips::Lpips;
-use sada::metrics::{psnr_rgb, ssim};
-use sada::pipelines::{validate_prompt, GenerateOptions, Pipeline, PipelineInputs};
-use sada::policy::acceleration::Family;
+use sada::pipelines::{validate_prompt, GenerateOptions, Pipeline, PipelineInputs, PromptOptions};
+use sada::Family;
 use sada::policy::Acceleration;
 use sada::sampling::Trace;
 use serde::{Deserialize, Serialize};
 
-use crate::args::{load_model, DeviceArgs, DtypeArg, MemoryArgs, ModelArgs, SadaArgs, SolverArg};
-use crate::control::ControlArgs;
+use crate::args::{load_model, solver_for, DeviceArgs, DtypeArg, MemoryArgs, ModelArgs, SadaArgs, SolverArg};
+use crate::control::{control_inputs, ControlArgs};
 use crate::output::write_atomic;
 pub use plot::lines_svg;
 pub use shard::Shard;
@@ -214,7 +213,7 @@ fn methods(args: &RunArgs, family: Family) -> Result<(Vec<Acceleration>, usize)>
     for name in args.methods.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
         let mut a = Acceleration::parse(name, family)?;
         if let Acceleration::Sada(cfg) = &mut a {
-            *cfg = args.sada.apply(cfg.clone(), 0);
+            *cfg = args.sada.apply(cfg.clone());
         }
         anyhow::ensure!(!a.is_baseline(), "--methods: the baseline always runs; leave `none` out");
         push(a, &mut list);
@@ -249,16 +248,17 @@ fn run_bench(args: &RunArgs) -> Result<()> {
     let device = args.device.device()?;
     args.control.check(args.control_outlines)?;
     let dtype = args.dtype.resolve(&device)?;
-    let (mut pipe, model_name, default_guidance) = load_model(&args.model, dtype, &device)?;
-    let control = if args.control.any() || args.control_outlines {
+    let (mut pipe, model_name) = load_model(&args.model, dtype, &device)?;
+    let default_guidance = pipe.default_guidance();
+    let attached = if args.control.any() || args.control_outlines {
         let hub_opts = sada::models::hub::HubOptions { revision: None, offline: args.model.offline };
-        let attached = args.control.attach(pipe.as_mut(), &hub_opts, dtype, &device, args.control_outlines)?;
-        Some(serde_json::json!({ "controlnets": attached, "control_outlines": args.control_outlines, "guess_mode": args.control.guess_mode }))
+        args.control.attach(pipe.as_mut(), &hub_opts, dtype, &device, args.control_outlines)?
     } else {
-        None
+        Vec::new()
     };
+    let control = (!attached.is_empty()).then(|| serde_json::json!({ "controlnets": attached, "control_outlines": args.control_outlines, "guess_mode": args.control.guess_mode }));
     let family = pipe.family();
-    let kind = args.solver.unwrap_or_else(|| SolverArg::default_for(family)).for_family(family)?;
+    let kind = solver_for(args.solver, family)?;
     anyhow::ensure!(pipe.can_decode(), "{model_name}: no vae/ folder, so images cannot be compared");
     anyhow::ensure!(pipe.has_text_encoder(), "{model_name}: no text encoder, so prompts cannot be benchmarked");
     let prompts = match &args.prompts {
@@ -341,11 +341,11 @@ fn run_bench(args: &RunArgs) -> Result<()> {
             }
         }
         if encoded.as_ref().map(|(p, _)| *p) != Some(pi) {
-            encoded = Some((pi, bench.pipe.encode_prompts(std::slice::from_ref(prompt), None, None)?));
-            if let Some(outline) = outlines.get(pi) {
-                let n = args.control.controlnet.len().max(1);
-                bench.pipe.set_control_images(vec![outline.clone(); n])?;
-            }
+            let mut inputs = bench.pipe.encode_prompts(std::slice::from_ref(prompt), &PromptOptions::default())?;
+            let images = outlines.get(pi).map(|outline| vec![outline.clone(); attached.len()]);
+            inputs.control = control_inputs(&attached, images.as_deref())?;
+            inputs.guess_mode = args.control.guess_mode;
+            encoded = Some((pi, inputs));
         }
         let inputs = &encoded.as_ref().expect("encoded above").1;
         let record = bench.case(index, prompt, seed, inputs)?;
@@ -375,15 +375,13 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    fn sample(&mut self, inputs: &PipelineInputs, opts: &GenerateOptions, label: &str, prompt: &str) -> Result<(RgbImage, Trace, f64)> {
+    fn sample(&mut self, inputs: &PipelineInputs, opts: &GenerateOptions, label: &str, prompt: &str) -> Result<(RgbImage, Run)> {
         let short = truncate(prompt, 40);
         self.bar.set_message(format!("{label}: {short}"));
         let bar = self.bar;
-        let start = Instant::now();
-        let (latents, trace) = self.pipe.generate(inputs, opts, &mut |i, n| bar.set_message(format!("{label} step {i}/{n}: {short}")))?;
-        let seconds = start.elapsed().as_secs_f64();
-        let image = to_rgb(&self.pipe.decode(&latents)?.context("no decoder")?)?;
-        Ok((image, trace, seconds))
+        let run = Run::sample(self.pipe.as_mut(), inputs, opts, &mut |i, n| bar.set_message(format!("{label} step {i}/{n}: {short}")))?;
+        let image = run.image(self.pipe.as_ref())?;
+        Ok((image, run))
     }
 
     /// Sample `accel` and score it against `base` (None: this is the baseline).
@@ -400,14 +398,11 @@ impl Bench<'_> {
             size_conditioning: Default::default(),
         };
         let label = if accel.is_baseline() { "baseline".to_owned() } else { accel.label(s.family) };
-        let (img, trace, seconds) = self.sample(inputs, &opts, &label, prompt)?;
+        let (img, Run { trace, seconds, .. }) = self.sample(inputs, &opts, &label, prompt)?;
         let image = format!("images/{index:04}-{file}.png");
         let meta = serde_json::json!({"prompt": prompt, "seed": seed, "method": accel.spec(), "steps": opts.acceleration.steps(s.steps)});
         write_atomic(&self.out.join(&image), &png_bytes(&img, &[("parameters", meta.to_string())])?)?;
-        let (psnr_db, ssim_v, lpips) = match base {
-            Some(b) => (Some(psnr_rgb(&img, b)?), Some(ssim(&img, b)?), self.lpips.map(|l| l.distance_rgb(&img, b)).transpose()?),
-            None => (None, None, None),
-        };
+        let fidelity = base.map(|b| Fidelity::of(&img, b, self.lpips)).transpose()?;
         let run = MethodRun {
             label,
             spec: accel.spec(),
@@ -415,9 +410,9 @@ impl Bench<'_> {
             evaluations: trace.evaluations,
             equivalent_evaluations: trace.equivalent_evaluations(),
             seconds,
-            psnr_db,
-            ssim: ssim_v,
-            lpips,
+            psnr_db: fidelity.map(|f| f.psnr_db),
+            ssim: fidelity.map(|f| f.ssim),
+            lpips: fidelity.and_then(|f| f.lpips),
             decisions: trace.summary(),
             image,
             equal_budget_steps: None,
@@ -438,18 +433,13 @@ impl Bench<'_> {
         let mut sada_trace = None;
         let mut plain: BTreeMap<usize, MethodRun> = BTreeMap::new();
         for (m, accel) in self.methods.iter().enumerate() {
-            // SADA's token-selection seed follows the run's seed, as in `sada generate`.
-            let accel = match accel {
-                Acceleration::Sada(cfg) => Acceleration::Sada(sada::policy::SadaConfig { seed, ..cfg.clone() }),
-                other => other.clone(),
-            };
-            let (mut run, _, trace) = self.method(index, prompt, seed, inputs, &accel, Some(&base_img), &format!("m{m:02}"))?;
+            let (mut run, _, trace) = self.method(index, prompt, seed, inputs, accel, Some(&base_img), &format!("m{m:02}"))?;
+            let budget = if matches!(accel, Acceleration::FewerSteps(_)) { None } else { equal_budget_steps(&trace, s.steps) };
             if matches!(accel, Acceleration::Sada(_)) && sada_trace.is_none() {
                 sada_trace = Some(trace);
             }
             // the plain solver at the same cost (fewer-steps is that already)
-            let k = (run.equivalent_evaluations.round() as usize).clamp(1, s.steps);
-            if !matches!(accel, Acceleration::FewerSteps(_)) && k < s.steps {
+            if let Some(k) = budget {
                 if !plain.contains_key(&k) {
                     let fewer = Acceleration::parse(&format!("fewer-steps:steps={k}"), s.family)?;
                     let (p, _, _) = self.method(index, prompt, seed, inputs, &fewer, Some(&base_img), &format!("plain{k:03}"))?;

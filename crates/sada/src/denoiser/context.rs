@@ -15,7 +15,7 @@ use candle_core::Tensor;
 
 use super::tokens::TokenPlan;
 use crate::error::Result;
-use crate::models::token_cache::{BlockTokens, TokenCache};
+use super::token_cache::{BlockTokens, TokenCache};
 
 /// Where in a network a branch site sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -252,7 +252,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::*;
-    use crate::models::token_cache::BlockTokens;
+    use crate::denoiser::token_cache::BlockTokens;
 
     struct Watches(Option<SiteKind>);
 

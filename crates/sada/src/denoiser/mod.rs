@@ -7,12 +7,13 @@
 
 pub mod conditioning;
 pub mod context;
+pub mod token_cache;
 pub mod tokens;
 
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
-use crate::models::token_cache::TokenCache;
+use token_cache::TokenCache;
 pub use conditioning::Conditioning;
 pub use context::{downcast_parts, ForwardContext, ImageHook, Site, SiteHook, SiteKind};
 pub use tokens::{TokenPlan, TokenSelection};

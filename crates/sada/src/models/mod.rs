@@ -7,11 +7,11 @@
 pub mod controlnet;
 pub mod flux;
 pub mod hub;
+pub mod resolve;
 pub mod kernels;
 pub mod layers;
 pub mod single_file;
 pub mod source;
-pub mod token_cache;
 pub mod unet;
 pub mod vae;
 pub mod weights;
@@ -20,4 +20,5 @@ pub use controlnet::ControlNetModel;
 pub use flux::FluxTransformer2DModel;
 pub use unet::{AdditionalResiduals, UNet2DConditionConfig, UNet2DConditionModel};
 pub use vae::AutoencoderKl;
+pub use resolve::ModelRef;
 pub use source::ModelSource;

@@ -20,21 +20,7 @@ use candle_nn::var_builder::SimpleBackend;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-
-/// The model families a single file can be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CheckpointFamily {
-    /// SD-1.x: OpenAI CLIP-L text encoder, epsilon prediction.
-    Sd1,
-    /// SD-2.x: OpenCLIP-H text encoder (its last layer dropped), v prediction (as diffusers
-    /// assumes for every SD-2 file).
-    Sd2,
-    /// SDXL base: CLIP-L and OpenCLIP-bigG with projection, `text_time` conditioning.
-    Sdxl,
-    /// FLUX.1 (Black Forest Labs' layout): the transformer alone, dev (guidance embedding)
-    /// or schnell.
-    Flux,
-}
+use crate::family::Architecture;
 
 const UNET: &str = "model.diffusion_model.";
 
@@ -120,7 +106,7 @@ impl SimpleBackend for Renamed {
 /// A single-file checkpoint, opened and mapped.
 pub struct Checkpoint {
     pub path: PathBuf,
-    pub family: CheckpointFamily,
+    pub family: Architecture,
     file: Arc<MmapedSafetensors>,
     /// Per diffusers component: tensor name -> where it comes from.
     maps: HashMap<String, HashMap<String, Source>>,
@@ -184,17 +170,17 @@ impl Checkpoint {
             .find(|k| k.starts_with(UNET) && k.ends_with("attn2.to_k.weight"))
             .and_then(|k| shapes_of[k].get(1).copied());
         let family = if has("conditioner.embedders.") {
-            CheckpointFamily::Sdxl
+            Architecture::Sdxl
         } else if has("cond_stage_model.model.") {
-            CheckpointFamily::Sd2
+            Architecture::Sd2
         } else if has("cond_stage_model.transformer.") {
-            CheckpointFamily::Sd1
+            Architecture::Sd1
         } else {
             // no text encoder in the file: the cross-attention width tells
             match context {
-                Some(768) => CheckpointFamily::Sd1,
-                Some(1024) => CheckpointFamily::Sd2,
-                Some(2048) => CheckpointFamily::Sdxl,
+                Some(768) => Architecture::Sd1,
+                Some(1024) => Architecture::Sd2,
+                Some(2048) => Architecture::Sdxl,
                 other => return Err(Error::file(path, format!("no text encoder and a cross-attention width of {other:?}: cannot tell SD-1, SD-2 or SDXL apart"))),
             }
         };
@@ -206,13 +192,13 @@ impl Checkpoint {
             maps.insert("vae".into(), vae_map(&keys, p, &shapes_of).map_err(err)?);
         }
         match family {
-            CheckpointFamily::Sd1 if has("cond_stage_model.transformer.") => {
+            Architecture::Sd1 if has("cond_stage_model.transformer.") => {
                 maps.insert("text_encoder".into(), clip_map(&keys, "cond_stage_model.transformer."));
             }
-            CheckpointFamily::Sd2 if has("cond_stage_model.model.") => {
+            Architecture::Sd2 if has("cond_stage_model.model.") => {
                 maps.insert("text_encoder".into(), openclip_map(&keys, "cond_stage_model.model.", true, &shapes_of).map_err(err)?);
             }
-            CheckpointFamily::Sdxl => {
+            Architecture::Sdxl => {
                 if has("conditioner.embedders.0.transformer.") {
                     maps.insert("text_encoder".into(), clip_map(&keys, "conditioner.embedders.0.transformer."));
                 }
@@ -346,7 +332,7 @@ impl Checkpoint {
             [("model_index.json".to_string(), index.to_string()), ("transformer/config.json".to_string(), config.to_string()), ("scheduler/scheduler_config.json".to_string(), scheduler.to_string())]
                 .into_iter()
                 .collect();
-        Ok(Checkpoint { path: path.to_path_buf(), family: CheckpointFamily::Flux, file: Arc::new(file), maps, shapes, files })
+        Ok(Checkpoint { path: path.to_path_buf(), family: Architecture::Flux, file: Arc::new(file), maps, shapes, files })
     }
 
     /// The diffusers files this checkpoint stands for (configs and tokenizer files).
@@ -374,7 +360,7 @@ impl Checkpoint {
     fn synthesise(&self) -> std::result::Result<HashMap<String, String>, String> {
         let fam = self.family;
         let mut files = HashMap::new();
-        let mut index = json!({"_class_name": if fam == CheckpointFamily::Sdxl { "StableDiffusionXLPipeline" } else { "StableDiffusionPipeline" },
+        let mut index = json!({"_class_name": if fam == Architecture::Sdxl { "StableDiffusionXLPipeline" } else { "StableDiffusionPipeline" },
             "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", scheduler(fam)["_class_name"].clone()]});
         files.insert("unet/config.json".into(), self.unet_config()?.to_string());
         files.insert("scheduler/scheduler_config.json".into(), scheduler(fam).to_string());
@@ -382,7 +368,7 @@ impl Checkpoint {
             files.insert("vae/config.json".into(), self.vae_config()?.to_string());
             index["vae"] = json!(["diffusers", "AutoencoderKL"]);
         }
-        for (comp, tok, pad) in [("text_encoder", "tokenizer", if fam == CheckpointFamily::Sd2 { "!" } else { "<|endoftext|>" }), ("text_encoder_2", "tokenizer_2", "!")] {
+        for (comp, tok, pad) in [("text_encoder", "tokenizer", if fam == Architecture::Sd2 { "!" } else { "<|endoftext|>" }), ("text_encoder_2", "tokenizer_2", "!")] {
             if self.maps.contains_key(comp) {
                 files.insert(format!("{comp}/config.json"), self.text_config(comp)?.to_string());
                 index[comp] = json!(["transformers", if comp == "text_encoder_2" { "CLIPTextModelWithProjection" } else { "CLIPTextModel" }]);
@@ -392,7 +378,7 @@ impl Checkpoint {
                 index[tok] = json!(["transformers", "CLIPTokenizer"]);
             }
         }
-        if fam == CheckpointFamily::Sdxl {
+        if fam == Architecture::Sdxl {
             index["force_zeros_for_empty_prompt"] = json!(true);
         }
         files.insert("model_index.json".into(), index.to_string());
@@ -400,12 +386,12 @@ impl Checkpoint {
     }
 
     fn unet_config(&self) -> std::result::Result<Value, String> {
-        let mut c = unet_config(&self.shapes["unet"], self.family == CheckpointFamily::Sd2)?;
+        let mut c = unet_config(&self.shapes["unet"], self.family == Architecture::Sd2)?;
         c["out_channels"] = json!(self.shape("unet", "conv_out.weight")?[0]);
         c["sample_size"] = json!(match self.family {
-            CheckpointFamily::Sd1 => 64,
-            CheckpointFamily::Sd2 => 96,
-            CheckpointFamily::Sdxl | CheckpointFamily::Flux => 128,
+            Architecture::Sd1 => 64,
+            Architecture::Sd2 => 96,
+            Architecture::Sdxl | Architecture::Flux => 128,
         });
         Ok(c)
     }
@@ -420,7 +406,7 @@ impl Checkpoint {
             .max()
             .ok_or("no encoder resnets")?;
         let channels: Vec<usize> = (0..levels).map(|i| s(&format!("encoder.down_blocks.{i}.resnets.0.conv2.weight")).map(|v| v[0])).collect::<std::result::Result<_, _>>()?;
-        let xl = self.family == CheckpointFamily::Sdxl;
+        let xl = self.family == Architecture::Sdxl;
         Ok(json!({
             "_class_name": "AutoencoderKL",
             "in_channels": s("encoder.conv_in.weight")?[1], "out_channels": s("decoder.conv_out.weight")?[0],
@@ -439,7 +425,7 @@ impl Checkpoint {
         let keys: Vec<&String> = self.maps[comp].keys().collect();
         let tok = s("text_model.embeddings.token_embedding.weight")?;
         let layers = keys.iter().filter_map(|k| k.strip_prefix("text_model.encoder.layers.").and_then(index_rest).map(|(n, _)| n + 1)).max().ok_or("no encoder layers")?;
-        let openai = comp == "text_encoder" && self.family != CheckpointFamily::Sd2;
+        let openai = comp == "text_encoder" && self.family != Architecture::Sd2;
         let mut c = json!({
             "vocab_size": tok[0], "hidden_size": tok[1],
             "intermediate_size": s("text_model.encoder.layers.0.mlp.fc1.weight")?[0],
@@ -456,20 +442,20 @@ impl Checkpoint {
 }
 
 /// The scheduler configuration each family ships (diffusers' repos for SD-1.5, SD-2.1, SDXL).
-fn scheduler(fam: CheckpointFamily) -> Value {
+fn scheduler(fam: Architecture) -> Value {
     let common = json!({"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "steps_offset": 1, "set_alpha_to_one": false, "clip_sample": false, "trained_betas": null});
     let mut c = common;
     match fam {
-        CheckpointFamily::Sd1 => {
+        Architecture::Sd1 => {
             c["_class_name"] = json!("PNDMScheduler");
             c["skip_prk_steps"] = json!(true);
             c["prediction_type"] = json!("epsilon");
         }
-        CheckpointFamily::Sd2 => {
+        Architecture::Sd2 => {
             c["_class_name"] = json!("DDIMScheduler");
             c["prediction_type"] = json!("v_prediction");
         }
-        CheckpointFamily::Sdxl => {
+        Architecture::Sdxl => {
             c["_class_name"] = json!("EulerDiscreteScheduler");
             c["prediction_type"] = json!("epsilon");
             c["timestep_spacing"] = json!("leading");
@@ -477,7 +463,7 @@ fn scheduler(fam: CheckpointFamily) -> Value {
             c["use_karras_sigmas"] = json!(false);
         }
         // a Flux checkpoint synthesises its own files (`open_flux`)
-        CheckpointFamily::Flux => {}
+        Architecture::Flux => {}
     }
     c
 }

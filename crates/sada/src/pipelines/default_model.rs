@@ -13,7 +13,7 @@ use crate::data::shapes::{self, Scene};
 use crate::error::Result;
 use crate::image::to_rgb;
 use crate::models::ModelSource;
-use crate::pipelines::{GenerateOptions, Pipeline, StableDiffusion};
+use crate::pipelines::{ControlInput, GenerateOptions, Pipeline, PromptOptions, StableDiffusion};
 use crate::policy::Acceleration;
 use crate::solvers::SolverKind;
 
@@ -49,7 +49,15 @@ pub fn source() -> ModelSource {
 
 /// The embedded model, ready to sample (f32).
 pub fn load(device: &Device) -> Result<StableDiffusion> {
-    StableDiffusion::load_from(source(), DType::F32, device)
+    load_in(DType::F32, device)
+}
+
+/// The embedded model computing in `dtype`, with the guidance scale it was tuned for as its
+/// default.
+pub fn load_in(dtype: DType, device: &Device) -> Result<StableDiffusion> {
+    let mut pipe = StableDiffusion::load_from(source(), dtype, device)?;
+    pipe.guidance_scale = Some(GUIDANCE_SCALE);
+    Ok(pipe)
 }
 
 /// How closely the drawn shape follows a control outline. Each case is a prompt and the scene
@@ -60,13 +68,11 @@ pub fn load(device: &Device) -> Result<StableDiffusion> {
 /// `steps` steps seeded by the case index.
 pub fn outline_overlap(pipe: &mut StableDiffusion, cases: &[(String, Scene, Scene)], steps: usize) -> Result<Vec<(f64, f64)>> {
     let (h, w) = pipe.default_size();
-    let controlled = !pipe.controlnets().is_empty();
     let mut out = Vec::with_capacity(cases.len());
     for (i, (prompt, caption_scene, control_scene)) in cases.iter().enumerate() {
-        if controlled {
-            pipe.set_control_images(vec![control_scene.outline(w); pipe.controlnets().len()])?;
-        }
-        let inputs = pipe.encode_prompts(std::slice::from_ref(prompt), Some(""), None)?;
+        let mut inputs = pipe.encode_prompts(std::slice::from_ref(prompt), &PromptOptions { negative_prompt: Some(String::new()), ..Default::default() })?;
+        let outline = ControlInput { image: control_scene.outline(w), settings: Default::default() };
+        inputs.control = vec![outline; pipe.controlnets().len()];
         let opts = GenerateOptions {
             steps,
             guidance_scale: GUIDANCE_SCALE,

@@ -12,11 +12,12 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{GenerateOptions, Pipeline, PipelineInputs, PromptCheck};
+use super::{GenerateOptions, Pipeline, PipelineInputs, PromptCheck, PromptOptions};
 use crate::denoiser::{Conditioning, Guided};
 use crate::error::{Error, Result};
 use crate::models::{AutoencoderKl, FluxTransformer2DModel, ModelSource};
-use crate::policy::acceleration::Family;
+use crate::family::Family;
+use crate::policy::Policy;
 use crate::sampling::{sample, Trace};
 use crate::schedule::flow::flux_default_sigmas;
 use crate::solvers::flow_match_euler::FlowMatchEulerDiscreteConfig;
@@ -204,8 +205,8 @@ impl Pipeline for Flux {
 
     /// T5's count: it reads the most (`max_sequence_length` tokens; CLIP's pooled embedding
     /// sees the first 77).
-    fn check_prompt(&mut self, prompt: &str) -> Result<PromptCheck> {
-        let window = self.max_sequence_length;
+    fn check_prompt(&mut self, prompt: &str, opts: &PromptOptions) -> Result<PromptCheck> {
+        let window = opts.max_sequence_length.unwrap_or(self.max_sequence_length);
         let tokens = self.text()?.t5_tokenizer.count(prompt)?;
         Ok(PromptCheck { unknown: Vec::new(), tokens, window })
     }
@@ -218,17 +219,18 @@ impl Pipeline for Flux {
         net.max(decode)
     }
 
-    fn encode_prompts(&mut self, prompts: &[String], negative_prompt: Option<&str>, clip_skip: Option<usize>) -> Result<PipelineInputs> {
-        if negative_prompt.is_some() {
+    fn encode_prompts(&mut self, prompts: &[String], opts: &PromptOptions) -> Result<PipelineInputs> {
+        if opts.negative_prompt.is_some() {
             return Err(Error::param("negative_prompt", "Flux is guidance-distilled: it runs no unconditional branch, so a negative prompt has nothing to act on"));
         }
-        if clip_skip.is_some() {
+        if opts.clip_skip.is_some() {
             return Err(Error::param("clip_skip", "Flux reads CLIP's pooled output only; clip skip does not apply"));
         }
-        if !(1..=MAX_SEQUENCE_LENGTH).contains(&self.max_sequence_length) {
-            return Err(Error::param("max_sequence_length", format!("{} is outside 1..={MAX_SEQUENCE_LENGTH}", self.max_sequence_length)));
+        let n = opts.max_sequence_length.unwrap_or(self.max_sequence_length);
+        if !(1..=MAX_SEQUENCE_LENGTH).contains(&n) {
+            return Err(Error::param("max_sequence_length", format!("{n} is outside 1..={MAX_SEQUENCE_LENGTH} (T5 tokens)")));
         }
-        let (device, n) = (self.device.clone(), self.max_sequence_length);
+        let device = self.device.clone();
         let text = self.text()?;
         let clip_ids: Vec<Vec<u32>> = prompts.iter().map(|p| text.clip_tokenizer.encode(p)).collect();
         let pooled = text.clip.encode(&Tensor::new(clip_ids, &device)?)?.pooled;
@@ -241,8 +243,11 @@ impl Pipeline for Flux {
         self.checked_solver(opts).map(drop)
     }
 
-    fn generate(&mut self, inputs: &PipelineInputs, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<(Tensor, Trace)> {
+    fn generate_with(&mut self, inputs: &PipelineInputs, opts: &GenerateOptions, policy: &mut dyn Policy, on_step: &mut dyn FnMut(usize, usize)) -> Result<(Tensor, Trace)> {
         let mut solver = self.checked_solver(opts)?;
+        if !inputs.control.is_empty() {
+            return Err(Error::param("control image", "this model has no ControlNet"));
+        }
         let (h, w) = self.latent_size(opts)?;
         let (cond, batch) = self.conditioning(inputs, opts)?;
         let shape = [batch, self.transformer.config.latent_channels(), h, w];
@@ -258,22 +263,13 @@ impl Pipeline for Flux {
             None => Tensor::from_vec(crate::torch_rng::TorchGenerator::new(opts.seed).randn(shape.iter().product()), &shape[..], &self.device)?,
         };
         let latents = noise.affine(solver.init_noise_sigma(), 0.0)?.to_dtype(self.dtype)?;
-        let mut policy = opts.acceleration.policy();
         // the guidance scale is an input of the network, not a second batch
         let guided = Guided::new(&self.transformer, cond, None, 1.0)?;
-        sample(&guided, solver.as_mut(), policy.as_mut(), latents, on_step)
+        sample(&guided, solver.as_mut(), policy, latents, on_step)
     }
 
     fn scheduler_class(&self) -> Option<String> {
         self.scheduler_config.get("_class_name").and_then(|v| v.as_str()).map(str::to_owned)
-    }
-
-    fn set_max_sequence_length(&mut self, n: usize) -> Result<()> {
-        if !(1..=MAX_SEQUENCE_LENGTH).contains(&n) {
-            return Err(Error::param("max_sequence_length", format!("{n} is outside 1..={MAX_SEQUENCE_LENGTH} (T5 tokens)")));
-        }
-        self.max_sequence_length = n;
-        Ok(())
     }
 
     fn decode(&self, latents: &Tensor) -> Result<Option<Tensor>> {

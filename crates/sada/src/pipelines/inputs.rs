@@ -6,6 +6,16 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::image::RgbImage;
+use crate::models::controlnet::ControlSettings;
+
+/// One ControlNet's part of a run: its control image (any size: it is resized to the run's as
+/// diffusers' control image processor does) and its settings.
+#[derive(Debug, Clone)]
+pub struct ControlInput {
+    pub image: RgbImage,
+    pub settings: ControlSettings,
+}
 
 /// Conditioning and starting noise, as diffusers' pipeline arguments.
 #[derive(Debug, Clone, Default)]
@@ -17,6 +27,11 @@ pub struct PipelineInputs {
     pub add_time_ids: Option<Tensor>,
     /// Unscaled initial noise (the pipeline multiplies it by `init_noise_sigma`).
     pub latents: Option<Tensor>,
+    /// One per ControlNet the pipeline has, in order (diffusers' `image`,
+    /// `controlnet_conditioning_scale`, `control_guidance_start`, `control_guidance_end`).
+    pub control: Vec<ControlInput>,
+    /// diffusers' `guess_mode` for the ControlNets.
+    pub guess_mode: bool,
 }
 
 const INPUT_NAMES: [&str; 6] = [
@@ -73,6 +88,7 @@ impl PipelineInputs {
             negative_pooled_prompt_embeds: get("negative_pooled_prompt_embeds")?,
             add_time_ids: get("add_time_ids")?,
             latents: get("latents")?,
+            ..Default::default()
         })
     }
 }

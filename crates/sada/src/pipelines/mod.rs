@@ -12,13 +12,12 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::image::RgbImage;
-use crate::models::controlnet::{ControlNetModel, ControlUnit};
-use crate::policy::acceleration::Family;
-use crate::policy::Acceleration;
+use crate::models::controlnet::ControlNetModel;
+use crate::family::Family;
+use crate::policy::{Acceleration, Method, Policy};
 use crate::sampling::Trace;
 use crate::solvers::SolverKind;
-pub use inputs::PipelineInputs;
+pub use inputs::{ControlInput, PipelineInputs};
 pub use flux::Flux;
 pub use stable_diffusion::StableDiffusion;
 
@@ -47,6 +46,18 @@ pub struct GenerateOptions {
     /// SDXL's size conditioning (ignored by other models).
     #[serde(default)]
     pub size_conditioning: SizeConditioning,
+}
+
+/// How prompts are encoded: the arguments of diffusers' `encode_prompt` besides the prompts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PromptOptions {
+    /// The negative prompt (None: the pipeline's default, as diffusers' `negative_prompt=None`).
+    pub negative_prompt: Option<String>,
+    /// Read the text encoder this many layers before its last, as diffusers applies `clip_skip`.
+    pub clip_skip: Option<usize>,
+    /// T5 tokens every prompt is padded or cut to (Flux's `max_sequence_length`; None: the
+    /// model's default).
+    pub max_sequence_length: Option<usize>,
 }
 
 /// What a prompt becomes before it is encoded.
@@ -98,43 +109,55 @@ pub trait Pipeline {
     fn has_text_encoder(&self) -> bool;
     /// Whether [`Pipeline::decode`] gives images.
     fn can_decode(&self) -> bool;
-    /// Unknown words and length of `prompt` as the tokenizer reads it.
-    fn check_prompt(&mut self, prompt: &str) -> Result<PromptCheck>;
+    /// Unknown words and length of `prompt` as the tokenizer reads it with `opts`.
+    fn check_prompt(&mut self, prompt: &str, opts: &PromptOptions) -> Result<PromptCheck>;
     /// An estimate of the memory (bytes) generating and decoding `batch` images of `opts`
     /// needs beyond the loaded weights, to refuse sizes that cannot fit before allocating.
     fn estimate_memory(&self, opts: &GenerateOptions, batch: usize) -> u128;
-    /// Conditioning for a batch of prompts and one negative prompt (None: the pipeline's
-    /// default, as diffusers' `negative_prompt=None`), as diffusers' `encode_prompt`;
-    /// `clip_skip` as diffusers applies it.
-    fn encode_prompts(&mut self, prompts: &[String], negative_prompt: Option<&str>, clip_skip: Option<usize>) -> Result<PipelineInputs>;
+    /// Conditioning for a batch of prompts, as diffusers' `encode_prompt`.
+    fn encode_prompts(&mut self, prompts: &[String], opts: &PromptOptions) -> Result<PipelineInputs>;
     /// Check `opts` against this model (size, step count, accelerator settings) without
     /// sampling, so a run can be refused before any output exists.
     fn validate(&self, opts: &GenerateOptions) -> Result<()>;
-    /// Sample latents; `on_step(done, total)` after every step.
-    fn generate(&mut self, inputs: &PipelineInputs, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<(Tensor, Trace)>;
+    /// Sample latents with `opts.acceleration`; `on_step(done, total)` after every step.
+    fn generate(&mut self, inputs: &PipelineInputs, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<(Tensor, Trace)> {
+        let mut policy = opts.acceleration.policy(opts.seed);
+        self.generate_with(inputs, opts, policy.as_mut(), on_step)
+    }
+    /// Sample latents with `policy` deciding what each step costs (any [`Policy`], e.g. one of
+    /// your own); `opts.acceleration` still sets the step count and is checked against it.
+    fn generate_with(&mut self, inputs: &PipelineInputs, opts: &GenerateOptions, policy: &mut dyn Policy, on_step: &mut dyn FnMut(usize, usize)) -> Result<(Tensor, Trace)>;
     /// The scheduler class the model ships (its `scheduler_config.json`), which the chosen
     /// solver is built from.
     fn scheduler_class(&self) -> Option<String>;
     /// Latents to an image tensor in [-1, 1], if the model has a decoder.
     fn decode(&self, latents: &Tensor) -> Result<Option<Tensor>>;
 
+    /// diffusers' defaults for this model (50 steps, its guidance scale and image size, seed 0)
+    /// with the solver SADA's published runs use for its family and SADA at the family's
+    /// published settings.
+    fn default_options(&self) -> GenerateOptions {
+        let (height, width) = self.default_size();
+        let family = self.family();
+        GenerateOptions {
+            steps: 50,
+            guidance_scale: self.default_guidance(),
+            height,
+            width,
+            seed: 0,
+            solver: family.default_solver(),
+            acceleration: Acceleration::Sada(crate::policy::SadaConfig::preset(family)),
+            size_conditioning: SizeConditioning::default(),
+        }
+    }
+
     /// The ControlNet the model folder ships (a `controlnet/` folder, as diffusers' ControlNet
     /// pipelines save one and the embedded model has), if any.
     fn bundled_controlnet(&self, _dtype: DType, _device: &Device) -> Result<Option<ControlNetModel>> {
         Ok(None)
     }
-    /// Steer every later generation with `unit` from `image`.
-    fn add_controlnet(&mut self, _unit: ControlUnit, _image: RgbImage) -> Result<()> {
+    /// Add a ControlNet: every later generation takes one [`ControlInput`] for it.
+    fn add_controlnet(&mut self, _model: ControlNetModel) -> Result<()> {
         Err(Error::param("controlnet", "this model does not take ControlNets"))
-    }
-    /// Replace the control images (one per ControlNet, in order), e.g. per prompt.
-    fn set_control_images(&mut self, _images: Vec<RgbImage>) -> Result<()> {
-        Err(Error::param("control image", "this model has no ControlNet"))
-    }
-    /// diffusers' `guess_mode` for the ControlNets.
-    fn set_guess_mode(&mut self, _on: bool) {}
-    /// diffusers' `max_sequence_length`: the T5 tokens every prompt is padded or cut to (Flux).
-    fn set_max_sequence_length(&mut self, _n: usize) -> Result<()> {
-        Err(Error::param("max_sequence_length", "applies to models with a T5 text encoder (Flux) only"))
     }
 }

@@ -11,13 +11,13 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{GenerateOptions, Pipeline, PipelineInputs, PromptCheck};
+use super::{ControlInput, GenerateOptions, Pipeline, PipelineInputs, PromptCheck, PromptOptions};
 use crate::denoiser::{Conditioning, Guided};
 use crate::error::{Error, Result};
-use crate::image::RgbImage;
 use crate::models::controlnet::{ControlNetModel, ControlUnit, ControlledUNet};
 use crate::models::{AutoencoderKl, ModelSource, UNet2DConditionModel};
-use crate::policy::acceleration::Family;
+use crate::family::Family;
+use crate::policy::Policy;
 use crate::sampling::{sample, Trace};
 use crate::solvers::{build_solver, scheduler_config_object, FlowTimesteps, Solver, SolverKind};
 use crate::text::{ClipTextEncoder, Tokenizer};
@@ -37,12 +37,11 @@ pub struct StableDiffusion {
     force_zeros_for_empty_prompt: bool,
     pub pixel_space: bool,
     scheduler_config: serde_json::Map<String, serde_json::Value>,
-    /// ControlNets (diffusers' `MultiControlNetModel` when several) and their control images,
-    /// resized to each run's size.
-    controlnets: Vec<ControlUnit>,
-    control_images: Vec<RgbImage>,
-    /// diffusers' `guess_mode`: the ControlNets see only the prompt's half of a guided batch.
-    pub guess_mode: bool,
+    /// ControlNets (diffusers' `MultiControlNetModel` when several); each run gives their
+    /// control images and settings.
+    controlnets: Vec<ControlNetModel>,
+    /// The default guidance scale when it is not diffusers' for the family (the embedded model's).
+    pub guidance_scale: Option<f64>,
     device: Device,
     dtype: DType,
 }
@@ -79,18 +78,16 @@ impl StableDiffusion {
             pixel_space,
             scheduler_config,
             controlnets: Vec::new(),
-            control_images: Vec::new(),
-            guess_mode: false,
+            guidance_scale: None,
             device: device.clone(),
             dtype,
         })
     }
 
-    /// Steer generation with `unit.model` from `image` (any size: it is resized to each run's
-    /// as diffusers' control image processor does). Refuses a ControlNet built for another
-    /// UNet, and scales or guidance windows diffusers would refuse.
-    pub fn add_controlnet(&mut self, mut unit: ControlUnit, image: RgbImage) -> Result<()> {
-        let m = &unit.model;
+    /// Steer every later generation with `model` too (each run gives its control image and
+    /// settings). Refuses a ControlNet built for another UNet.
+    pub fn add_controlnet(&mut self, mut model: ControlNetModel) -> Result<()> {
+        let m = &model;
         let mismatch = |what: &str, cn: String, unet: String| Error::param("controlnet", format!("its {what} is {cn} but the UNet's is {unet}: it was made for another model"));
         if m.in_channels() != self.unet.config.in_channels {
             return Err(mismatch("in_channels", m.in_channels().to_string(), self.unet.config.in_channels.to_string()));
@@ -110,43 +107,50 @@ impl StableDiffusion {
                 format!("its conditioning embedding shrinks the control image {}x but the latents are {}x smaller than the image", m.image_factor(), self.vae_scale_factor()),
             ));
         }
-        if !unit.scale.is_finite() {
-            return Err(Error::param("controlnet_conditioning_scale", format!("{} is not a finite number", unit.scale)));
-        }
-        if !(0.0..=1.0).contains(&unit.start) || !(0.0..=1.0).contains(&unit.end) || unit.start >= unit.end {
-            return Err(Error::param("control_guidance_start/end", format!("{} .. {}: expected 0 <= start < end <= 1", unit.start, unit.end)));
-        }
-        if image.width == 0 || image.height == 0 {
-            return Err(Error::param("control image", "it has no pixels"));
-        }
-        unit.model.tag_sites(&format!("controlnet.{}", self.controlnets.len()));
-        self.controlnets.push(unit);
-        self.control_images.push(image);
+        model.tag_sites(&format!("controlnet.{}", self.controlnets.len()));
+        self.controlnets.push(model);
         Ok(())
     }
 
-    pub fn controlnets(&self) -> &[ControlUnit] {
+    pub fn controlnets(&self) -> &[ControlNetModel] {
         &self.controlnets
+    }
+
+    /// One control input per ControlNet, each with an image and settings diffusers accepts.
+    fn check_control(&self, control: &[ControlInput]) -> Result<()> {
+        if control.len() != self.controlnets.len() {
+            return Err(match self.controlnets.len() {
+                0 => Error::param("control image", "this model has no ControlNet"),
+                n => Error::param("control image", format!("{} given for {n} ControlNets: one each", control.len())),
+            });
+        }
+        for c in control {
+            c.settings.validate()?;
+            if c.image.width == 0 || c.image.height == 0 {
+                return Err(Error::param("control image", "it has no pixels"));
+            }
+        }
+        Ok(())
     }
 
     /// The control images at `opts`' size, repeated over `batch`, in `cond` and `uncond`, with
     /// each half's `control_weight`.
-    fn add_control(&self, cond: Conditioning, uncond: Option<Conditioning>, batch: usize, opts: &GenerateOptions) -> Result<(Conditioning, Option<Conditioning>)> {
+    fn add_control(&self, cond: Conditioning, uncond: Option<Conditioning>, batch: usize, opts: &GenerateOptions, inputs: &PipelineInputs) -> Result<(Conditioning, Option<Conditioning>)> {
         let (mut cond, mut uncond) = (cond, uncond);
-        for (i, img) in self.control_images.iter().enumerate() {
-            let resized = crate::resample::resize_lanczos(img, opts.width, opts.height);
+        for (i, c) in inputs.control.iter().enumerate() {
+            let resized = crate::resample::resize_lanczos(&c.image, opts.width, opts.height);
             let t = crate::image::to_unit_tensor(&resized, &self.device)?.repeat((batch, 1, 1, 1))?.to_dtype(self.dtype)?;
             cond = cond.with(format!("controlnet_cond.{i}"), t.clone());
             uncond = uncond.map(|u| u.with(format!("controlnet_cond.{i}"), t));
         }
         let ones = Tensor::ones(batch, DType::F32, &self.device)?;
-        let uncond_weight = if self.effective_guess_mode() { ones.zeros_like()? } else { ones.clone() };
+        let uncond_weight = if self.effective_guess_mode(inputs.guess_mode) { ones.zeros_like()? } else { ones.clone() };
         Ok((cond.with("control_weight", ones), uncond.map(|u| u.with("control_weight", uncond_weight))))
     }
 
     /// diffusers turns guess mode on for ControlNets that pool their residuals.
-    fn effective_guess_mode(&self) -> bool {
-        self.guess_mode || self.controlnets.first().is_some_and(|c| c.model.global_pool_conditions())
+    fn effective_guess_mode(&self, asked: bool) -> bool {
+        asked || self.controlnets.first().is_some_and(|c| c.global_pool_conditions())
     }
 
     /// The tokenizers and text encoders, loaded on first use.
@@ -295,12 +299,12 @@ impl Pipeline for StableDiffusion {
         (s, s)
     }
 
-    /// diffusers' pipelines: 5.0 for SDXL, 7.5 otherwise.
+    /// diffusers' pipelines: 5.0 for SDXL, 7.5 otherwise, unless the model sets its own.
     fn default_guidance(&self) -> f64 {
-        match self.family() {
+        self.guidance_scale.unwrap_or(match self.family() {
             Family::Sdxl => 5.0,
             _ => 7.5,
-        }
+        })
     }
 
     /// 2^(levels - 1) of the VAE (8 for every SD model), 1 in pixel space.
@@ -319,7 +323,7 @@ impl Pipeline for StableDiffusion {
         self.vae.is_some() || self.pixel_space
     }
 
-    fn check_prompt(&mut self, prompt: &str) -> Result<PromptCheck> {
+    fn check_prompt(&mut self, prompt: &str, _opts: &PromptOptions) -> Result<PromptCheck> {
         let c = self.text()?[0].0.count(prompt);
         Ok(PromptCheck { unknown: c.unknown, tokens: c.tokens, window: c.window })
     }
@@ -334,7 +338,11 @@ impl Pipeline for StableDiffusion {
         unet.max(decode)
     }
 
-    fn encode_prompts(&mut self, prompts: &[String], negative_prompt: Option<&str>, clip_skip: Option<usize>) -> Result<PipelineInputs> {
+    fn encode_prompts(&mut self, prompts: &[String], opts: &PromptOptions) -> Result<PipelineInputs> {
+        if opts.max_sequence_length.is_some() {
+            return Err(Error::param("max_sequence_length", "applies to models with a T5 text encoder (Flux) only"));
+        }
+        let (negative_prompt, clip_skip) = (opts.negative_prompt.as_deref(), opts.clip_skip);
         let dtype = self.dtype;
         let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
         let (pe, pooled) = self.encode_texts(&texts, clip_skip)?;
@@ -357,10 +365,11 @@ impl Pipeline for StableDiffusion {
         self.checked_solver(opts).map(drop)
     }
 
-    fn generate(&mut self, inputs: &PipelineInputs, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<(Tensor, Trace)> {
+    fn generate_with(&mut self, inputs: &PipelineInputs, opts: &GenerateOptions, policy: &mut dyn Policy, on_step: &mut dyn FnMut(usize, usize)) -> Result<(Tensor, Trace)> {
         let scale = self.vae_scale_factor();
         // the solver checks the step count before anything is allocated for it
         let mut solver = self.checked_solver(opts)?;
+        self.check_control(&inputs.control)?;
         let (cond, uncond, batch) = self.conditioning(inputs, opts)?;
         let shape = [batch, self.unet.config.in_channels, opts.height / scale, opts.width / scale];
         if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|n| n > MAX_LATENT_ELEMENTS) {
@@ -377,15 +386,15 @@ impl Pipeline for StableDiffusion {
             None => Tensor::from_vec(crate::torch_rng::TorchGenerator::new(opts.seed).randn(shape.iter().product()), &shape[..], &self.device)?,
         };
         let latents = noise.affine(solver.init_noise_sigma(), 0.0)?.to_dtype(self.dtype)?;
-        let mut policy = opts.acceleration.policy();
         if self.controlnets.is_empty() {
             let guided = Guided::new(&self.unet, cond, uncond, opts.guidance_scale)?;
-            return sample(&guided, solver.as_mut(), policy.as_mut(), latents, on_step);
+            return sample(&guided, solver.as_mut(), policy, latents, on_step);
         }
-        let (cond, uncond) = self.add_control(cond, uncond, batch, opts)?;
-        let controlled = ControlledUNet { unet: &self.unet, nets: &self.controlnets, guess_mode: self.effective_guess_mode(), num_steps: solver.num_steps() };
+        let (cond, uncond) = self.add_control(cond, uncond, batch, opts, inputs)?;
+        let nets: Vec<ControlUnit> = self.controlnets.iter().zip(&inputs.control).map(|(model, c)| ControlUnit { model, settings: c.settings }).collect();
+        let controlled = ControlledUNet { unet: &self.unet, nets: &nets, guess_mode: self.effective_guess_mode(inputs.guess_mode), num_steps: solver.num_steps() };
         let guided = Guided::new(&controlled, cond, uncond, opts.guidance_scale)?;
-        sample(&guided, solver.as_mut(), policy.as_mut(), latents, on_step)
+        sample(&guided, solver.as_mut(), policy, latents, on_step)
     }
 
     fn scheduler_class(&self) -> Option<String> {
@@ -399,23 +408,8 @@ impl Pipeline for StableDiffusion {
         ControlNetModel::load_from(&self.source, "controlnet", dtype, device).map(Some)
     }
 
-    fn add_controlnet(&mut self, unit: ControlUnit, image: RgbImage) -> Result<()> {
-        StableDiffusion::add_controlnet(self, unit, image)
-    }
-
-    fn set_control_images(&mut self, images: Vec<RgbImage>) -> Result<()> {
-        if images.len() != self.controlnets.len() {
-            return Err(Error::param("control image", format!("{} given for {} ControlNets: one each", images.len(), self.controlnets.len())));
-        }
-        if images.iter().any(|i| i.width == 0 || i.height == 0) {
-            return Err(Error::param("control image", "it has no pixels"));
-        }
-        self.control_images = images;
-        Ok(())
-    }
-
-    fn set_guess_mode(&mut self, on: bool) {
-        self.guess_mode = on;
+    fn add_controlnet(&mut self, model: ControlNetModel) -> Result<()> {
+        StableDiffusion::add_controlnet(self, model)
     }
 
     fn decode(&self, latents: &Tensor) -> Result<Option<Tensor>> {

@@ -6,109 +6,14 @@
 //! chosen by name with optional settings, `NAME[:key=value,...]`, e.g. `sada`,
 //! `deepcache:interval=5`, `fewer-steps:steps=20`; values are JSON (`acc_range=[10,47]`).
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{NoAcceleration, Policy, SadaConfig};
+use super::baseline::{Baseline, FewerSteps};
+use super::method::Method;
+use super::plan::Policy;
+use super::sada::SadaConfig;
 use crate::error::{Error, Result};
-
-/// The model family a method's defaults are chosen for (the published settings differ).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Family {
-    /// Stable Diffusion 1.x / 2.x and UNets like them.
-    #[default]
-    StableDiffusion,
-    /// SDXL-style UNets (text_time conditioning).
-    Sdxl,
-    /// Flow-matching transformers.
-    Flux,
-}
-
-/// One acceleration method's settings.
-pub trait Method: Sized + Clone + Serialize + DeserializeOwned {
-    /// The settings this method starts from for a model family.
-    fn preset(_family: Family) -> Self;
-    /// The policy that runs these settings.
-    fn policy(&self) -> Box<dyn Policy>;
-    /// Check the settings against a run of `steps` solver steps.
-    fn validate(&self, _steps: usize) -> Result<()> {
-        Ok(())
-    }
-    /// Solver steps this method runs when `requested` are asked for.
-    fn steps(&self, requested: usize) -> usize {
-        requested
-    }
-    /// Settings from least to most aggressive, for speed-vs-fidelity sweeps (empty: none).
-    fn sweep(_family: Family) -> Vec<Self> {
-        Vec::new()
-    }
-}
-
-/// The unaccelerated baseline.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Baseline {}
-
-impl Method for Baseline {
-    fn preset(_: Family) -> Self {
-        Self {}
-    }
-    fn policy(&self) -> Box<dyn Policy> {
-        Box::new(NoAcceleration)
-    }
-}
-
-/// The plain solver with fewer steps: what the same compute buys without an accelerator.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FewerSteps {
-    /// Solver steps to run instead of the requested ones.
-    pub steps: usize,
-}
-
-impl Default for FewerSteps {
-    fn default() -> Self {
-        Self { steps: 25 }
-    }
-}
-
-impl Method for FewerSteps {
-    fn preset(_: Family) -> Self {
-        Self::default()
-    }
-    fn policy(&self) -> Box<dyn Policy> {
-        Box::new(NoAcceleration)
-    }
-    fn validate(&self, _: usize) -> Result<()> {
-        if self.steps == 0 {
-            return Err(Error::param("fewer-steps:steps", "must be at least 1"));
-        }
-        Ok(())
-    }
-    fn steps(&self, _: usize) -> usize {
-        self.steps
-    }
-    fn sweep(_: Family) -> Vec<Self> {
-        [30, 25, 20, 15, 10].into_iter().map(|steps| Self { steps }).collect()
-    }
-}
-
-impl Method for SadaConfig {
-    fn preset(family: Family) -> Self {
-        match family {
-            Family::StableDiffusion => SadaConfig::sd2(),
-            Family::Sdxl => SadaConfig::sdxl(),
-            Family::Flux => SadaConfig::flux(),
-        }
-    }
-    fn policy(&self) -> Box<dyn Policy> {
-        Box::new(super::Sada::new(self.clone()))
-    }
-    fn validate(&self, steps: usize) -> Result<()> {
-        SadaConfig::validate(self, steps)
-    }
-}
+use crate::family::Family;
 
 /// Declares [`Acceleration`] from one line per method: `Variant(Settings) = "name"`.
 macro_rules! methods {
@@ -144,8 +49,9 @@ macro_rules! methods {
                 }
             }
 
-            pub fn policy(&self) -> Box<dyn Policy> {
-                match self { $(Acceleration::$variant(s) => s.policy(),)+ }
+            /// The policy that runs this method in a run seeded with `seed`.
+            pub fn policy(&self, seed: u64) -> Box<dyn Policy> {
+                match self { $(Acceleration::$variant(s) => s.policy(seed),)+ }
             }
 
             pub fn validate(&self, steps: usize) -> Result<()> {

@@ -11,9 +11,10 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::acceleration::{Family, Method};
-use super::{Observation, Policy, SkipKind, StepPlan};
-use crate::denoiser::{Capabilities, SiteHook, TokenPlan};
+use super::method::Method;
+use crate::family::Family;
+use super::plan::{Observation, Policy, SkipKind, StepPlan};
+use crate::denoiser::{Capabilities, TokenPlan};
 use crate::error::{Error, Result};
 use crate::solvers::{Prediction, Solver};
 
@@ -40,7 +41,7 @@ impl Method for AdaptiveConfig {
     fn preset(_: Family) -> Self {
         Self::default()
     }
-    fn policy(&self) -> Box<dyn Policy> {
+    fn policy(&self, _seed: u64) -> Box<dyn Policy> {
         Box::new(Adaptive { cfg: self.clone(), prev: None, diffs: Vec::new(), compute_next: Vec::new(), last_output: None })
     }
     fn validate(&self, _: usize) -> Result<()> {
@@ -79,8 +80,6 @@ impl Adaptive {
         (((cur + prev_prev) / 2.0 - prev).abs() > prev * self.cfg.threshold, rel)
     }
 }
-
-impl SiteHook for Adaptive {}
 
 impl Policy for Adaptive {
     fn begin(&mut self, solver: &dyn Solver, _: &[usize], _: &Capabilities) -> Result<()> {

@@ -11,8 +11,9 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::acceleration::{Family, Method};
-use super::Policy;
+use super::method::Method;
+use crate::family::Family;
+use super::plan::Policy;
 use crate::denoiser::{downcast_parts, Capabilities, ImageHook, Site, SiteHook, SiteKind};
 use crate::error::{Error, Result};
 use crate::solvers::Solver;
@@ -62,7 +63,7 @@ impl Method for DeepCacheConfig {
     fn preset(_: Family) -> Self {
         Self::default()
     }
-    fn policy(&self) -> Box<dyn Policy> {
+    fn policy(&self, _seed: u64) -> Box<dyn Policy> {
         Box::new(DeepCache { cfg: self.clone(), full: Vec::new(), cache: None })
     }
     fn validate(&self, _: usize) -> Result<()> {
@@ -161,6 +162,10 @@ impl SiteHook for DeepCache {
 }
 
 impl Policy for DeepCache {
+    fn hook(&mut self) -> Option<&mut dyn SiteHook> {
+        Some(self)
+    }
+
     fn begin(&mut self, solver: &dyn Solver, _: &[usize], caps: &Capabilities) -> Result<()> {
         if caps.deep_branches == 0 {
             return Err(Error::param("accel", "deepcache needs a U-Net (a denoiser with skip connections); this one has none"));

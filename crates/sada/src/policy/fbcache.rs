@@ -9,8 +9,9 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::acceleration::{Family, Method};
-use super::{Observation, Policy};
+use super::method::Method;
+use crate::family::Family;
+use super::plan::{Observation, Policy};
 use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind};
 use crate::error::{Error, Result};
 use crate::solvers::Solver;
@@ -37,7 +38,7 @@ impl Method for FirstBlockCacheConfig {
             _ => Self::default(),
         }
     }
-    fn policy(&self) -> Box<dyn Policy> {
+    fn policy(&self, _seed: u64) -> Box<dyn Policy> {
         Box::new(FirstBlockCache { cfg: self.clone(), reference: None, residual: None, last_change: None })
     }
     fn validate(&self, _: usize) -> Result<()> {
@@ -89,6 +90,10 @@ impl SiteHook for FirstBlockCache {
 }
 
 impl Policy for FirstBlockCache {
+    fn hook(&mut self) -> Option<&mut dyn SiteHook> {
+        Some(self)
+    }
+
     fn begin(&mut self, solver: &dyn Solver, _: &[usize], caps: &Capabilities) -> Result<()> {
         if !caps.residual_sites {
             return Err(Error::param("accel", "fbcache needs a denoiser that exposes its first block (the UNet); this one does not"));

@@ -13,8 +13,9 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::acceleration::{Family, Method};
-use super::Policy;
+use super::method::Method;
+use crate::family::Family;
+use super::plan::Policy;
 use crate::denoiser::{downcast_parts, Capabilities, ImageHook, Site, SiteHook, SiteKind};
 use crate::error::{Error, Result};
 use crate::solvers::Solver;
@@ -56,7 +57,7 @@ impl Method for TaylorSeerConfig {
     fn preset(_: Family) -> Self {
         Self::default()
     }
-    fn policy(&self) -> Box<dyn Policy> {
+    fn policy(&self, _seed: u64) -> Box<dyn Policy> {
         Box::new(TaylorSeer { cfg: self.clone(), full: Vec::new(), factors: Vec::new(), last_full: None })
     }
     fn validate(&self, _: usize) -> Result<()> {
@@ -148,6 +149,10 @@ impl SiteHook for TaylorSeer {
 }
 
 impl Policy for TaylorSeer {
+    fn hook(&mut self) -> Option<&mut dyn SiteHook> {
+        Some(self)
+    }
+
     fn begin(&mut self, solver: &dyn Solver, _: &[usize], caps: &Capabilities) -> Result<()> {
         if !caps.residual_sites {
             return Err(Error::param("accel", "taylorseer needs a denoiser whose body can be forecast (the UNet); this one cannot"));

@@ -11,8 +11,9 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::acceleration::{Family, Method};
-use super::{Observation, Policy};
+use super::method::Method;
+use crate::family::Family;
+use super::plan::{Observation, Policy};
 use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind};
 use crate::error::{Error, Result};
 use crate::solvers::Solver;
@@ -40,7 +41,7 @@ impl Method for TeaCacheConfig {
     fn preset(_: Family) -> Self {
         Self::default()
     }
-    fn policy(&self) -> Box<dyn Policy> {
+    fn policy(&self, _seed: u64) -> Box<dyn Policy> {
         Box::new(TeaCache { cfg: self.clone(), num_steps: 0, previous: None, accumulated: 0.0, residual: None, last: None })
     }
     fn validate(&self, _: usize) -> Result<()> {
@@ -113,6 +114,10 @@ impl SiteHook for TeaCache {
 }
 
 impl Policy for TeaCache {
+    fn hook(&mut self) -> Option<&mut dyn SiteHook> {
+        Some(self)
+    }
+
     fn begin(&mut self, solver: &dyn Solver, _: &[usize], caps: &Capabilities) -> Result<()> {
         if !caps.input_probe {
             return Err(Error::param("accel", "teacache needs a transformer that shows its first block's timestep-modulated input (Flux); this denoiser does not"));

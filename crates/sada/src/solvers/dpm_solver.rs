@@ -267,9 +267,11 @@ impl Solver for DpmSolverMultistep {
             sigma: sigma as f64,
             alpha_t: alpha_t as f64,
             sigma_t: sigma_t as f64,
-            beta: self.schedule.beta_at(timestep),
-            sqrt_alphas_cumprod: self.schedule.sqrt_alphas_cumprod_at(timestep),
         }
+    }
+
+    fn noise_schedule(&self) -> Option<&NoiseSchedule> {
+        Some(&self.schedule)
     }
 
     fn scale_model_input(&self, sample: &Tensor, _step: usize) -> Result<Tensor> {

@@ -138,9 +138,11 @@ impl Solver for EulerDiscrete {
             sigma: sigma as f64,
             alpha_t: alpha_t as f64,
             sigma_t: sigma_t as f64,
-            beta: self.schedule.beta_at(timestep),
-            sqrt_alphas_cumprod: self.schedule.sqrt_alphas_cumprod_at(timestep),
         }
+    }
+
+    fn noise_schedule(&self) -> Option<&NoiseSchedule> {
+        Some(&self.schedule)
     }
 
     fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {

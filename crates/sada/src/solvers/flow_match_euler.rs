@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::config::{div_scalar, require_off, scale};
 use super::{check_step_order, LatentScale, Prediction, PredictionType, Solver, SolverStep, StepNoise};
+use crate::schedule::NoiseSchedule;
 use crate::error::{Error, Result};
 use crate::schedule::flow::{exponential_shift, linear_shift, static_shift};
 use crate::schedule::np_linspace;
@@ -198,9 +199,11 @@ impl Solver for FlowMatchEulerDiscrete {
             sigma,
             alpha_t: 1.0 - sigma,
             sigma_t: sigma,
-            beta: 0.0,
-            sqrt_alphas_cumprod: 1.0 - sigma,
         }
+    }
+
+    fn noise_schedule(&self) -> Option<&NoiseSchedule> {
+        None
     }
 
     fn scale_model_input(&self, sample: &Tensor, _step: usize) -> Result<Tensor> {

@@ -14,6 +14,7 @@ pub mod presets;
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
+use crate::schedule::NoiseSchedule;
 pub use config::{load_scheduler_config, scheduler_config_object, SolverKind};
 pub use dpm_solver::{DpmSolverConfig, DpmSolverMultistep};
 pub use euler::{EulerDiscrete, EulerDiscreteConfig};
@@ -83,11 +84,6 @@ pub struct StepNoise {
     pub alpha_t: f64,
     /// VP noise scale sigma_t = sigma alpha_t (flow: sigma).
     pub sigma_t: f64,
-    /// Training beta at this timestep, `betas[int(t)]` as SADA's reference reads it (0 for flow).
-    pub beta: f64,
-    /// `sqrt(alphas_cumprod[int(t)])`: the reference's v-prediction drift for DPM-Solver uses the
-    /// table value, not `alpha_t` from the sigma (they differ with Karras sigmas).
-    pub sqrt_alphas_cumprod: f64,
 }
 
 /// What a solver step consumes: the network's raw output, or a data prediction supplied by an
@@ -116,30 +112,9 @@ pub trait Solver {
     fn prediction_type(&self) -> PredictionType;
     fn latent_scale(&self) -> LatentScale;
     fn noise(&self, step: usize) -> StepNoise;
-    /// The time in which `sada+` extrapolates x0, at `step`: lambda = log(alpha_t / sigma_t) =
-    /// -log(sigma) for DPM-Solver++ (its multistep terms are polynomials in lambda) and for Euler
-    /// (its sigma spans 14.6 to 0.03 on SD's schedule, and x0 is far smoother in log sigma: in
-    /// sigma itself the extrapolation landed 6 to 9 dB further from the baseline on the embedded
-    /// model); sigma for flow matching (it reaches 1, where lambda is infinite). Monotone in the
-    /// step, finite for steps < N.
-    fn time_variable(&self, step: usize) -> f64 {
-        let sigma = self.noise(step).sigma;
-        match self.latent_scale() {
-            LatentScale::VariancePreserving | LatentScale::VarianceExploding => -sigma.ln(),
-            LatentScale::Flow => sigma,
-        }
-    }
-    /// The share of step `step`'s update that the data prediction drives, in data scale:
-    /// every solver here moves x/alpha (DPM-Solver++'s first-order part, Euler, flow Euler) as
-    /// (s_{n+1}/s_n) x + (1 - s_{n+1}/s_n) x0, with s the solver's sigma.
-    fn data_weight(&self, step: usize) -> f64 {
-        let (s, s_next) = (self.noise(step).sigma, self.noise(step + 1).sigma);
-        if s > 0.0 {
-            (1.0 - s_next / s).clamp(0.0, 1.0)
-        } else {
-            1.0
-        }
-    }
+    /// The training schedule (diffusers' `betas` and `alphas_cumprod`) of a diffusion solver;
+    /// None for flow matching, which has none.
+    fn noise_schedule(&self) -> Option<&NoiseSchedule>;
     /// What the network sees at `step` (Euler divides by sqrt(sigma^2 + 1)).
     fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor>;
     /// x0 from a raw model output at `sample` (diffusers' `convert_model_output`).

@@ -10,23 +10,43 @@
 //! only and adds zeros to the other).
 
 use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
 
 use super::ControlNetModel;
 use crate::denoiser::{Capabilities, Conditioning, Denoiser, ForwardContext};
 use crate::error::{Error, Result};
 use crate::models::unet::{AdditionalResiduals, UNet2DConditionModel};
 
-/// One ControlNet with its settings (diffusers' `controlnet_conditioning_scale`,
-/// `control_guidance_start` and `control_guidance_end`, per net).
-pub struct ControlUnit {
-    pub model: ControlNetModel,
+/// How one ControlNet steers a run: diffusers' `controlnet_conditioning_scale`,
+/// `control_guidance_start` and `control_guidance_end`, per net.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ControlSettings {
     pub scale: f64,
     /// The fraction of the steps after which it starts acting, and after which it stops.
     pub start: f64,
     pub end: f64,
 }
 
-impl ControlUnit {
+impl Default for ControlSettings {
+    /// diffusers' defaults: full strength over every step.
+    fn default() -> Self {
+        Self { scale: 1.0, start: 0.0, end: 1.0 }
+    }
+}
+
+impl ControlSettings {
+    /// Refuse what diffusers refuses: a scale that is not a number, a guidance window outside
+    /// [0, 1] or empty.
+    pub fn validate(&self) -> Result<()> {
+        if !self.scale.is_finite() {
+            return Err(Error::param("controlnet_conditioning_scale", format!("{} is not a finite number", self.scale)));
+        }
+        if !(0.0..=1.0).contains(&self.start) || !(0.0..=1.0).contains(&self.end) || self.start >= self.end {
+            return Err(Error::param("control_guidance_start/end", format!("{} .. {}: expected 0 <= start < end <= 1", self.start, self.end)));
+        }
+        Ok(())
+    }
+
     /// diffusers' `controlnet_keep`: whether it acts at step `i` of `n`.
     pub fn acts_at(&self, i: usize, n: usize) -> bool {
         let (i, n) = (i as f64, n.max(1) as f64);
@@ -34,9 +54,16 @@ impl ControlUnit {
     }
 }
 
+/// One ControlNet of a run, with its settings.
+#[derive(Clone, Copy)]
+pub struct ControlUnit<'a> {
+    pub model: &'a ControlNetModel,
+    pub settings: ControlSettings,
+}
+
 pub struct ControlledUNet<'a> {
     pub unet: &'a UNet2DConditionModel,
-    pub nets: &'a [ControlUnit],
+    pub nets: &'a [ControlUnit<'a>],
     pub guess_mode: bool,
     /// The solver's step count: the guidance windows are fractions of it.
     pub num_steps: usize,
@@ -69,7 +96,7 @@ impl Denoiser for ControlledUNet<'_> {
         let step = ctx.step();
         let mut acting = Vec::new();
         for (i, unit) in self.nets.iter().enumerate() {
-            if unit.acts_at(step, self.num_steps) && unit.scale != 0.0 {
+            if unit.settings.acts_at(step, self.num_steps) && unit.settings.scale != 0.0 {
                 acting.push((unit, cond.get(&format!("controlnet_cond.{i}"))?.clone()));
             }
         }
@@ -92,7 +119,7 @@ struct Inputs<'u> {
     ehs: Tensor,
     added: Option<(Tensor, Tensor)>,
     /// The ControlNets acting at this step, each with its control image.
-    acting: Vec<(&'u ControlUnit, Tensor)>,
+    acting: Vec<(&'u ControlUnit<'u>, Tensor)>,
     weight: Vec<f32>,
 }
 
@@ -121,7 +148,7 @@ impl ControlledUNet<'_> {
             let mut total: Option<AdditionalResiduals> = None;
             for (unit, image) in &inputs.acting {
                 let added = inputs.added.as_ref().map(|(p, q)| (p, q));
-                let res = unit.model.forward(&inputs.latents, timestep, &inputs.ehs, added, image, unit.scale, self.guess_mode, ctx)?;
+                let res = unit.model.forward(&inputs.latents, timestep, &inputs.ehs, added, image, unit.settings.scale, self.guess_mode, ctx)?;
                 total = Some(match total {
                     Some(t) => t.add(&res)?,
                     None => res,

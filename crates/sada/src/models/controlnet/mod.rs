@@ -20,7 +20,7 @@ use crate::models::unet::blocks::{encoder, DownLayer, MidBlock};
 use crate::models::unet::embedding::TimeTextEmbedding;
 use crate::models::unet::{AdditionalResiduals, UNet2DConditionConfig};
 
-pub use controlled::{ControlUnit, ControlledUNet};
+pub use controlled::{ControlSettings, ControlUnit, ControlledUNet};
 
 /// The keys of a ControlNet's `config.json` beyond the UNet's.
 #[derive(Debug, Clone, Deserialize)]

@@ -132,7 +132,7 @@ mod tests {
     use candle_nn::VarBuilder;
 
     use super::*;
-    use crate::models::token_cache::{BlockTokens, TokenCache};
+    use crate::denoiser::token_cache::{BlockTokens, TokenCache};
 
     /// A block with seeded random weights (dim 8, 2 heads, context 6).
     fn block() -> BasicTransformerBlock {

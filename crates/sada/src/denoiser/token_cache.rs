@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 
-use crate::denoiser::TokenPlan;
+use super::tokens::TokenPlan;
 
 /// What one block computes this call.
 #[derive(Debug, Clone)]

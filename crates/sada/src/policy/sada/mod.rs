@@ -5,143 +5,25 @@
 use std::collections::VecDeque;
 
 use candle_core::{DType, Tensor};
-use serde::{Deserialize, Serialize};
 
-use super::rule::{CacheUse, DecisionRule};
-use super::{lagrange, token_score, Observation, Policy, SkipKind, StepPlan};
-use crate::denoiser::{Capabilities, SiteHook, TokenPlan, TokenSelection};
+mod config;
+mod rule;
+mod token_score;
+
+pub use config::SadaConfig;
+use rule::{CacheUse, DecisionRule};
+
+use super::lagrange;
+use super::plan::{Observation, Policy, SkipKind, StepPlan};
+use crate::denoiser::{Capabilities, TokenPlan, TokenSelection};
 use crate::error::{Error, Result};
 use crate::solvers::{LatentScale, Prediction, PredictionType, Solver};
-
-/// SADA's parameters, named as in the paper's code. Unset fields take the published SD-2
-/// settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SadaConfig {
-    /// Half-open step range [a0, a1) in which steps may be accelerated; a0 is raised to 3,
-    /// the first step at which three drifts exist.
-    pub acc_range: (usize, usize),
-    /// At most this many consecutive skips.
-    pub max_interval: usize,
-    /// Number of Lagrange anchors (0 disables the Lagrange phase).
-    pub lagrange_term: usize,
-    /// Anchors are recorded at steps n with n % lagrange_int == 1; in the Lagrange phase every
-    /// step n with n % lagrange_int != 0 is followed by a skip.
-    pub lagrange_int: usize,
-    /// First step of the Lagrange phase.
-    pub lagrange_step: usize,
-    /// At most this many unstable tokens are forced into a pruned step's computed set.
-    pub max_fix: usize,
-    /// Token pruning in blocks whose grid is the latent grid downsampled by at most this (0 = off).
-    pub max_downsample: usize,
-    /// Cell width for the one-random-token-per-cell selection.
-    pub sx: usize,
-    /// Cell height.
-    pub sy: usize,
-    /// Seed of the token-selection generator (the reference leaves it unseeded).
-    pub seed: u64,
-}
-
-impl Default for SadaConfig {
-    fn default() -> Self {
-        Self::sd2()
-    }
-}
-
-impl SadaConfig {
-    /// The published Stable Diffusion 2.x settings.
-    pub fn sd2() -> Self {
-        Self {
-            acc_range: (10, 47),
-            max_interval: 4,
-            lagrange_term: 4,
-            lagrange_int: 4,
-            lagrange_step: 24,
-            max_fix: 5 * 1024,
-            max_downsample: 1,
-            sx: 3,
-            sy: 3,
-            seed: 0,
-        }
-    }
-
-    /// The published SDXL settings (demo: token pruning at the half-resolution level).
-    pub fn sdxl() -> Self {
-        Self { max_fix: 10 * 1024, max_downsample: 2, ..Self::sd2() }
-    }
-
-    /// The published Flux settings.
-    pub fn flux() -> Self {
-        Self { lagrange_term: 3, lagrange_int: 4, lagrange_step: 20, max_fix: 0, max_downsample: 0, ..Self::sd2() }
-    }
-
-    /// The accelerated range with the start raised to 3, as the reference does.
-    pub fn effective_range(&self) -> (usize, usize) {
-        (self.acc_range.0.max(3), self.acc_range.1)
-    }
-
-    /// Check the parameters against a run of `num_steps` steps.
-    pub fn validate(&self, num_steps: usize) -> Result<()> {
-        let (a0, a1) = self.acc_range;
-        if a0 >= a1 || a1 > num_steps {
-            return Err(Error::param(
-                "acc_range",
-                format!("({a0}, {a1}) must satisfy start < end <= the {num_steps} sampling steps"),
-            ));
-        }
-        if self.effective_range().0 >= a1 {
-            return Err(Error::param(
-                "acc_range",
-                format!("({a0}, {a1}) is empty once its start is raised to 3 (the first step with three drifts)"),
-            ));
-        }
-        if self.max_interval == 0 {
-            return Err(Error::param("max_interval", "must be at least 1"));
-        }
-        if self.sx == 0 || self.sy == 0 {
-            return Err(Error::param("sx/sy", "token cells must be at least 1 x 1"));
-        }
-        if self.lagrange_term == 0 {
-            return Ok(());
-        }
-        let (li, ls) = (self.lagrange_int, self.lagrange_step);
-        if li == 0 {
-            return Err(Error::param("lagrange_int", "must be at least 1 when lagrange_term > 0"));
-        }
-        if ls % li != 0 {
-            return Err(Error::param(
-                "lagrange_step",
-                format!("{ls} must be a multiple of lagrange_int = {li}"),
-            ));
-        }
-        let (e0, _) = self.effective_range();
-        if ls < e0 || ls > a1 {
-            return Err(Error::param("lagrange_step", format!("{ls} must lie inside acc_range [{e0}, {a1}]")));
-        }
-        // The first Lagrange skip follows the first n in [lagrange_step, a1) with n % lagrange_int != 0;
-        // by then anchors exist for every k <= n with k % lagrange_int == 1.
-        if let Some(n) = (ls..a1).find(|n| n % li != 0) {
-            let anchors: Vec<usize> = (0..=n).filter(|k| k % li == 1).collect();
-            if anchors.len() < self.lagrange_term {
-                return Err(Error::param(
-                    "lagrange_term",
-                    format!(
-                        "{} anchors are needed, but only {} are recorded (steps {:?}) before the first Lagrange skip at step {}",
-                        self.lagrange_term,
-                        anchors.len(),
-                        anchors,
-                        n + 1
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
 
 /// The SADA policy. One instance samples one image at a time; [`Policy::begin`] resets it.
 pub struct Sada {
     cfg: SadaConfig,
+    /// Seed of the token-selection generator (the reference leaves it unseeded): the run's.
+    seed: u64,
     num_steps: usize,
     latent: LatentScale,
     prediction_type: PredictionType,
@@ -163,8 +45,10 @@ pub struct Sada {
 }
 
 impl Sada {
-    pub fn new(cfg: SadaConfig) -> Self {
+    /// SADA with `cfg`, its token selection drawn from `seed` (the run's seed).
+    pub fn new(cfg: SadaConfig, seed: u64) -> Self {
         Self {
+            seed,
             num_steps: 0,
             latent: LatentScale::VariancePreserving,
             prediction_type: PredictionType::Epsilon,
@@ -189,15 +73,17 @@ impl Sada {
     /// The ODE drift f_n in VP scale (§2), from x_n in VP scale and the guided output `o`.
     fn drift(&self, n: usize, x_vp: &Tensor, o: &Tensor, solver: &dyn Solver) -> Result<Tensor> {
         let nz = solver.noise(n);
-        let coef = 0.5 * nz.beta * self.num_steps as f64;
+        let schedule = solver.noise_schedule().ok_or_else(|| Error::internal("SADA's drift needs a diffusion solver's training schedule"))?;
+        // the reference reads the training tables at int(t): betas[t], sqrt(alphas_cumprod[t])
+        let coef = 0.5 * schedule.beta_at(nz.timestep) * self.num_steps as f64;
         match self.prediction_type {
             PredictionType::Epsilon => Ok((x_vp.affine(-coef, 0.0)? + o.affine(coef / nz.sigma_t, 0.0)?)?),
             PredictionType::VPrediction => {
-                // The reference uses the table's sqrt(alphas_cumprod) for DPM-Solver and the
-                // sigma-derived alpha for Euler.
+                // The reference uses the table's sqrt(alphas_cumprod) for DPM-Solver (it differs
+                // from the sigma-derived alpha with Karras sigmas) and that alpha for Euler.
                 let alpha = match self.latent {
                     LatentScale::VarianceExploding => nz.alpha_t,
-                    _ => nz.sqrt_alphas_cumprod,
+                    _ => schedule.sqrt_alphas_cumprod_at(nz.timestep),
                 };
                 Ok(o.affine(coef / nz.sigma_t * alpha, 0.0)?)
             }
@@ -306,7 +192,7 @@ impl Sada {
                     per_pixel.flatten_all()?.to_vec1()?
                 };
                 let score = token_score::score_map(&per_token, self.cfg.max_fix);
-                let seed = self.cfg.seed ^ (s as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let seed = self.seed ^ (s as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                 Ok(TokenPlan::Pruned(TokenSelection::new(score, h, w, self.cfg.sy, self.cfg.sx, seed, self.cfg.max_downsample)))
             }
         }
@@ -316,8 +202,6 @@ impl Sada {
 fn mean(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?)
 }
-
-impl SiteHook for Sada {}
 
 impl Policy for Sada {
     fn begin(&mut self, solver: &dyn Solver, latent_shape: &[usize], caps: &Capabilities) -> Result<()> {
@@ -339,7 +223,7 @@ impl Policy for Sada {
                 .then(|| (latent_shape[2] / patch, latent_shape[3] / patch)),
             token_patch: patch,
             plans: vec![StepPlan::Compute(TokenPlan::Full); n],
-            ..Sada::new(self.cfg.clone())
+            ..Sada::new(self.cfg.clone(), self.seed)
         };
         Ok(())
     }

@@ -1,8 +1,8 @@
 //! SADA's decision rule (`docs/method.md` §4) and cache-refresh schedule (§7), free of tensors so that they can
 //! be read, and tested, on their own.
 
-use super::SkipKind;
-use super::sada::SadaConfig;
+use super::config::SadaConfig;
+use crate::policy::plan::SkipKind;
 
 /// Whether and how a computed step inside the accelerated range uses the block caches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
