@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Tensor};
-use sada::denoiser::{Conditioning, Denoiser, ForwardContext, SiteHook, SiteKind, TokenPlan, TokenSelection};
+use sada::denoiser::{batch, Conditioning, Denoiser, ForwardContext, SiteHook, SiteKind, TokenPlan, TokenSelection};
 use sada::image::{read_png, to_unit_tensor};
 use sada::models::controlnet::{ControlNetModel, ControlSettings, ControlUnit, ControlledUNet};
 use sada::denoiser::token_cache::TokenCache;
@@ -264,8 +264,8 @@ fn one_image_per_core_equals_the_batched_controlled_forward() {
     let plans = [TokenPlan::Refresh, TokenPlan::Pruned(some)];
     let (mut split_cache, mut batch_cache) = (TokenCache::default(), TokenCache::default());
     for (step, (plan, x)) in plans.iter().zip([x.clone(), (x * 1.1).unwrap()]).enumerate() {
-        let split = two.install(|| model.predict(&x, 500.0, &cond, &mut ForwardContext::new(step, plan, &mut split_cache, None))).unwrap();
-        let batched = one.install(|| model.predict(&x, 500.0, &cond, &mut ForwardContext::new(step, plan, &mut batch_cache, None))).unwrap();
+        let split = two.install(|| batch::predict(&model, &x, 500.0, &cond, &mut ForwardContext::new(step, plan, &mut split_cache, None))).unwrap();
+        let batched = one.install(|| batch::predict(&model, &x, 500.0, &cond, &mut ForwardContext::new(step, plan, &mut batch_cache, None))).unwrap();
         let e = rel_err(&split, &batched);
         println!("step {step}: per-image vs batched relative difference {e:e}");
         assert!(e <= 1e-5, "step {step}: per-image vs batched differ by {e:e}");
@@ -273,8 +273,7 @@ fn one_image_per_core_equals_the_batched_controlled_forward() {
     let sites = |c: &TokenCache| { let mut s: Vec<String> = c.sites().map(str::to_owned).collect(); s.sort(); s };
     assert_eq!(sites(&split_cache), sites(&batch_cache), "the merged cache lost sites");
     assert!(sites(&split_cache).iter().any(|s| s.starts_with("controlnet.1/")), "{:?}", sites(&split_cache));
-    // a hook at Rest(1) that cannot be split (as First-Block-Cache's batch-wide test): the
-    // call stays whole up to there, the ControlNets and the rest still run per image
+    // a hook acting at Rest(1), per image
     struct AtRest1;
     impl SiteHook for AtRest1 {
         fn uses(&self, kind: SiteKind) -> bool {
@@ -282,9 +281,9 @@ fn one_image_per_core_equals_the_batched_controlled_forward() {
         }
     }
     let (mut c1, mut c2) = (TokenCache::default(), TokenCache::default());
-    let (mut h1, mut h2) = (AtRest1, AtRest1);
-    let a = two.install(|| model.predict(x, 500.0, &cond, &mut ForwardContext::new(0, &TokenPlan::Refresh, &mut c1, Some(&mut h1)))).unwrap();
-    let b = one.install(|| model.predict(x, 500.0, &cond, &mut ForwardContext::new(0, &TokenPlan::Refresh, &mut c2, Some(&mut h2)))).unwrap();
+    let (h1, h2) = (AtRest1, AtRest1);
+    let a = two.install(|| batch::predict(&model, x, 500.0, &cond, &mut ForwardContext::new(0, &TokenPlan::Refresh, &mut c1, Some(&h1)))).unwrap();
+    let b = one.install(|| batch::predict(&model, x, 500.0, &cond, &mut ForwardContext::new(0, &TokenPlan::Refresh, &mut c2, Some(&h2)))).unwrap();
     let e = rel_err(&a, &b);
     assert!(e <= 1e-5, "with a hook at Rest(1): per-image vs batched differ by {e:e}");
     // guess mode's unconditional image skips the ControlNets: the batch stays whole, same result
@@ -292,8 +291,8 @@ fn one_image_per_core_equals_the_batched_controlled_forward() {
     let cond = cond.with("control_weight", Tensor::new(&[0f32, 1.0], &device()).unwrap());
     let mut c1 = TokenCache::default();
     let mut c2 = TokenCache::default();
-    let a = two.install(|| guess.predict(x, 500.0, &cond, &mut ForwardContext::new(0, &TokenPlan::Refresh, &mut c1, None))).unwrap();
-    let b = one.install(|| guess.predict(x, 500.0, &cond, &mut ForwardContext::new(0, &TokenPlan::Refresh, &mut c2, None))).unwrap();
+    let a = two.install(|| batch::predict(&guess, x, 500.0, &cond, &mut ForwardContext::new(0, &TokenPlan::Refresh, &mut c1, None))).unwrap();
+    let b = one.install(|| batch::predict(&guess, x, 500.0, &cond, &mut ForwardContext::new(0, &TokenPlan::Refresh, &mut c2, None))).unwrap();
     assert_eq!(rel_err(&a, &b), 0.0, "guess mode ran split");
 }
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Tensor};
-use sada::denoiser::{Conditioning, Denoiser, ForwardContext, Guided, TokenPlan, TokenSelection};
+use sada::denoiser::{batch, Conditioning, Denoiser, ForwardContext, Guided, TokenPlan, TokenSelection};
 use sada::denoiser::token_cache::TokenCache;
 use sada::models::{AutoencoderKl, UNet2DConditionModel};
 use sada::policy::NoAcceleration;
@@ -281,8 +281,8 @@ fn partial_pruning_works_on_non_square_latents_batches_and_coarser_levels() {
 
 #[test]
 fn one_image_per_core_equals_the_batched_forward_with_and_without_pruning() {
-    // `predict` runs a batch's images on separate threads on a multi-core CPU
-    // (ForwardContext::per_image), `forward` runs the batch as one; a full step then a pruned
+    // the batch executor runs a batch's images on separate threads on a multi-core CPU
+    // (denoiser::batch::predict), `forward` runs the batch as one; a full step then a pruned
     // step reading the token cache the full step left (split per image, merged back).
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     let mut batched_cases = 0;
@@ -302,7 +302,7 @@ fn one_image_per_core_equals_the_batched_forward_with_and_without_pruning() {
         let added = f.get("text_embeds").map(|te| (te, &f["time_ids"]));
         let (mut split_cache, mut batch_cache) = (TokenCache::default(), TokenCache::default());
         for (plan, x) in plans.iter().zip([&f["sample"], &x2]) {
-            let split = pool.install(|| run(&model, x, &cond, plan, &mut split_cache));
+            let split = pool.install(|| batch::predict(&model, x, 377.0, &cond, &mut ForwardContext::new(0, plan, &mut split_cache, None))).unwrap();
             let batched = model.forward(x, 377.0, &f["encoder_hidden_states"], added, None, &mut ForwardContext::new(0, plan, &mut batch_cache, None)).unwrap();
             let e = rel_err(&split, &batched);
             eprintln!("{case}, {}: per-image vs batched relative difference {e:e}", if matches!(plan, TokenPlan::Full) { "full" } else { "pruned" });

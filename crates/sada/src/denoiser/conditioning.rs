@@ -33,6 +33,12 @@ impl Conditioning {
         self.tensors.keys().map(|k| k.as_str())
     }
 
+    /// Image `i`'s conditioning: every tensor's row `i`.
+    pub fn image(&self, i: usize) -> Result<Conditioning> {
+        let tensors = self.tensors.iter().map(|(k, t)| Ok((k.clone(), t.narrow(0, i, 1)?))).collect::<Result<_>>()?;
+        Ok(Conditioning { tensors })
+    }
+
     /// Stack `first` and `second` along the batch dimension, tensor by tensor (same names required).
     pub fn concat(first: &Conditioning, second: &Conditioning) -> Result<Conditioning> {
         let a: Vec<&str> = first.names().collect();

@@ -5,17 +5,22 @@
 //! pruning) or one call (which tokens to compute, what an accelerator serves at a cache site)
 //! comes in through a [`ForwardContext`], so a model is shared by reference and never reset.
 
+pub mod batch;
 pub mod conditioning;
 pub mod context;
+mod gather;
+pub mod site;
 pub mod token_cache;
 pub mod tokens;
 
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
-use token_cache::TokenCache;
+
 pub use conditioning::Conditioning;
-pub use context::{downcast_parts, ForwardContext, ImageHook, Site, SiteHook, SiteKind};
+pub use context::ForwardContext;
+pub use site::{Site, SiteHook, SiteKind};
+pub use token_cache::{BlockTokens, TokenCache};
 pub use tokens::{TokenPlan, TokenSelection};
 
 /// What a denoiser lets an accelerator do inside its forward pass.
@@ -41,7 +46,7 @@ pub struct Capabilities {
 impl Capabilities {
     /// Every branch site a model with these capabilities may consult a hook at: both `Rest`
     /// sites (whether or not it offers them as residuals, a model may still pass them) and its
-    /// deep branches. What [`ForwardContext::per_image`] must know to leave batch-wide hooks alone.
+    /// deep branches. The batch executor reads it to see where a hook decides batch-wide.
     pub fn branch_sites(&self) -> Vec<SiteKind> {
         [SiteKind::Rest(0), SiteKind::Rest(1)].into_iter().chain((0..self.deep_branches).map(SiteKind::Deep)).collect()
     }
@@ -49,12 +54,19 @@ impl Capabilities {
 
 /// A denoising network: given a batch of (scaled) latents at a timestep, return the raw
 /// prediction (epsilon, v or velocity, per its `prediction_type`).
-pub trait Denoiser {
+pub trait Denoiser: Sync {
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()
     }
 
     fn predict(&self, latents: &Tensor, timestep: f64, cond: &Conditioning, ctx: &mut ForwardContext) -> Result<Tensor>;
+
+    /// Whether the images of a batch may be predicted one per call ([`batch::predict`]): true
+    /// unless they take different paths through the network (a ControlNet in guess mode skips
+    /// the unconditional image), which would leave their token caches unlike each other.
+    fn splits(&self, _cond: &Conditioning) -> Result<bool> {
+        Ok(true)
+    }
 
     /// One evaluation with every token computed and nothing served from a cache.
     fn predict_full(&self, latents: &Tensor, timestep: f64, cond: &Conditioning) -> Result<Tensor> {
@@ -96,10 +108,10 @@ impl<'a> Guided<'a> {
 
     pub fn predict(&self, latents: &Tensor, timestep: f64, ctx: &mut ForwardContext) -> Result<Tensor> {
         if !self.batched {
-            return self.denoiser.predict(latents, timestep, &self.cond, ctx);
+            return batch::predict(self.denoiser, latents, timestep, &self.cond, ctx);
         }
         let input = Tensor::cat(&[latents, latents], 0)?;
-        let out = self.denoiser.predict(&input, timestep, &self.cond, ctx)?;
+        let out = batch::predict(self.denoiser, &input, timestep, &self.cond, ctx)?;
         let b = latents.dim(0)?;
         let (u, c) = (out.narrow(0, 0, b)?, out.narrow(0, b, b)?);
         Ok((&u + (c - &u)?.affine(self.guidance_scale, 0.0)?)?)

@@ -8,13 +8,15 @@
 //! SD's UNet). Full steps come every `interval` steps, or, with `uniform = false`, from the
 //! reference's schedule that packs them around step `center`.
 
+use std::sync::Mutex;
+
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::method::Method;
 use crate::family::Family;
-use super::plan::Policy;
-use crate::denoiser::{downcast_parts, Capabilities, ImageHook, Site, SiteHook, SiteKind};
+use super::plan::{lock, Policy};
+use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind};
 use crate::error::{Error, Result};
 use crate::solvers::Solver;
 
@@ -64,7 +66,7 @@ impl Method for DeepCacheConfig {
         Self::default()
     }
     fn policy(&self, _seed: u64) -> Box<dyn Policy> {
-        Box::new(DeepCache { cfg: self.clone(), full: Vec::new(), cache: None })
+        Box::new(DeepCache { cfg: self.clone(), full: Vec::new(), rows: Mutex::new(Vec::new()) })
     }
     fn validate(&self, _: usize) -> Result<()> {
         if self.interval == 0 {
@@ -128,41 +130,37 @@ fn cpow((re, im): (f64, f64), p: f64) -> (f64, f64) {
 pub struct DeepCache {
     cfg: DeepCacheConfig,
     full: Vec<bool>,
-    /// The deep branch's output at the last full step.
-    cache: Option<Tensor>,
+    /// Each image's deep-branch output at the last full step (a row of the batch).
+    rows: Mutex<Vec<Option<Tensor>>>,
 }
 
 impl SiteHook for DeepCache {
     fn uses(&self, kind: SiteKind) -> bool {
         kind == SiteKind::Deep(self.cfg.branch)
     }
-    fn replace(&mut self, step: usize, _: &Site) -> Result<Option<Tensor>> {
-        let full = self.full.get(step).copied().unwrap_or(true);
-        Ok(if full { None } else { self.cache.clone() })
+    /// The full steps are the same for every image; a cached step serves each image its row.
+    fn replace(&self, step: usize, site: &Site) -> Result<Option<Tensor>> {
+        if self.full.get(step).copied().unwrap_or(true) {
+            return Ok(None);
+        }
+        let rows = lock(&self.rows)?;
+        let mine: Option<Vec<Tensor>> = site.images.clone().map(|i| rows.get(i).cloned().flatten()).collect();
+        Ok(mine.map(|r| Tensor::cat(&r, 0)).transpose()?)
     }
-    fn record(&mut self, _: usize, _: &Site, output: &Tensor) -> Result<()> {
-        self.cache = Some(output.clone());
-        Ok(())
-    }
-    /// The full steps are the same for every image and the cached feature has a row per image,
-    /// so each image of a split call gets its row.
-    fn split_batch(&self, n: usize) -> Result<Option<Vec<Box<dyn ImageHook>>>> {
-        let rows = match &self.cache {
-            Some(c) if c.dim(0)? != n => return Ok(None),
-            Some(c) => (0..n).map(|i| Ok(Some(c.narrow(0, i, 1)?))).collect::<Result<Vec<_>>>()?,
-            None => vec![None; n],
-        };
-        Ok(Some(rows.into_iter().map(|cache| Box::new(DeepCache { cfg: self.cfg.clone(), full: self.full.clone(), cache }) as Box<dyn ImageHook>).collect()))
-    }
-    fn merge_batch(&mut self, parts: Vec<Box<dyn ImageHook>>) -> Result<()> {
-        let rows: Option<Vec<Tensor>> = downcast_parts::<DeepCache>(parts)?.into_iter().map(|p| p.cache).collect();
-        self.cache = rows.map(|r| Tensor::cat(&r, 0)).transpose()?;
+    fn record(&self, _: usize, site: &Site, output: &Tensor) -> Result<()> {
+        let mut rows = lock(&self.rows)?;
+        for (k, i) in site.images.clone().enumerate() {
+            if rows.len() <= i {
+                rows.resize(i + 1, None);
+            }
+            rows[i] = Some(output.narrow(0, k, 1)?);
+        }
         Ok(())
     }
 }
 
 impl Policy for DeepCache {
-    fn hook(&mut self) -> Option<&mut dyn SiteHook> {
+    fn hook(&self) -> Option<&dyn SiteHook> {
         Some(self)
     }
 
@@ -178,7 +176,7 @@ impl Policy for DeepCache {
         }
         self.cfg.validate(solver.num_steps())?;
         self.full = self.cfg.full_steps(solver.num_steps());
-        self.cache = None;
+        *lock(&self.rows)? = Vec::new();
         Ok(())
     }
 }

@@ -6,12 +6,14 @@
 //! and r_ref the one at the last full step (not accumulated: the reference stays fixed through
 //! a run of cached steps). The first step is always full; nothing limits the cached run.
 
+use std::sync::Mutex;
+
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::method::Method;
 use crate::family::Family;
-use super::plan::{Observation, Policy};
+use super::plan::{lock, Observation, Policy};
 use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind};
 use crate::error::{Error, Result};
 use crate::solvers::Solver;
@@ -39,7 +41,7 @@ impl Method for FirstBlockCacheConfig {
         }
     }
     fn policy(&self, _seed: u64) -> Box<dyn Policy> {
-        Box::new(FirstBlockCache { cfg: self.clone(), reference: None, residual: None, last_change: None })
+        Box::new(FirstBlockCache { cfg: self.clone(), state: Mutex::new(FbState::default()) })
     }
     fn validate(&self, _: usize) -> Result<()> {
         if !(self.threshold >= 0.0 && self.threshold.is_finite()) {
@@ -54,6 +56,12 @@ impl Method for FirstBlockCacheConfig {
 
 pub struct FirstBlockCache {
     cfg: FirstBlockCacheConfig,
+    /// What it keeps between steps, for the whole batch (its test reads every image).
+    state: Mutex<FbState>,
+}
+
+#[derive(Default)]
+struct FbState {
     /// The first block's residual at the last full step.
     reference: Option<Tensor>,
     /// What the rest of the network added to the first block's output at the last full step.
@@ -71,26 +79,34 @@ impl SiteHook for FirstBlockCache {
         kind == SiteKind::Rest(1)
     }
 
-    fn replace(&mut self, _: usize, site: &Site) -> Result<Option<Tensor>> {
+    /// As the reference: one test over the whole batch's residual.
+    fn batch_wide(&self, kind: SiteKind) -> bool {
+        kind == SiteKind::Rest(1)
+    }
+
+    fn replace(&self, _: usize, site: &Site) -> Result<Option<Tensor>> {
         let probe = site.probe.ok_or_else(|| Error::internal("the first-block site came without the first block's residual"))?;
-        let (Some(reference), Some(residual)) = (&self.reference, &self.residual) else { return Ok(None) };
+        let mut s = lock(&self.state)?;
+        let (Some(reference), Some(residual)) = (&s.reference, &s.residual) else { return Ok(None) };
         if reference.dims() != probe.dims() || self.cfg.threshold <= 0.0 {
             return Ok(None);
         }
         let change = mean_abs(&(reference - probe)?)? / mean_abs(reference)?;
-        self.last_change = Some(change);
-        Ok((change < self.cfg.threshold).then(|| site.base + residual).transpose()?)
+        let served = (change < self.cfg.threshold).then(|| site.base + residual).transpose()?;
+        s.last_change = Some(change);
+        Ok(served)
     }
 
-    fn record(&mut self, _: usize, site: &Site, output: &Tensor) -> Result<()> {
-        self.reference = site.probe.cloned();
-        self.residual = Some((output - site.base)?);
+    fn record(&self, _: usize, site: &Site, output: &Tensor) -> Result<()> {
+        let mut s = lock(&self.state)?;
+        s.reference = site.probe.cloned();
+        s.residual = Some((output - site.base)?);
         Ok(())
     }
 }
 
 impl Policy for FirstBlockCache {
-    fn hook(&mut self) -> Option<&mut dyn SiteHook> {
+    fn hook(&self) -> Option<&dyn SiteHook> {
         Some(self)
     }
 
@@ -99,13 +115,11 @@ impl Policy for FirstBlockCache {
             return Err(Error::param("accel", "fbcache needs a denoiser that exposes its first block (the UNet); this one does not"));
         }
         self.cfg.validate(solver.num_steps())?;
-        self.reference = None;
-        self.residual = None;
-        self.last_change = None;
+        *lock(&self.state)? = FbState::default();
         Ok(())
     }
     fn observe(&mut self, _: usize, _: &Observation, _: &dyn Solver) -> Result<Option<f64>> {
-        Ok(self.last_change.take())
+        Ok(lock(&self.state)?.last_change.take())
     }
 }
 
@@ -124,23 +138,23 @@ mod tests {
     /// last full step, so small changes add up until one computes again.
     #[test]
     fn caches_while_the_first_block_residual_stays_close_to_the_last_full_steps() {
-        let mut p = FirstBlockCache { cfg: FirstBlockCacheConfig { threshold: 0.1 }, reference: None, residual: None, last_change: None };
+        let p = FirstBlockCache { cfg: FirstBlockCacheConfig { threshold: 0.1 }, state: Mutex::new(FbState::default()) };
         let (base, out) = (t(&[1.0, 2.0]), t(&[4.0, 4.0]));
         let r0 = t(&[1.0, -1.0]);
         let site = |base: &'_ Tensor, probe: &'_ Tensor| -> (Tensor, Tensor) { (base.clone(), probe.clone()) };
         let (b, r) = site(&base, &r0);
-        let s = Site { kind: SiteKind::Rest(1), base: &b, probe: Some(&r) };
+        let s = Site::new(SiteKind::Rest(1), &b, Some(&r));
         assert!(p.replace(0, &s).unwrap().is_none(), "no reference yet: compute");
         p.record(0, &s, &out).unwrap();
         // 5% change: served as base + (out - base) of the full step
         let (b2, r2) = (t(&[0.0, 1.0]), t(&[1.05, -1.05]));
-        let s2 = Site { kind: SiteKind::Rest(1), base: &b2, probe: Some(&r2) };
+        let s2 = Site::new(SiteKind::Rest(1), &b2, Some(&r2));
         let got = p.replace(1, &s2).unwrap().expect("cached");
         assert_eq!(got.to_vec1::<f32>().unwrap(), vec![3.0, 3.0]);
         // 15% from the full step's residual (5% from the last call's): computes
         let r3 = t(&[1.15, -1.15]);
-        let s3 = Site { kind: SiteKind::Rest(1), base: &b2, probe: Some(&r3) };
+        let s3 = Site::new(SiteKind::Rest(1), &b2, Some(&r3));
         assert!(p.replace(2, &s3).unwrap().is_none());
-        assert!((p.last_change.unwrap() - 0.15).abs() < 1e-6);
+        assert!((p.state.lock().unwrap().last_change.unwrap() - 0.15).abs() < 1e-6);
     }
 }

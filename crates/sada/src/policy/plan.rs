@@ -1,6 +1,8 @@
 //! What a policy is: the plan of one step, what the sampling loop shows a policy after it, and
 //! the [`Policy`] trait itself.
 
+use std::sync::{Mutex, MutexGuard};
+
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -135,7 +137,12 @@ pub trait Policy {
 
     /// The part of this policy that acts at the network's branch sites during the evaluations
     /// it plans (None: it acts at none).
-    fn hook(&mut self) -> Option<&mut dyn SiteHook> {
+    fn hook(&self) -> Option<&dyn SiteHook> {
         None
     }
+}
+
+/// A hook's state behind its lock (poisoned only by a panic in another image's call).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
+    m.lock().map_err(|_| Error::internal("an accelerator's state was left inconsistent by a failed call"))
 }

@@ -10,13 +10,15 @@
 //! between them), up to `max_order`, starting from step `first_enhance - 1`; a forecast `x`
 //! steps after the last full one is sum_k F_k x^k / k!.
 
+use std::sync::Mutex;
+
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::method::Method;
 use crate::family::Family;
-use super::plan::Policy;
-use crate::denoiser::{downcast_parts, Capabilities, ImageHook, Site, SiteHook, SiteKind};
+use super::plan::{lock, Policy};
+use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind};
 use crate::error::{Error, Result};
 use crate::solvers::Solver;
 
@@ -58,7 +60,7 @@ impl Method for TaylorSeerConfig {
         Self::default()
     }
     fn policy(&self, _seed: u64) -> Box<dyn Policy> {
-        Box::new(TaylorSeer { cfg: self.clone(), full: Vec::new(), factors: Vec::new(), last_full: None })
+        Box::new(TaylorSeer { cfg: self.clone(), full: Vec::new(), images: Mutex::new(Vec::new()) })
     }
     fn validate(&self, _: usize) -> Result<()> {
         if self.interval == 0 {
@@ -77,12 +79,18 @@ impl Method for TaylorSeerConfig {
 pub struct TaylorSeer {
     cfg: TaylorSeerConfig,
     full: Vec<bool>,
-    /// F_0, F_1, ...: the feature and its derivative estimates at the last full step.
-    factors: Vec<Tensor>,
-    last_full: Option<usize>,
+    /// Each image's expansion from its last full step.
+    images: Mutex<Vec<Option<Expansion>>>,
 }
 
-impl TaylorSeer {
+/// F_0, F_1, ...: one image's feature and its derivative estimates at its last full step.
+#[derive(Clone)]
+struct Expansion {
+    factors: Vec<Tensor>,
+    last_full: usize,
+}
+
+impl Expansion {
     /// sum_k F_k x^k / k! at `x` steps after the last full step.
     fn forecast(&self, x: f64) -> Result<Tensor> {
         let mut out = self.factors[0].clone();
@@ -100,56 +108,47 @@ impl SiteHook for TaylorSeer {
         kind == SiteKind::Rest(0)
     }
 
-    fn replace(&mut self, step: usize, site: &Site) -> Result<Option<Tensor>> {
-        let full = self.full.get(step).copied().unwrap_or(true);
-        match (full, self.last_full) {
-            (false, Some(last)) if !self.factors.is_empty() => Ok(Some((site.base + self.forecast((step - last) as f64)?)?)),
-            _ => Ok(None),
-        }
-    }
-
-    fn record(&mut self, step: usize, site: &Site, output: &Tensor) -> Result<()> {
-        let feature = (output - site.base)?;
-        let mut factors = vec![feature];
-        // the reference starts differencing at step first_enhance - 1
-        if let Some(last) = self.last_full.filter(|_| step + 1 >= self.cfg.first_enhance && step > 0) {
-            let gap = (step - last) as f64;
-            for (i, old) in self.factors.iter().enumerate().take(self.cfg.max_order) {
-                let d = ((&factors[i] - old)? / gap)?;
-                factors.push(d);
-            }
-        }
-        self.factors = factors;
-        self.last_full = Some(step);
-        Ok(())
-    }
-
-    /// The full steps are the same for every image and the differences are taken row by row,
-    /// so each image of a split call gets its rows of the factors.
-    fn split_batch(&self, n: usize) -> Result<Option<Vec<Box<dyn ImageHook>>>> {
-        if self.factors.iter().any(|f| f.dims().first() != Some(&n)) {
+    /// The full steps are the same for every image; a forecast step serves each image its own
+    /// expansion.
+    fn replace(&self, step: usize, site: &Site) -> Result<Option<Tensor>> {
+        if self.full.get(step).copied().unwrap_or(true) {
             return Ok(None);
         }
-        let part = |i: usize| -> Result<Box<dyn ImageHook>> {
-            let factors = self.factors.iter().map(|f| f.narrow(0, i, 1)).collect::<candle_core::Result<_>>()?;
-            Ok(Box::new(TaylorSeer { cfg: self.cfg.clone(), full: self.full.clone(), factors, last_full: self.last_full }))
-        };
-        (0..n).map(part).collect::<Result<Vec<_>>>().map(Some)
+        let images = lock(&self.images)?;
+        let mut rows = Vec::with_capacity(site.images.len());
+        for i in site.images.clone() {
+            match images.get(i).cloned().flatten() {
+                Some(e) if !e.factors.is_empty() => rows.push(e.forecast((step - e.last_full) as f64)?),
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some((site.base + Tensor::cat(&rows, 0)?)?))
     }
 
-    fn merge_batch(&mut self, parts: Vec<Box<dyn ImageHook>>) -> Result<()> {
-        let parts = downcast_parts::<TaylorSeer>(parts)?;
-        let Some(first) = parts.first() else { return Ok(()) };
-        self.last_full = first.last_full;
-        self.factors = (0..first.factors.len())
-            .map(|k| Tensor::cat(&parts.iter().map(|p| p.factors[k].clone()).collect::<Vec<_>>(), 0))
-            .collect::<candle_core::Result<_>>()?;
+    fn record(&self, step: usize, site: &Site, output: &Tensor) -> Result<()> {
+        let feature = (output - site.base)?;
+        let mut images = lock(&self.images)?;
+        for (k, i) in site.images.clone().enumerate() {
+            if images.len() <= i {
+                images.resize(i + 1, None);
+            }
+            let mut factors = vec![feature.narrow(0, k, 1)?];
+            // the reference starts differencing at step first_enhance - 1
+            if let Some(old) = images[i].as_ref().filter(|_| step + 1 >= self.cfg.first_enhance && step > 0) {
+                let gap = (step - old.last_full) as f64;
+                for (j, prev) in old.factors.iter().enumerate().take(self.cfg.max_order) {
+                    let d = ((&factors[j] - prev)? / gap)?;
+                    factors.push(d);
+                }
+            }
+            images[i] = Some(Expansion { factors, last_full: step });
+        }
         Ok(())
     }
 }
 
 impl Policy for TaylorSeer {
-    fn hook(&mut self) -> Option<&mut dyn SiteHook> {
+    fn hook(&self) -> Option<&dyn SiteHook> {
         Some(self)
     }
 
@@ -159,8 +158,7 @@ impl Policy for TaylorSeer {
         }
         self.cfg.validate(solver.num_steps())?;
         self.full = self.cfg.full_steps(solver.num_steps());
-        self.factors.clear();
-        self.last_full = None;
+        *lock(&self.images)? = Vec::new();
         Ok(())
     }
 }
@@ -184,11 +182,11 @@ mod tests {
     #[test]
     fn forecast_is_exact_on_a_line_and_uses_step_distances() {
         let cfg = TaylorSeerConfig { interval: 4, max_order: 1, first_enhance: 2 };
-        let mut p = TaylorSeer { cfg: cfg.clone(), full: cfg.full_steps(20), factors: vec![], last_full: None };
+        let p = TaylorSeer { cfg: cfg.clone(), full: cfg.full_steps(20), images: Mutex::new(Vec::new()) };
         let base = Tensor::new(&[0f32, 0.0], &Device::Cpu).unwrap();
         let feature = |s: usize| Tensor::new(&[3.0 + 2.0 * s as f32, -1.0 * s as f32], &Device::Cpu).unwrap();
         for step in 0..12 {
-            let site = Site { kind: SiteKind::Rest(0), base: &base, probe: None };
+            let site = Site::new(SiteKind::Rest(0), &base, None);
             match p.replace(step, &site).unwrap() {
                 Some(f) => {
                     assert!(!p.full[step]);
@@ -200,6 +198,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(p.factors.len(), 2);
+        // order 1: each row keeps the feature and one derivative
+        assert!(p.images.lock().unwrap().iter().all(|e| e.as_ref().is_some_and(|e| e.factors.len() == 2)));
     }
 }

@@ -8,12 +8,14 @@
 //! poly(rel); the first and last steps always compute; otherwise a step computes (and resets acc
 //! to 0) once acc reaches the threshold. p is remembered every step, computed or not.
 
+use std::sync::Mutex;
+
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::method::Method;
 use crate::family::Family;
-use super::plan::{Observation, Policy};
+use super::plan::{lock, Observation, Policy};
 use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind};
 use crate::error::{Error, Result};
 use crate::solvers::Solver;
@@ -42,7 +44,7 @@ impl Method for TeaCacheConfig {
         Self::default()
     }
     fn policy(&self, _seed: u64) -> Box<dyn Policy> {
-        Box::new(TeaCache { cfg: self.clone(), num_steps: 0, previous: None, accumulated: 0.0, residual: None, last: None })
+        Box::new(TeaCache { cfg: self.clone(), num_steps: 0, state: Mutex::new(TeaState::default()) })
     }
     fn validate(&self, _: usize) -> Result<()> {
         if !(self.threshold >= 0.0 && self.threshold.is_finite()) {
@@ -62,6 +64,12 @@ impl Method for TeaCacheConfig {
 pub struct TeaCache {
     cfg: TeaCacheConfig,
     num_steps: usize,
+    /// What it keeps between steps, for the whole batch (its test reads every image).
+    state: Mutex<TeaState>,
+}
+
+#[derive(Default)]
+struct TeaState {
     /// The modulated input of the previous step.
     previous: Option<Tensor>,
     accumulated: f64,
@@ -85,36 +93,42 @@ impl SiteHook for TeaCache {
         kind == SiteKind::Rest(0)
     }
 
-    fn replace(&mut self, step: usize, site: &Site) -> Result<Option<Tensor>> {
+    /// As the reference: one test over the whole batch's modulated input.
+    fn batch_wide(&self, kind: SiteKind) -> bool {
+        kind == SiteKind::Rest(0)
+    }
+
+    fn replace(&self, step: usize, site: &Site) -> Result<Option<Tensor>> {
         let probe = site.probe.ok_or_else(|| Error::internal("the block stack's site came without the first block's modulated input"))?;
+        let mut s = lock(&self.state)?;
         let edge = step == 0 || step + 1 == self.num_steps;
-        let compute = match (&self.previous, edge) {
+        let compute = match (&s.previous, edge) {
             (Some(prev), false) if prev.dims() == probe.dims() => {
                 let rel = mean_abs(&(probe - prev)?)? / mean_abs(prev)?;
-                self.accumulated += poly(&self.cfg.coefficients, rel);
-                self.accumulated >= self.cfg.threshold
+                s.accumulated += poly(&self.cfg.coefficients, rel);
+                s.accumulated >= self.cfg.threshold
             }
             _ => true,
         };
-        self.previous = Some(probe.clone());
-        self.last = Some(self.accumulated);
-        match (&self.residual, compute) {
+        s.previous = Some(probe.clone());
+        s.last = Some(s.accumulated);
+        match (&s.residual, compute) {
             (Some(r), false) if r.dims() == site.base.dims() => Ok(Some((site.base + r)?)),
             _ => {
-                self.accumulated = 0.0;
+                s.accumulated = 0.0;
                 Ok(None)
             }
         }
     }
 
-    fn record(&mut self, _: usize, site: &Site, output: &Tensor) -> Result<()> {
-        self.residual = Some((output - site.base)?);
+    fn record(&self, _: usize, site: &Site, output: &Tensor) -> Result<()> {
+        lock(&self.state)?.residual = Some((output - site.base)?);
         Ok(())
     }
 }
 
 impl Policy for TeaCache {
-    fn hook(&mut self) -> Option<&mut dyn SiteHook> {
+    fn hook(&self) -> Option<&dyn SiteHook> {
         Some(self)
     }
 
@@ -123,11 +137,12 @@ impl Policy for TeaCache {
             return Err(Error::param("accel", "teacache needs a transformer that shows its first block's timestep-modulated input (Flux); this denoiser does not"));
         }
         self.cfg.validate(solver.num_steps())?;
-        *self = TeaCache { cfg: self.cfg.clone(), num_steps: solver.num_steps(), previous: None, accumulated: 0.0, residual: None, last: None };
+        self.num_steps = solver.num_steps();
+        *lock(&self.state)? = TeaState::default();
         Ok(())
     }
     fn observe(&mut self, _: usize, _: &Observation, _: &dyn Solver) -> Result<Option<f64>> {
-        Ok(self.last.take())
+        Ok(lock(&self.state)?.last.take())
     }
 }
 
@@ -154,10 +169,10 @@ mod tests {
     /// threshold; that step computes and restarts the sum; the last step always computes.
     #[test]
     fn accumulates_rescaled_change_and_serves_the_residual_below_the_threshold() {
-        let mut p = TeaCache { cfg: TeaCacheConfig { threshold: 0.25, coefficients: vec![1.0, 0.0] }, num_steps: 5, previous: None, accumulated: 0.0, residual: None, last: None };
+        let p = TeaCache { cfg: TeaCacheConfig { threshold: 0.25, coefficients: vec![1.0, 0.0] }, num_steps: 5, state: Mutex::new(TeaState::default()) };
         let base = t(&[1.0, 1.0]);
         let probes = [t(&[1.0, 1.0]), t(&[1.1, 1.1]), t(&[1.21, 1.21]), t(&[1.331, 1.331]), t(&[1.4641, 1.4641])];
-        let site = |i: usize| Site { kind: SiteKind::Rest(0), base: &base, probe: Some(&probes[i]) };
+        let site = |i: usize| Site::new(SiteKind::Rest(0), &base, Some(&probes[i]));
         assert!(p.replace(0, &site(0)).unwrap().is_none(), "the first step computes");
         p.record(0, &site(0), &t(&[3.0, 5.0])).unwrap();
         // +10%: 0.1 < 0.25, served as base + (3, 5) - base
@@ -166,8 +181,8 @@ mod tests {
         assert!(p.replace(2, &site(2)).unwrap().is_some());
         // +10%: 0.3 >= 0.25, computes and restarts the sum
         assert!(p.replace(3, &site(3)).unwrap().is_none());
-        assert!((p.last.unwrap() - 0.3).abs() < 1e-6);
-        assert_eq!(p.accumulated, 0.0);
+        assert!((p.state.lock().unwrap().last.unwrap() - 0.3).abs() < 1e-6);
+        assert_eq!(p.state.lock().unwrap().accumulated, 0.0);
         // the last step computes whatever the sum
         assert!(p.replace(4, &site(4)).unwrap().is_none());
     }

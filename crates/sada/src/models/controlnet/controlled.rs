@@ -101,15 +101,14 @@ impl Denoiser for ControlledUNet<'_> {
             }
         }
         let inputs = Inputs { latents: latents.clone(), ehs: ehs.clone(), added: added.map(|(te, ti)| (te.clone(), ti.clone())), acting, weight };
-        // a guided batch on a multi-core CPU: one image per core, as for the UNet alone; not when
-        // guess mode keeps the ControlNets off some images (their token caches would then hold
-        // different sites, which cannot be merged back into the batch's)
-        if inputs.weight.iter().all(|&w| w != 0.0) {
-            if let Some(parts) = ctx.per_image(latents, &self.capabilities().branch_sites(), |i, ctx| self.controlled(&inputs.image(i)?, timestep, ctx))? {
-                return Ok(Tensor::cat(&parts, 0)?.to_dtype(latents.dtype())?);
-            }
-        }
         Ok(self.controlled(&inputs, timestep, ctx)?.to_dtype(latents.dtype())?)
+    }
+
+    /// Not in guess mode, where the ControlNets skip the unconditional image: its token caches
+    /// would hold other sites than the conditional image's.
+    fn splits(&self, cond: &Conditioning) -> Result<bool> {
+        let weight: Vec<f32> = cond.get("control_weight")?.to_dtype(DType::F32)?.to_vec1()?;
+        Ok(weight.iter().all(|&w| w != 0.0))
     }
 }
 
@@ -123,46 +122,20 @@ struct Inputs<'u> {
     weight: Vec<f32>,
 }
 
-impl Inputs<'_> {
-    fn image(&self, i: usize) -> candle_core::Result<Self> {
-        let one = |t: &Tensor| t.narrow(0, i, 1);
-        Ok(Inputs {
-            latents: one(&self.latents)?,
-            ehs: one(&self.ehs)?,
-            added: match &self.added {
-                Some((te, ti)) => Some((one(te)?, one(ti)?)),
-                None => None,
-            },
-            acting: self.acting.iter().map(|(u, image)| Ok((*u, one(image)?))).collect::<candle_core::Result<_>>()?,
-            weight: vec![self.weight[i]],
-        })
-    }
-}
-
 impl ControlledUNet<'_> {
     /// The acting ControlNets' summed residuals for every image of `inputs` (None when none
-    /// acts). One image per core where the CPU allows: the ControlNets have no branch site, so
-    /// this holds even when the accelerator keeps the UNet's call whole (First-Block-Cache).
+    /// acts).
     fn residuals(&self, inputs: &Inputs, timestep: f64, ctx: &mut ForwardContext) -> Result<Option<AdditionalResiduals>> {
-        let sum = |inputs: &Inputs, ctx: &mut ForwardContext| -> Result<Option<AdditionalResiduals>> {
-            let mut total: Option<AdditionalResiduals> = None;
-            for (unit, image) in &inputs.acting {
-                let added = inputs.added.as_ref().map(|(p, q)| (p, q));
-                let res = unit.model.forward(&inputs.latents, timestep, &inputs.ehs, added, image, unit.settings.scale, self.guess_mode, ctx)?;
-                total = Some(match total {
-                    Some(t) => t.add(&res)?,
-                    None => res,
-                });
-            }
-            Ok(total)
-        };
-        if !inputs.acting.is_empty() {
-            if let Some(parts) = ctx.per_image(&inputs.latents, &[], |i, ctx| sum(&inputs.image(i)?, ctx))? {
-                let parts: Vec<AdditionalResiduals> = parts.into_iter().flatten().collect();
-                return Ok(Some(AdditionalResiduals::cat(&parts)?));
-            }
+        let mut total: Option<AdditionalResiduals> = None;
+        for (unit, image) in &inputs.acting {
+            let added = inputs.added.as_ref().map(|(p, q)| (p, q));
+            let res = unit.model.forward(&inputs.latents, timestep, &inputs.ehs, added, image, unit.settings.scale, self.guess_mode, ctx)?;
+            total = Some(match total {
+                Some(t) => t.add(&res)?,
+                None => res,
+            });
         }
-        sum(inputs, ctx)
+        Ok(total)
     }
 
     /// The ControlNets on the rows they act on, then the UNet with their summed residuals.

@@ -118,14 +118,14 @@ impl FluxTransformer2DModel {
             Some(first) if ctx.uses(SiteKind::Rest(0)) => Some(first.modulated_input(&img, &temb)?),
             _ => None,
         };
-        let img = ctx.branch(Site { kind: SiteKind::Rest(0), base: &img, probe: probe.as_ref() }, |ctx| {
+        let img = ctx.branch(Site::new(SiteKind::Rest(0), &img, probe.as_ref()), |ctx| {
             let Some((first, _)) = self.double.split_first().filter(|_| ctx.uses(SiteKind::Rest(1))) else {
                 return self.blocks(0, img.clone(), txt.clone(), &step, ctx);
             };
             // the first block runs outside the site: its image residual is the site's signal
             let (txt1, img1) = first.forward(&img, &txt, &temb, &rope)?;
             let probe = (&img1 - &img)?;
-            ctx.branch(Site { kind: SiteKind::Rest(1), base: &img1, probe: Some(&probe) }, |ctx| self.blocks(1, img1.clone(), txt1.clone(), &step, ctx))
+            ctx.branch(Site::new(SiteKind::Rest(1), &img1, Some(&probe)), |ctx| self.blocks(1, img1.clone(), txt1.clone(), &step, ctx))
         })?;
         let m = self.norm_out.forward(&temb)?;
         let out = self.proj_out.forward(&self.norm.modulate(&img, &m[1], &m[0])?)?;

@@ -47,20 +47,6 @@ impl AdditionalResiduals {
         let down = self.down.iter().zip(&other.down).map(|(a, b)| a + b).collect::<candle_core::Result<_>>()?;
         Ok(AdditionalResiduals { down, mid: (&self.mid + &other.mid)? })
     }
-
-    /// Image `i`'s residuals (a batch of one), for a call run one image per core.
-    pub fn image(&self, i: usize) -> Result<AdditionalResiduals> {
-        let one = |t: &Tensor| t.narrow(0, i, 1);
-        Ok(AdditionalResiduals { down: self.down.iter().map(one).collect::<candle_core::Result<_>>()?, mid: one(&self.mid)? })
-    }
-
-    /// The batch's residuals from its images', in order.
-    pub fn cat(parts: &[AdditionalResiduals]) -> Result<AdditionalResiduals> {
-        let cat = |pick: &dyn Fn(&AdditionalResiduals) -> &Tensor| Tensor::cat(&parts.iter().map(|p| pick(p).clone()).collect::<Vec<_>>(), 0);
-        let skips = parts.first().map_or(0, |p| p.down.len());
-        let down = (0..skips).map(|k| cat(&|p| &p.down[k])).collect::<candle_core::Result<_>>()?;
-        Ok(AdditionalResiduals { down, mid: cat(&|p| &p.mid)? })
-    }
 }
 
 pub struct UNet2DConditionModel {
@@ -145,48 +131,21 @@ impl UNet2DConditionModel {
         let context = encoder_hidden_states.to_dtype(self.dtype)?;
         let step = Step { temb: &emb, context: &context, residuals };
         let s0 = self.conv_in.forward(&sample.to_dtype(self.dtype)?)?;
-        let h = ctx.branch(Site { kind: SiteKind::Rest(0), base: &s0, probe: None }, |ctx| {
+        let h = ctx.branch(Site::new(SiteKind::Rest(0), &s0, None), |ctx| {
             if ctx.uses(SiteKind::Rest(1)) {
                 // the first block runs outside the site: its residual is the site's signal
-                let s1 = self.split_or_whole(&[&s0], &step, &[], ctx, |s, step, ctx| Ok(self.down[0].forward(&s[0], step.temb, step.context, ctx)?))?;
+                let s1 = self.down[0].forward(&s0, step.temb, step.context, ctx)?;
                 let probe = (&s1 - &s0)?;
-                ctx.branch(Site { kind: SiteKind::Rest(1), base: &s1, probe: Some(&probe) }, |ctx| self.after_first_block(&s0, &s1, &step, ctx))
+                ctx.branch(Site::new(SiteKind::Rest(1), &s1, Some(&probe)), |ctx| {
+                    let x = self.ascend(0, &s0, &s1, &step, ctx)?;
+                    Ok(self.up[0].forward(&x, &step.skip(0, &s0)?, step.temb, step.context, ctx, None)?)
+                })
             } else {
-                let x = ctx.branch(Site { kind: SiteKind::Deep(0), base: &s0, probe: None }, |ctx| self.inner(0, &s0, &step, ctx))?;
+                let x = ctx.branch(Site::new(SiteKind::Deep(0), &s0, None), |ctx| self.inner(0, &s0, &step, ctx))?;
                 Ok(self.up[0].forward(&x, &step.skip(0, &s0)?, step.temb, step.context, ctx, None)?)
             }
         })?;
         Ok(self.conv_out.forward(&self.conv_norm_out.forward_silu(&h)?)?)
-    }
-
-    /// Everything after the first block (the `Rest(1)` branch), from skip 0's state `s0` and the
-    /// first block's output `s1`. A hook that acts at `Rest(1)` (First-Block-Cache) decides over
-    /// the whole batch, so the call is split around that site: the first block, then the rest,
-    /// each one image per core where the CPU allows.
-    fn after_first_block(&self, s0: &Tensor, s1: &Tensor, step: &Step, ctx: &mut ForwardContext) -> Result<Tensor> {
-        let inside: Vec<SiteKind> = (1..=self.down.len()).map(SiteKind::Deep).collect();
-        self.split_or_whole(&[s0, s1], step, &inside, ctx, |s, step, ctx| {
-            let x = self.ascend(0, &s[0], &s[1], step, ctx)?;
-            Ok(self.up[0].forward(&x, &step.skip(0, &s[0])?, step.temb, step.context, ctx, None)?)
-        })
-    }
-
-    /// `f` on the batch's `states` and `step`, or on a multi-core CPU once per image
-    /// ([`ForwardContext::per_image`], `inside`: the branch sites `f` reaches) with them narrowed
-    /// to that image, the images' outputs concatenated.
-    fn split_or_whole(&self, states: &[&Tensor], step: &Step, inside: &[SiteKind], ctx: &mut ForwardContext, f: impl Fn(&[Tensor], &Step, &mut ForwardContext) -> Result<Tensor> + Sync) -> Result<Tensor> {
-        let parts = ctx.per_image(states[0], inside, |i, ctx| {
-            let one = |t: &Tensor| t.narrow(0, i, 1);
-            let residuals = step.residuals.map(|r| r.image(i)).transpose()?;
-            let (temb, context) = (one(step.temb)?, one(step.context)?);
-            let states = states.iter().map(|t| one(t)).collect::<candle_core::Result<Vec<_>>>()?;
-            f(&states, &Step { temb: &temb, context: &context, residuals: residuals.as_ref() }, ctx)
-        })?;
-        if let Some(parts) = parts {
-            return Ok(Tensor::cat(&parts, 0)?);
-        }
-        let states: Vec<Tensor> = states.iter().map(|t| (*t).clone()).collect();
-        f(&states, step, ctx)
     }
 
     /// The input of the up layer that takes skip k, from skip k's state `s_k`.
@@ -209,7 +168,7 @@ impl UNet2DConditionModel {
     /// As [`Self::inner`], with skip k+1's state `s_next` already computed: the deep branch
     /// below skip k+1 (a cache site), then the up layer that takes skip k+1.
     fn ascend(&self, k: usize, s_k: &Tensor, s_next: &Tensor, step: &Step, ctx: &mut ForwardContext) -> Result<Tensor> {
-        let deep = ctx.branch(Site { kind: SiteKind::Deep(k + 1), base: s_next, probe: None }, |ctx| self.inner(k + 1, s_next, step, ctx))?;
+        let deep = ctx.branch(Site::new(SiteKind::Deep(k + 1), s_next, None), |ctx| self.inner(k + 1, s_next, step, ctx))?;
         let up = &self.up[k + 1];
         let size = if up.upsamples() { Some((s_k.dim(2)?, s_k.dim(3)?)) } else { None };
         Ok(up.forward(&deep, &step.skip(k + 1, s_next)?, step.temb, step.context, ctx, size)?)
@@ -316,18 +275,6 @@ impl Denoiser for UNet2DConditionModel {
         self.check_inputs(latents, cond)?;
         let ehs = cond.get("encoder_hidden_states")?;
         let added = if self.uses_text_time() { Some((cond.get("text_embeds")?, cond.get("time_ids")?)) } else { None };
-        // a guided batch on a multi-core CPU: one image per core (ForwardContext::per_image)
-        let parts = ctx.per_image(latents, &self.capabilities().branch_sites(), |i, ctx| {
-            let image = |t: &Tensor| t.narrow(0, i, 1);
-            let added = match added {
-                Some((te, ti)) => Some((image(te)?, image(ti)?)),
-                None => None,
-            };
-            self.forward(&image(latents)?, timestep, &image(ehs)?, added.as_ref().map(|(te, ti)| (te, ti)), None, ctx)
-        })?;
-        if let Some(parts) = parts {
-            return Ok(Tensor::cat(&parts, 0)?.to_dtype(latents.dtype())?);
-        }
         Ok(self.forward(latents, timestep, ehs, added, None, ctx)?.to_dtype(latents.dtype())?)
     }
 }
