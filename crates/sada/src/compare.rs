@@ -1,6 +1,23 @@
 //! A method set against the unaccelerated baseline from the same noise: the sampled runs, how
 //! close the method's image lands (PSNR, SSIM, LPIPS), how much faster it got there, and the
 //! plain solver given the same cost. `sada generate --compare` and `sada bench` report these.
+//!
+//! ```
+//! use sada::compare::{Fidelity, Run};
+//! use sada::pipelines::{default_model, GenerateOptions, Pipeline, PromptOptions};
+//! use sada::policy::Acceleration;
+//!
+//! # fn main() -> sada::Result<()> {
+//! let mut pipe = default_model::load(&sada::device::by_name("cpu")?)?;
+//! let inputs = pipe.encode_prompts(&["a small blue square at the bottom right on a white background".into()], &PromptOptions::default())?;
+//! let sada = pipe.default_options();
+//! let baseline = GenerateOptions { acceleration: Acceleration::default(), ..sada.clone() };
+//! let (base, run) = (Run::sample(&mut pipe, &inputs, &baseline, &mut |_, _| {})?, Run::sample(&mut pipe, &inputs, &sada, &mut |_, _| {})?);
+//! let fidelity = Fidelity::of(&run.image(&pipe)?, &base.image(&pipe)?, None)?;
+//! assert!(run.speedup_over(&base).work > 1.5 && fidelity.psnr_db > 25.0);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::time::Instant;
 
@@ -58,6 +75,7 @@ pub struct Speedup {
 pub struct Fidelity {
     /// Infinite when the images are identical.
     pub psnr_db: f64,
+    /// Structural similarity, averaged over channels (1 for identical images).
     pub ssim: f64,
     /// With LPIPS weights given.
     pub lpips: Option<f64>,

@@ -21,15 +21,24 @@ pub enum GmmSchedule {
     /// A discrete VP training schedule (as diffusion UNets): x_t = alpha x0 + sigma eps.
     Discrete(NoiseSchedule),
     /// Flow matching: sigma = t / num_train_timesteps, x = (1 - sigma) x0 + sigma eps.
-    Flow { num_train_timesteps: usize },
+    Flow {
+        /// The timestep at which sigma reaches 1.
+        num_train_timesteps: usize,
+    },
 }
 
+/// A Gaussian mixture and its exact denoiser, a [`Denoiser`] that needs no weights (see the
+/// module docs).
 pub struct GaussianMixture {
     /// Per-sample shape (C, H, W) or any shape; the batch dimension comes first at call time.
     pub shape: Vec<usize>,
+    /// Component means mu_k, each flattened from `shape`.
     pub means: Vec<Vec<f32>>,
+    /// Component standard deviations s_k (isotropic: s_k^2 I).
     pub stds: Vec<f32>,
+    /// How the timestep maps to a noise level.
     pub schedule: GmmSchedule,
+    /// What the denoiser returns, derived from the posterior mean of x0.
     pub prediction_type: PredictionType,
 }
 
@@ -91,6 +100,7 @@ impl GaussianMixture {
         Self { shape: shape.to_vec(), means, stds, schedule, prediction_type }
     }
 
+    /// K, the number of mixture components.
     pub fn num_components(&self) -> usize {
         self.means.len()
     }

@@ -7,8 +7,11 @@ use crate::error::{Error, Result};
 /// An 8-bit RGB image, row-major.
 #[derive(Debug, Clone)]
 pub struct RgbImage {
+    /// Width in pixels.
     pub width: usize,
+    /// Height in pixels.
     pub height: usize,
+    /// `height * width * 3` bytes, R, G, B per pixel.
     pub pixels: Vec<u8>,
 }
 

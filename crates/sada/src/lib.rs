@@ -16,6 +16,35 @@
 //! - [`pipelines`]: text encoder + denoiser + solver + accelerator + decoder, from a model folder.
 //! - [`sampling`]: the loop that runs solver + policy + denoiser and records a [`sampling::Trace`].
 //! - [`gmm`]: the exact posterior-mean denoiser of a Gaussian mixture, for tests and benchmarks.
+//! - [`family`]: the model families the published settings and default solvers are chosen by.
+//! - [`compare`]: a method against the unaccelerated baseline (speedup, PSNR, SSIM, LPIPS).
+//!
+//! # Quick start
+//!
+//! An image from a prompt with the embedded model, SADA at its published settings, offline:
+//!
+//! ```
+//! use sada::pipelines::{default_model, Pipeline, PromptOptions};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let device = sada::device::by_name("cpu")?;
+//! let mut pipe = default_model::load(&device)?;
+//! let prompt = "a large red circle in the center on a blue background".to_string();
+//! let inputs = pipe.encode_prompts(&[prompt], &PromptOptions::default())?;
+//! let opts = pipe.default_options(); // 50 DPM-Solver++ steps, SADA
+//! let (latents, trace) = pipe.generate(&inputs, &opts, &mut |_done, _total| {})?;
+//! let image = sada::image::to_rgb(&pipe.decode(&latents)?.expect("the embedded model decodes"))?;
+//! assert_eq!((image.width, image.height), (32, 32));
+//! assert!(trace.evaluations < 50, "SADA skipped steps: {}", trace.summary());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Other models load from a folder, a single file or a Hugging Face id through
+//! [`models::ModelRef`] and [`pipelines::load_pipeline`]; an accelerator of your own runs
+//! through [`pipelines::Pipeline::generate_with`].
+
+#![warn(missing_docs)]
 
 pub mod compare;
 pub mod config;

@@ -14,14 +14,18 @@ use crate::solvers::{Prediction, Solver};
 /// One solver step as it happened.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepTrace {
+    /// The step index, from 0.
     pub index: usize,
+    /// The solver's timestep at this step.
     pub timestep: f64,
+    /// What the step cost: a full, partial or pruned call, or a skip.
     pub decision: Decision,
     /// The policy's criterion computed after this step (SADA: the mean of the stability
     /// product m; null before three drifts exist).
     pub criterion: Option<f64>,
     /// Tokens computed at latent resolution on pruned steps.
     pub tokens_computed: Option<usize>,
+    /// Wall time of the whole step (network, solver and policy).
     pub seconds: f64,
 }
 
@@ -30,14 +34,17 @@ pub struct StepTrace {
 pub struct Trace {
     /// Denoiser calls actually made (partial ones included).
     pub evaluations: usize,
+    /// Every step, in order.
     pub steps: Vec<StepTrace>,
 }
 
 impl Trace {
+    /// How many steps ended as `d`.
     pub fn count(&self, d: Decision) -> usize {
         self.steps.iter().filter(|s| s.decision == d).count()
     }
 
+    /// Total wall time over all steps.
     pub fn seconds(&self) -> f64 {
         self.steps.iter().map(|s| s.seconds).sum()
     }

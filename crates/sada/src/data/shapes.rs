@@ -20,19 +20,28 @@ pub const COLOURS: [(&str, [u8; 3]); 8] = [
     ("black", [20, 20, 20]),
 ];
 
+/// The kind of shape a scene draws.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
+    /// A filled disc.
     Circle,
+    /// A filled square.
     Square,
+    /// A filled triangle, apex up.
     Triangle,
+    /// A five-pointed star.
     Star,
+    /// A ring (a disc with a hole).
     Ring,
+    /// A plus sign.
     Cross,
 }
 
+/// Every shape, in the order scenes draw from.
 pub const SHAPES: [Shape; 6] = [Shape::Circle, Shape::Square, Shape::Triangle, Shape::Star, Shape::Ring, Shape::Cross];
 
 impl Shape {
+    /// The shape's word in captions.
     pub fn name(self) -> &'static str {
         match self {
             Shape::Circle => "circle",
@@ -62,24 +71,35 @@ impl Shape {
     }
 }
 
+/// How large a scene's shape is drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Size {
+    /// About a third of the image side across.
     Small,
+    /// Over half the image side across.
     Large,
 }
 
+/// Where in the image a scene's shape sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Position {
+    /// In the top-left corner.
     TopLeft,
+    /// In the top-right corner.
     TopRight,
+    /// In the bottom-left corner.
     BottomLeft,
+    /// In the bottom-right corner.
     BottomRight,
+    /// In the middle.
     Center,
 }
 
+/// Every position, in the order scenes draw from.
 pub const POSITIONS: [Position; 5] = [Position::TopLeft, Position::TopRight, Position::BottomLeft, Position::BottomRight, Position::Center];
 
 impl Position {
+    /// The position's words in captions, e.g. "at the top left".
     pub fn phrase(self) -> &'static str {
         match self {
             Position::TopLeft => "at the top left",
@@ -94,10 +114,15 @@ impl Position {
 /// One captioned scene.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scene {
+    /// What is drawn.
     pub shape: Shape,
+    /// The shape's colour: an index into [`COLOURS`].
     pub colour: usize,
+    /// How large the shape is drawn.
     pub size: Size,
+    /// Where the shape is drawn.
     pub position: Position,
+    /// The background colour: an index into [`COLOURS`], never equal to `colour`.
     pub background: usize,
 }
 
@@ -142,6 +167,7 @@ impl Scene {
         hash % 10 == 0
     }
 
+    /// The scene's caption, e.g. "a small red star at the top left on a blue background".
     pub fn caption(&self) -> String {
         let bg = COLOURS[self.background].0;
         let article = if bg.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };

@@ -6,7 +6,7 @@
 //! image per call, the calls in parallel, each with its own slice of the token caches (merged
 //! back afterwards) and the accelerator's hook shared. Models know nothing of it: they only
 //! mark their token and branch sites. A hook that decides over the whole batch at a site
-//! ([`SiteHook::batch_wide`]) has the images meet there ([`super::gather`]).
+//! ([`SiteHook::batch_wide`](super::SiteHook::batch_wide)) has the images meet there (`denoiser/gather.rs`).
 
 use candle_core::Tensor;
 use rayon::prelude::*;

@@ -14,21 +14,25 @@ pub struct Conditioning {
 }
 
 impl Conditioning {
+    /// No tensors.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Adds (or replaces) the tensor `name`.
     pub fn with(mut self, name: impl Into<String>, t: Tensor) -> Self {
         self.tensors.insert(name.into(), t);
         self
     }
 
+    /// The tensor `name`; an error when it is missing.
     pub fn get(&self, name: &str) -> Result<&Tensor> {
         self.tensors
             .get(name)
             .ok_or_else(|| Error::param("conditioning", format!("missing tensor `{name}`")))
     }
 
+    /// The tensors' names, in sorted order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(|k| k.as_str())
     }

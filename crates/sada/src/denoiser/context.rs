@@ -36,6 +36,8 @@ pub struct ForwardContext<'a> {
 }
 
 impl<'a> ForwardContext<'a> {
+    /// A context for solver step `step`: the token sites compute what `plan` selects and keep
+    /// the rest in `token_cache`; the accelerator's `hook` (if any) is consulted at branch sites.
     pub fn new(step: usize, plan: &'a TokenPlan, token_cache: &'a mut TokenCache, hook: Option<&'a dyn SiteHook>) -> Self {
         Self { step, plan, routes: HashMap::new(), token_cache, hook, image: None, replaced: 0 }
     }

@@ -55,10 +55,13 @@ impl Capabilities {
 /// A denoising network: given a batch of (scaled) latents at a timestep, return the raw
 /// prediction (epsilon, v or velocity, per its `prediction_type`).
 pub trait Denoiser: Sync {
+    /// What this network lets an accelerator do; nothing by default.
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()
     }
 
+    /// The raw prediction for `latents` at `timestep` under `cond`; `ctx` says which tokens to
+    /// compute and may serve branches of the network from caches.
     fn predict(&self, latents: &Tensor, timestep: f64, cond: &Conditioning, ctx: &mut ForwardContext) -> Result<Tensor>;
 
     /// Whether the images of a batch may be predicted one per call ([`batch::predict`]): true
@@ -102,10 +105,13 @@ impl<'a> Guided<'a> {
         }
     }
 
+    /// The wrapped denoiser's capabilities.
     pub fn capabilities(&self) -> Capabilities {
         self.denoiser.capabilities()
     }
 
+    /// The guided prediction for `latents` at `timestep`: the cond pass alone, or the uncond and
+    /// cond passes as one batch combined with the guidance scale.
     pub fn predict(&self, latents: &Tensor, timestep: f64, ctx: &mut ForwardContext) -> Result<Tensor> {
         if !self.batched {
             return batch::predict(self.denoiser, latents, timestep, &self.cond, ctx);

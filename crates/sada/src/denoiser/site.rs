@@ -24,6 +24,7 @@ pub enum SiteKind {
 /// A branch site as the model reaches it.
 #[derive(Debug, Clone)]
 pub struct Site<'a> {
+    /// Which branch this is.
     pub kind: SiteKind,
     /// The state the branch starts from; a [`SiteKind::Rest`] branch's output is `base` plus
     /// what the rest of the network adds.

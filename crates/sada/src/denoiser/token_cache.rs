@@ -17,7 +17,12 @@ pub enum BlockTokens {
     /// Every token; the block's cache is overwritten with its output.
     All,
     /// Only `indices` (u32, ascending) of the N tokens; `mask` ([1, N, 1], u8) flags them.
-    Subset { indices: Tensor, mask: Tensor },
+    Subset {
+        /// The computed tokens' indices (u32, ascending) into the N.
+        indices: Tensor,
+        /// [1, N, 1] u8: 1 for a computed token, 0 for one read from the cache.
+        mask: Tensor,
+    },
 }
 
 impl BlockTokens {
@@ -75,6 +80,7 @@ impl TokenCache {
         Ok(out)
     }
 
+    /// Whether no block has a cached output yet (a fresh image).
     pub fn is_empty(&self) -> bool {
         self.outputs.is_empty()
     }

@@ -24,20 +24,27 @@ pub enum TokenPlan {
 /// decision for coarser transformer levels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenSelection {
+    /// Latent token grid height.
     pub height: usize,
+    /// Latent token grid width.
     pub width: usize,
     /// Row-major flags, true = computed.
     pub mask: Vec<bool>,
     /// The unstable tokens (score 1) the mask was built from.
     pub score: Vec<bool>,
+    /// Cell height: one random token is computed in every full `sy x sx` cell.
     pub sy: usize,
+    /// Cell width.
     pub sx: usize,
+    /// Seeds the random token per cell (xored with the downsample factor at coarser levels).
     pub seed: u64,
     /// Levels at most this many times coarser than the latent prune.
     pub max_downsample: usize,
 }
 
 impl TokenSelection {
+    /// The selection computing every token of `score` plus one random token per `sy x sx` cell
+    /// (drawn from `seed`) on a `height x width` latent grid.
     pub fn new(score: Vec<bool>, height: usize, width: usize, sy: usize, sx: usize, seed: u64, max_downsample: usize) -> Self {
         let mask = select(&score, height, width, sy, sx, seed);
         Self { height, width, mask, score, sy, sx, seed, max_downsample }
@@ -76,6 +83,7 @@ impl TokenSelection {
         self.mask.iter().enumerate().filter(|(_, &c)| c).map(|(i, _)| i).collect()
     }
 
+    /// How many tokens are computed at latent resolution.
     pub fn num_computed(&self) -> usize {
         self.mask.iter().filter(|&&c| c).count()
     }

@@ -19,7 +19,9 @@ use crate::image::RgbImage;
 /// Which backbone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LpipsNet {
+    /// AlexNet's `features` (the `lpips` package's default, `net='alex'`).
     Alex,
+    /// VGG-16's `features` (`net='vgg'`).
     Vgg,
 }
 
@@ -104,6 +106,7 @@ impl LpipsNet {
 
 /// A loaded LPIPS network.
 pub struct Lpips {
+    /// The backbone, recognised from the weights' shapes.
     pub net: LpipsNet,
     /// `features.{index}` -> (weight, bias).
     convs: HashMap<usize, (Tensor, Tensor)>,

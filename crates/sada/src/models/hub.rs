@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 /// Where and how to look a model up.
 #[derive(Debug, Clone, Default)]
 pub struct HubOptions {
-    /// Branch, tag or commit [main].
+    /// Branch, tag or commit (default `main`).
     pub revision: Option<String>,
     /// Never touch the network.
     pub offline: bool,
@@ -24,6 +24,7 @@ impl HubOptions {
         self.offline || std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
     }
 
+    /// The revision to look up: the one asked for, else `main`.
     pub fn revision(&self) -> &str {
         self.revision.as_deref().unwrap_or("main")
     }

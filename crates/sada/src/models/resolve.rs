@@ -37,6 +37,7 @@ impl ModelRef {
         }
     }
 
+    /// Whether this names a Hugging Face id (rather than a local folder or file).
     pub fn is_hub(&self) -> bool {
         matches!(self, ModelRef::Hub(_))
     }

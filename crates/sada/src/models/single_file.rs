@@ -105,7 +105,10 @@ impl SimpleBackend for Renamed {
 
 /// A single-file checkpoint, opened and mapped.
 pub struct Checkpoint {
+    /// The checkpoint file.
     pub path: PathBuf,
+    /// The architecture: FLUX.1 from the transformer's keys, else SD-1, SD-2 or SDXL from the text
+    /// encoders the file holds (from the cross-attention width when it holds none).
     pub family: Architecture,
     file: Arc<MmapedSafetensors>,
     /// Per diffusers component: tensor name -> where it comes from.
@@ -146,6 +149,8 @@ fn index_rest(s: &str) -> Option<(usize, &str)> {
 }
 
 impl Checkpoint {
+    /// Open and map a `.safetensors` checkpoint, recognise its architecture and rename its tensors
+    /// to diffusers' layout; pickled checkpoints (`.ckpt`, `.pt`, `.bin`) are refused.
     pub fn open(path: &Path) -> Result<Self> {
         if !path.is_file() {
             return Err(Error::file(path, "checkpoint file not found"));

@@ -11,11 +11,19 @@ use candle_nn::VarBuilder;
 use crate::error::{Error, Result};
 use crate::models::weights;
 
+/// Where a model's files come from; loaders read every file through it by its path inside the model
+/// folder.
 #[derive(Debug, Clone)]
 pub enum ModelSource {
+    /// A diffusers model folder on disk (component folders such as `unet/` and `vae/` inside).
     Dir(PathBuf),
     /// Files compiled in, by path inside the model folder (e.g. `unet/config.json`).
-    Embedded { name: &'static str, files: &'static [(&'static str, &'static [u8])] },
+    Embedded {
+        /// The model's name, shown in paths as `<embedded NAME>`.
+        name: &'static str,
+        /// Each file's path inside the model folder and its contents.
+        files: &'static [(&'static str, &'static [u8])],
+    },
     /// An original-layout checkpoint, renamed to diffusers' layout as it is read.
     SingleFile(std::sync::Arc<crate::models::single_file::Checkpoint>),
 }
@@ -46,6 +54,7 @@ impl ModelSource {
         }
     }
 
+    /// Whether the model has `rel` (a file, or a folder with files in it).
     pub fn exists(&self, rel: &str) -> bool {
         match self {
             ModelSource::Dir(d) => d.join(rel).exists(),
@@ -54,6 +63,7 @@ impl ModelSource {
         }
     }
 
+    /// The text of file `rel` (e.g. `unet/config.json`); errors name its path.
     pub fn read_to_string(&self, rel: &str) -> Result<String> {
         let path = self.path(rel);
         match self {

@@ -17,6 +17,7 @@ use crate::pipelines::{ControlInput, GenerateOptions, Pipeline, PromptOptions, S
 use crate::policy::Acceleration;
 use crate::solvers::SolverKind;
 
+/// The embedded model's name.
 pub const NAME: &str = "sada-shapes-32";
 
 /// Guidance scale the default model was tuned for (the held-out background check and the
@@ -43,6 +44,7 @@ static FILES: &[(&str, &[u8])] = &[
     asset!("unet/diffusion_pytorch_model.safetensors"),
 ];
 
+/// The embedded model's files, as a model source (no disk access).
 pub fn source() -> ModelSource {
     ModelSource::Embedded { name: NAME, files: FILES }
 }

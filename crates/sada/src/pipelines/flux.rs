@@ -39,9 +39,14 @@ struct FluxText {
     t5: T5Encoder,
 }
 
+/// diffusers' `FluxPipeline`: the transformer and scheduler config, with the VAE and text
+/// encoders when the folder has them (the text encoders load on the first prompt).
 pub struct Flux {
+    /// Where the model's files are read from.
     pub source: ModelSource,
+    /// The denoiser.
     pub transformer: FluxTransformer2DModel,
+    /// The decoder, when the folder has `vae/`.
     pub vae: Option<AutoencoderKl>,
     scheduler_config: serde_json::Map<String, serde_json::Value>,
     text: Option<FluxText>,
@@ -63,6 +68,8 @@ impl Flux {
         class("model_index.json").is_some_and(|c| c.starts_with("Flux")) || class("transformer/config.json").is_some_and(|c| c == "FluxTransformer2DModel")
     }
 
+    /// Load the transformer, scheduler config and (if present) VAE of a `FluxPipeline`; other
+    /// Flux pipelines (Fill, Kontext, ...) are refused.
     pub fn load_from(source: ModelSource, dtype: DType, device: &Device) -> Result<Self> {
         // Fill, Kontext, Control and Redux pipelines condition on images in ways this text-to-image
         // pipeline does not: refuse them by name rather than run them wrongly

@@ -13,17 +13,24 @@ use crate::models::controlnet::ControlSettings;
 /// diffusers' control image processor does) and its settings.
 #[derive(Debug, Clone)]
 pub struct ControlInput {
+    /// The control image.
     pub image: RgbImage,
+    /// Its scale and guidance window.
     pub settings: ControlSettings,
 }
 
 /// Conditioning and starting noise, as diffusers' pipeline arguments.
 #[derive(Debug, Clone, Default)]
 pub struct PipelineInputs {
+    /// Text encoder hidden states `[B, tokens, dim]` (T5's for Flux).
     pub prompt_embeds: Option<Tensor>,
+    /// The same for the negative prompt (the unconditional half of guidance).
     pub negative_prompt_embeds: Option<Tensor>,
+    /// Pooled text embedding `[B, dim]` (SDXL's `text_embeds`, Flux's CLIP output).
     pub pooled_prompt_embeds: Option<Tensor>,
+    /// The same for the negative prompt (SDXL with guidance).
     pub negative_pooled_prompt_embeds: Option<Tensor>,
+    /// SDXL's `time_ids` `[B, 6]`; None: built from the size conditioning.
     pub add_time_ids: Option<Tensor>,
     /// Unscaled initial noise (the pipeline multiplies it by `init_noise_sigma`).
     pub latents: Option<Tensor>,

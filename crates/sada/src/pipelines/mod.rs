@@ -26,8 +26,11 @@ pub use stable_diffusion::StableDiffusion;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SizeConditioning {
+    /// (height, width) the model is told the original image had; None: the output size.
     pub original_size: Option<(usize, usize)>,
+    /// (top, left) of the crop the model is told was taken; (0, 0) by default.
     pub crops_coords_top_left: (usize, usize),
+    /// (height, width) the model is told to aim for; None: the output size.
     pub target_size: Option<(usize, usize)>,
 }
 
@@ -36,12 +39,18 @@ pub struct SizeConditioning {
 pub struct GenerateOptions {
     /// Solver steps requested (a method such as `fewer-steps` may run fewer).
     pub steps: usize,
+    /// Classifier-free guidance scale (above 1 adds the unconditional pass); Flux instead feeds
+    /// it to a network that embeds guidance (FLUX.1-dev).
     pub guidance_scale: f64,
+    /// Image height in pixels.
     pub height: usize,
+    /// Image width in pixels.
     pub width: usize,
     /// Seed of the initial noise when none is given.
     pub seed: u64,
+    /// The scheduler (solver) that integrates the sampling ODE.
     pub solver: SolverKind,
+    /// The acceleration method and its settings (none for the baseline).
     pub acceleration: Acceleration,
     /// SDXL's size conditioning (ignored by other models).
     #[serde(default)]
@@ -67,6 +76,7 @@ pub struct PromptCheck {
     pub unknown: Vec<String>,
     /// Tokens the prompt has, and how many the text encoder reads (the rest are dropped).
     pub tokens: usize,
+    /// How many tokens the text encoder reads (between its start and end tokens).
     pub window: usize,
 }
 
@@ -102,6 +112,8 @@ pub trait Pipeline {
     fn family(&self) -> Family;
     /// diffusers' default image size (height, width) and guidance scale for this model.
     fn default_size(&self) -> (usize, usize);
+    /// The default guidance scale for this model (diffusers', unless the model was tuned for
+    /// another, as the embedded one was).
     fn default_guidance(&self) -> f64;
     /// Image pixels per latent pixel (1 for a pixel-space model).
     fn vae_scale_factor(&self) -> usize;

@@ -26,15 +26,21 @@ use crate::text::{ClipTextEncoder, Tokenizer};
 /// f32, some hundred times a 1024 px SDXL batch).
 const MAX_LATENT_ELEMENTS: usize = 1 << 31;
 
+/// diffusers' `StableDiffusionPipeline` / `StableDiffusionXLPipeline`, with optional ControlNets:
+/// the UNet and scheduler config, plus the VAE and text encoders when the folder has them.
 pub struct StableDiffusion {
+    /// Where the model's files are read from.
     pub source: ModelSource,
+    /// The denoiser.
     pub unet: UNet2DConditionModel,
+    /// The decoder, when the folder has `vae/` and the model is not pixel-space.
     pub vae: Option<AutoencoderKl>,
     /// Loaded on the first prompt (folders with only precomputed embeddings never need them):
     /// one tokenizer and encoder, two for SDXL.
     text: Option<Vec<(Tokenizer, ClipTextEncoder)>>,
     /// SDXL: the negative embeddings of an absent negative prompt are zeros (model_index.json).
     force_zeros_for_empty_prompt: bool,
+    /// `model_index.json` lists no VAE: the UNet denoises images directly.
     pub pixel_space: bool,
     scheduler_config: serde_json::Map<String, serde_json::Value>,
     /// ControlNets (diffusers' `MultiControlNetModel` when several); each run gives their
@@ -47,6 +53,7 @@ pub struct StableDiffusion {
 }
 
 impl StableDiffusion {
+    /// Load from a diffusers model folder.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::file(dir, "model folder not found"));
@@ -54,6 +61,8 @@ impl StableDiffusion {
         Self::load_from(ModelSource::Dir(dir.to_path_buf()), dtype, device)
     }
 
+    /// Load the UNet, scheduler config and (unless pixel-space) VAE from `source`; the text
+    /// encoders load on the first prompt.
     pub fn load_from(source: ModelSource, dtype: DType, device: &Device) -> Result<Self> {
         let unet = UNet2DConditionModel::load_from(&source, "unet", dtype, device)?;
         const SCHEDULER: &str = "scheduler/scheduler_config.json";
@@ -112,6 +121,7 @@ impl StableDiffusion {
         Ok(())
     }
 
+    /// The ControlNets added so far, in the order their control inputs are given.
     pub fn controlnets(&self) -> &[ControlNetModel] {
         &self.controlnets
     }
@@ -212,6 +222,8 @@ impl StableDiffusion {
         Ok((embeds, if sdxl { pooled } else { None }))
     }
 
+    /// The `kind` scheduler for `steps` steps, configured from the model's
+    /// `scheduler/scheduler_config.json`.
     pub fn solver(&self, kind: SolverKind, steps: usize) -> Result<Box<dyn Solver>> {
         build_solver(kind, &self.scheduler_config, &Default::default(), steps, &FlowTimesteps::default()).map_err(|e| match e {
             // the run's own parameters (the step count), not the file's

@@ -22,13 +22,14 @@ macro_rules! methods {
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
         #[serde(tag = "method")]
         pub enum Acceleration {
-            $(#[serde(rename = $name)] $variant($settings),)+
+            $(#[doc = concat!("`", $name, "`: ", $about, ".")] #[serde(rename = $name)] $variant($settings),)+
         }
 
         impl Acceleration {
             /// Every method's name and one-line description.
             pub const METHODS: &'static [(&'static str, &'static str)] = &[$(($name, $about)),+];
 
+            /// The method's name, as `NAME[:key=value,...]` specs spell it.
             pub fn name(&self) -> &'static str {
                 match self { $(Acceleration::$variant(_) => $name,)+ }
             }
@@ -54,6 +55,7 @@ macro_rules! methods {
                 match self { $(Acceleration::$variant(s) => s.policy(seed),)+ }
             }
 
+            /// Check the settings against a run of `steps` solver steps.
             pub fn validate(&self, steps: usize) -> Result<()> {
                 match self { $(Acceleration::$variant(s) => s.validate(steps),)+ }
             }
@@ -92,6 +94,17 @@ impl Default for Acceleration {
 impl Acceleration {
     /// `NAME[:key=value,...]`: the method's preset for `family` with the given settings
     /// replaced (values are JSON; a bare word is a string).
+    ///
+    /// ```
+    /// use sada::policy::Acceleration;
+    /// use sada::Family;
+    ///
+    /// let a = Acceleration::parse("sada:acc_range=[5,40],max_interval=3", Family::StableDiffusion)?;
+    /// assert_eq!(a.label(Family::StableDiffusion), "sada:acc_range=[5,40],max_interval=3");
+    /// assert_eq!(Acceleration::parse(&a.spec(), Family::StableDiffusion)?, a);
+    /// assert!(Acceleration::parse("sada:max_intervall=3", Family::Sdxl).is_err());
+    /// # Ok::<(), sada::Error>(())
+    /// ```
     pub fn parse(spec: &str, family: Family) -> Result<Self> {
         let (name, settings) = match spec.split_once(':') {
             Some((n, s)) => (n.trim(), s),
@@ -148,6 +161,7 @@ impl Acceleration {
         }
     }
 
+    /// Whether this is the unaccelerated baseline (`none`).
     pub fn is_baseline(&self) -> bool {
         matches!(self, Acceleration::None(_))
     }

@@ -21,6 +21,7 @@ use crate::solvers::{Prediction, Solver};
 /// Warm-up: these first steps are always computed (the reference's `len(prev_latents) <= 3`).
 const WARMUP: usize = 4;
 
+/// The settings of `adaptive` (AdaptiveDiffusion), named as in the reference code.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdaptiveConfig {
@@ -55,6 +56,7 @@ impl Method for AdaptiveConfig {
     }
 }
 
+/// The step-by-step state of AdaptiveDiffusion for one image.
 pub struct Adaptive {
     cfg: AdaptiveConfig,
     /// z_{k-1}, the solver's last output.

@@ -20,6 +20,7 @@ use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind};
 use crate::error::{Error, Result};
 use crate::solvers::Solver;
 
+/// DeepCache's settings (`deepcache:...`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeepCacheConfig {
@@ -127,6 +128,8 @@ fn cpow((re, im): (f64, f64), p: f64) -> (f64, f64) {
     (m * a.cos(), m * a.sin())
 }
 
+/// The DeepCache policy: on the steps between full ones it serves the U-Net's deep branch
+/// below skip `branch` from each image's last full step.
 pub struct DeepCache {
     cfg: DeepCacheConfig,
     full: Vec<bool>,

@@ -18,6 +18,7 @@ use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind};
 use crate::error::{Error, Result};
 use crate::solvers::Solver;
 
+/// First-Block-Cache's settings (`fbcache:...`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FirstBlockCacheConfig {
@@ -54,6 +55,8 @@ impl Method for FirstBlockCacheConfig {
     }
 }
 
+/// The First-Block-Cache policy: after the first block, serves the rest of the network's
+/// residual from the last full step while the first block's residual barely changes.
 pub struct FirstBlockCache {
     cfg: FirstBlockCacheConfig,
     /// What it keeps between steps, for the whole batch (its test reads every image).

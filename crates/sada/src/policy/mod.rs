@@ -1,8 +1,8 @@
 //! Acceleration policies: what each solver step costs.
 //!
 //! The sampling loop asks the policy for a [`StepPlan`] before each step. A computed step
-//! carries a [`TokenPlan`] for the denoiser, and the policy may serve branches of the network
-//! from its caches while it runs (it is the call's [`SiteHook`]); a skipped step gets its
+//! carries a [`TokenPlan`](crate::denoiser::TokenPlan) for the denoiser, and the policy may serve branches of the network
+//! from its caches while it runs (through its [`SiteHook`](crate::denoiser::SiteHook)); a skipped step gets its
 //! prediction from [`Policy::substitute`]. After the solver has stepped, [`Policy::observe`]
 //! shows the policy what happened so it can plan the next step.
 //!

@@ -33,6 +33,7 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// Every decision, in the order traces list them.
     pub const ALL: [Decision; 8] = [
         Decision::Full,
         Decision::Refresh,
@@ -75,7 +76,9 @@ impl Decision {
 /// How a skipped step is approximated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SkipKind {
+    /// x0 from SADA's Adams-Moulton predictor (the step-wise approximation).
     AdamsMoulton,
+    /// x0 extrapolated from SADA's Lagrange anchors (multistep-wise).
     Lagrange,
     /// x0 extrapolated in the solver's time variable (`sada+`).
     Extrapolate,
@@ -83,13 +86,17 @@ pub enum SkipKind {
     Reuse,
 }
 
+/// What a policy plans for one step: call the network, or skip it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepPlan {
+    /// Call the network, computing the tokens the plan selects.
     Compute(TokenPlan),
+    /// No network call: the solver gets a substitute of this kind.
     Skip(SkipKind),
 }
 
 impl StepPlan {
+    /// How the trace reports this plan.
     pub fn decision(&self) -> Decision {
         match self {
             StepPlan::Compute(t) => Decision::of_tokens(t),
@@ -121,6 +128,7 @@ pub trait Policy {
     /// denoiser cannot do says so here.
     fn begin(&mut self, solver: &dyn Solver, latent_shape: &[usize], caps: &Capabilities) -> Result<()>;
 
+    /// What step `step` does; by default every token is computed.
     fn plan(&self, _step: usize) -> StepPlan {
         StepPlan::Compute(TokenPlan::Full)
     }

@@ -57,6 +57,8 @@ impl Default for SadaPlusConfig {
 }
 
 impl SadaPlusConfig {
+    /// The first steps always computed: `warmup`, raised to `order + 2` (the first step with an error
+    /// estimate).
     pub fn effective_warmup(&self) -> usize {
         self.warmup.max(self.order + 2)
     }
@@ -68,6 +70,7 @@ impl SadaPlusConfig {
         fixed + (num_steps - fixed) / (self.max_interval + 1)
     }
 
+    /// Check the settings against a run of `num_steps` steps (a `max_evals` budget must be reachable).
     pub fn validate(&self, num_steps: usize) -> Result<()> {
         for (name, v) in [("tolerance", self.tolerance), ("max_error", self.max_error)] {
             if !(v.is_finite() && v >= 0.0) {
@@ -138,6 +141,7 @@ pub struct SadaPlus {
 }
 
 impl SadaPlus {
+    /// A fresh state for these settings; the step grid is read from the solver when a run begins.
     pub fn new(cfg: SadaPlusConfig) -> Self {
         Self {
             cfg,

@@ -22,6 +22,7 @@ use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind};
 use crate::error::{Error, Result};
 use crate::solvers::Solver;
 
+/// TaylorSeer's settings (`taylorseer:...`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TaylorSeerConfig {
@@ -76,6 +77,8 @@ impl Method for TaylorSeerConfig {
     }
 }
 
+/// The TaylorSeer policy: computes the network on its full steps and forecasts the
+/// `Rest(0)` feature by a Taylor expansion on the others.
 pub struct TaylorSeer {
     cfg: TaylorSeerConfig,
     full: Vec<bool>,

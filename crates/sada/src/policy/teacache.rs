@@ -23,6 +23,7 @@ use crate::solvers::Solver;
 /// The authors' rescaling polynomial for FLUX.1, highest power first.
 pub const FLUX_COEFFICIENTS: [f64; 5] = [4.98651651e+02, -2.83781631e+02, 5.58554382e+01, -3.82021401e+00, 2.64230861e-01];
 
+/// TeaCache's settings (`teacache:...`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TeaCacheConfig {
@@ -61,6 +62,8 @@ impl Method for TeaCacheConfig {
     }
 }
 
+/// The TeaCache policy: skips the block stack, adding the last computed step's residual,
+/// while the accumulated rescaled change of the modulated input stays below the threshold.
 pub struct TeaCache {
     cfg: TeaCacheConfig,
     num_steps: usize,

@@ -9,11 +9,17 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct TrainingSchedule {
+    /// Number of training timesteps (1000 for every published model).
     pub num_train_timesteps: usize,
+    /// beta at the first training timestep.
     pub beta_start: f64,
+    /// beta at the last training timestep.
     pub beta_end: f64,
+    /// How betas run from `beta_start` to `beta_end`.
     pub beta_schedule: BetaSchedule,
+    /// Explicit betas, one per training timestep; when set, `beta_schedule` is ignored.
     pub trained_betas: Option<Vec<f64>>,
+    /// Lin et al.'s zero-terminal-SNR rescaling; only `false` is supported.
     pub rescale_betas_zero_snr: bool,
 }
 
@@ -35,9 +41,13 @@ impl Default for TrainingSchedule {
 pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
 
 crate::config::config_enum! {
+    /// diffusers' `beta_schedule`: how betas are laid out over the training timesteps.
     BetaSchedule, "beta_schedule" {
+        /// `torch.linspace(beta_start, beta_end, num_train_timesteps)`.
         Linear = "linear",
+        /// Linear in `sqrt(beta)`, then squared (Stable Diffusion's schedule).
         ScaledLinear = "scaled_linear",
+        /// The cosine schedule of Nichol & Dhariwal (`betas_for_alpha_bar`), betas capped at 0.999.
         SquaredcosCapV2 = "squaredcos_cap_v2",
     }
 }
@@ -45,11 +55,15 @@ crate::config::config_enum! {
 /// Betas and their cumulative products, in float32 as diffusers holds them.
 #[derive(Debug, Clone)]
 pub struct NoiseSchedule {
+    /// beta of each training timestep.
     pub betas: Vec<f32>,
+    /// `alphas_cumprod[t]`: the product of `1 - beta` over timesteps `0..=t`.
     pub alphas_cumprod: Vec<f32>,
 }
 
 impl NoiseSchedule {
+    /// Betas and `alphas_cumprod` of a scheduler config, refusing values this project does not
+    /// implement (`rescale_betas_zero_snr`, betas outside (0, 1)).
     pub fn new(cfg: &TrainingSchedule) -> Result<Self> {
         let n = cfg.num_train_timesteps;
         if !(2..=MAX_TRAIN_TIMESTEPS).contains(&n) {
@@ -103,6 +117,7 @@ impl NoiseSchedule {
         self.alphas_cumprod.iter().map(|&a| ((1.0 - a) / a).sqrt()).collect()
     }
 
+    /// Natural log of [`Self::sigmas`] (diffusers' `log_sigmas`), the table `sigma_to_t` interpolates in.
     pub fn log_sigmas(&self) -> Vec<f32> {
         self.sigmas().iter().map(|s| s.ln()).collect()
     }

@@ -8,9 +8,13 @@ use super::round_half_even;
 
 
 crate::config::config_enum! {
+    /// diffusers' `timestep_spacing`: how inference timesteps are picked from the training grid.
     TimestepSpacing, "timestep_spacing" {
+        /// Evenly spaced over the training grid, from its last timestep down to 0.
         Linspace = "linspace",
+        /// Multiples of `num_train_timesteps / n` counted up from 0 (plus `steps_offset`).
         Leading = "leading",
+        /// Steps of `num_train_timesteps / n` counted down from the last training timestep.
         Trailing = "trailing",
     }
 }

@@ -13,15 +13,19 @@ use crate::error::{Error, Result};
 /// The solver classes this crate implements, named (and serialised) as in diffusers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SolverKind {
+    /// `DPMSolverMultistepScheduler` (DPM-Solver++).
     #[serde(rename = "DPMSolverMultistepScheduler")]
     DpmSolverMultistep,
+    /// `EulerDiscreteScheduler` (the paper's "EDM" sampler).
     #[serde(rename = "EulerDiscreteScheduler")]
     EulerDiscrete,
+    /// `FlowMatchEulerDiscreteScheduler` (Flux).
     #[serde(rename = "FlowMatchEulerDiscreteScheduler")]
     FlowMatchEulerDiscrete,
 }
 
 impl SolverKind {
+    /// The diffusers class name (`_class_name` in `scheduler_config.json`).
     pub fn class_name(self) -> &'static str {
         match self {
             Self::DpmSolverMultistep => "DPMSolverMultistepScheduler",
@@ -30,6 +34,7 @@ impl SolverKind {
         }
     }
 
+    /// The solver of a diffusers class name, if this crate implements that class.
     pub fn from_class_name(name: &str) -> Option<Self> {
         [Self::DpmSolverMultistep, Self::EulerDiscrete, Self::FlowMatchEulerDiscrete]
             .into_iter()
@@ -70,11 +75,14 @@ pub(crate) fn require_off(key: &str, value: Option<bool>) -> Result<()> {
 /// diffusers' final sigma choice shared by DPM-Solver and Euler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinalSigmas {
+    /// `zero`: the last step goes to sigma 0 (diffusers' default).
     Zero,
+    /// `sigma_min`: the last step stops at the training schedule's smallest sigma.
     SigmaMin,
 }
 
 impl FinalSigmas {
+    /// Read `final_sigmas_type` (absent means `zero`).
     pub fn parse(s: Option<&str>) -> Result<Self> {
         match s.unwrap_or("zero") {
             "zero" => Ok(Self::Zero),

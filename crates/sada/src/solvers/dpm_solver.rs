@@ -16,25 +16,42 @@ use crate::schedule::{karras_sigmas, sigma_to_t, NoiseSchedule, TimestepSpacing,
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct DpmSolverConfig {
+    /// The training schedule (`num_train_timesteps`, betas), read from the same keys.
     #[serde(flatten)]
     pub schedule: TrainingSchedule,
+    /// 1, 2 or 3: how many past data predictions the multistep update uses.
     pub solver_order: usize,
+    /// What the network predicts.
     pub prediction_type: PredictionType,
+    /// Dynamic thresholding; only `false` is supported.
     pub thresholding: bool,
+    /// The algorithm; only `dpmsolver++` is supported.
     pub algorithm_type: String,
+    /// The second-order update: `midpoint` or `heun`.
     pub solver_type: String,
+    /// Take lower-order steps at the end of short runs (under 15 steps), for stability.
     pub lower_order_final: bool,
+    /// Take the last step first-order (Euler).
     pub euler_at_final: bool,
+    /// Karras et al.'s sigma spacing instead of `timestep_spacing`.
     pub use_karras_sigmas: Option<bool>,
+    /// Exponential sigma spacing; not supported (must be off).
     pub use_exponential_sigmas: Option<bool>,
+    /// Beta-distribution sigma spacing; not supported (must be off).
     pub use_beta_sigmas: Option<bool>,
+    /// Lu et al.'s uniform-lambda spacing; not supported (must be off).
     pub use_lu_lambdas: Option<bool>,
+    /// Flow-matching sigmas; not supported (must be off).
     pub use_flow_sigmas: Option<bool>,
+    /// `zero` (the default) or `sigma_min`: the sigma after the last step.
     pub final_sigmas_type: Option<String>,
     /// Absent means -inf (no clipping); JSON cannot spell -inf.
     pub lambda_min_clipped: Option<f64>,
+    /// Learned variance; only absent (null) is supported.
     pub variance_type: Option<String>,
+    /// How the inference timesteps are picked from the training grid.
     pub timestep_spacing: TimestepSpacing,
+    /// Added to every timestep with `leading` spacing (SD-1.x and SDXL use 1).
     pub steps_offset: usize,
 }
 
@@ -69,6 +86,7 @@ enum SecondOrder {
     Heun,
 }
 
+/// diffusers' `DPMSolverMultistepScheduler` (DPM-Solver++, orders 1 to 3), set to a step count.
 pub struct DpmSolverMultistep {
     schedule: NoiseSchedule,
     prediction_type: PredictionType,
@@ -87,6 +105,8 @@ pub struct DpmSolverMultistep {
 }
 
 impl DpmSolverMultistep {
+    /// `from_config(config).set_timesteps(num_inference_steps)`, refusing options this port does not
+    /// implement.
     pub fn new(config: &DpmSolverConfig, num_inference_steps: usize) -> Result<Self> {
         super::check_num_steps(num_inference_steps, config.schedule.num_train_timesteps)?;
         if config.steps_offset >= config.schedule.num_train_timesteps {
@@ -187,6 +207,7 @@ impl DpmSolverMultistep {
         &self.sigmas
     }
 
+    /// The training schedule's `alphas_cumprod`.
     pub fn alphas_cumprod(&self) -> &[f32] {
         &self.schedule.alphas_cumprod
     }

@@ -14,18 +14,30 @@ use crate::schedule::{interp_table, karras_sigmas, sigma_to_t, NoiseSchedule, Ti
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct EulerDiscreteConfig {
+    /// The training schedule (`num_train_timesteps`, betas), read from the same keys.
     #[serde(flatten)]
     pub schedule: TrainingSchedule,
+    /// What the network predicts.
     pub prediction_type: PredictionType,
+    /// How sigmas are interpolated from the training table; only `linear` is supported.
     pub interpolation_type: String,
+    /// Karras et al.'s sigma spacing between `sigma_min` and `sigma_max`.
     pub use_karras_sigmas: Option<bool>,
+    /// Exponential sigma spacing; not supported (must be off).
     pub use_exponential_sigmas: Option<bool>,
+    /// Beta-distribution sigma spacing; not supported (must be off).
     pub use_beta_sigmas: Option<bool>,
+    /// Low end of the Karras ramp; defaults to the last interpolated sigma.
     pub sigma_min: Option<f64>,
+    /// High end of the Karras ramp; defaults to the first interpolated sigma.
     pub sigma_max: Option<f64>,
+    /// How the inference timesteps are picked from the training grid.
     pub timestep_spacing: TimestepSpacing,
+    /// Only `discrete` is supported.
     pub timestep_type: String,
+    /// Added to every timestep with `leading` spacing (SDXL uses 1).
     pub steps_offset: usize,
+    /// `zero` (the default) or `sigma_min`: the sigma after the last step.
     pub final_sigmas_type: Option<String>,
 }
 
@@ -48,6 +60,7 @@ impl Default for EulerDiscreteConfig {
     }
 }
 
+/// diffusers' `EulerDiscreteScheduler` (the paper's "EDM" sampler), set to a step count.
 pub struct EulerDiscrete {
     schedule: NoiseSchedule,
     prediction_type: PredictionType,
@@ -59,6 +72,8 @@ pub struct EulerDiscrete {
 }
 
 impl EulerDiscrete {
+    /// `from_config(config).set_timesteps(num_inference_steps)`, refusing options this port does not
+    /// implement.
     pub fn new(config: &EulerDiscreteConfig, num_inference_steps: usize) -> Result<Self> {
         super::check_num_steps(num_inference_steps, config.schedule.num_train_timesteps)?;
         if config.steps_offset >= config.schedule.num_train_timesteps {
@@ -99,10 +114,12 @@ impl EulerDiscrete {
         Ok(Self { schedule, prediction_type, spacing, timesteps, sigmas, next_step: 0 })
     }
 
+    /// `scheduler.sigmas` (N + 1 values, the last one the final sigma).
     pub fn sigmas(&self) -> &[f32] {
         &self.sigmas
     }
 
+    /// The training schedule's `alphas_cumprod`.
     pub fn alphas_cumprod(&self) -> &[f32] {
         &self.schedule.alphas_cumprod
     }

@@ -15,19 +15,33 @@ use crate::schedule::np_linspace;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct FlowMatchEulerDiscreteConfig {
+    /// Training timesteps; each timestep is `sigma * num_train_timesteps`.
     pub num_train_timesteps: usize,
+    /// The static shift `shift * s / (1 + (shift - 1) * s)`, applied when `use_dynamic_shifting` is off.
     pub shift: f64,
+    /// Shift by `mu` from the image size instead of by `shift` (Flux).
     pub use_dynamic_shifting: bool,
+    /// `mu` at `base_image_seq_len` image tokens (default 0.5).
     pub base_shift: Option<f64>,
+    /// `mu` at `max_image_seq_len` image tokens (default 1.15).
     pub max_shift: Option<f64>,
+    /// Token count at which `mu` is `base_shift` (default 256).
     pub base_image_seq_len: Option<usize>,
+    /// Token count at which `mu` is `max_shift` (default 4096).
     pub max_image_seq_len: Option<usize>,
+    /// Only `false` is supported.
     pub invert_sigmas: bool,
+    /// Stretch the shifted sigmas so that the last one lands on this value.
     pub shift_terminal: Option<f64>,
+    /// Karras et al.'s sigma spacing; not supported (must be off).
     pub use_karras_sigmas: Option<bool>,
+    /// Exponential sigma spacing; not supported (must be off).
     pub use_exponential_sigmas: Option<bool>,
+    /// Beta-distribution sigma spacing; not supported (must be off).
     pub use_beta_sigmas: Option<bool>,
+    /// The dynamic shift's form: `exponential` or `linear`.
     pub time_shift_type: String,
+    /// Only `false` is supported.
     pub stochastic_sampling: bool,
 }
 
@@ -74,6 +88,7 @@ pub struct FlowTimesteps {
     pub mu: Option<f64>,
 }
 
+/// diffusers' `FlowMatchEulerDiscreteScheduler`, set to a step count.
 pub struct FlowMatchEulerDiscrete {
     timesteps: Vec<f64>,
     /// N + 1 float32 values, the last one 0.
@@ -82,6 +97,8 @@ pub struct FlowMatchEulerDiscrete {
 }
 
 impl FlowMatchEulerDiscrete {
+    /// `from_config(config).set_timesteps(num_inference_steps, sigmas=..., mu=...)` with `ts`'s sigmas
+    /// and mu, refusing options this port does not implement.
     pub fn new(config: &FlowMatchEulerDiscreteConfig, num_inference_steps: usize, ts: &FlowTimesteps) -> Result<Self> {
         super::check_num_steps(num_inference_steps, config.num_train_timesteps)?;
         if !(config.shift.is_finite() && config.shift > 0.0) {
@@ -170,6 +187,7 @@ impl FlowMatchEulerDiscrete {
         Ok(Self { timesteps, sigmas, next_step: 0 })
     }
 
+    /// `scheduler.sigmas` (N + 1 values, the last one 0).
     pub fn sigmas(&self) -> &[f32] {
         &self.sigmas
     }

@@ -24,8 +24,11 @@ pub use flow_match_euler::{FlowMatchEulerDiscrete, FlowMatchEulerDiscreteConfig,
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "&'static str")]
 pub enum PredictionType {
+    /// The added noise eps (`epsilon`).
     Epsilon,
+    /// The velocity `v = alpha_t eps - sigma_t x0` (`v_prediction`).
     VPrediction,
+    /// The clean sample x0 itself (`sample`).
     Sample,
     /// Flow matching: the velocity `noise - x0` (what FlowMatchEulerDiscrete's networks predict;
     /// not a value diffusion scheduler configs take).
@@ -33,6 +36,7 @@ pub enum PredictionType {
 }
 
 impl PredictionType {
+    /// The value as diffusers writes it (`flow_velocity` is this crate's own name; no config takes it).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Epsilon => "epsilon",
@@ -90,27 +94,37 @@ pub struct StepNoise {
 /// accelerator on a skipped step.
 #[derive(Debug, Clone)]
 pub enum Prediction {
+    /// The network's raw output, which the solver converts according to its `prediction_type`.
     ModelOutput(Tensor),
+    /// A data prediction x0, taken as is (flow matching turns it back into a velocity).
     DataPrediction(Tensor),
 }
 
 /// The result of one solver step.
 #[derive(Debug, Clone)]
 pub struct SolverStep {
+    /// The latent for the next step (diffusers' `prev_sample`).
     pub prev_sample: Tensor,
     /// The x0 the update used (SADA's Lagrange anchors record it).
     pub data_prediction: Tensor,
 }
 
+/// One diffusers scheduler after `set_timesteps`: its step grid, the noise level at each step, and
+/// the update from one step to the next.
 pub trait Solver {
     /// diffusers' `scheduler.timesteps`.
     fn timesteps(&self) -> &[f64];
+    /// The number of inference steps N.
     fn num_steps(&self) -> usize {
         self.timesteps().len()
     }
+    /// diffusers' `init_noise_sigma`: the scale of the initial Gaussian noise.
     fn init_noise_sigma(&self) -> f64;
+    /// What the network predicts ([`PredictionType::FlowVelocity`] for flow matching).
     fn prediction_type(&self) -> PredictionType;
+    /// How this solver's latent relates to the variance-preserving one.
     fn latent_scale(&self) -> LatentScale;
+    /// The noise level at `step`; `step = N` gives the final sigma, after the last step.
     fn noise(&self, step: usize) -> StepNoise;
     /// The training schedule (diffusers' `betas` and `alphas_cumprod`) of a diffusion solver;
     /// None for flow matching, which has none.

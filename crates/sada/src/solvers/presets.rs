@@ -12,6 +12,7 @@ pub const SDXL: &str = r#"{"_class_name": "EulerDiscreteScheduler", "_diffusers_
 /// black-forest-labs/FLUX.1-dev (flow matching with dynamic shift).
 pub const FLUX: &str = r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "_diffusers_version": "0.30.0.dev0", "base_image_seq_len": 256, "base_shift": 0.5, "max_image_seq_len": 4096, "max_shift": 1.15, "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": true}"#;
 
+/// One of these presets as a JSON object (they are all valid, so this cannot fail).
 pub fn parse(preset: &str) -> Map<String, Value> {
     match serde_json::from_str(preset) {
         Ok(Value::Object(m)) => m,

@@ -15,17 +15,26 @@ use crate::models::ModelSource;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct TextEncoderConfig {
+    /// Rows of the token embedding (49,408 for CLIP).
     pub vocab_size: usize,
+    /// Width of the hidden states.
     pub hidden_size: usize,
+    /// Width of each layer's MLP.
     pub intermediate_size: usize,
+    /// Number of transformer layers.
     pub num_hidden_layers: usize,
+    /// Attention heads per layer; must divide `hidden_size`.
     pub num_attention_heads: usize,
+    /// The longest token sequence the position embedding covers (77).
     pub max_position_embeddings: usize,
+    /// `quick_gelu` (OpenAI CLIP) or `gelu` (OpenCLIP).
     pub hidden_act: String,
+    /// Epsilon of every layer norm.
     pub layer_norm_eps: f64,
+    /// Output width of `text_projection` (`CLIPTextModelWithProjection`).
     pub projection_dim: usize,
     /// The end-of-text token; 2 is transformers' legacy value, for which the pooled output is
-    /// taken at the highest id instead (see [`ClipTextEncoder::pooled`]).
+    /// taken at the highest id instead (see [`ClipTextEncoder::encode`]).
     pub eos_token_id: u32,
 }
 
@@ -116,7 +125,10 @@ pub struct TextOutput {
     pub pooled: Tensor,
 }
 
+/// CLIP's text transformer: `CLIPTextModel`, or `CLIPTextModelWithProjection` when the weights
+/// carry `text_projection`.
 pub struct ClipTextEncoder {
+    /// The `config.json` it was built from.
     pub config: TextEncoderConfig,
     token_embedding: Embedding,
     position_embedding: Embedding,
@@ -129,6 +141,8 @@ pub struct ClipTextEncoder {
 }
 
 impl ClipTextEncoder {
+    /// Load `{component}/config.json` and its weights (e.g. `text_encoder`, `text_encoder_2`) in
+    /// `dtype` on `device`.
     pub fn load_from(source: &ModelSource, component: &str, dtype: DType, device: &Device) -> Result<Self> {
         let config_rel = format!("{component}/config.json");
         let config: TextEncoderConfig = source.read_json(&config_rel)?;

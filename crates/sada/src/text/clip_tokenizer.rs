@@ -73,6 +73,7 @@ fn byte_chars() -> [char; 256] {
     out
 }
 
+/// CLIP's byte-level BPE tokenizer, encoding as transformers' `CLIPTokenizer` does (see the module docs).
 #[derive(Debug, Clone)]
 pub struct ClipTokenizer {
     vocab: HashMap<String, u32>,
@@ -83,6 +84,7 @@ pub struct ClipTokenizer {
     bos: u32,
     eos: u32,
     pad: u32,
+    /// `model_max_length`: every encoding is this many ids (77 for Stable Diffusion).
     pub max_length: usize,
 }
 

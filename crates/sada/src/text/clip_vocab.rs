@@ -3,6 +3,7 @@
 
 /// `vocab.json` and `merges.txt` in the Hugging Face CLIP layout (`tools/gen_clip_tokenizer.py`).
 pub static VOCAB_JSON: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/clip/vocab.json"));
+/// The BPE merges (`merges.txt`) of the same vocabulary, one `a b` pair per line in rank order.
 pub static MERGES_TXT: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/clip/merges.txt"));
 
 /// A tokenizer folder's files for this vocabulary with `pad_token` (`<|endoftext|>` for SD-1.x

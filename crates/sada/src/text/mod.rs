@@ -29,8 +29,11 @@ pub enum Tokenizer {
 /// What a prompt becomes: unknown words (word-level vocabularies only), and its tokens against
 /// the room between the start and end tokens.
 pub struct TokenCount {
+    /// Words not in a word-level vocabulary (always empty for CLIP's BPE, which has no unknown words).
     pub unknown: Vec<String>,
+    /// How many tokens (words, for a word-level tokenizer) the prompt has, before truncation.
     pub tokens: usize,
+    /// How many of them fit between the start and end tokens; the rest are truncated.
     pub window: usize,
 }
 
@@ -84,6 +87,7 @@ impl Tokenizer {
         }
     }
 
+    /// The fixed length every encoding is padded or truncated to (`model_max_length`).
     pub fn max_length(&self) -> usize {
         match self {
             Tokenizer::WordLevel(t) => t.max_length,
@@ -91,6 +95,7 @@ impl Tokenizer {
         }
     }
 
+    /// Count `text`'s tokens against the room between the special tokens, and its unknown words.
     pub fn count(&self, text: &str) -> TokenCount {
         match self {
             Tokenizer::WordLevel(t) => {

@@ -65,14 +65,23 @@ impl T5Tokenizer {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct T5Config {
+    /// Rows of the shared token embedding (32,128 for T5).
     pub vocab_size: usize,
+    /// Width of the hidden states.
     pub d_model: usize,
+    /// Width of each attention head.
     pub d_kv: usize,
+    /// Width of the feed-forward.
     pub d_ff: usize,
+    /// Number of encoder blocks.
     pub num_layers: usize,
+    /// Attention heads per block.
     pub num_heads: usize,
+    /// Buckets of the relative-position attention bias shared by every block.
     pub relative_attention_num_buckets: usize,
+    /// Distance beyond which relative positions fall in the last (logarithmic) bucket.
     pub relative_attention_max_distance: usize,
+    /// Epsilon of the RMS norms.
     pub layer_norm_epsilon: f64,
     /// `relu`, `gelu`, `silu` or their `gated-` forms (T5 v1.1 and FLUX.1's encoder: `gated-gelu`).
     pub feed_forward_proj: String,
@@ -221,6 +230,7 @@ pub struct T5Encoder {
     relative_attention_bias: Tensor,
     blocks: Vec<Block>,
     final_layer_norm: RmsNorm,
+    /// The `config.json` it was built from.
     pub config: T5Config,
 }
 

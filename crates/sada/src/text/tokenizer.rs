@@ -15,6 +15,7 @@ use crate::models::ModelSource;
 /// No text encoder reads more tokens than this; a bound on what a config can make us allocate.
 const MAX_LENGTH: usize = 1 << 16;
 
+/// A word-level `tokenizer.json` (see the module docs), encoding as diffusers calls a tokenizer.
 #[derive(Debug, Clone)]
 pub struct WordLevelTokenizer {
     vocab: HashMap<String, u32>,
@@ -24,6 +25,7 @@ pub struct WordLevelTokenizer {
     prefix: Vec<u32>,
     suffix: Vec<u32>,
     pad_id: u32,
+    /// `model_max_length`: every encoding is this many ids.
     pub max_length: usize,
 }
 
@@ -42,6 +44,8 @@ impl WordLevelTokenizer {
         })
     }
 
+    /// Build from a parsed `tokenizer.json` and `tokenizer_config.json`, refusing any piece this
+    /// reader does not implement.
     pub fn from_json(json: &Value, config: &Value) -> Result<Self> {
         let model = &json["model"];
         let kind = model["type"].as_str().unwrap_or("none");

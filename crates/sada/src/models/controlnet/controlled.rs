@@ -21,9 +21,11 @@ use crate::models::unet::{AdditionalResiduals, UNet2DConditionModel};
 /// `control_guidance_start` and `control_guidance_end`, per net.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ControlSettings {
+    /// `controlnet_conditioning_scale`: the factor on its residuals.
     pub scale: f64,
     /// The fraction of the steps after which it starts acting, and after which it stops.
     pub start: f64,
+    /// `control_guidance_end`: the fraction of the steps after which it stops acting.
     pub end: f64,
 }
 
@@ -57,13 +59,22 @@ impl ControlSettings {
 /// One ControlNet of a run, with its settings.
 #[derive(Clone, Copy)]
 pub struct ControlUnit<'a> {
+    /// The ControlNet.
     pub model: &'a ControlNetModel,
+    /// Its scale and guidance window.
     pub settings: ControlSettings,
 }
 
+/// A UNet with the residuals of its ControlNets added to its skips and mid block: one
+/// [`Denoiser`] (see the module docs for the conditioning it reads).
 pub struct ControlledUNet<'a> {
+    /// The UNet being steered.
     pub unet: &'a UNet2DConditionModel,
+    /// The ControlNets, their residuals summed; `controlnet_cond.<i>` is net i's image.
     pub nets: &'a [ControlUnit<'a>],
+    /// diffusers' `guess_mode`: the ControlNets' skip residuals are scaled down from the mid
+    /// block's towards the shallow skips (and `control_weight` keeps them off the unconditional
+    /// half).
     pub guess_mode: bool,
     /// The solver's step count: the guidance windows are fractions of it.
     pub num_steps: usize,

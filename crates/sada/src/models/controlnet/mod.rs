@@ -26,9 +26,15 @@ pub use controlled::{ControlSettings, ControlUnit, ControlledUNet};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct ControlNetExtra {
+    /// Channels of the control image (3 for RGB).
     pub conditioning_channels: usize,
+    /// Widths of the control image embedding's levels; each level after the first halves the
+    /// grid.
     pub conditioning_embedding_out_channels: Vec<usize>,
+    /// `rgb` or `bgr`: with `bgr` the control image's channels are reversed before embedding.
     pub controlnet_conditioning_channel_order: String,
+    /// Whether the residuals are averaged over the spatial grid (shuffle-style ControlNets);
+    /// forces guess mode.
     pub global_pool_conditions: bool,
 }
 
@@ -48,7 +54,9 @@ impl Default for ControlNetExtra {
 /// are `ControlNetModel`'s too) and its own.
 #[derive(Debug, Clone)]
 pub struct ControlNetConfig {
+    /// The keys shared with the UNet (the encoder half is built from them).
     pub unet: UNet2DConditionConfig,
+    /// The ControlNet's own keys.
     pub extra: ControlNetExtra,
 }
 
@@ -113,7 +121,10 @@ impl ConditioningEmbedding {
     }
 }
 
+/// diffusers' `ControlNetModel`: turns the latents, timestep, text embeddings and a control image
+/// into residuals for the UNet's skip connections and mid block.
 pub struct ControlNetModel {
+    /// The configuration it was built from.
     pub config: ControlNetConfig,
     embedding: TimeTextEmbedding,
     conv_in: Conv,
@@ -141,6 +152,8 @@ impl ControlNetModel {
         Self::load_from(&source, &component, dtype, device)
     }
 
+    /// Load from `component` (a subfolder, or empty for the root) of `source`: its config.json
+    /// (`_class_name` must be ControlNetModel if given) and diffusion_pytorch_model weights.
     pub fn load_from(source: &ModelSource, component: &str, dtype: DType, device: &Device) -> Result<Self> {
         let rel = if component.is_empty() { "config.json".to_string() } else { format!("{component}/config.json") };
         let raw: serde_json::Value = source.read_json(&rel)?;
@@ -170,6 +183,7 @@ impl ControlNetModel {
         })
     }
 
+    /// Build from a configuration and weights in diffusers' key layout.
     pub fn new(config: ControlNetConfig, vb: VarBuilder) -> Result<Self> {
         config.check()?;
         let unet = config.encoder_config();
@@ -206,10 +220,12 @@ impl ControlNetModel {
         self.controlnet_down_blocks.len()
     }
 
+    /// Channels of the latents it takes.
     pub fn in_channels(&self) -> usize {
         self.config.unet.in_channels
     }
 
+    /// Channels of the control image it takes.
     pub fn conditioning_channels(&self) -> usize {
         self.config.extra.conditioning_channels
     }
@@ -219,6 +235,7 @@ impl ControlNetModel {
         self.cond_embedding.factor()
     }
 
+    /// Whether it reads SDXL's `text_embeds` and `time_ids`.
     pub fn uses_text_time(&self) -> bool {
         self.embedding.uses_text_time()
     }

@@ -22,10 +22,12 @@ pub struct PlainLayerNorm {
 }
 
 impl PlainLayerNorm {
+    /// A norm over `dim` channels (epsilon 1e-6), in `dtype` on `device`.
     pub fn new(dim: usize, dtype: DType, device: &Device) -> candle_core::Result<Self> {
         Ok(Self { ones: Tensor::ones(dim, dtype, device)?, zeros: Tensor::zeros(dim, dtype, device)? })
     }
 
+    /// `x` normalised over its last dimension.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         candle_nn::ops::layer_norm(&x.contiguous()?, &self.ones, &self.zeros, EPS as f32)
     }
@@ -45,10 +47,12 @@ pub struct Modulation {
 }
 
 impl Modulation {
+    /// Load the linear layer (`dim` -> `n * dim`) at `vb`.
     pub fn new(vb: VarBuilder, dim: usize, n: usize) -> candle_core::Result<Self> {
         Ok(Self { lin: linear(dim, n * dim, vb)?, n })
     }
 
+    /// The `n` chunks for the conditioning vector `temb` `[B, dim]`.
     pub fn forward(&self, temb: &Tensor) -> candle_core::Result<Vec<Tensor>> {
         self.lin.forward(&temb.silu()?)?.unsqueeze(1)?.chunk(self.n, 2)
     }
@@ -143,6 +147,7 @@ pub struct DoubleStreamBlock {
 }
 
 impl DoubleStreamBlock {
+    /// Load from `vb` (`transformer_blocks.i`): width `dim`, `heads` heads of `head_dim`.
     pub fn new(vb: VarBuilder, dim: usize, heads: usize, head_dim: usize) -> candle_core::Result<Self> {
         let attn = vb.pp("attn");
         Ok(Self {
@@ -203,6 +208,8 @@ pub struct SingleStreamBlock {
 }
 
 impl SingleStreamBlock {
+    /// Load from `vb` (`single_transformer_blocks.i`): width `dim`, `heads` heads of `head_dim`, an
+    /// MLP 4 x `dim` wide.
     pub fn new(vb: VarBuilder, dim: usize, heads: usize, head_dim: usize) -> candle_core::Result<Self> {
         let mlp = 4 * dim;
         Ok(Self {

@@ -3,18 +3,29 @@
 
 use serde::Deserialize;
 
+/// diffusers' `FluxTransformer2DModel` configuration; keys the file leaves out take FLUX.1's
+/// values.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct FluxTransformerConfig {
+    /// Patch size of the embedding; only 1 (the default) is supported, the 2 x 2 packing being done
+    /// outside.
     pub patch_size: usize,
     /// Channels of a packed token: the latent's channels times the 2 x 2 patch.
     pub in_channels: usize,
+    /// Channels of an output token: null (the default) or `in_channels`.
     pub out_channels: Option<usize>,
+    /// Double-stream blocks (default 19).
     pub num_layers: usize,
+    /// Single-stream blocks (default 38).
     pub num_single_layers: usize,
+    /// Channels per attention head (default 128).
     pub attention_head_dim: usize,
+    /// Attention heads; times `attention_head_dim`, the width of the token stream (default 24).
     pub num_attention_heads: usize,
+    /// Width of the T5 text embeddings `context_embedder` projects (default 4096).
     pub joint_attention_dim: usize,
+    /// Width of CLIP's pooled text embedding (default 768).
     pub pooled_projection_dim: usize,
     /// FLUX.1-dev: the guidance scale is an input of the network (distilled guidance).
     pub guidance_embeds: bool,

@@ -11,6 +11,8 @@ use crate::models::layers::timestep::{timestep_embedding, TimestepEmbedding};
 /// Width of the sinusoidal embedding before its MLP.
 const SINUSOID_DIM: usize = 256;
 
+/// The conditioning vector: the embedded timestep (plus the embedded guidance scale for FLUX.1-dev)
+/// plus the projected pooled text embedding.
 pub struct TimeTextEmbedding {
     timestep_embedder: TimestepEmbedding,
     guidance_embedder: Option<TimestepEmbedding>,
@@ -22,6 +24,8 @@ pub struct TimeTextEmbedding {
 }
 
 impl TimeTextEmbedding {
+    /// Load from `vb` (`time_text_embed`): width `dim`, pooled text width `pooled_dim`, and
+    /// `guidance_embedder` when `guidance`.
     pub fn new(vb: VarBuilder, dim: usize, pooled_dim: usize, guidance: bool) -> candle_core::Result<Self> {
         Ok(Self {
             timestep_embedder: TimestepEmbedding::new(vb.pp("timestep_embedder"), SINUSOID_DIM, dim)?,

@@ -26,7 +26,10 @@ pub use config::FluxTransformerConfig;
 use embedding::TimeTextEmbedding;
 use rope::Rope;
 
+/// diffusers' `FluxTransformer2DModel`: double-stream (joint text-image) blocks, then
+/// single-stream blocks, predicting the flow-matching velocity.
 pub struct FluxTransformer2DModel {
+    /// The configuration it was built from.
     pub config: FluxTransformerConfig,
     x_embedder: Linear,
     context_embedder: Linear,
@@ -71,6 +74,7 @@ impl FluxTransformer2DModel {
         })
     }
 
+    /// Build from a configuration and weights in diffusers' key layout.
     pub fn new(config: FluxTransformerConfig, vb: VarBuilder) -> Result<Self> {
         config.validate().map_err(|msg| Error::unsupported("transformer config", msg, "a FLUX.1-style transformer"))?;
         let dim = config.inner_dim();

@@ -7,7 +7,9 @@ use candle_core::{DType, Device, Tensor};
 /// cos and sin tables `[tokens, head_dim]` (f32) for one sequence.
 #[derive(Debug, Clone)]
 pub struct Rope {
+    /// cos of each token's angles, `[tokens, head_dim]`.
     pub cos: Tensor,
+    /// sin of each token's angles, `[tokens, head_dim]`.
     pub sin: Tensor,
 }
 
@@ -39,10 +41,12 @@ impl Rope {
         Self::new(&ids, axes_dims, 10000.0, device)
     }
 
+    /// Number of tokens the tables cover.
     pub fn len(&self) -> usize {
         self.cos.dim(0).unwrap_or(0)
     }
 
+    /// Whether the tables cover no tokens.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -13,7 +13,7 @@ struct Dense {
 }
 
 /// `x`: [..., in]; `w`: [out, in] (diffusers' layout: the product reads it transposed through
-/// strides, so no transposed copy is made); `bias`: [out] (used only when `has_bias`). f32 CPU
+/// strides, so no transposed copy is made); `bias`: `[out]` (used only when `has_bias`). f32 CPU
 /// tensors.
 pub fn dense(x: &Tensor, w: &Tensor, bias: &Tensor, has_bias: bool) -> candle_core::Result<Tensor> {
     x.apply_op3_no_bwd(w, bias, &Dense { has_bias })

@@ -14,7 +14,7 @@ struct GroupNormOp {
     silu: bool,
 }
 
-/// `x`: [B, C, ...] f32 CPU; `gamma`, `beta`: [C].
+/// `x`: `[B, C, ...]` f32 CPU; `gamma`, `beta`: `[C]`.
 pub fn group_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, groups: usize, eps: f64, silu: bool) -> candle_core::Result<Tensor> {
     x.apply_op3_no_bwd(gamma, beta, &GroupNormOp { groups, eps: eps as f32, silu })
 }
@@ -44,7 +44,10 @@ impl CustomOp3 for GroupNormOp {
     }
 }
 
-dispatch!(normalise_group(x: &[f32], out: &mut [f32], gamma: &[f32], beta: &[f32], spatial: usize, eps: f32, silu: bool) -> () {
+dispatch!(
+/// Normalises one group `x` (its channels' `spatial`-long maps, back to back) to zero mean and
+/// unit variance, then applies each channel's `gamma` / `beta` (and SiLU when `silu`) into `out`.
+normalise_group(x: &[f32], out: &mut [f32], gamma: &[f32], beta: &[f32], spatial: usize, eps: f32, silu: bool) -> () {
     // mean and variance in f64 over eight f32 lanes: the group can hold 10^5 values, and a
     // one-pass f32 sum of squares would lose the variance of an offset map
     let n = x.len() as f64;

@@ -12,8 +12,11 @@ use super::{contiguous, gemm_parallelism};
 /// Kernel size, stride and padding of a convolution.
 #[derive(Debug, Clone, Copy)]
 pub struct Geometry {
+    /// Kernel size (k x k).
     pub k: usize,
+    /// Stride, the same along both axes.
     pub stride: usize,
+    /// Zero padding on every side.
     pub padding: usize,
 }
 
@@ -22,7 +25,7 @@ struct Im2colConv {
     has_bias: bool,
 }
 
-/// `x`: [B, C, H, W]; `flat`: [c_out, C k k] (rows in (c, kh, kw) order); `bias`: [c_out]
+/// `x`: `[B, C, H, W]`; `flat`: `[c_out, C k k]` (rows in (c, kh, kw) order); `bias`: `[c_out]`
 /// (read only with `has_bias`). f32 CPU tensors.
 pub fn conv2d(x: &Tensor, flat: &Tensor, bias: &Tensor, has_bias: bool, geometry: Geometry) -> candle_core::Result<Tensor> {
     x.apply_op3_no_bwd(flat, bias, &Im2colConv { geometry, has_bias })

@@ -6,7 +6,8 @@
 /// Run `$body` (an expression using the function's arguments) compiled for AVX2+FMA when the
 /// host has it, else for the baseline target.
 macro_rules! dispatch {
-    ($name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty $body:block) => {
+    ($(#[$meta:meta])* $name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty $body:block) => {
+        $(#[$meta])*
         pub fn $name($($arg: $ty),*) -> $ret {
             #[inline(always)]
             fn body($($arg: $ty),*) -> $ret $body
@@ -86,7 +87,7 @@ pub fn row_max(row: &[f32]) -> f32 {
     row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
 }
 
-/// row[i] = exp(row[i] - m); returns the sum of the new row.
+/// `row[i] = exp(row[i] - m)`; returns the sum of the new row.
 pub fn exp_sub_sum(row: &mut [f32], m: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if avx2_fma() {
@@ -101,13 +102,15 @@ pub fn exp_sub_sum(row: &mut [f32], m: f32) -> f32 {
     s
 }
 
-dispatch!(scale_in_place(row: &mut [f32], s: f32) -> () {
+dispatch!(
+/// `row[i] *= s`.
+scale_in_place(row: &mut [f32], s: f32) -> () {
     for v in row.iter_mut() {
         *v *= s;
     }
 });
 
-/// value[i] *= gelu(gate[i]) (GEGLU's product).
+/// `value[i] *= gelu(gate[i])` (GEGLU's product).
 pub fn geglu(value: &mut [f32], gate: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     if avx2_fma() {
@@ -119,7 +122,7 @@ pub fn geglu(value: &mut [f32], gate: &[f32]) {
     }
 }
 
-/// out[i] = x[i] * scale + shift, then SiLU when `silu` (GroupNorm's affine step and the
+/// `out[i] = x[i] * scale + shift`, then SiLU when `silu` (GroupNorm's affine step and the
 /// activation that follows it in ResNet blocks).
 pub fn affine(out: &mut [f32], x: &[f32], scale: f32, shift: f32, silu: bool) {
     #[cfg(target_arch = "x86_64")]
@@ -195,6 +198,8 @@ mod x86 {
         _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
     }
 
+    /// `super::row_max` eight lanes at a time; the caller must have checked that the CPU has AVX2
+    /// and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn row_max(row: &[f32]) -> f32 {
         let mut acc = _mm256_set1_ps(f32::NEG_INFINITY);
@@ -208,6 +213,8 @@ mod x86 {
         lanes.iter().chain(tail).fold(f32::NEG_INFINITY, |a, &b| a.max(b))
     }
 
+    /// `super::exp_sub_sum` eight lanes at a time; the caller must have checked that the CPU has
+    /// AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn exp_sub_sum(row: &mut [f32], m: f32) -> f32 {
         let (mv, mut acc) = (_mm256_set1_ps(m), _mm256_setzero_ps());
@@ -225,6 +232,8 @@ mod x86 {
         s
     }
 
+    /// `super::geglu` eight lanes at a time; the caller must have checked that the CPU has AVX2 and
+    /// FMA.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn geglu(value: &mut [f32], gate: &[f32]) {
         let n = value.len().min(gate.len());
@@ -242,6 +251,8 @@ mod x86 {
         }
     }
 
+    /// `super::affine` eight lanes at a time; the caller must have checked that the CPU has AVX2
+    /// and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn affine(out: &mut [f32], x: &[f32], scale: f32, shift: f32, silu: bool) {
         let n = out.len().min(x.len());

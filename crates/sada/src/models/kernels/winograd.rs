@@ -96,7 +96,7 @@ impl Winograd {
         h.div_ceil(self.m) * w.div_ceil(self.m) >= 64
     }
 
-    /// `x`: [batch, cin, h, w]; `weight`: [cout, cin, 3, 3]; `bias`: [cout]. Returns
+    /// `x`: `[batch, cin, h, w]`; `weight`: `[cout, cin, 3, 3]`; `bias`: `[cout]`. Returns
     /// [batch, cout, h, w] (stride 1, zero padding 1).
     pub fn conv3x3(&self, x: &[f32], dims: (usize, usize, usize, usize), weight: &[f32], bias: Option<&[f32]>, cout: usize) -> Vec<f32> {
         // output channels in blocks whose transformed weights and products stay near 8 MB: under
@@ -163,7 +163,10 @@ struct SendPtr(*mut f32);
 // SAFETY: only used for disjoint writes, see the product loop.
 unsafe impl Sync for SendPtr {}
 
-dispatch!(weight_transform(g: &[f32], a: usize, wco: &[f32], cin: usize, out: &mut [f32]) -> () {
+dispatch!(
+/// Adds G k Gᵀ (`g`: G, a x 3) to `out` (`[a x a][cin]`, expected zeroed) for one output
+/// channel's 3x3 weights `wco` (`[cin][3][3]`), with the input channel innermost.
+weight_transform(g: &[f32], a: usize, wco: &[f32], cin: usize, out: &mut [f32]) -> () {
     // k[r][s][ci] from the [ci][r][s] layout, then G k Gᵀ with ci innermost
     let mut k = vec![0f32; 9 * cin];
     for ci in 0..cin {
@@ -222,7 +225,10 @@ fn small_product(coef: &[f32], (rows, a): (usize, usize), src: &[f32], src_cols:
     }
 }
 
-dispatch!(input_transform(bt: &[f32], m: usize, plane: &[f32], hw: (usize, usize), thw: (usize, usize), out: &mut [f32]) -> () {
+dispatch!(
+/// Writes V = Bᵀ d B (`bt`: Bᵀ, a x a with a = m + 2) into `out` as `[a x a][tile]`, for every
+/// a x a input tile d of one h x w `plane` (`hw`, zero padding 1; `thw` tiles down and across).
+input_transform(bt: &[f32], m: usize, plane: &[f32], hw: (usize, usize), thw: (usize, usize), out: &mut [f32]) -> () {
     let ((h, w), (th, tw)) = (hw, thw);
     let (a, n) = (m + 2, th * tw);
     // the plane zero-padded (one before, enough after for the ragged last tiles), so the tile
@@ -251,7 +257,11 @@ dispatch!(input_transform(bt: &[f32], m: usize, plane: &[f32], hw: (usize, usize
     small_product(bt, (a, a), &t, a, out, a, n, false);
 });
 
-dispatch!(output_transform(at: &[f32], m: usize, mm: &[f32], hw: (usize, usize), thw: (usize, usize), bias: f32, out: &mut [f32]) -> () {
+dispatch!(
+/// Computes Y = Aᵀ M A + `bias` (`at`: Aᵀ, m x a) for every tile of one plane's products `mm`
+/// (`[a x a][tile]`) and writes the m x m tiles into the h x w output plane `out`, cropping the
+/// ragged last tiles.
+output_transform(at: &[f32], m: usize, mm: &[f32], hw: (usize, usize), thw: (usize, usize), bias: f32, out: &mut [f32]) -> () {
     let ((h, w), (th, tw)) = (hw, thw);
     let (a, n) = (m + 2, th * tw);
     // Y = Aᵀ M A over all tiles at once (t: m x a, y: m x m), then scattered into the plane
@@ -342,7 +352,7 @@ struct WinogradConv {
     has_bias: bool,
 }
 
-/// `x`: [B, C_in, H, W]; `weight`: [C_out, C_in, 3, 3]; `bias`: [C_out] (read when `has_bias`).
+/// `x`: `[B, C_in, H, W]`; `weight`: `[C_out, C_in, 3, 3]`; `bias`: `[C_out]` (read when `has_bias`).
 /// f32 CPU tensors; stride 1, padding 1.
 pub fn conv3x3(x: &candle_core::Tensor, weight: &candle_core::Tensor, bias: &candle_core::Tensor, has_bias: bool, transform: &'static Winograd) -> candle_core::Result<candle_core::Tensor> {
     x.apply_op3_no_bwd(weight, bias, &WinogradConv { transform, has_bias })

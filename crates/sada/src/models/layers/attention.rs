@@ -6,6 +6,8 @@ use candle_nn::VarBuilder;
 use crate::models::kernels;
 use crate::models::layers::linear::{linear, linear_no_bias, Linear};
 
+/// diffusers' `Attention` with the default processor: `to_q`, `to_k`, `to_v`, multi-head scaled
+/// dot-product attention, `to_out.0`.
 pub struct Attention {
     to_q: Linear,
     to_k: Linear,
@@ -16,6 +18,8 @@ pub struct Attention {
 }
 
 impl Attention {
+    /// Without biases on `to_q`, `to_k` and `to_v` (the UNet's attention); `context_dim` None for
+    /// self-attention.
     pub fn new(vb: VarBuilder, query_dim: usize, context_dim: Option<usize>, heads: usize, head_dim: usize) -> candle_core::Result<Self> {
         Self::with_bias(vb, query_dim, context_dim, heads, head_dim, false)
     }
@@ -35,6 +39,7 @@ impl Attention {
         })
     }
 
+    /// Attend from `x` `[B, N, query_dim]` to `context` (None: self-attention over `x`).
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let context = context.unwrap_or(x);
         let (q, k, v) = (self.to_q.forward(x)?, self.to_k.forward(context)?, self.to_v.forward(context)?);

@@ -15,6 +15,8 @@ use crate::models::kernels::{self, winograd::{self, Winograd}};
 /// of im2col's multiplies (error bound in `kernels::winograd`'s tests).
 static WINOGRAD: &Winograd = &winograd::F4;
 
+/// A 2-D convolution (`weight` `[c_out, c_in, k, k]`, optional `bias`) that runs on the CPU kernels
+/// where it can.
 pub struct Conv {
     inner: Conv2d,
     /// What the CPU kernels read (f32 CPU weights only; candle's convolution otherwise).
@@ -31,6 +33,8 @@ struct CpuKernel {
     bias: Tensor,
 }
 
+/// Load a `k x k` convolution (`weight`, `bias`) from `vb` with the given stride and padding;
+/// frozen f32 CPU weights are flattened once here for the CPU kernels.
 pub fn conv2d(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize, padding: usize) -> candle_core::Result<Conv> {
     let inner = candle_nn::conv2d(cin, cout, k, Conv2dConfig { padding, stride, ..Default::default() }, vb)?;
     let w = inner.weight();

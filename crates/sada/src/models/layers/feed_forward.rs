@@ -15,6 +15,7 @@ pub struct FeedForward {
 }
 
 impl FeedForward {
+    /// Load from `vb`: `net.0.proj` (split into value and gate, each 4 x `dim` wide) and `net.2`.
     pub fn new(vb: VarBuilder, dim: usize) -> candle_core::Result<Self> {
         let inner = dim * 4;
         let proj = candle_nn::linear(dim, inner * 2, vb.pp("net.0.proj"))?;
@@ -25,6 +26,7 @@ impl FeedForward {
         Ok(Self { value: half(0)?, gate: half(1)?, out: linear(inner, dim, vb.pp("net.2"))? })
     }
 
+    /// value(x) * gelu(gate(x)), projected back to `dim`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (value, gate) = (self.value.forward(x)?, self.gate.forward(x)?);
         let h = if value.device().is_cpu() && value.dtype() == DType::F32 {

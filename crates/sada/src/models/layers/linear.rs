@@ -1,4 +1,4 @@
-//! Linear layers with diffusers' key names (`weight` [out, in], `bias` [out]). Frozen f32 CPU
+//! Linear layers with diffusers' key names (`weight` `[out, in]`, `bias` `[out]`). Frozen f32 CPU
 //! weights run through the fused GEMM in `kernels::dense`;
 //! trainable weights and other devices use candle's `Linear`, which records the backward graph.
 
@@ -7,23 +7,34 @@ use candle_nn::VarBuilder;
 
 use crate::models::kernels::dense;
 
+/// A linear layer: the fused CPU GEMM for frozen f32 CPU weights, candle's `Linear` otherwise.
 #[derive(Clone)]
 pub enum Linear {
     /// The weight `[out, in]` as loaded and the bias (zeros when there is none).
-    Fused { w: Tensor, bias: Tensor, has_bias: bool },
+    Fused {
+        /// The weight `[out, in]`.
+        w: Tensor,
+        /// The bias `[out]`, zeros when the layer has none.
+        bias: Tensor,
+        /// Whether the layer has a bias (else `bias` is not added).
+        has_bias: bool,
+    },
+    /// candle's `Linear` (trainable weights, other devices and dtypes).
     Candle(candle_nn::Linear),
 }
 
+/// A linear layer with a bias, from `vb` (`weight` `[cout, cin]`, `bias` `[cout]`).
 pub fn linear(cin: usize, cout: usize, vb: VarBuilder) -> candle_core::Result<Linear> {
     Linear::from_candle(candle_nn::linear(cin, cout, vb)?)
 }
 
+/// A linear layer without a bias, from `vb` (`weight` `[cout, cin]`).
 pub fn linear_no_bias(cin: usize, cout: usize, vb: VarBuilder) -> candle_core::Result<Linear> {
     Linear::from_candle(candle_nn::linear_no_bias(cin, cout, vb)?)
 }
 
 impl Linear {
-    /// Wrap a weight [out, in] and optional bias [out].
+    /// Wrap a weight `[out, in]` and optional bias `[out]`.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> candle_core::Result<Self> {
         Self::from_candle(candle_nn::Linear::new(weight, bias))
     }

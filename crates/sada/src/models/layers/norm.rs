@@ -7,6 +7,8 @@ use candle_nn::VarBuilder;
 
 use crate::models::kernels;
 
+/// GroupNorm with a learned per-channel `weight` and `bias`, run by the fused CPU kernel where it
+/// can.
 #[derive(Clone)]
 pub struct GroupNorm {
     inner: candle_nn::GroupNorm,
@@ -16,6 +18,7 @@ pub struct GroupNorm {
     eps: f64,
 }
 
+/// Load a GroupNorm of `groups` groups over `channels` channels (`weight`, `bias`) from `vb`.
 pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> candle_core::Result<GroupNorm> {
     let weight = vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.))?;
     let bias = vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.))?;

@@ -8,6 +8,9 @@ use super::norm::{group_norm, GroupNorm};
 
 pub use super::conv::{conv2d, Conv};
 
+/// diffusers' `ResnetBlock2D`: GroupNorm, SiLU and 3x3 convolution twice, the projected timestep
+/// embedding added between, plus the residual (through a 1x1 `conv_shortcut` when the width
+/// changes).
 pub struct ResnetBlock2D {
     norm1: GroupNorm,
     conv1: Conv,
@@ -31,6 +34,8 @@ impl ResnetBlock2D {
         })
     }
 
+    /// The block on `x` `[B, C, H, W]`; `temb` `[B, temb]` is projected and added where the block
+    /// has a `time_emb_proj`.
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let _s = tracing::trace_span!("resnet").entered();
         let mut h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
@@ -46,26 +51,31 @@ impl ResnetBlock2D {
     }
 }
 
+/// diffusers' `Downsample2D`: a 3x3 convolution with stride 2 and padding 1.
 pub struct Downsample2D {
     conv: Conv,
 }
 
 impl Downsample2D {
+    /// Load `conv` from `vb`, `channels` in and out.
     pub fn new(vb: VarBuilder, channels: usize) -> candle_core::Result<Self> {
         Ok(Self { conv: conv2d(vb.pp("conv"), channels, channels, 3, 2, 1)? })
     }
 
+    /// Halve the height and width (rounding up).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let _s = tracing::trace_span!("resample").entered();
         self.conv.forward(x)
     }
 }
 
+/// diffusers' `Upsample2D`: nearest-neighbour upsampling, then a 3x3 convolution.
 pub struct Upsample2D {
     conv: Conv,
 }
 
 impl Upsample2D {
+    /// Load `conv` from `vb`, `channels` in and out.
     pub fn new(vb: VarBuilder, channels: usize) -> candle_core::Result<Self> {
         Ok(Self { conv: conv2d(vb.pp("conv"), channels, channels, 3, 1, 1)? })
     }

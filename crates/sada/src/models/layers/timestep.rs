@@ -30,10 +30,12 @@ pub struct TimestepEmbedding {
 }
 
 impl TimestepEmbedding {
+    /// Load `linear_1` (`cin` -> `dim`) and `linear_2` (`dim` -> `dim`) from `vb`.
     pub fn new(vb: VarBuilder, cin: usize, dim: usize) -> candle_core::Result<Self> {
         Ok(Self { linear_1: linear(cin, dim, vb.pp("linear_1"))?, linear_2: linear(dim, dim, vb.pp("linear_2"))? })
     }
 
+    /// linear_2(silu(linear_1(x))).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.linear_2.forward(&self.linear_1.forward(x)?.silu()?)
     }

@@ -14,12 +14,20 @@ use crate::models::layers::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 /// Per-level settings shared by the blocks.
 #[derive(Debug, Clone, Copy)]
 pub struct LevelSpec {
+    /// Attention heads of the level's transformers.
     pub heads: usize,
+    /// `BasicTransformerBlock`s per transformer.
     pub transformer_layers: usize,
+    /// Whether the level's blocks have transformers.
     pub cross_attn: bool,
+    /// Width of the text embeddings cross-attention reads.
     pub context_dim: usize,
+    /// GroupNorm groups.
     pub groups: usize,
+    /// Epsilon of the ResNet blocks' GroupNorms (`norm_eps`).
     pub eps: f64,
+    /// Whether the transformers project in and out with linear layers (`use_linear_projection`)
+    /// rather than 1x1 convolutions.
     pub linear_projection: bool,
 }
 
@@ -45,7 +53,13 @@ impl LevelSpec {
 /// One layer of the down path; its output is a skip connection.
 pub enum DownLayer {
     /// A ResNet block, then the level's transformer where the level has cross-attention.
-    Block { resnet: ResnetBlock2D, attention: Option<Transformer2DModel> },
+    Block {
+        /// The ResNet block (`resnets.i`).
+        resnet: ResnetBlock2D,
+        /// The transformer after it (`attentions.i`), at cross-attention levels.
+        attention: Option<Transformer2DModel>,
+    },
+    /// The level's downsampler (`downsamplers.0`), at every level but the deepest.
     Downsample(Downsample2D),
 }
 
@@ -57,6 +71,7 @@ impl DownLayer {
         }
     }
 
+    /// The layer on `x`, with the timestep embedding `temb` and the text embeddings `context`.
     pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor, ctx: &mut ForwardContext) -> candle_core::Result<Tensor> {
         match self {
             DownLayer::Block { resnet, attention } => {
@@ -104,6 +119,7 @@ pub fn encoder(vb: &VarBuilder, config: &UNet2DConditionConfig, r: &Resolved) ->
     Ok((down, mid))
 }
 
+/// diffusers' `UNetMidBlock2DCrossAttn`: ResNet, transformer, ResNet at the deepest level.
 pub struct MidBlock {
     resnets: [ResnetBlock2D; 2],
     attention: Transformer2DModel,
@@ -115,6 +131,7 @@ impl MidBlock {
         self.attention.tag_sites(tag);
     }
 
+    /// Load from `vb` (`resnets.0`, `attentions.0`, `resnets.1`) at `channels` channels.
     pub fn new(vb: VarBuilder, channels: usize, temb: usize, spec: LevelSpec) -> candle_core::Result<Self> {
         Ok(Self {
             resnets: [
@@ -125,6 +142,7 @@ impl MidBlock {
         })
     }
 
+    /// The block on `x`, with the timestep embedding `temb` and the text embeddings `context`.
     pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor, ctx: &mut ForwardContext) -> candle_core::Result<Tensor> {
         let h = self.resnets[0].forward(x, Some(temb))?;
         let h = self.attention.forward(&h, context, ctx)?;
@@ -162,6 +180,8 @@ impl UpLayer {
         }
     }
 
+    /// Whether this layer ends in an upsampler (the last layer of every up block but the final
+    /// one).
     pub fn upsamples(&self) -> bool {
         self.upsampler.is_some()
     }

@@ -8,11 +8,14 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum PerLevel {
+    /// One value for every level.
     One(usize),
+    /// One value per level (per entry of `block_out_channels`).
     Each(Vec<usize>),
 }
 
 impl PerLevel {
+    /// The values of `n` levels; a list of another length is an error naming config key `key`.
     pub fn levels(&self, key: &str, n: usize) -> Result<Vec<usize>> {
         match self {
             PerLevel::One(v) => Ok(vec![*v; n]),
@@ -22,54 +25,121 @@ impl PerLevel {
     }
 }
 
+/// diffusers' `UNet2DConditionModel` configuration; keys the file leaves out take diffusers'
+/// defaults, and [`resolve`](Self::resolve) refuses the values this implementation cannot build.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct UNet2DConditionConfig {
+    /// Latent size the model was trained at; times the VAE factor, the pipelines' default image
+    /// size (default null: 64 is assumed).
     pub sample_size: Option<serde_json::Value>,
+    /// Channels of the input latent (default 4).
     pub in_channels: usize,
+    /// Channels of the output (default 4).
     pub out_channels: usize,
+    /// Whether the input is mapped to `2 * x - 1` first; only false (the default) is supported.
     pub center_input_sample: bool,
+    /// Whether the sinusoidal timestep embedding puts cos before sin (default true).
     pub flip_sin_to_cos: bool,
+    /// The sinusoidal timestep embedding's frequency shift (default 0).
     pub freq_shift: f64,
+    /// Block type per level, finest first: `CrossAttnDownBlock2D` or `DownBlock2D` (default three
+    /// cross-attention levels, then one without).
     pub down_block_types: Vec<String>,
+    /// The mid block; only `UNetMidBlock2DCrossAttn` (the default) is supported.
     pub mid_block_type: Option<String>,
+    /// Block type per level, coarsest first, mirroring `down_block_types`: `CrossAttnUpBlock2D` or
+    /// `UpBlock2D`.
     pub up_block_types: Vec<String>,
+    /// Whether transformer blocks drop self-attention (a bool or one per level); only false or null
+    /// (the default) is supported.
     pub only_cross_attention: serde_json::Value,
+    /// Channels of each level, finest first (default `[320, 640, 1280, 1280]`).
     pub block_out_channels: Vec<usize>,
+    /// ResNet blocks (each with a transformer at cross-attention levels) per down block; up blocks
+    /// have one more (default 2).
     pub layers_per_block: PerLevel,
+    /// Padding of the downsamplers' convolutions; only 1 (the default) is supported.
     pub downsample_padding: f64,
+    /// Output scale of the mid block's ResNets; only 1 (the default) is supported.
     pub mid_block_scale_factor: f64,
+    /// Activation of the ResNet blocks; only `silu` (the default) is supported.
     pub act_fn: String,
+    /// GroupNorm groups, dividing every entry of `block_out_channels` (default 32; null is
+    /// refused).
     pub norm_num_groups: Option<usize>,
+    /// Epsilon of the ResNet blocks' GroupNorms and `conv_norm_out` (default 1e-5).
     pub norm_eps: f64,
+    /// Width of the text embeddings cross-attention reads, the same at every level (default 1280).
     pub cross_attention_dim: PerLevel,
+    /// `BasicTransformerBlock`s per transformer, per level (default 1; SDXL: `[1, 2, 10]`).
     pub transformer_layers_per_block: PerLevel,
+    /// Transformer depths of the up path where they differ from the down path's; only null (the
+    /// default) is supported.
     pub reverse_transformer_layers_per_block: Option<serde_json::Value>,
+    /// Width the text embeddings are projected from before cross-attention; only null (the default)
+    /// is supported.
     pub encoder_hid_dim: Option<usize>,
+    /// Attention heads per level when `num_attention_heads` is null: despite its name, diffusers
+    /// reads it as a head count (default 8).
     pub attention_head_dim: PerLevel,
+    /// Attention heads per level; when null (the default), `attention_head_dim` gives them.
     pub num_attention_heads: Option<PerLevel>,
+    /// Whether the transformers run two cross-attentions; only false (the default) is supported.
     pub dual_cross_attention: bool,
+    /// Whether the transformers' `proj_in` and `proj_out` are linear layers (SD-2, SDXL) rather
+    /// than 1x1 convolutions (default false).
     pub use_linear_projection: bool,
+    /// A class embedding added to the timestep embedding; only null (the default) is supported.
     pub class_embed_type: Option<String>,
+    /// Extra conditioning added to the timestep embedding: null (the default) or `text_time`
+    /// (SDXL's pooled text embedding and size conditioning).
     pub addition_embed_type: Option<String>,
+    /// With `text_time`: width of the sinusoidal embedding of each `time_ids` entry (SDXL: 256).
     pub addition_time_embed_dim: Option<usize>,
+    /// Classes of a class embedding; only null (the default) is supported.
     pub num_class_embeds: Option<usize>,
+    /// Whether attention runs in float32 (SD-2.1); attention here always does, so either value is
+    /// accepted (default false).
     pub upcast_attention: bool,
+    /// How the ResNet blocks apply the timestep embedding; only `default` (added) is supported.
     pub resnet_time_scale_shift: String,
+    /// The timestep embedding; only `positional` (sinusoidal, the default) is supported.
     pub time_embedding_type: String,
+    /// Width of an extra timestep condition (the guidance embedding of LCM-distilled models); only
+    /// null (the default) is supported.
     pub time_cond_proj_dim: Option<usize>,
+    /// Kernel size of `conv_in`; only 3 (the default) is supported.
     pub conv_in_kernel: usize,
+    /// Kernel size of `conv_out`; only 3 (the default) is supported.
     pub conv_out_kernel: usize,
+    /// With `text_time`: input width of `add_embedding`, the pooled text embedding plus the
+    /// embedded `time_ids` (SDXL: 2816).
     pub projection_class_embeddings_input_dim: Option<usize>,
+    /// Attention variant; only `default` (or null, the default) is supported.
     pub attention_type: Option<String>,
+    /// Whether a class embedding is concatenated to the timestep embedding instead of added; only
+    /// false (the default) is supported.
     pub class_embeddings_concat: bool,
+    /// Normalisation of the cross-attention context; only null (the default) is supported.
     pub cross_attention_norm: Option<String>,
+    /// Heads of the `text` addition embedding's attention pooling; ignored (`text_time` has none).
     pub addition_embed_type_num_heads: Option<usize>,
+    /// Width of the timestep embedding when not 4 x `block_out_channels[0]`; only null (the
+    /// default) is supported.
     pub time_embedding_dim: Option<usize>,
+    /// Activation applied to the timestep embedding before the blocks; only null (the default) is
+    /// supported.
     pub time_embedding_act_fn: Option<String>,
+    /// Activation after `time_embedding`'s second linear layer; only null (the default) is
+    /// supported.
     pub timestep_post_act: Option<String>,
+    /// The kind of `encoder_hid_dim` projection; only null (the default) is supported.
     pub encoder_hid_dim_type: Option<String>,
+    /// Whether the ResNet blocks skip the SiLU before `time_emb_proj`; only false (the default) is
+    /// supported.
     pub resnet_skip_time_act: bool,
+    /// Divisor of the ResNet blocks' output; only 1.0 (the default) is supported.
     pub resnet_out_scale_factor: f64,
 }
 
@@ -130,20 +200,29 @@ impl Default for UNet2DConditionConfig {
 /// The same configuration resolved per level, after every unsupported value has been refused.
 #[derive(Debug, Clone)]
 pub struct Resolved {
+    /// Number of levels (entries of `block_out_channels`).
     pub levels: usize,
+    /// Channels per level, finest first (`block_out_channels`).
     pub channels: Vec<usize>,
+    /// Whether each level's blocks have transformers (the cross-attention block types).
     pub cross_attn: Vec<bool>,
+    /// ResNet blocks per down block, per level (each at least 1).
     pub layers_per_block: Vec<usize>,
+    /// `BasicTransformerBlock`s per transformer, per level.
     pub transformer_layers: Vec<usize>,
     /// Attention heads per level (diffusers' `attention_head_dim` really counts heads).
     pub heads: Vec<usize>,
+    /// Width of the text embeddings cross-attention reads (the same at every level).
     pub cross_attention_dim: usize,
+    /// GroupNorm groups (`norm_num_groups`).
     pub groups: usize,
     /// (addition_time_embed_dim, projection_class_embeddings_input_dim) for SDXL's text_time.
     pub text_time: Option<(usize, usize)>,
 }
 
 impl UNet2DConditionConfig {
+    /// Check every value against what this implementation builds and resolve the per-level ones; an
+    /// error names the first unsupported key.
     pub fn resolve(&self) -> Result<Resolved> {
         let levels = self.block_out_channels.len();
         if levels == 0 {

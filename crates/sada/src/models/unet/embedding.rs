@@ -8,6 +8,8 @@ use candle_nn::VarBuilder;
 use super::config::{Resolved, UNet2DConditionConfig};
 use crate::models::layers::timestep::{timestep_embedding, TimestepEmbedding};
 
+/// The timestep's sinusoidal embedding through `time_embedding`, plus SDXL's `add_embedding` where
+/// the config asks for `text_time`.
 pub struct TimeTextEmbedding {
     time_embedding: TimestepEmbedding,
     /// SDXL: the projection and `addition_time_embed_dim`.
@@ -19,6 +21,8 @@ pub struct TimeTextEmbedding {
 }
 
 impl TimeTextEmbedding {
+    /// Load `time_embedding` (and `add_embedding`) from `vb`; the embedding is 4 x
+    /// `block_out_channels[0]` wide.
     pub fn new(vb: &VarBuilder, config: &UNet2DConditionConfig, r: &Resolved) -> candle_core::Result<Self> {
         let ch = r.channels[0];
         let add_embedding = match r.text_time {

@@ -34,7 +34,9 @@ use crate::models::source::ModelSource;
 /// output.
 #[derive(Debug, Clone)]
 pub struct AdditionalResiduals {
+    /// One residual per skip connection, in skip order (`conv_in`'s output first).
     pub down: Vec<Tensor>,
+    /// Added to the mid block's output.
     pub mid: Tensor,
 }
 
@@ -49,7 +51,10 @@ impl AdditionalResiduals {
     }
 }
 
+/// diffusers' `UNet2DConditionModel` (SD 1.x/2.x, SDXL): predicts epsilon or v (the
+/// scheduler's `prediction_type`) for latents at a timestep under text embeddings.
 pub struct UNet2DConditionModel {
+    /// The configuration it was built from.
     pub config: UNet2DConditionConfig,
     resolved: Resolved,
     embedding: TimeTextEmbedding,
@@ -83,6 +88,7 @@ impl UNet2DConditionModel {
         })
     }
 
+    /// Build from a configuration and weights in diffusers' key layout.
     pub fn new(config: UNet2DConditionConfig, vb: VarBuilder) -> Result<Self> {
         let r = config.resolve()?;
         let ch = &r.channels;

@@ -12,6 +12,8 @@ use crate::models::layers::feed_forward::FeedForward;
 use crate::models::layers::linear::{linear, Linear};
 use crate::models::layers::norm::{group_norm, GroupNorm};
 
+/// diffusers' `BasicTransformerBlock`: self-attention, cross-attention and a GEGLU feed-forward,
+/// each after a LayerNorm and with a residual.
 pub struct BasicTransformerBlock {
     norm1: LayerNorm,
     attn1: Attention,
@@ -22,6 +24,8 @@ pub struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
+    /// Load from `vb`: width `dim`, `heads` heads of `head_dim`, cross-attention to
+    /// `context_dim`-wide embeddings.
     pub fn new(vb: VarBuilder, dim: usize, heads: usize, head_dim: usize, context_dim: usize) -> candle_core::Result<Self> {
         Ok(Self {
             norm1: layer_norm(dim, 1e-5, vb.pp("norm1"))?,
@@ -63,6 +67,9 @@ enum Projection {
 }
 
 impl Transformer2DModel {
+    /// Load from `vb`: `layers` blocks of `heads` heads over `channels` channels, cross-attending
+    /// to `context_dim`-wide embeddings; `linear_projection` makes `proj_in` and `proj_out` linear
+    /// layers instead of 1x1 convolutions.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         vb: VarBuilder,
@@ -102,6 +109,8 @@ impl Transformer2DModel {
         }
     }
 
+    /// The model on the feature map `x` `[B, C, H, W]`, each block run as a token site of `ctx`;
+    /// `context` holds the text embeddings.
     pub fn forward(&self, x: &Tensor, context: &Tensor, ctx: &mut ForwardContext) -> candle_core::Result<Tensor> {
         let _s = tracing::trace_span!("transformer").entered();
         let (b, c, h, w) = x.dims4()?;

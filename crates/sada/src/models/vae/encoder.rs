@@ -9,6 +9,7 @@ use crate::models::layers::conv::{conv2d, Conv};
 use crate::models::layers::norm::{group_norm, GroupNorm};
 use crate::models::layers::resnet::ResnetBlock2D;
 
+/// diffusers' `Encoder` + `quant_conv`: images to the latent distribution.
 pub struct VaeEncoder {
     conv_in: Conv,
     blocks: Vec<(Vec<ResnetBlock2D>, Option<Conv>)>,
@@ -19,6 +20,9 @@ pub struct VaeEncoder {
 }
 
 impl VaeEncoder {
+    /// Load from `vb` (the `vae/` weights: `encoder.*` and `quant_conv`): `layers` ResNet blocks at
+    /// each level of `channels`, `2 * latent_channels` outputs (mean and log-variance);
+    /// `mid_attention` gives the mid block its attention.
     pub fn new(
         vb: VarBuilder,
         in_channels: usize,

@@ -14,20 +14,36 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::models::ModelSource;
 
+/// `vae/config.json` of diffusers' `AutoencoderKL`; keys the file leaves out take diffusers'
+/// defaults.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct AutoencoderKlConfig {
+    /// Image channels in; only 3 (the default) is supported.
     pub in_channels: usize,
+    /// Image channels out; only 3 (the default) is supported.
     pub out_channels: usize,
+    /// Channels per level, finest first; every level but the last halves the resolution (default
+    /// `[64]`).
     pub block_out_channels: Vec<usize>,
+    /// ResNet blocks per encoder level; the decoder's levels have one more (default 1).
     pub layers_per_block: usize,
+    /// Channels of the latent (default 4; 16 in Flux's autoencoder).
     pub latent_channels: usize,
+    /// GroupNorm groups, dividing every entry of `block_out_channels` (default 32).
     pub norm_num_groups: usize,
+    /// Factor the latents are multiplied by for the sampler (default 0.18215, SD-1.x and SD-2.x).
     pub scaling_factor: f64,
+    /// Offset subtracted from the latents before scaling (Flux's autoencoder; default null).
     pub shift_factor: Option<f64>,
+    /// Whether a 1x1 `quant_conv` follows the encoder (default true).
     pub use_quant_conv: bool,
+    /// Whether a 1x1 `post_quant_conv` precedes the decoder (default true).
     pub use_post_quant_conv: bool,
+    /// Whether the autoencoder runs in float32 even when the pipeline runs in half precision
+    /// (SDXL's; default null).
     pub force_upcast: Option<bool>,
+    /// Whether the mid blocks have attention; only true (the default) is supported.
     pub mid_block_add_attention: bool,
 }
 
@@ -83,7 +99,9 @@ impl Default for AutoencoderKlConfig {
     }
 }
 
+/// diffusers' `AutoencoderKL`: images to latents and back.
 pub struct AutoencoderKl {
+    /// The configuration it was built from.
     pub config: AutoencoderKlConfig,
     decoder: decoder::VaeDecoder,
     encoder: encoder::VaeEncoder,

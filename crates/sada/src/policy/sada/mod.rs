@@ -66,6 +66,7 @@ impl Sada {
         }
     }
 
+    /// The settings it was made with (`acc_range`, `max_interval`, ...).
     pub fn config(&self) -> &SadaConfig {
         &self.cfg
     }

@@ -15,6 +15,7 @@ pub enum CacheUse {
     Prune,
 }
 
+/// SADA's step-skipping decision and cache-refresh schedule over one run (`docs/method.md` §4, §7).
 #[derive(Debug, Clone)]
 pub struct DecisionRule {
     a0: usize,
@@ -27,6 +28,7 @@ pub struct DecisionRule {
 }
 
 impl DecisionRule {
+    /// A rule for `cfg`'s accelerated range (start raised to 3), `max_interval` and Lagrange phase.
     pub fn new(cfg: &SadaConfig) -> Self {
         let (a0, a1) = cfg.effective_range();
         Self {
