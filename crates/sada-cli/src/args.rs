@@ -6,9 +6,9 @@ use clap::{Args, ValueEnum};
 use sada::models::hub::{self, HubOptions};
 use sada::models::ModelRef;
 use sada::pipelines::{default_model, load_pipeline, Pipeline, PromptOptions};
-use sada::Family;
 use sada::policy::{Acceleration, SadaConfig};
 use sada::solvers::SolverKind;
+use sada::Family;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SolverArg {
@@ -347,9 +347,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 pub fn progress(len: usize, label: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} steps {elapsed_precise}")
-            .expect("static template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} steps {elapsed_precise}").expect("static template").progress_chars("=> "),
     );
     bar.set_message(label.to_owned());
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());

@@ -9,9 +9,9 @@ use anyhow::Result;
 use candle_core::{DType, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use clap::Args;
+use sada::denoiser::token_cache::TokenCache;
 use sada::denoiser::{Conditioning, Denoiser, ForwardContext, TokenPlan, TokenSelection};
 use sada::models::flux::{FluxTransformer2DModel, FluxTransformerConfig};
-use sada::denoiser::token_cache::TokenCache;
 
 use crate::args::{DeviceArgs, DtypeArg};
 use crate::bench_unet::peak_rss_gib;

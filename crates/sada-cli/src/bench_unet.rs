@@ -8,9 +8,9 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use clap::{Args, ValueEnum};
+use sada::denoiser::token_cache::TokenCache;
 use sada::denoiser::{Conditioning, Denoiser, ForwardContext, Guided};
 use sada::models::controlnet::{ControlNetConfig, ControlNetModel, ControlUnit, ControlledUNet};
-use sada::denoiser::token_cache::TokenCache;
 use sada::models::unet::presets;
 use sada::models::{UNet2DConditionConfig, UNet2DConditionModel};
 use sada::policy::{NoAcceleration, Policy, Sada, SadaConfig};
@@ -120,7 +120,8 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
         None => None,
     };
     let text = |seed: f32| -> Result<Conditioning> {
-        let mut c = Conditioning::new().with("encoder_hidden_states", (Tensor::randn(0f32, 1f32, (1, tokens, text_dim), &dev)? * seed as f64)?.to_dtype(dtype)?);
+        let mut c =
+            Conditioning::new().with("encoder_hidden_states", (Tensor::randn(0f32, 1f32, (1, tokens, text_dim), &dev)? * seed as f64)?.to_dtype(dtype)?);
         if unet.uses_text_time() {
             let size = size as f32;
             c = c
@@ -169,10 +170,7 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
     }
     if args.sample_steps > 0 {
         let sched = sada::solvers::presets::parse(sched_preset);
-        for (run, mut policy) in [
-            ("baseline", Box::new(NoAcceleration) as Box<dyn Policy>),
-            ("sada", Box::new(Sada::new(sada_config, 0)) as Box<dyn Policy>),
-        ] {
+        for (run, mut policy) in [("baseline", Box::new(NoAcceleration) as Box<dyn Policy>), ("sada", Box::new(Sada::new(sada_config, 0)) as Box<dyn Policy>)] {
             let mut solver = build_solver(SolverKind::DpmSolverMultistep, &sched, &Default::default(), args.sample_steps, &FlowTimesteps::default())?;
             let g = Guided::new(model, cond.clone(), Some(uncond.clone()), 7.5)?;
             let t = Instant::now();

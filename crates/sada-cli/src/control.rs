@@ -143,9 +143,7 @@ impl ControlArgs {
 /// A ControlNet from a folder, a single file or a Hugging Face id (cached, or downloaded unless
 /// offline).
 fn load_controlnet(name: &str, hub_opts: &HubOptions, dtype: DType, device: &Device) -> Result<ControlNetModel> {
-    let Some(model_ref) = ModelRef::parse(name) else {
-        bail!("--controlnet {name}: no such folder, and not a Hugging Face id (org/name)")
-    };
+    let Some(model_ref) = ModelRef::parse(name) else { bail!("--controlnet {name}: no such folder, and not a Hugging Face id (org/name)") };
     let path = model_ref.controlnet_path(hub_opts)?;
     if model_ref.is_hub() {
         return ControlNetModel::load(&path, dtype, device).with_context(|| format!("--controlnet {name} (revision {})", hub_opts.revision()));

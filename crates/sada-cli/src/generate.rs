@@ -155,10 +155,16 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     }
     let inputs = match (&args.prompt, &args.inputs) {
         (Some(prompt), _) => {
-            let prompt_opts = PromptOptions { negative_prompt: args.negative_prompt.clone(), clip_skip: args.clip_skip, max_sequence_length: args.max_sequence_length };
+            let prompt_opts =
+                PromptOptions { negative_prompt: args.negative_prompt.clone(), clip_skip: args.clip_skip, max_sequence_length: args.max_sequence_length };
             // the tokenizers and text encoders load on the first prompt: load time, not encoding time
             let start = Instant::now();
-            report_prompt(pipe.as_mut(), &model_name, &prompt_opts, &[("--prompt", prompt), ("--negative-prompt", args.negative_prompt.as_deref().unwrap_or(""))])?;
+            report_prompt(
+                pipe.as_mut(),
+                &model_name,
+                &prompt_opts,
+                &[("--prompt", prompt), ("--negative-prompt", args.negative_prompt.as_deref().unwrap_or(""))],
+            )?;
             load_s += start.elapsed().as_secs_f64();
             let start = Instant::now();
             let encoded = pipe.encode_prompts(std::slice::from_ref(prompt), &prompt_opts)?;

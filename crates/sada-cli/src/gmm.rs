@@ -10,13 +10,13 @@ use clap::Args;
 use sada::denoiser::{Conditioning, Guided};
 use sada::gmm::{class_weights, uniform_weights, GaussianMixture, GmmSchedule};
 use sada::metrics::{data_range, psnr};
-use sada::Family;
-use sada::policy::Method;
 use sada::policy::sada_plus::SadaPlusConfig;
+use sada::policy::Method;
 use sada::policy::{Acceleration, NoAcceleration, Policy};
 use sada::sampling::{sample, Trace};
 use sada::schedule::NoiseSchedule;
 use sada::solvers::{build_solver, presets, FlowTimesteps, Solver, SolverKind};
+use sada::Family;
 
 use crate::args::{progress, AccelArgs, MemoryArgs, SolverArg};
 
@@ -93,8 +93,7 @@ pub fn run(args: &GmmArgs) -> Result<()> {
     let flow = |steps: usize| -> Result<FlowTimesteps> {
         Ok(match args.solver {
             SolverArg::Flow => {
-                let cfg: sada::solvers::FlowMatchEulerDiscreteConfig =
-                    sada::solvers::config::from_config(&config, &Default::default())?;
+                let cfg: sada::solvers::FlowMatchEulerDiscreteConfig = sada::solvers::config::from_config(&config, &Default::default())?;
                 FlowTimesteps {
                     sigmas: Some(sada::schedule::flow::flux_default_sigmas(steps)),
                     mu: Some(cfg.mu((args.size / 2).max(1) * (args.size / 2).max(1))),
@@ -103,9 +102,7 @@ pub fn run(args: &GmmArgs) -> Result<()> {
             _ => FlowTimesteps::default(),
         })
     };
-    let build = |steps: usize| -> Result<Box<dyn Solver>> {
-        Ok(build_solver(kind, &config, &Default::default(), steps, &flow(steps)?)?)
-    };
+    let build = |steps: usize| -> Result<Box<dyn Solver>> { Ok(build_solver(kind, &config, &Default::default(), steps, &flow(steps)?)?) };
     let mut solver = build(args.steps)?;
 
     let (schedule, prediction_type) = match args.solver {
@@ -118,8 +115,7 @@ pub fn run(args: &GmmArgs) -> Result<()> {
     let model = GaussianMixture::image_like(&shape, CLASSES, VARIANTS, DETAIL, 1234, schedule, prediction_type);
     let cond = Conditioning::new().with("class_weights", class_weights(COMPONENTS, args.class, 0.3, args.batch)?);
     let uncond = Conditioning::new().with("class_weights", uniform_weights(COMPONENTS, args.batch)?);
-    let noise = seeded_noise(&[args.batch, shape[0], shape[1], shape[2]], args.seed)?
-        .affine(solver.init_noise_sigma(), 0.0)?;
+    let noise = seeded_noise(&[args.batch, shape[0], shape[1], shape[2]], args.seed)?.affine(solver.init_noise_sigma(), 0.0)?;
 
     let family = match args.solver {
         SolverArg::Flow => Family::Flux,
@@ -128,9 +124,7 @@ pub fn run(args: &GmmArgs) -> Result<()> {
     let guided = Guided::new(&model, cond, Some(uncond), args.guidance_scale)?;
     if let Some(budgets) = &args.study {
         let init_sigma = solver.init_noise_sigma();
-        let noise = |seed: u64| -> Result<Tensor> {
-            Ok(seeded_noise(&[args.batch, shape[0], shape[1], shape[2]], seed)?.affine(init_sigma, 0.0)?)
-        };
+        let noise = |seed: u64| -> Result<Tensor> { Ok(seeded_noise(&[args.batch, shape[0], shape[1], shape[2]], seed)?.affine(init_sigma, 0.0)?) };
         return study(args, budgets, label, &guided, &build, &noise, family);
     }
     let accel = args.accel.acceleration(family)?;
@@ -175,8 +169,7 @@ pub fn run(args: &GmmArgs) -> Result<()> {
     );
     println!("(PSNR on the final latents against the baseline, data range {range:.3})");
     if let Some(path) = &args.trace {
-        crate::output::write_atomic(path, serde_json::to_string_pretty(&trace)?.as_bytes())
-            .with_context(|| format!("writing trace {}", path.display()))?;
+        crate::output::write_atomic(path, serde_json::to_string_pretty(&trace)?.as_bytes()).with_context(|| format!("writing trace {}", path.display()))?;
         println!("trace written to {}", path.display());
     }
     Ok(())

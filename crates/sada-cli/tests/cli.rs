@@ -46,8 +46,20 @@ fn help_explains_every_flag() {
     let (ok, out, _) = sada(&["gmm", "-h"]);
     assert!(ok);
     for flag in [
-        "--solver", "--steps", "--guidance-scale", "--seed", "--trace", "--acc-range", "--max-interval",
-        "--max-downsample", "--max-fix", "--sx", "--sy", "--lagrange-term", "--lagrange-int", "--lagrange-step",
+        "--solver",
+        "--steps",
+        "--guidance-scale",
+        "--seed",
+        "--trace",
+        "--acc-range",
+        "--max-interval",
+        "--max-downsample",
+        "--max-fix",
+        "--sx",
+        "--sy",
+        "--lagrange-term",
+        "--lagrange-int",
+        "--lagrange-step",
     ] {
         assert_flag_explained(&out, flag);
     }

@@ -49,8 +49,26 @@ fn generate_with_a_controlnet_records_it_and_differs_from_without() {
 
     let png = dir.join("b.png");
     let (ok, _, err) = sada(&[
-        "generate", "--model", m, "--prompt", "a cat", "--steps", "8", "--accel", "none", "--controlnet", &cn("sd15_canny"), "--control-image", &img,
-        "--controlnet-scale", "0.5", "--control-guidance-end", "0.8", "--guess-mode", "--output", png.to_str().unwrap(),
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "a cat",
+        "--steps",
+        "8",
+        "--accel",
+        "none",
+        "--controlnet",
+        &cn("sd15_canny"),
+        "--control-image",
+        &img,
+        "--controlnet-scale",
+        "0.5",
+        "--control-guidance-end",
+        "0.8",
+        "--guess-mode",
+        "--output",
+        png.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
     let p = parameters(&png);
@@ -76,9 +94,24 @@ fn bad_controlnet_invocations_fail_with_one_line_and_no_output() {
         (vec!["--controlnet".into(), cn("sd15_canny"), "--control-image".into(), "/nonexistent.png".into()], "/nonexistent.png"),
         (vec!["--controlnet".into(), "/nonexistent-dir".into(), "--control-image".into(), img.clone()], "/nonexistent-dir"),
         (vec!["--controlnet".into(), m.into(), "--control-image".into(), img.clone()], "config.json"),
-        (vec!["--controlnet".into(), cn("sd15_canny"), "--control-image".into(), img.clone(), "--control-guidance-start".into(), "0.9".into(), "--control-guidance-end".into(), "0.1".into()], "control_guidance_start/end"),
+        (
+            vec![
+                "--controlnet".into(),
+                cn("sd15_canny"),
+                "--control-image".into(),
+                img.clone(),
+                "--control-guidance-start".into(),
+                "0.9".into(),
+                "--control-guidance-end".into(),
+                "0.1".into(),
+            ],
+            "control_guidance_start/end",
+        ),
         (vec!["--controlnet".into(), cn("sd15_canny"), "--control-image".into(), img.clone(), "--controlnet-scale".into(), "1,2".into()], "--controlnet-scale"),
-        (vec!["--controlnet".into(), cn("sd15_canny"), "--control-image".into(), img.clone(), "--controlnet-scale".into(), "nan".into()], "controlnet_conditioning_scale"),
+        (
+            vec!["--controlnet".into(), cn("sd15_canny"), "--control-image".into(), img.clone(), "--controlnet-scale".into(), "nan".into()],
+            "controlnet_conditioning_scale",
+        ),
     ];
     for (extra, needle) in cases {
         let mut args = vec!["generate", "--model", m, "--prompt", "a cat", "--steps", "8", "--accel", "none", "--output", out.to_str().unwrap()];
@@ -110,8 +143,13 @@ fn embedded_model_takes_a_control_image_with_its_own_controlnet() {
     let out = dir.join("c.png");
     let img = fixtures().join("default_model/controlnet_image.png");
     let (ok, stdout, err) = sada(&[
-        "generate", "--prompt", "a large red circle in the center on a blue background", "--control-image", img.to_str().unwrap(),
-        "--output", out.to_str().unwrap(),
+        "generate",
+        "--prompt",
+        "a large red circle in the center on a blue background",
+        "--control-image",
+        img.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
     assert!(stdout.contains("SADA:"), "{stdout}");
@@ -155,7 +193,15 @@ fn huge_or_truncated_control_images_are_refused_before_decoding() {
     let small = dir.join("truncated.png");
     png_header_only(&small, 32, 32);
     for (img, needle) in [(&huge, "larger than"), (&small, "corrupt PNG")] {
-        let (ok, _, err) = sada(&["generate", "--prompt", "a large red circle in the center on a blue background", "--control-image", img.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+        let (ok, _, err) = sada(&[
+            "generate",
+            "--prompt",
+            "a large red circle in the center on a blue background",
+            "--control-image",
+            img.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]);
         assert!(!ok);
         assert!(err.contains(needle) && err.contains(img.to_str().unwrap()), "{err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");

@@ -79,7 +79,17 @@ fn bench_compares_methods_with_the_equal_budget_plain_solver_and_resumes() {
     let args = ["bench", "--prompts", prompts.to_str().unwrap(), "--seeds", "1", "--methods", "sada,deepcache", "--out", out.to_str().unwrap()];
     let (ok, stdout, err) = sada(&args);
     assert!(ok, "{err}");
-    for f in ["bench.md", "bench.json", "grid.png", "criterion.svg", "tradeoff.svg", "settings.json", "runs/0000.json", "images/0000-baseline.png", "images/0000-m00.png"] {
+    for f in [
+        "bench.md",
+        "bench.json",
+        "grid.png",
+        "criterion.svg",
+        "tradeoff.svg",
+        "settings.json",
+        "runs/0000.json",
+        "images/0000-baseline.png",
+        "images/0000-m00.png",
+    ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     assert!(stdout.contains("| sada |") && stdout.contains("| deepcache |") && stdout.contains("| baseline |"), "{stdout}");
@@ -133,7 +143,8 @@ fn sharded_benches_merge_into_one_report() {
     let p = prompts.to_str().unwrap();
     let (a, b, merged) = (d.join("a"), d.join("b"), d.join("merged"));
     for (shard, out) in [("0/2", &a), ("1/2", &b)] {
-        let (ok, stdout, err) = sada(&["bench", "--prompts", p, "--seeds", "1", "--steps", "20", "--methods", "fewer-steps", "--shard", shard, "--out", out.to_str().unwrap()]);
+        let (ok, stdout, err) =
+            sada(&["bench", "--prompts", p, "--seeds", "1", "--steps", "20", "--methods", "fewer-steps", "--shard", shard, "--out", out.to_str().unwrap()]);
         assert!(ok, "{err}");
         assert!(stdout.contains("(1 of 2 runs here)"), "{stdout}");
     }
@@ -145,7 +156,21 @@ fn sharded_benches_merge_into_one_report() {
     assert!(merged.join("images/0001-m00.png").is_file() && merged.join("grid.png").is_file());
     assert_eq!(png_size(&merged.join("grid.png")), (2 * 128, 2 * 128));
     // folders of other settings do not merge
-    let (ok, _, _) = sada(&["bench", "--prompts", p, "--seeds", "1", "--steps", "20", "--methods", "fewer-steps:steps=5", "--shard", "0/2", "--out", d.join("c").to_str().unwrap()]);
+    let (ok, _, _) = sada(&[
+        "bench",
+        "--prompts",
+        p,
+        "--seeds",
+        "1",
+        "--steps",
+        "20",
+        "--methods",
+        "fewer-steps:steps=5",
+        "--shard",
+        "0/2",
+        "--out",
+        d.join("c").to_str().unwrap(),
+    ]);
     assert!(ok);
     let (ok, _, err) = sada(&["bench", "merge", a.to_str().unwrap(), d.join("c").to_str().unwrap(), "--out", d.join("m2").to_str().unwrap()]);
     assert!(!ok && err.contains("other settings") && err.trim().lines().count() == 1, "{err}");
@@ -195,7 +220,10 @@ fn every_method_runs_from_generate_and_bad_specs_are_one_line() {
 fn help_explains_the_prompt_and_bench_flags() {
     for (cmd, flags) in [
         ("generate", &["--prompt", "--negative-prompt", "--compare", "--model", "--inputs", "--output", "--accel", "--device"][..]),
-        ("bench", &["--model", "--prompts", "--seeds", "--steps", "--out", "--acc-range", "--methods", "--method", "--sweep", "--lpips-weights", "--shard"][..]),
+        (
+            "bench",
+            &["--model", "--prompts", "--seeds", "--steps", "--out", "--acc-range", "--methods", "--method", "--sweep", "--lpips-weights", "--shard"][..],
+        ),
     ] {
         let (ok, out, _) = sada(&[cmd, "-h"]);
         assert!(ok, "{cmd} -h failed");
@@ -210,7 +238,8 @@ fn the_shipped_folder_on_disk_gives_what_the_embedded_copy_gives() {
     let d = tmp("dir");
     let (a, b) = (d.join("embedded.safetensors"), d.join("folder.safetensors"));
     let folder = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sada/assets/default_model");
-    let common = ["generate", "--prompt", "a small blue star at the top left on a white background", "--steps", "20", "--accel", "none", "--output-type", "latent"];
+    let common =
+        ["generate", "--prompt", "a small blue star at the top left on a white background", "--steps", "20", "--accel", "none", "--output-type", "latent"];
     let (ok, _, err) = sada(&[&common[..], &["--output", a.to_str().unwrap()]].concat());
     assert!(ok, "{err}");
     let (ok, _, err) = sada(&[&common[..], &["--model", folder.to_str().unwrap(), "--guidance-scale", "4", "--output", b.to_str().unwrap()]].concat());

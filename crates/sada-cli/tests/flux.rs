@@ -21,7 +21,10 @@ fn tmp(name: &str) -> PathBuf {
 /// The fixture's pipeline embeddings as an --inputs file.
 fn inputs(dir: &std::path::Path) -> PathBuf {
     let want = candle_core::safetensors::load(fixtures().join("expected.safetensors"), &Device::Cpu).unwrap();
-    let t: HashMap<String, Tensor> = [("prompt_embeds", "pipe_prompt_embeds"), ("pooled_prompt_embeds", "pipe_pooled_prompt_embeds")].into_iter().map(|(k, f)| (k.to_string(), want[f].clone())).collect();
+    let t: HashMap<String, Tensor> = [("prompt_embeds", "pipe_prompt_embeds"), ("pooled_prompt_embeds", "pipe_pooled_prompt_embeds")]
+        .into_iter()
+        .map(|(k, f)| (k.to_string(), want[f].clone()))
+        .collect();
     let p = dir.join("inputs.safetensors");
     candle_core::safetensors::save(&t, &p).unwrap();
     p
@@ -42,7 +45,8 @@ fn generate_runs_flux_from_embeddings_baseline_matches_diffusers_and_sada_skips(
     assert!(ok, "{err}");
     let want = candle_core::safetensors::load(fixtures().join("expected.safetensors"), &Device::Cpu).unwrap();
     let got = latents(&base);
-    let err_rel = ((&got - &want["dev_final"]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()) / want["dev_final"].abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let err_rel = ((&got - &want["dev_final"]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap())
+        / want["dev_final"].abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(err_rel < 1e-3, "CLI baseline off diffusers by {err_rel}");
 
     let fast = dir.join("sada.safetensors");
@@ -71,7 +75,8 @@ fn flux_refuses_prompts_odd_sizes_and_diffusion_solvers() {
     let model = model.to_str().unwrap();
     let inp = inputs(&dir);
     let inp = inp.to_str().unwrap();
-    let (ok, _, err) = sada(&["generate", "--model", model, "--inputs", inp, "--height", "30", "--width", "48", "--output", dir.join("b.png").to_str().unwrap()]);
+    let (ok, _, err) =
+        sada(&["generate", "--model", model, "--inputs", inp, "--height", "30", "--width", "48", "--output", dir.join("b.png").to_str().unwrap()]);
     assert!(!ok && err.contains("multiples of 4"), "{err}");
     let (ok, _, err) = sada(&["generate", "--model", model, "--inputs", inp, "--solver", "dpm++", "--output", dir.join("c.png").to_str().unwrap()]);
     assert!(!ok && err.contains("flow"), "{err}");
@@ -91,14 +96,31 @@ fn generate_from_a_prompt_matches_diffusers_and_refuses_negative_prompts() {
     let m = dev_with_vocab(&dir);
     let prompts: Vec<String> = serde_json::from_str(&std::fs::read_to_string(fixtures().join("prompts.json")).unwrap()).unwrap();
     let out = dir.join("cat.safetensors");
-    let args = ["generate", "--model", m.to_str().unwrap(), "--prompt", prompts[0].as_str(), "--height", "32", "--width", "48", "--seed", "7", "--accel", "none", "--output-type", "latent"];
+    let args = [
+        "generate",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompt",
+        prompts[0].as_str(),
+        "--height",
+        "32",
+        "--width",
+        "48",
+        "--seed",
+        "7",
+        "--accel",
+        "none",
+        "--output-type",
+        "latent",
+    ];
     let (ok, _, err) = sada(&[&args[..], &["--output", out.to_str().unwrap()]].concat());
     assert!(ok, "{err}");
     // diffusers drew seed 7's noise for two prompts; the first image's is the first half
     let want = candle_core::safetensors::load(fixtures().join("expected.safetensors"), &Device::Cpu).unwrap();
     let want = want["dev_prompt_final"].narrow(0, 0, 1).unwrap();
     let got = latents(&out);
-    let rel = (&got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() / want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let rel = (&got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+        / want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(rel < 1e-3, "CLI from a prompt off diffusers by {rel}");
     let (ok, _, err) = sada(&[&args[..], &["--negative-prompt", "blurry", "--output", dir.join("n.png").to_str().unwrap()]].concat());
     assert!(!ok && err.contains("negative"), "{err}");
@@ -111,7 +133,25 @@ fn max_sequence_length_and_teacache_apply_where_they_can() {
     let m = m.to_str().unwrap();
     let run = |extra: &[&str], out: &str| {
         let p = dir.join(out);
-        let args = ["generate", "--model", m, "--prompt", "a cat holding a sign", "--height", "32", "--width", "32", "--steps", "4", "--accel", "none", "--output-type", "latent", "--output", p.to_str().unwrap()];
+        let args = [
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "a cat holding a sign",
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--steps",
+            "4",
+            "--accel",
+            "none",
+            "--output-type",
+            "latent",
+            "--output",
+            p.to_str().unwrap(),
+        ];
         let r = sada(&[&args[..], extra].concat());
         (r, p)
     };
@@ -126,7 +166,23 @@ fn max_sequence_length_and_teacache_apply_where_they_can() {
     assert!(!ok && err.contains("max_sequence_length"), "{err}");
     // TeaCache on Flux runs; on the embedded UNet it is refused by name
     let p = dir.join("t.safetensors");
-    let (ok, _, err) = sada(&["generate", "--model", m, "--prompt", "a cat", "--height", "32", "--width", "32", "--accel", "teacache", "--output-type", "latent", "--output", p.to_str().unwrap()]);
+    let (ok, _, err) = sada(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "a cat",
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "--accel",
+        "teacache",
+        "--output-type",
+        "latent",
+        "--output",
+        p.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     let (ok, _, err) = sada(&["generate", "--prompt", "a red circle", "--accel", "teacache", "--steps", "8", "--output", dir.join("u.png").to_str().unwrap()]);
     assert!(!ok && err.contains("teacache"), "{err}");

@@ -11,7 +11,6 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
-
 /// A model folder: sd2_tiny's unet and scheduler plus the tiny VAE.
 fn model(name: &str) -> PathBuf {
     let root = std::env::temp_dir().join(format!("sada-gen-{}-{name}", std::process::id()));
@@ -26,7 +25,6 @@ fn model(name: &str) -> PathBuf {
 fn inputs() -> String {
     fixtures().join("unet/sd2_tiny/pipeline.safetensors").to_string_lossy().into_owned()
 }
-
 
 fn gen(model: &Path, extra: &[&str]) -> (bool, String, String) {
     let m = model.to_string_lossy().into_owned();
@@ -116,7 +114,8 @@ fn broken_model_folders_are_named_in_the_error() {
     // unsupported config value, named by key
     let m = model("badcfg");
     let cfg = std::fs::read_to_string(m.join("unet/config.json")).unwrap();
-    std::fs::write(m.join("unet/config.json"), cfg.replace("\"resnet_time_scale_shift\": \"default\"", "\"resnet_time_scale_shift\": \"scale_shift\"")).unwrap();
+    std::fs::write(m.join("unet/config.json"), cfg.replace("\"resnet_time_scale_shift\": \"default\"", "\"resnet_time_scale_shift\": \"scale_shift\""))
+        .unwrap();
     fails_with(&m, &[], "`resnet_time_scale_shift` = scale_shift");
     std::fs::remove_dir_all(&m).ok();
 

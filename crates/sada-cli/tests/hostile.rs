@@ -89,7 +89,10 @@ fn config_values_that_would_divide_by_zero_or_allocate_without_bound_are_refused
         (Box::new(|m: &Path| edit_json(&m.join("unet/config.json"), |v| v["layers_per_block"] = 0.into())), "layers_per_block"),
         (Box::new(|m: &Path| edit_json(&m.join("vae/config.json"), |v| v["scaling_factor"] = 0.into())), "`scaling_factor` = 0"),
         (Box::new(|m: &Path| edit_json(&m.join("vae/config.json"), |v| v["block_out_channels"] = serde_json::json!([]))), "block_out_channels"),
-        (Box::new(|m: &Path| edit_json(&m.join("scheduler/scheduler_config.json"), |v| v["num_train_timesteps"] = 1_000_000_000_000u64.into())), "num_train_timesteps"),
+        (
+            Box::new(|m: &Path| edit_json(&m.join("scheduler/scheduler_config.json"), |v| v["num_train_timesteps"] = 1_000_000_000_000u64.into())),
+            "num_train_timesteps",
+        ),
         (Box::new(|m: &Path| edit_json(&m.join("scheduler/scheduler_config.json"), |v| v["steps_offset"] = 5000.into())), "steps_offset"),
         (Box::new(|m: &Path| edit_json(&m.join("scheduler/scheduler_config.json"), |v| v["timestep_spacing"] = 5.into())), "`timestep_spacing` = 5"),
         (
@@ -169,15 +172,21 @@ fn integer_and_non_finite_tensors_are_named() {
     let dev = Device::Cpu;
     // weights
     for (k, (change, needle)) in [
-        (Box::new(|w: &mut std::collections::HashMap<String, Tensor>| {
-            let t = w["conv_in.weight"].clone();
-            w.insert("conv_in.weight".into(), t.to_dtype(DType::I64).unwrap());
-        }) as Box<dyn Fn(&mut std::collections::HashMap<String, Tensor>)>, "tensor `conv_in.weight` is I64"),
-        (Box::new(|w: &mut std::collections::HashMap<String, Tensor>| {
-            let t = w["conv_out.bias"].clone();
-            let nan = Tensor::full(f32::NAN, t.shape(), &Device::Cpu).unwrap();
-            w.insert("conv_out.bias".into(), nan);
-        }), "tensor `conv_out.bias` holds NaN"),
+        (
+            Box::new(|w: &mut std::collections::HashMap<String, Tensor>| {
+                let t = w["conv_in.weight"].clone();
+                w.insert("conv_in.weight".into(), t.to_dtype(DType::I64).unwrap());
+            }) as Box<dyn Fn(&mut std::collections::HashMap<String, Tensor>)>,
+            "tensor `conv_in.weight` is I64",
+        ),
+        (
+            Box::new(|w: &mut std::collections::HashMap<String, Tensor>| {
+                let t = w["conv_out.bias"].clone();
+                let nan = Tensor::full(f32::NAN, t.shape(), &Device::Cpu).unwrap();
+                w.insert("conv_out.bias".into(), nan);
+            }),
+            "tensor `conv_out.bias` holds NaN",
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -298,7 +307,19 @@ fn sigterm_at_any_moment_leaves_the_previous_output_or_a_complete_new_one() {
     let mut finished = 0;
     for k in 0..20u64 {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sada"))
-            .args(["generate", "--prompt", "a red circle on a blue background", "--steps", "8", "--accel", "none", "--seed", &k.to_string(), "--output", o.to_str().unwrap()])
+            .args([
+                "generate",
+                "--prompt",
+                "a red circle on a blue background",
+                "--steps",
+                "8",
+                "--accel",
+                "none",
+                "--seed",
+                &k.to_string(),
+                "--output",
+                o.to_str().unwrap(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -327,7 +348,19 @@ fn two_runs_writing_one_path_each_leave_a_complete_file() {
     let o = d.join("out.png");
     let spawn = |seed: &str| {
         Command::new(env!("CARGO_BIN_EXE_sada"))
-            .args(["generate", "--prompt", "a red circle on a blue background", "--steps", "6", "--accel", "none", "--seed", seed, "--output", o.to_str().unwrap()])
+            .args([
+                "generate",
+                "--prompt",
+                "a red circle on a blue background",
+                "--steps",
+                "6",
+                "--accel",
+                "none",
+                "--seed",
+                seed,
+                "--output",
+                o.to_str().unwrap(),
+            ])
             .output()
             .unwrap()
     };

@@ -59,8 +59,27 @@ const NEGATIVE: &str = "blurry, low quality";
 /// The fixture's run: seed 42, 20 steps, 32 px, the family's default solver and guidance.
 fn run_args<'a>(model: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
-        "generate", "--model", model, "--prompt", PROMPT, "--negative-prompt", NEGATIVE, "--seed", "42", "--steps", "20", "--height", "32", "--width", "32",
-        "--accel", "none", "--output-type", "latent", "--output", out,
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        PROMPT,
+        "--negative-prompt",
+        NEGATIVE,
+        "--seed",
+        "42",
+        "--steps",
+        "20",
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "--accel",
+        "none",
+        "--output-type",
+        "latent",
+        "--output",
+        out,
     ]
 }
 

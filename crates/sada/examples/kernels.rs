@@ -1,14 +1,16 @@
 //! Micro-benchmark of the CPU kernels against candle's ops: `cargo run -p sada --example kernels`
 //! (GFLOP/s counted as the direct algorithm's flops).
-use std::time::Instant;
 use candle_core::{DType, Device, Module, Tensor};
 use sada::models::kernels;
+use std::time::Instant;
 
 fn t<F: FnMut() -> Tensor>(name: &str, flop: f64, mut f: F) {
     f();
     let n = 5;
     let s = Instant::now();
-    for _ in 0..n { f(); }
+    for _ in 0..n {
+        f();
+    }
     let dt = s.elapsed().as_secs_f64() / n as f64;
     println!("{name}: {:.2} ms  {:.1} GFLOP/s", dt * 1e3, flop / dt / 1e9);
 }
@@ -33,7 +35,10 @@ fn main() {
         let v = Tensor::randn(0f32, 1., (2, m, h * 64), &dev).unwrap();
         let fl = 4.0 * (2 * h * n * m * 64) as f64;
         t(&format!("fused attention n{n} m{m} h{h}"), fl, || kernels::attention::attention(&q, &k, &v, h, 0.125).unwrap());
-        let split = |t: &Tensor| { let (b, n, c) = t.dims3().unwrap(); t.reshape((b, n, h, c / h)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap() };
+        let split = |t: &Tensor| {
+            let (b, n, c) = t.dims3().unwrap();
+            t.reshape((b, n, h, c / h)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap()
+        };
         let (qs, ks, vs) = (split(&q), split(&k), split(&v));
         t(&format!("unfused attention n{n} m{m} h{h}"), fl, || sada::models::layers::attention::scaled_dot_product_attention(&qs, &ks, &vs, 0.125).unwrap());
     }

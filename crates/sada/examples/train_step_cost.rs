@@ -33,7 +33,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let out = unet.predict_full(&x, 500.0, &cond)?;
         let loss = (out - &target)?.sqr()?.mean_all()?;
         opt.backward_step(&loss)?;
-        println!("step {i}: {:.3} s (batch {batch}, {side}x{side}, {:.2}M parameters, loss {:.4})", t.elapsed().as_secs_f64(), params as f64 / 1e6, loss.to_scalar::<f32>()?);
+        println!(
+            "step {i}: {:.3} s (batch {batch}, {side}x{side}, {:.2}M parameters, loss {:.4})",
+            t.elapsed().as_secs_f64(),
+            params as f64 / 1e6,
+            loss.to_scalar::<f32>()?
+        );
     }
     Ok(())
 }

@@ -78,10 +78,7 @@ impl GaussianMixture {
                 for y in 0..h {
                     for x in 0..w {
                         let (u, v) = (y as f32 / h as f32, x as f32 / w as f32);
-                        let val: f32 = waves
-                            .iter()
-                            .map(|(a, fy, fx, p)| a * (std::f32::consts::TAU * (fy * u + fx * v) + p).sin())
-                            .sum();
+                        let val: f32 = waves.iter().map(|(a, fy, fx, p)| a * (std::f32::consts::TAU * (fy * u + fx * v) + p).sin()).sum();
                         m[(ch * h + y) * w + x] = amplitude * (offset + 0.5 * val);
                     }
                 }
@@ -160,22 +157,14 @@ impl Denoiser for GaussianMixture {
     fn predict(&self, latents: &Tensor, timestep: f64, cond: &Conditioning, _ctx: &mut ForwardContext) -> Result<Tensor> {
         let dims = latents.dims().to_vec();
         if dims.len() != self.shape.len() + 1 || dims[1..] != self.shape[..] {
-            return Err(Error::Shape {
-                what: "Gaussian-mixture latents".into(),
-                expected: format!("[batch, {:?}]", self.shape),
-                got: format!("{dims:?}"),
-            });
+            return Err(Error::Shape { what: "Gaussian-mixture latents".into(), expected: format!("[batch, {:?}]", self.shape), got: format!("{dims:?}") });
         }
         let batch = dims[0];
         let k = self.num_components();
         let weights: Vec<Vec<f64>> = match cond.get("class_weights") {
             Ok(t) => {
                 if t.dims() != [batch, k] {
-                    return Err(Error::Shape {
-                        what: "class_weights".into(),
-                        expected: format!("[{batch}, {k}]"),
-                        got: format!("{:?}", t.dims()),
-                    });
+                    return Err(Error::Shape { what: "class_weights".into(), expected: format!("[{batch}, {k}]"), got: format!("{:?}", t.dims()) });
                 }
                 t.to_dtype(candle_core::DType::F64)?.to_vec2()?
             }

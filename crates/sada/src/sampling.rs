@@ -5,9 +5,9 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::denoiser::token_cache::TokenCache;
 use crate::denoiser::{ForwardContext, Guided, TokenPlan};
 use crate::error::{Error, Result};
-use crate::denoiser::token_cache::TokenCache;
 use crate::policy::{Decision, Observation, Policy, StepPlan};
 use crate::solvers::{Prediction, Solver};
 
@@ -53,8 +53,7 @@ impl Trace {
     /// call counts its time over the mean time of this run's full calls (1 when the run has
     /// none to compare with).
     pub fn equivalent_evaluations(&self) -> f64 {
-        let full: Vec<f64> =
-            self.steps.iter().filter(|s| matches!(s.decision, Decision::Full | Decision::Refresh)).map(|s| s.seconds).collect();
+        let full: Vec<f64> = self.steps.iter().filter(|s| matches!(s.decision, Decision::Full | Decision::Refresh)).map(|s| s.seconds).collect();
         let mean_full = (!full.is_empty()).then(|| full.iter().sum::<f64>() / full.len() as f64).filter(|m| *m > 0.0);
         self.steps
             .iter()
@@ -110,11 +109,7 @@ pub fn sample(
                     decision = Decision::Partial;
                 }
                 if out.dims() != x.dims() {
-                    return Err(Error::Shape {
-                        what: "denoiser output".into(),
-                        expected: format!("{:?}", x.dims()),
-                        got: format!("{:?}", out.dims()),
-                    });
+                    return Err(Error::Shape { what: "denoiser output".into(), expected: format!("{:?}", x.dims()), got: format!("{:?}", out.dims()) });
                 }
                 check_finite(&out, "denoiser output", n)?;
                 trace.evaluations += 1;
@@ -128,12 +123,7 @@ pub fn sample(
         };
         let step = solver.step(n, &x, prediction)?;
         check_finite(&step.prev_sample, "solver output", n)?;
-        let obs = Observation {
-            sample: &x,
-            prev_sample: &step.prev_sample,
-            output: output.as_ref(),
-            data_prediction: &step.data_prediction,
-        };
+        let obs = Observation { sample: &x, prev_sample: &step.prev_sample, output: output.as_ref(), data_prediction: &step.data_prediction };
         let criterion = policy.observe(n, &obs, solver)?;
         trace.steps.push(StepTrace { index: n, timestep: t, decision, criterion, tokens_computed, seconds: start.elapsed().as_secs_f64() });
         x = step.prev_sample;

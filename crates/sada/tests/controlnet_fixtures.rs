@@ -9,16 +9,16 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Tensor};
+use sada::denoiser::token_cache::TokenCache;
 use sada::denoiser::{batch, Conditioning, Denoiser, ForwardContext, SiteHook, SiteKind, TokenPlan, TokenSelection};
 use sada::image::{read_png, to_unit_tensor};
 use sada::models::controlnet::{ControlNetModel, ControlSettings, ControlUnit, ControlledUNet};
-use sada::denoiser::token_cache::TokenCache;
 use sada::models::{AdditionalResiduals, UNet2DConditionModel};
 use sada::pipelines::{ControlInput, GenerateOptions, Pipeline, PipelineInputs, StableDiffusion};
-use sada::Family;
 use sada::policy::Acceleration;
 use sada::resample::resize_lanczos;
 use sada::solvers::SolverKind;
+use sada::Family;
 
 #[path = "common/sd_fixture.rs"]
 mod sd_fixture;
@@ -254,7 +254,14 @@ fn one_image_per_core_equals_the_batched_controlled_forward() {
         .with("encoder_hidden_states", ehs.clone())
         .with("controlnet_cond.0", want["controlnet_cond"].clone())
         // each image its own control image, so a mix-up between images shows
-        .with("controlnet_cond.1", Tensor::cat(&[(want["controlnet_cond"].narrow(0, 0, 1).unwrap() * 0.5).unwrap(), (want["controlnet_cond"].narrow(0, 1, 1).unwrap() * 0.2).unwrap()], 0).unwrap())
+        .with(
+            "controlnet_cond.1",
+            Tensor::cat(
+                &[(want["controlnet_cond"].narrow(0, 0, 1).unwrap() * 0.5).unwrap(), (want["controlnet_cond"].narrow(0, 1, 1).unwrap() * 0.2).unwrap()],
+                0,
+            )
+            .unwrap(),
+        )
         .with("control_weight", Tensor::ones(2, DType::F32, &device()).unwrap());
     let nets = units(&pipe, &inputs);
     let model = ControlledUNet { unet: &pipe.unet, nets: &nets, guess_mode: false, num_steps: 10 };
@@ -270,7 +277,11 @@ fn one_image_per_core_equals_the_batched_controlled_forward() {
         println!("step {step}: per-image vs batched relative difference {e:e}");
         assert!(e <= 1e-5, "step {step}: per-image vs batched differ by {e:e}");
     }
-    let sites = |c: &TokenCache| { let mut s: Vec<String> = c.sites().map(str::to_owned).collect(); s.sort(); s };
+    let sites = |c: &TokenCache| {
+        let mut s: Vec<String> = c.sites().map(str::to_owned).collect();
+        s.sort();
+        s
+    };
     assert_eq!(sites(&split_cache), sites(&batch_cache), "the merged cache lost sites");
     assert!(sites(&split_cache).iter().any(|s| s.starts_with("controlnet.1/")), "{:?}", sites(&split_cache));
     // a hook acting at Rest(1), per image

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use sada::data::shapes::{border_colour, Scene, COLOURS};
-use sada::models::UNet2DConditionModel;
 use sada::image::to_rgb;
+use sada::models::UNet2DConditionModel;
 use sada::pipelines::{default_model, GenerateOptions, Pipeline, PipelineInputs, StableDiffusion};
 use sada::policy::Acceleration;
 use sada::solvers::SolverKind;
@@ -35,7 +35,8 @@ fn pipeline_matches_diffusers_on_the_shipped_weights() {
     let mut pipe = default_model::load(&device()).unwrap();
     assert!(pipe.pixel_space && pipe.vae_scale_factor() == 1);
     let mut inputs = pipe.encode_prompts(&prompts, &empty_negative()).unwrap();
-    let embeds_err = rel_err(inputs.prompt_embeds.as_ref().unwrap(), &f["prompt_embeds"]).max(rel_err(inputs.negative_prompt_embeds.as_ref().unwrap(), &f["negative_prompt_embeds"]));
+    let embeds_err = rel_err(inputs.prompt_embeds.as_ref().unwrap(), &f["prompt_embeds"])
+        .max(rel_err(inputs.negative_prompt_embeds.as_ref().unwrap(), &f["negative_prompt_embeds"]));
     inputs.latents = Some(f["noise"].clone());
     let opts = GenerateOptions {
         steps: settings["steps"].as_u64().unwrap() as usize,

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
+use sada::denoiser::token_cache::TokenCache;
 use sada::denoiser::{Conditioning, Denoiser, ForwardContext, TokenPlan, TokenSelection};
 use sada::models::flux::{pack_latents, unpack_latents, FluxTransformer2DModel};
-use sada::denoiser::token_cache::TokenCache;
 use sada::models::ModelSource;
 use sada::pipelines::{Flux, GenerateOptions, Pipeline, PipelineInputs, PromptOptions};
 use sada::policy::Acceleration;
@@ -147,11 +147,24 @@ fn pipeline(variant: &str) -> Flux {
 }
 
 fn pipe_inputs(want: &HashMap<String, Tensor>) -> PipelineInputs {
-    PipelineInputs { prompt_embeds: Some(want["pipe_prompt_embeds"].clone()), pooled_prompt_embeds: Some(want["pipe_pooled_prompt_embeds"].clone()), ..Default::default() }
+    PipelineInputs {
+        prompt_embeds: Some(want["pipe_prompt_embeds"].clone()),
+        pooled_prompt_embeds: Some(want["pipe_pooled_prompt_embeds"].clone()),
+        ..Default::default()
+    }
 }
 
 fn options(steps: usize, guidance_scale: f64) -> GenerateOptions {
-    GenerateOptions { steps, guidance_scale, height: 32, width: 48, seed: 7, solver: SolverKind::FlowMatchEulerDiscrete, acceleration: Acceleration::default(), size_conditioning: Default::default() }
+    GenerateOptions {
+        steps,
+        guidance_scale,
+        height: 32,
+        width: 48,
+        seed: 7,
+        solver: SolverKind::FlowMatchEulerDiscrete,
+        acceleration: Acceleration::default(),
+        size_conditioning: Default::default(),
+    }
 }
 
 /// The whole FluxPipeline from precomputed embeddings: seeded noise as diffusers draws it, the
@@ -269,7 +282,11 @@ fn prompts_encode_as_diffusers_and_drive_the_pipeline() {
     eprintln!("dev 50 steps from prompts: final latents relative error {err:e}");
     assert!(err < 1e-3, "{err}");
     // what Flux cannot take
-    assert!(pipe.encode_prompts(&texts, &PromptOptions { negative_prompt: Some("blurry".into()), ..Default::default() }).unwrap_err().to_string().contains("negative"));
+    assert!(pipe
+        .encode_prompts(&texts, &PromptOptions { negative_prompt: Some("blurry".into()), ..Default::default() })
+        .unwrap_err()
+        .to_string()
+        .contains("negative"));
     assert!(pipe.encode_prompts(&texts, &PromptOptions { clip_skip: Some(1), ..Default::default() }).unwrap_err().to_string().contains("clip"));
 }
 

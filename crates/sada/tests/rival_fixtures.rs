@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Tensor};
 use sada::denoiser::{Conditioning, Guided};
 use sada::models::UNet2DConditionModel;
-use sada::Family;
 use sada::policy::{Acceleration, Decision};
 use sada::sampling::{sample, Trace};
 use sada::solvers::{build_solver, load_scheduler_config, FlowTimesteps, SolverKind};
+use sada::Family;
 use tracing::span::{Attributes, Id};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 

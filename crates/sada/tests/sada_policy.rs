@@ -6,10 +6,10 @@ use candle_core::{Device, Tensor};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use sada::denoiser::token_cache::TokenCache;
 use sada::denoiser::{Capabilities, Conditioning, Denoiser, ForwardContext, Guided};
 use sada::gmm::{class_weights, uniform_weights, GaussianMixture, GmmSchedule};
 use sada::metrics::{data_range, psnr};
-use sada::denoiser::token_cache::TokenCache;
 use sada::noise::normal_samples;
 use sada::policy::{Decision, NoAcceleration, Observation, Policy, Sada, SadaConfig, SkipKind, StepPlan};
 use sada::sampling::sample;
@@ -29,8 +29,7 @@ fn gmm(shape: &[usize], preset: &str, pt: PredictionType) -> GaussianMixture {
     let schedule = if pt == PredictionType::FlowVelocity {
         GmmSchedule::Flow { num_train_timesteps: 1000 }
     } else {
-        let train: sada::schedule::TrainingSchedule =
-            sada::solvers::config::from_config(&presets::parse(preset), &Default::default()).unwrap();
+        let train: sada::schedule::TrainingSchedule = sada::solvers::config::from_config(&presets::parse(preset), &Default::default()).unwrap();
         GmmSchedule::Discrete(NoiseSchedule::new(&train).unwrap())
     };
     GaussianMixture::image_like(shape, 4, 4, 0.15, 1234, schedule, pt)
@@ -89,7 +88,11 @@ fn spec_xhat(s: &dyn Solver, xs: &[Vec<f64>], outs: &[Vec<f64>], k: usize) -> Ve
     (0..f0.len())
         .map(|i| {
             let v = xs[k][i] * scale - d * (0.625 * f0[i] + 0.75 * f1[i] - 0.375 * f2[i]);
-            if ve { v / s.noise(k + 1).alpha_t } else { v }
+            if ve {
+                v / s.noise(k + 1).alpha_t
+            } else {
+                v
+            }
         })
         .collect()
 }
@@ -151,11 +154,7 @@ fn check_substitutes(kind: SolverKind, preset: &str, overrides: serde_json::Valu
                             .map(|i| {
                                 ks.iter()
                                     .map(|&k| {
-                                        let w: f64 = ks
-                                            .iter()
-                                            .filter(|&&j| j != k)
-                                            .map(|&j| (n as f64 - j as f64) / (k as f64 - j as f64))
-                                            .product();
+                                        let w: f64 = ks.iter().filter(|&&j| j != k).map(|&j| (n as f64 - j as f64) / (k as f64 - j as f64)).product();
                                         let unscale = if ve { s.noise(k).alpha_t } else { 1.0 };
                                         w * x0s[k][i] / unscale
                                     })
@@ -231,11 +230,9 @@ fn run(kind: SolverKind, preset: &str, steps: usize, policy: &mut dyn Policy, ba
 
 #[test]
 fn baseline_loop_is_bit_identical_to_the_plain_solver() {
-    for (kind, preset) in [
-        (SolverKind::DpmSolverMultistep, presets::SD21),
-        (SolverKind::EulerDiscrete, presets::SDXL),
-        (SolverKind::FlowMatchEulerDiscrete, presets::FLUX),
-    ] {
+    for (kind, preset) in
+        [(SolverKind::DpmSolverMultistep, presets::SD21), (SolverKind::EulerDiscrete, presets::SDXL), (SolverKind::FlowMatchEulerDiscrete, presets::FLUX)]
+    {
         let (looped, trace) = run(kind, preset, 20, &mut NoAcceleration, 1);
         assert_eq!(trace.evaluations, 20);
         // the same thing by hand: scale, predict, step

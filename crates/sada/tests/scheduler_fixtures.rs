@@ -49,20 +49,12 @@ fn run(name: &str) {
     let mut flow = FlowTimesteps { sigmas: kw.get("sigmas").map(floats), mu: kw.get("mu").and_then(|m| m.as_f64()) };
     if let (Some(seq), Some(mu)) = (f["image_seq_len"].as_u64(), flow.mu) {
         // our mu must equal the Flux pipeline's, then use ours
-        let cfg: sada::solvers::FlowMatchEulerDiscreteConfig =
-            serde_json::from_value(f["source_config"].clone()).unwrap();
+        let cfg: sada::solvers::FlowMatchEulerDiscreteConfig = serde_json::from_value(f["source_config"].clone()).unwrap();
         let ours = cfg.mu(seq as usize);
         assert!((ours - mu).abs() < 1e-12, "mu: ours {ours}, diffusers {mu}");
         flow.mu = Some(ours);
     }
-    let mut solver = build_solver(
-        kind,
-        f["source_config"].as_object().unwrap(),
-        f["overrides"].as_object().unwrap(),
-        n,
-        &flow,
-    )
-    .unwrap();
+    let mut solver = build_solver(kind, f["source_config"].as_object().unwrap(), f["overrides"].as_object().unwrap(), n, &flow).unwrap();
 
     let want_ts = floats(&f["timesteps"]);
     if name == "euler_sd15_karras" {
@@ -101,17 +93,9 @@ fn run(name: &str) {
 fn alphas_cumprod_match(name: &str) {
     let f = fixture(name);
     let want = floats(&f["alphas_cumprod"]);
-    let cfg: sada::solvers::DpmSolverConfig = sada::solvers::config::from_config(
-        f["source_config"].as_object().unwrap(),
-        f["overrides"].as_object().unwrap(),
-    )
-    .unwrap();
-    let got: Vec<f64> = sada::schedule::NoiseSchedule::new(&cfg.schedule)
-        .unwrap()
-        .alphas_cumprod
-        .iter()
-        .map(|&x| x as f64)
-        .collect();
+    let cfg: sada::solvers::DpmSolverConfig =
+        sada::solvers::config::from_config(f["source_config"].as_object().unwrap(), f["overrides"].as_object().unwrap()).unwrap();
+    let got: Vec<f64> = sada::schedule::NoiseSchedule::new(&cfg.schedule).unwrap().alphas_cumprod.iter().map(|&x| x as f64).collect();
     assert_close_slice(&format!("{name} alphas_cumprod"), &got, &want, 1e-6);
 }
 
@@ -151,8 +135,7 @@ fn ddim_config_becomes_linspace_dpm_solver() {
     // SD-2.1 ships a DDIM config without timestep_spacing: from_config must fall back to
     // DPM-Solver's default `linspace`, not the file's class's behaviour.
     let f = fixture("dpm_sd21_v");
-    let cfg: sada::solvers::DpmSolverConfig =
-        sada::solvers::config::from_config(f["source_config"].as_object().unwrap(), &Default::default()).unwrap();
+    let cfg: sada::solvers::DpmSolverConfig = sada::solvers::config::from_config(f["source_config"].as_object().unwrap(), &Default::default()).unwrap();
     assert_eq!(cfg.timestep_spacing.as_str(), f["config"]["timestep_spacing"].as_str().unwrap());
     assert_eq!(cfg.solver_order as u64, f["config"]["solver_order"].as_u64().unwrap());
     assert_eq!(cfg.prediction_type.as_str(), "v_prediction");

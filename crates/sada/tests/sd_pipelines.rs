@@ -13,9 +13,9 @@ use candle_core::{DType, Tensor};
 use sada::models::single_file::Checkpoint;
 use sada::models::ModelSource;
 use sada::pipelines::{GenerateOptions, Pipeline, PipelineInputs, PromptOptions, StableDiffusion};
-use sada::Family;
 use sada::policy::Acceleration;
 use sada::solvers::SolverKind;
+use sada::Family;
 
 #[path = "common/sd_fixture.rs"]
 mod sd_fixture;
@@ -72,7 +72,11 @@ fn options(fam: &str) -> GenerateOptions {
 
 fn encode(pipe: &mut StableDiffusion, fam: &str, clip_skip: Option<usize>) -> PipelineInputs {
     let c = case(fam);
-    pipe.encode_prompts(&[c["prompt"].as_str().unwrap().to_string()], &PromptOptions { negative_prompt: c["negative_prompt"].as_str().map(str::to_owned), clip_skip, ..Default::default() }).unwrap()
+    pipe.encode_prompts(
+        &[c["prompt"].as_str().unwrap().to_string()],
+        &PromptOptions { negative_prompt: c["negative_prompt"].as_str().map(str::to_owned), clip_skip, ..Default::default() },
+    )
+    .unwrap()
 }
 
 /// Final latents from the prompt, from the fixture's `latents` or (None) from the seed.

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Tensor};
+use sada::image::RgbImage;
 use sada::metrics::{psnr_rgb, ssim};
 use sada::models::ModelSource;
-use sada::image::RgbImage;
 use sada::text::{ClipTextEncoder, WordLevelTokenizer};
 
 #[path = "common/device.rs"]

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Tensor};
-use sada::denoiser::{batch, Conditioning, Denoiser, ForwardContext, Guided, TokenPlan, TokenSelection};
 use sada::denoiser::token_cache::TokenCache;
+use sada::denoiser::{batch, Conditioning, Denoiser, ForwardContext, Guided, TokenPlan, TokenSelection};
 use sada::models::{AutoencoderKl, UNet2DConditionModel};
 use sada::policy::NoAcceleration;
 use sada::sampling::sample;

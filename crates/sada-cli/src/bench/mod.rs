@@ -18,14 +18,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use sada::data::shapes::Scene;
 use sada::compare::{equal_budget_steps, Fidelity, Run};
+use sada::data::shapes::Scene;
 use sada::image::{png_bytes, RgbImage};
 use sada::metrics::lpips::Lpips;
 use sada::pipelines::{validate_prompt, GenerateOptions, Pipeline, PipelineInputs, PromptOptions};
-use sada::Family;
 use sada::policy::Acceleration;
 use sada::sampling::Trace;
+use sada::Family;
 use serde::{Deserialize, Serialize};
 
 use crate::args::{load_model, solver_for, DeviceArgs, DtypeArg, MemoryArgs, ModelArgs, SadaArgs, SolverArg};
@@ -256,7 +256,8 @@ fn run_bench(args: &RunArgs) -> Result<()> {
     } else {
         Vec::new()
     };
-    let control = (!attached.is_empty()).then(|| serde_json::json!({ "controlnets": attached, "control_outlines": args.control_outlines, "guess_mode": args.control.guess_mode }));
+    let control = (!attached.is_empty())
+        .then(|| serde_json::json!({ "controlnets": attached, "control_outlines": args.control_outlines, "guess_mode": args.control.guess_mode }));
     let family = pipe.family();
     let kind = solver_for(args.solver, family)?;
     anyhow::ensure!(pipe.can_decode(), "{model_name}: no vae/ folder, so images cannot be compared");
@@ -281,7 +282,13 @@ fn run_bench(args: &RunArgs) -> Result<()> {
         let side = pipe.default_size().1;
         prompts
             .iter()
-            .map(|p| scenes.iter().find(|s| s.caption() == *p).map(|s| s.outline(side)).with_context(|| format!("--control-outlines: `{p}` is not a caption of the shapes set")))
+            .map(|p| {
+                scenes
+                    .iter()
+                    .find(|s| s.caption() == *p)
+                    .map(|s| s.outline(side))
+                    .with_context(|| format!("--control-outlines: `{p}` is not a caption of the shapes set"))
+            })
             .collect::<Result<_>>()?
     } else {
         Vec::new()
@@ -327,7 +334,11 @@ fn run_bench(args: &RunArgs) -> Result<()> {
         .filter(|(i, _, _)| shard.takes(*i))
         .collect();
     let bar = indicatif::ProgressBar::new(cases.len() as u64);
-    bar.set_style(indicatif::ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} runs {elapsed_precise} {msg}").expect("static template").progress_chars("=> "));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} runs {elapsed_precise} {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
     bar.set_prefix("bench");
     let mut bench = Bench { pipe: &mut pipe, settings: &settings, methods: &methods, lpips: lpips.as_ref(), out: &args.out, bar: &bar, warmed_up: false };
     let mut encoded: Option<(usize, PipelineInputs)> = None;
@@ -359,7 +370,11 @@ fn run_bench(args: &RunArgs) -> Result<()> {
     if shard.count > 1 {
         println!("\nshard {}/{}: {} of its {} runs done; `sada bench merge` combines the shards' folders", shard.index, shard.count, cases.len(), cases.len());
     }
-    println!("\nwritten to {}: bench.md, bench.json, grid.png, tradeoff.svg{}", args.out.display(), if records.iter().any(|r| r.sada_trace.is_some()) { ", criterion.svg" } else { "" });
+    println!(
+        "\nwritten to {}: bench.md, bench.json, grid.png, tradeoff.svg{}",
+        args.out.display(),
+        if records.iter().any(|r| r.sada_trace.is_some()) { ", criterion.svg" } else { "" }
+    );
     Ok(())
 }
 
@@ -385,7 +400,16 @@ impl Bench<'_> {
     }
 
     /// Sample `accel` and score it against `base` (None: this is the baseline).
-    fn method(&mut self, index: usize, prompt: &str, seed: u64, inputs: &PipelineInputs, accel: &Acceleration, base: Option<&RgbImage>, file: &str) -> Result<(MethodRun, RgbImage, Trace)> {
+    fn method(
+        &mut self,
+        index: usize,
+        prompt: &str,
+        seed: u64,
+        inputs: &PipelineInputs,
+        accel: &Acceleration,
+        base: Option<&RgbImage>,
+        file: &str,
+    ) -> Result<(MethodRun, RgbImage, Trace)> {
         let s = self.settings;
         let opts = GenerateOptions {
             steps: s.steps,
@@ -424,7 +448,16 @@ impl Bench<'_> {
         let s = self.settings;
         if !self.warmed_up {
             // First calls allocate; keep that out of the baseline's time.
-            let opts = GenerateOptions { steps: 2, guidance_scale: s.guidance_scale, height: self.pipe.default_size().0, width: self.pipe.default_size().1, seed, solver: s.solver, acceleration: Acceleration::default(), size_conditioning: Default::default() };
+            let opts = GenerateOptions {
+                steps: 2,
+                guidance_scale: s.guidance_scale,
+                height: self.pipe.default_size().0,
+                width: self.pipe.default_size().1,
+                seed,
+                solver: s.solver,
+                acceleration: Acceleration::default(),
+                size_conditioning: Default::default(),
+            };
             self.pipe.generate(inputs, &opts, &mut |_, _| {})?;
             self.warmed_up = true;
         }

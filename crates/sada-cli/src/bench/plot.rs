@@ -32,7 +32,10 @@ pub fn criterion_svg(traces: &[&Trace], steps: usize, acc_range: (usize, usize))
     let max = values.iter().map(|v| f(*v).abs()).fold(1.0, f64::max);
     let y = |v: f64| top + plot_h / 2.0 - (plot_h / 2.0) * f(v) / max;
     let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
-    s += &format!("<text x=\"{left}\" y=\"18\">SADA stability criterion mean(m) per step (asinh(m / {scale:.3e}); at or below 0 = stable), {} runs</text>\n", traces.len());
+    s += &format!(
+        "<text x=\"{left}\" y=\"18\">SADA stability criterion mean(m) per step (asinh(m / {scale:.3e}); at or below 0 = stable), {} runs</text>\n",
+        traces.len()
+    );
     s += &format!(
         "<rect x=\"{:.1}\" y=\"{top}\" width=\"{:.1}\" height=\"{plot_h}\" fill=\"#eef\"/>\n",
         x(acc_range.0 as f64),
@@ -61,7 +64,14 @@ pub fn criterion_svg(traces: &[&Trace], steps: usize, acc_range: (usize, usize))
     }
     let mut lx = left;
     for d in [Decision::Full, Decision::Refresh, Decision::Pruned, Decision::SkipAm, Decision::SkipLagrange] {
-        s += &format!("<rect x=\"{lx:.1}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n", h - 22.0, colour(d), lx + 16.0, h - 12.0, d.name());
+        s += &format!(
+            "<rect x=\"{lx:.1}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
+            h - 22.0,
+            colour(d),
+            lx + 16.0,
+            h - 12.0,
+            d.name()
+        );
         lx += 120.0;
     }
     s += &format!("<text x=\"{:.1}\" y=\"{:.1}\">shaded: acc_range</text>\n", lx, h - 12.0);
@@ -97,7 +107,12 @@ pub fn lines_svg(title: &str, x_label: &str, y_label: &str, series: &[(String, V
     s += &format!("<text x=\"{left}\" y=\"22\">{}</text>\n", escape(title));
     s += &format!("<rect x=\"{left}\" y=\"{top}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#888\"/>\n");
     for t in ticks(x0, x1, 8) {
-        s += &format!("<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{top}\" y2=\"{1:.1}\" stroke=\"#eee\"/><text x=\"{0:.1}\" y=\"{2:.1}\" text-anchor=\"middle\">{t}</text>\n", x(t), top + ph, top + ph + 16.0);
+        s += &format!(
+            "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{top}\" y2=\"{1:.1}\" stroke=\"#eee\"/><text x=\"{0:.1}\" y=\"{2:.1}\" text-anchor=\"middle\">{t}</text>\n",
+            x(t),
+            top + ph,
+            top + ph + 16.0
+        );
     }
     for t in ticks(y0, y1, 8) {
         s += &format!("<line x1=\"{left}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{1:.1}\" stroke=\"#eee\"/><text x=\"{2:.1}\" y=\"{3:.1}\" text-anchor=\"end\">{t:.0}</text>\n", left + pw, y(t), left - 6.0, y(t) + 4.0);
@@ -145,7 +160,8 @@ pub fn tradeoff_svg(methods: &[MethodSummary], plain: &[(usize, f64, f64)]) -> S
         .filter(|(s, p)| s.is_finite() && p.is_finite())
         .collect();
     let (x0, x1) = (1.0f64.min(pts.iter().map(|p| p.0).fold(f64::INFINITY, f64::min)) - 0.1, pts.iter().map(|p| p.0).fold(1.5, f64::max) + 0.2);
-    let (y0, y1) = (pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min).min(60.0) - 2.0, pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max).max(0.0) + 2.0);
+    let (y0, y1) =
+        (pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min).min(60.0) - 2.0, pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max).max(0.0) + 2.0);
     let (pw, ph) = (w - left - right, h - top - bottom);
     let x = |v: f64| left + pw * (v - x0) / (x1 - x0);
     let y = |v: f64| top + ph * (1.0 - (v - y0) / (y1 - y0));
@@ -159,7 +175,11 @@ pub fn tradeoff_svg(methods: &[MethodSummary], plain: &[(usize, f64, f64)]) -> S
         s += &format!("<line x1=\"{left}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{1:.1}\" stroke=\"#eee\"/><text x=\"{2:.1}\" y=\"{3:.1}\" text-anchor=\"end\">{t:.0}</text>\n", left + pw, y(t), left - 6.0, y(t) + 4.0);
     }
     s += &format!("<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">speedup over the baseline (wall clock)</text>\n", left + pw / 2.0, h - 14.0);
-    s += &format!("<text x=\"16\" y=\"{:.1}\" transform=\"rotate(-90 16 {:.1})\" text-anchor=\"middle\">PSNR vs baseline (dB)</text>\n", top + ph / 2.0, top + ph / 2.0);
+    s += &format!(
+        "<text x=\"16\" y=\"{:.1}\" transform=\"rotate(-90 16 {:.1})\" text-anchor=\"middle\">PSNR vs baseline (dB)</text>\n",
+        top + ph / 2.0,
+        top + ph / 2.0
+    );
     // the plain solver
     let mut curve: Vec<(f64, f64, usize)> = plain.iter().filter(|(_, p, sp)| p.is_finite() && sp.is_finite()).map(|&(k, p, sp)| (sp, p, k)).collect();
     curve.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -167,7 +187,13 @@ pub fn tradeoff_svg(methods: &[MethodSummary], plain: &[(usize, f64, f64)]) -> S
         let line: Vec<String> = curve.iter().map(|(sp, p, _)| format!("{:.1},{:.1}", x(*sp), y(*p))).collect();
         s += &format!("<polyline fill=\"none\" stroke=\"#000\" stroke-dasharray=\"4 3\" points=\"{}\"/>\n", line.join(" "));
         for (sp, p, k) in &curve {
-            s += &format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"#000\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\">{k}</text>\n", x(*sp), y(*p), x(*sp) + 3.0, y(*p) - 3.0);
+            s += &format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"#000\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\">{k}</text>\n",
+                x(*sp),
+                y(*p),
+                x(*sp) + 3.0,
+                y(*p) - 3.0
+            );
         }
     }
     // methods, one colour per method name, a sweep joined in order

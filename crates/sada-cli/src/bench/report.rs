@@ -205,7 +205,10 @@ pub fn write(out: &Path, settings: &Settings, records: &[RunRecord]) -> Result<S
     let md = markdown(settings, &summary, records);
     write_atomic(&out.join("bench.md"), md.as_bytes())?;
     if !records.is_empty() {
-        let layout = format!("rows: prompt x seed; columns: baseline | {}", summary[1..=settings.columns].iter().map(|m| m.label.as_str()).collect::<Vec<_>>().join(" | "));
+        let layout = format!(
+            "rows: prompt x seed; columns: baseline | {}",
+            summary[1..=settings.columns].iter().map(|m| m.label.as_str()).collect::<Vec<_>>().join(" | ")
+        );
         write_atomic(&out.join("grid.png"), &png_bytes(&grid(out, settings, records)?, &[("layout", layout)])?)?;
     }
     write_atomic(&out.join("tradeoff.svg"), plot::tradeoff_svg(&summary[1..], &plain_curve(records)).as_bytes())?;

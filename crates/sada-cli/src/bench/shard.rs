@@ -37,12 +37,16 @@ impl Shard {
             }
             number("JOB_COMPLETION_INDEX")?.context("--shard auto/N: neither SLURM_ARRAY_TASK_ID nor JOB_COMPLETION_INDEX is set")
         };
-        let auto_count = || -> Result<usize> { number("SLURM_ARRAY_TASK_COUNT")?.context("--shard I/auto: SLURM_ARRAY_TASK_COUNT is not set; give the count, e.g. --shard auto/8") };
+        let auto_count = || -> Result<usize> {
+            number("SLURM_ARRAY_TASK_COUNT")?.context("--shard I/auto: SLURM_ARRAY_TASK_COUNT is not set; give the count, e.g. --shard auto/8")
+        };
         let shard = match arg {
             Some(spec) => {
                 let (i, n) = spec.split_once('/').with_context(|| format!("--shard {spec}: expected I/N, e.g. 0/4"))?;
-                let index = if i.trim() == "auto" { auto_index()? } else { i.trim().parse().with_context(|| format!("--shard {spec}: `{i}` is not a number"))? };
-                let count = if n.trim() == "auto" { auto_count()? } else { n.trim().parse().with_context(|| format!("--shard {spec}: `{n}` is not a number"))? };
+                let index =
+                    if i.trim() == "auto" { auto_index()? } else { i.trim().parse().with_context(|| format!("--shard {spec}: `{i}` is not a number"))? };
+                let count =
+                    if n.trim() == "auto" { auto_count()? } else { n.trim().parse().with_context(|| format!("--shard {spec}: `{n}` is not a number"))? };
                 Shard { index, count }
             }
             None if env("SLURM_ARRAY_TASK_COUNT").is_some() => Shard { index: auto_index()?, count: auto_count()? },

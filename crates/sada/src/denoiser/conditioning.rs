@@ -27,9 +27,7 @@ impl Conditioning {
 
     /// The tensor `name`; an error when it is missing.
     pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.tensors
-            .get(name)
-            .ok_or_else(|| Error::param("conditioning", format!("missing tensor `{name}`")))
+        self.tensors.get(name).ok_or_else(|| Error::param("conditioning", format!("missing tensor `{name}`")))
     }
 
     /// The tensors' names, in sorted order.
@@ -48,11 +46,7 @@ impl Conditioning {
         let a: Vec<&str> = first.names().collect();
         let b: Vec<&str> = second.names().collect();
         if a != b {
-            return Err(Error::Shape {
-                what: "conditioning".into(),
-                expected: format!("{a:?}"),
-                got: format!("{b:?}"),
-            });
+            return Err(Error::Shape { what: "conditioning".into(), expected: format!("{a:?}"), got: format!("{b:?}") });
         }
         let mut out = Conditioning::new();
         for (name, t) in &first.tensors {

@@ -43,7 +43,14 @@ impl<'a> ForwardContext<'a> {
     }
 
     /// The context of image `index` of a batch run one image per call.
-    pub(super) fn for_image(step: usize, plan: &'a TokenPlan, token_cache: &'a mut TokenCache, hook: Option<&'a dyn SiteHook>, index: usize, gather: &'a Gather) -> Self {
+    pub(super) fn for_image(
+        step: usize,
+        plan: &'a TokenPlan,
+        token_cache: &'a mut TokenCache,
+        hook: Option<&'a dyn SiteHook>,
+        index: usize,
+        gather: &'a Gather,
+    ) -> Self {
         Self { image: Some((index, gather)), ..Self::new(step, plan, token_cache, hook) }
     }
 

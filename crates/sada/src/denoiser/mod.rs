@@ -95,12 +95,7 @@ impl<'a> Guided<'a> {
             return Err(Error::param("guidance_scale", format!("{guidance_scale} is not a finite number")));
         }
         match uncond {
-            Some(u) if guidance_scale > 1.0 => Ok(Self {
-                denoiser,
-                cond: Conditioning::concat(&u, &cond)?,
-                guidance_scale,
-                batched: true,
-            }),
+            Some(u) if guidance_scale > 1.0 => Ok(Self { denoiser, cond: Conditioning::concat(&u, &cond)?, guidance_scale, batched: true }),
             _ => Ok(Self { denoiser, cond, guidance_scale, batched: false }),
         }
     }

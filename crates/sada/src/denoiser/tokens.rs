@@ -119,10 +119,7 @@ mod tests {
         assert_eq!(sel.num_computed(), 4 + 1);
         for cy in 0..2 {
             for cx in 0..2 {
-                let in_cell = (0..3)
-                    .flat_map(|dy| (0..3).map(move |dx| (cy * 3 + dy) * w + cx * 3 + dx))
-                    .filter(|&i| sel.mask[i])
-                    .count();
+                let in_cell = (0..3).flat_map(|dy| (0..3).map(move |dx| (cy * 3 + dy) * w + cx * 3 + dx)).filter(|&i| sel.mask[i]).count();
                 assert_eq!(in_cell, 1, "cell ({cy}, {cx})");
             }
         }

@@ -158,11 +158,17 @@ impl Lpips {
                 }
             }
         }
-        let first = tensors.get("features.0.weight").ok_or_else(|| Error::param("lpips weights", "no backbone: expected features.0.weight or net.slice1.0.weight"))?;
+        let first =
+            tensors.get("features.0.weight").ok_or_else(|| Error::param("lpips weights", "no backbone: expected features.0.weight or net.slice1.0.weight"))?;
         let net = match first.dims() {
             [64, 3, 11, 11] => LpipsNet::Alex,
             [64, 3, 3, 3] => LpipsNet::Vgg,
-            other => return Err(Error::param("lpips weights", format!("features.0.weight has shape {other:?}; expected AlexNet's [64, 3, 11, 11] or VGG-16's [64, 3, 3, 3]"))),
+            other => {
+                return Err(Error::param(
+                    "lpips weights",
+                    format!("features.0.weight has shape {other:?}; expected AlexNet's [64, 3, 11, 11] or VGG-16's [64, 3, 3, 3]"),
+                ))
+            }
         };
         let take = |tensors: &HashMap<String, Tensor>, name: &str, shape: &[usize]| -> Result<Tensor> {
             let t = tensors.get(name).ok_or_else(|| Error::param("lpips weights", format!("missing tensor `{name}`")))?;
@@ -180,12 +186,8 @@ impl Lpips {
             let b = take(&tensors, &format!("features.{index}.bias"), &shape[..1])?;
             convs.insert(index, (w, b));
         }
-        let lins = net
-            .channels()
-            .iter()
-            .enumerate()
-            .map(|(k, &c)| take(&tensors, &format!("lin{k}.model.1.weight"), &[1, c, 1, 1]))
-            .collect::<Result<Vec<_>>>()?;
+        let lins =
+            net.channels().iter().enumerate().map(|(k, &c)| take(&tensors, &format!("lin{k}.model.1.weight"), &[1, c, 1, 1])).collect::<Result<Vec<_>>>()?;
         let buffer = |name: &str, default: [f32; 3]| -> Result<Tensor> {
             match tensors.get(name) {
                 Some(_) => take(&tensors, name, &[1, 3, 1, 1]),
@@ -224,7 +226,11 @@ impl Lpips {
     /// LPIPS between two batches of images in [-1, 1] ([N, 3, H, W] each): one distance per image.
     pub fn distance(&self, a: &Tensor, b: &Tensor) -> Result<Vec<f32>> {
         if a.dims() != b.dims() || a.rank() != 4 || a.dim(1)? != 3 {
-            return Err(Error::Shape { what: "LPIPS images".into(), expected: "two [N, 3, H, W] batches of the same shape".into(), got: format!("{:?} and {:?}", a.dims(), b.dims()) });
+            return Err(Error::Shape {
+                what: "LPIPS images".into(),
+                expected: "two [N, 3, H, W] batches of the same shape".into(),
+                got: format!("{:?} and {:?}", a.dims(), b.dims()),
+            });
         }
         let (fa, fb) = (self.features(&a.to_dtype(DType::F32)?)?, self.features(&b.to_dtype(DType::F32)?)?);
         let mut total: Option<Tensor> = None;

@@ -38,9 +38,10 @@ pub fn cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("HF_HOME").filter(|p| !p.is_empty()) {
         return PathBuf::from(p).join("hub");
     }
-    let cache = std::env::var_os("XDG_CACHE_HOME").filter(|p| !p.is_empty()).map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-    });
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
     cache.join("huggingface").join("hub")
 }
 
@@ -92,7 +93,11 @@ pub fn resolve(id: &str, opts: &HubOptions, files: &dyn Fn(&Path) -> Vec<String>
     if opts.offline() {
         return Err(Error::param(
             "model",
-            format!("{id} (revision {}) is not in the Hugging Face cache at {}, and offline (--offline or HF_HUB_OFFLINE) nothing is downloaded", opts.revision(), cache_dir().display()),
+            format!(
+                "{id} (revision {}) is not in the Hugging Face cache at {}, and offline (--offline or HF_HUB_OFFLINE) nothing is downloaded",
+                opts.revision(),
+                cache_dir().display()
+            ),
         ));
     }
     download(id, opts, files)

@@ -7,9 +7,9 @@
 pub mod controlnet;
 pub mod flux;
 pub mod hub;
-pub mod resolve;
 pub mod kernels;
 pub mod layers;
+pub mod resolve;
 pub mod single_file;
 pub mod source;
 pub mod unet;
@@ -18,7 +18,7 @@ pub mod weights;
 
 pub use controlnet::ControlNetModel;
 pub use flux::FluxTransformer2DModel;
-pub use unet::{AdditionalResiduals, UNet2DConditionConfig, UNet2DConditionModel};
-pub use vae::AutoencoderKl;
 pub use resolve::ModelRef;
 pub use source::ModelSource;
+pub use unet::{AdditionalResiduals, UNet2DConditionConfig, UNet2DConditionModel};
+pub use vae::AutoencoderKl;

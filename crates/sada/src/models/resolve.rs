@@ -64,7 +64,8 @@ impl ModelRef {
 /// The files of a diffusers pipeline repository the pipelines read, given its snapshot folder
 /// (what its `model_index.json` lists, and the shards its weight indexes name).
 pub fn pipeline_files(snapshot: &Path) -> Vec<String> {
-    let index: serde_json::Value = std::fs::read_to_string(snapshot.join("model_index.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let index: serde_json::Value =
+        std::fs::read_to_string(snapshot.join("model_index.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
     let mut files = vec!["model_index.json".to_owned()];
     for (name, v) in index.as_object().into_iter().flatten() {
         if !v.as_array().is_some_and(|a| a.iter().all(|x| !x.is_null())) {
@@ -74,7 +75,9 @@ pub fn pipeline_files(snapshot: &Path) -> Vec<String> {
             "scheduler" => &["scheduler_config.json"],
             "unet" | "vae" | "transformer" => &["config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json"],
             n if n.starts_with("text_encoder") => &["config.json", "model.safetensors", "model.safetensors.index.json"],
-            n if n.starts_with("tokenizer") => &["vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json", "tokenizer.json", "spiece.model"],
+            n if n.starts_with("tokenizer") => {
+                &["vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json", "tokenizer.json", "spiece.model"]
+            }
             _ => &[],
         };
         files.extend(add.iter().map(|f| format!("{name}/{f}")));

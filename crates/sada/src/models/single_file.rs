@@ -163,17 +163,17 @@ impl Checkpoint {
         crate::models::weights::check_tensors(file.tensors(), path)?;
         let shapes_of: HashMap<String, Vec<usize>> = file.tensors().into_iter().map(|(k, v)| (k, v.shape().to_vec())).collect();
         let keys: BTreeSet<String> = shapes_of.keys().cloned().collect();
-        if let Some(prefix) = ["", UNET].into_iter().find(|p| keys.contains(&format!("{p}double_blocks.0.img_attn.qkv.weight")) || keys.contains(&format!("{p}single_blocks.0.linear1.weight"))) {
+        if let Some(prefix) = ["", UNET]
+            .into_iter()
+            .find(|p| keys.contains(&format!("{p}double_blocks.0.img_attn.qkv.weight")) || keys.contains(&format!("{p}single_blocks.0.linear1.weight")))
+        {
             return Self::open_flux(path, file, &keys, &shapes_of, prefix);
         }
         let has = |p: &str| keys.iter().any(|k| k.starts_with(p));
         if !has(UNET) {
             return Err(Error::file(path, "no `model.diffusion_model.*` tensors: not a Stable Diffusion (LDM / SGM) checkpoint"));
         }
-        let context = keys
-            .iter()
-            .find(|k| k.starts_with(UNET) && k.ends_with("attn2.to_k.weight"))
-            .and_then(|k| shapes_of[k].get(1).copied());
+        let context = keys.iter().find(|k| k.starts_with(UNET) && k.ends_with("attn2.to_k.weight")).and_then(|k| shapes_of[k].get(1).copied());
         let family = if has("conditioner.embedders.") {
             Architecture::Sdxl
         } else if has("cond_stage_model.model.") {
@@ -186,7 +186,9 @@ impl Checkpoint {
                 Some(768) => Architecture::Sd1,
                 Some(1024) => Architecture::Sd2,
                 Some(2048) => Architecture::Sdxl,
-                other => return Err(Error::file(path, format!("no text encoder and a cross-attention width of {other:?}: cannot tell SD-1, SD-2 or SDXL apart"))),
+                other => {
+                    return Err(Error::file(path, format!("no text encoder and a cross-attention width of {other:?}: cannot tell SD-1, SD-2 or SDXL apart")))
+                }
             }
         };
         let mut maps: HashMap<String, HashMap<String, Source>> = HashMap::new();
@@ -226,8 +228,10 @@ impl Checkpoint {
     /// read from the shapes instead of assumed (diffusers fixes the width at FLUX.1's 3072).
     fn open_flux(path: &Path, file: MmapedSafetensors, keys: &BTreeSet<String>, shapes_of: &HashMap<String, Vec<usize>>, prefix: &str) -> Result<Self> {
         let err = |m: String| Error::file(path, m);
-        let shape = |k: &str| shapes_of.get(&format!("{prefix}{k}")).cloned().ok_or_else(|| err(format!("no `{prefix}{k}`: not a complete FLUX.1 transformer")));
-        let count = |block: &str| keys.iter().filter_map(|k| k.strip_prefix(prefix)?.strip_prefix(block).and_then(index_rest).map(|(i, _)| i)).collect::<BTreeSet<_>>();
+        let shape =
+            |k: &str| shapes_of.get(&format!("{prefix}{k}")).cloned().ok_or_else(|| err(format!("no `{prefix}{k}`: not a complete FLUX.1 transformer")));
+        let count =
+            |block: &str| keys.iter().filter_map(|k| k.strip_prefix(prefix)?.strip_prefix(block).and_then(index_rest).map(|(i, _)| i)).collect::<BTreeSet<_>>();
         let (double, single) = (count("double_blocks."), count("single_blocks."));
         for (name, set) in [("double_blocks", &double), ("single_blocks", &single)] {
             if set.iter().enumerate().any(|(i, &b)| i != b) {
@@ -333,10 +337,13 @@ impl Checkpoint {
             json!({"_class_name": "FlowMatchEulerDiscreteScheduler", "base_image_seq_len": 256, "base_shift": 0.5, "max_image_seq_len": 4096, "max_shift": 1.15, "num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": false})
         };
         let index = json!({"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"], "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]});
-        let files: HashMap<String, String> =
-            [("model_index.json".to_string(), index.to_string()), ("transformer/config.json".to_string(), config.to_string()), ("scheduler/scheduler_config.json".to_string(), scheduler.to_string())]
-                .into_iter()
-                .collect();
+        let files: HashMap<String, String> = [
+            ("model_index.json".to_string(), index.to_string()),
+            ("transformer/config.json".to_string(), config.to_string()),
+            ("scheduler/scheduler_config.json".to_string(), scheduler.to_string()),
+        ]
+        .into_iter()
+        .collect();
         Ok(Checkpoint { path: path.to_path_buf(), family: Architecture::Flux, file: Arc::new(file), maps, shapes, files })
     }
 
@@ -373,7 +380,9 @@ impl Checkpoint {
             files.insert("vae/config.json".into(), self.vae_config()?.to_string());
             index["vae"] = json!(["diffusers", "AutoencoderKL"]);
         }
-        for (comp, tok, pad) in [("text_encoder", "tokenizer", if fam == Architecture::Sd2 { "!" } else { "<|endoftext|>" }), ("text_encoder_2", "tokenizer_2", "!")] {
+        for (comp, tok, pad) in
+            [("text_encoder", "tokenizer", if fam == Architecture::Sd2 { "!" } else { "<|endoftext|>" }), ("text_encoder_2", "tokenizer_2", "!")]
+        {
             if self.maps.contains_key(comp) {
                 files.insert(format!("{comp}/config.json"), self.text_config(comp)?.to_string());
                 index[comp] = json!(["transformers", if comp == "text_encoder_2" { "CLIPTextModelWithProjection" } else { "CLIPTextModel" }]);
@@ -404,13 +413,18 @@ impl Checkpoint {
     fn vae_config(&self) -> std::result::Result<Value, String> {
         let s = |n: &str| self.shape("vae", n);
         let keys: Vec<&String> = self.maps["vae"].keys().collect();
-        let levels = 1 + keys.iter().filter_map(|k| k.strip_prefix("encoder.down_blocks.").and_then(index_rest).map(|(n, _)| n)).max().ok_or("no encoder.down_blocks")?;
+        let levels = 1 + keys
+            .iter()
+            .filter_map(|k| k.strip_prefix("encoder.down_blocks.").and_then(index_rest).map(|(n, _)| n))
+            .max()
+            .ok_or("no encoder.down_blocks")?;
         let lpb = 1 + keys
             .iter()
             .filter_map(|k| k.strip_prefix("encoder.down_blocks.0.resnets.").and_then(index_rest).map(|(n, _)| n))
             .max()
             .ok_or("no encoder resnets")?;
-        let channels: Vec<usize> = (0..levels).map(|i| s(&format!("encoder.down_blocks.{i}.resnets.0.conv2.weight")).map(|v| v[0])).collect::<std::result::Result<_, _>>()?;
+        let channels: Vec<usize> =
+            (0..levels).map(|i| s(&format!("encoder.down_blocks.{i}.resnets.0.conv2.weight")).map(|v| v[0])).collect::<std::result::Result<_, _>>()?;
         let xl = self.family == Architecture::Sdxl;
         Ok(json!({
             "_class_name": "AutoencoderKL",
@@ -429,7 +443,11 @@ impl Checkpoint {
         let s = |n: &str| self.shape(comp, n);
         let keys: Vec<&String> = self.maps[comp].keys().collect();
         let tok = s("text_model.embeddings.token_embedding.weight")?;
-        let layers = keys.iter().filter_map(|k| k.strip_prefix("text_model.encoder.layers.").and_then(index_rest).map(|(n, _)| n + 1)).max().ok_or("no encoder layers")?;
+        let layers = keys
+            .iter()
+            .filter_map(|k| k.strip_prefix("text_model.encoder.layers.").and_then(index_rest).map(|(n, _)| n + 1))
+            .max()
+            .ok_or("no encoder layers")?;
         let openai = comp == "text_encoder" && self.family != Architecture::Sd2;
         let mut c = json!({
             "vocab_size": tok[0], "hidden_size": tok[1],
@@ -507,8 +525,8 @@ fn diffusers_shapes(maps: &HashMap<String, HashMap<String, Source>>, shapes_of: 
 /// The UNet part of a config.json (also a ControlNet's) from the shapes of its tensors under
 /// diffusers names; `upcast_attention` as SD-2 sets it.
 fn unet_config(shapes: &HashMap<String, Vec<usize>>, upcast_attention: bool) -> std::result::Result<Value, String> {
-let s = |n: &str| shapes.get(n).map(Vec::as_slice).ok_or_else(|| format!("no `{n}`"));
-let keys: Vec<&String> = shapes.keys().collect();
+    let s = |n: &str| shapes.get(n).map(Vec::as_slice).ok_or_else(|| format!("no `{n}`"));
+    let keys: Vec<&String> = shapes.keys().collect();
     let conv_in = s("conv_in.weight")?;
     let levels = 1 + keys.iter().filter_map(|k| k.strip_prefix("down_blocks.").and_then(index_rest).map(|(n, _)| n)).max().ok_or("no down_blocks")?;
     let lpb = 1 + keys
@@ -527,7 +545,8 @@ let keys: Vec<&String> = shapes.keys().collect();
         depth.push(d.unwrap_or(1));
     }
     // the mid block's depth is the last level's in diffusers' model
-    let mid = keys.iter().filter_map(|k| k.strip_prefix("mid_block.attentions.0.transformer_blocks.").and_then(index_rest).map(|(n, _)| n + 1)).max().unwrap_or(1);
+    let mid =
+        keys.iter().filter_map(|k| k.strip_prefix("mid_block.attentions.0.transformer_blocks.").and_then(index_rest).map(|(n, _)| n + 1)).max().unwrap_or(1);
     if let Some(last) = depth.last_mut() {
         *last = mid;
     }
@@ -562,7 +581,8 @@ let keys: Vec<&String> = shapes.keys().collect();
 fn unet_map(keys: &BTreeSet<String>, prefix: &str) -> std::result::Result<HashMap<String, Source>, String> {
     let body: Vec<&str> = keys.iter().filter_map(|k| k.strip_prefix(prefix)).collect();
     let n_in = 1 + body.iter().filter_map(|k| k.strip_prefix("input_blocks.").and_then(index_rest).map(|(n, _)| n)).max().ok_or("no input_blocks")?;
-    let ops: Vec<usize> = body.iter().filter(|k| k.contains(".0.op.weight")).filter_map(|k| k.strip_prefix("input_blocks.").and_then(index_rest).map(|(n, _)| n)).collect();
+    let ops: Vec<usize> =
+        body.iter().filter(|k| k.contains(".0.op.weight")).filter_map(|k| k.strip_prefix("input_blocks.").and_then(index_rest).map(|(n, _)| n)).collect();
     let levels = ops.len() + 1;
     if n_in % levels != 0 || n_in / levels < 2 {
         return Err(format!("{n_in} input blocks do not split into {levels} levels"));
@@ -688,9 +708,18 @@ fn clip_map(keys: &BTreeSet<String>, prefix: &str) -> HashMap<String, Source> {
 
 /// OpenCLIP -> transformers' CLIP names; `drop_last`: SD-2 reads the penultimate layer, which
 /// diffusers' 23-layer text encoder gives as its last (and SD-2 has no projection).
-fn openclip_map(keys: &BTreeSet<String>, prefix: &str, drop_last: bool, shapes: &HashMap<String, Vec<usize>>) -> std::result::Result<HashMap<String, Source>, String> {
+fn openclip_map(
+    keys: &BTreeSet<String>,
+    prefix: &str,
+    drop_last: bool,
+    shapes: &HashMap<String, Vec<usize>>,
+) -> std::result::Result<HashMap<String, Source>, String> {
     let body: Vec<(&String, &str)> = keys.iter().filter_map(|k| Some((k, k.strip_prefix(prefix)?))).collect();
-    let layers = 1 + body.iter().filter_map(|(_, k)| k.strip_prefix("transformer.resblocks.").and_then(index_rest).map(|(n, _)| n)).max().ok_or("no OpenCLIP resblocks")?;
+    let layers = 1 + body
+        .iter()
+        .filter_map(|(_, k)| k.strip_prefix("transformer.resblocks.").and_then(index_rest).map(|(n, _)| n))
+        .max()
+        .ok_or("no OpenCLIP resblocks")?;
     let keep = if drop_last { layers - 1 } else { layers };
     let mut map = HashMap::new();
     for (full, k) in body {
@@ -713,7 +742,11 @@ fn openclip_map(keys: &BTreeSet<String>, prefix: &str, drop_last: bool, shapes: 
                     match t {
                         "attn.in_proj_weight" | "attn.in_proj_bias" => {
                             let kind = if t.ends_with("weight") { "weight" } else { "bias" };
-                            ["q", "k", "v"].iter().enumerate().map(|(p, x)| (format!("{l}.self_attn.{x}_proj.{kind}"), Source::Rows(full.clone(), p, 3))).collect()
+                            ["q", "k", "v"]
+                                .iter()
+                                .enumerate()
+                                .map(|(p, x)| (format!("{l}.self_attn.{x}_proj.{kind}"), Source::Rows(full.clone(), p, 3)))
+                                .collect()
                         }
                         _ => {
                             let renamed = t
@@ -758,10 +791,8 @@ pub fn open_controlnet(path: &Path, dtype: DType, device: &Device) -> Result<(Va
     };
     let err = |m: String| Error::file(path, m);
     let mut map = unet_map(&keys, prefix).map_err(err)?;
-    let hint: BTreeSet<usize> = keys
-        .iter()
-        .filter_map(|k| k.strip_prefix(prefix)?.strip_prefix("input_hint_block.").and_then(index_rest).map(|(n, _)| n))
-        .collect();
+    let hint: BTreeSet<usize> =
+        keys.iter().filter_map(|k| k.strip_prefix(prefix)?.strip_prefix("input_hint_block.").and_then(index_rest).map(|(n, _)| n)).collect();
     let (first, last) = match (hint.first(), hint.last()) {
         (Some(&a), Some(&b)) if a < b => (a, b),
         _ => return Err(err("the hint block (input_hint_block) needs at least an input and an output convolution".into())),

@@ -94,10 +94,11 @@ impl ModelSource {
                 let rel = format!("{component}/{stem}.safetensors");
                 let path = self.path(&rel);
                 let bytes = self.embedded(&rel).ok_or_else(|| Error::file(&path, "not part of the embedded model"))?;
-                let st = candle_core::safetensors::SliceSafetensors::new(bytes).map_err(|e| Error::file(&path, format!("not a valid safetensors file: {e}")))?;
+                let st =
+                    candle_core::safetensors::SliceSafetensors::new(bytes).map_err(|e| Error::file(&path, format!("not a valid safetensors file: {e}")))?;
                 weights::check_tensors(st.tensors(), &path)?;
-                let vb = VarBuilder::from_slice_safetensors(bytes, dtype, device)
-                    .map_err(|e| Error::file(&path, format!("not a valid safetensors file: {e}")))?;
+                let vb =
+                    VarBuilder::from_slice_safetensors(bytes, dtype, device).map_err(|e| Error::file(&path, format!("not a valid safetensors file: {e}")))?;
                 Ok((vb, path))
             }
             ModelSource::SingleFile(ck) => Ok((ck.var_builder(component, dtype, device)?, self.path(component))),

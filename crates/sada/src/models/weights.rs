@@ -24,19 +24,13 @@ pub fn weight_files(dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
             return shards(&index);
         }
     }
-    Err(Error::file(
-        dir,
-        format!("no weights: expected {stem}.safetensors, {stem}.fp16.safetensors or a sharded {stem}.safetensors.index.json"),
-    ))
+    Err(Error::file(dir, format!("no weights: expected {stem}.safetensors, {stem}.fp16.safetensors or a sharded {stem}.safetensors.index.json")))
 }
 
 fn shards(index: &Path) -> Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::file(index, format!("cannot read: {e}")))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(index, format!("invalid JSON: {e}")))?;
-    let map = v
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::file(index, "missing `weight_map` object"))?;
+    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::file(index, "missing `weight_map` object"))?;
     let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_owned)).collect();
     files.sort();
     files.dedup();
@@ -61,13 +55,11 @@ pub fn var_builder(files: &[PathBuf], dtype: DType, device: &Device) -> Result<V
         // Validate each file up front so the error names the corrupt one.
         // SAFETY: the file is only read; concurrent modification by another process is the
         // caller's responsibility, as with any memory-mapped model file.
-        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }
-            .map_err(|e| Error::file(f, format!("not a valid safetensors file: {e}")))?;
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }.map_err(|e| Error::file(f, format!("not a valid safetensors file: {e}")))?;
         check_tensors(st.tensors(), f)?;
     }
     // SAFETY: as above.
-    unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }
-        .map_err(|e| Error::file(&files[0], format!("cannot open weights: {e}")))
+    unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }.map_err(|e| Error::file(&files[0], format!("cannot open weights: {e}")))
 }
 
 /// Names (suffixes) of integer buffers saved by older transformers / LDM training code:
@@ -86,7 +78,9 @@ pub fn check_tensors(tensors: Vec<(String, safetensors::tensor::TensorView<'_>)>
         let finite = match view.dtype() {
             // integer buffers real checkpoints carry beside the weights; no model reads them
             Dtype::I64 | Dtype::I32 if INTEGER_BUFFERS.iter().any(|b| name.ends_with(b)) => true,
-            Dtype::F32 => data.par_chunks(1 << 16).all(|c| c.chunks_exact(4).all(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 != 0x7f80_0000)),
+            Dtype::F32 => {
+                data.par_chunks(1 << 16).all(|c| c.chunks_exact(4).all(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 != 0x7f80_0000))
+            }
             Dtype::F16 => data.par_chunks(1 << 16).all(|c| c.chunks_exact(2).all(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 != 0x7c00)),
             Dtype::BF16 => data.par_chunks(1 << 16).all(|c| c.chunks_exact(2).all(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 != 0x7f80)),
             Dtype::F64 => data.par_chunks(1 << 16).all(|c| {

@@ -15,8 +15,8 @@ use candle_core::{DType, Device, Tensor};
 use super::{GenerateOptions, Pipeline, PipelineInputs, PromptCheck, PromptOptions};
 use crate::denoiser::{Conditioning, Guided};
 use crate::error::{Error, Result};
-use crate::models::{AutoencoderKl, FluxTransformer2DModel, ModelSource};
 use crate::family::Family;
+use crate::models::{AutoencoderKl, FluxTransformer2DModel, ModelSource};
 use crate::policy::Policy;
 use crate::sampling::{sample, Trace};
 use crate::schedule::flow::flux_default_sigmas;
@@ -87,7 +87,12 @@ impl Flux {
             if vae.config.latent_channels != transformer.config.latent_channels() {
                 return Err(Error::file(
                     source.path("vae/config.json"),
-                    format!("latent_channels is {} but the transformer's tokens hold {} (in_channels {} / 4)", vae.config.latent_channels, transformer.config.latent_channels(), transformer.config.in_channels),
+                    format!(
+                        "latent_channels is {} but the transformer's tokens hold {} (in_channels {} / 4)",
+                        vae.config.latent_channels,
+                        transformer.config.latent_channels(),
+                        transformer.config.in_channels
+                    ),
                 ));
             }
             Some(vae)
@@ -114,11 +119,17 @@ impl Flux {
             let cfg = &self.transformer.config;
             let clip = ClipTextEncoder::load_from(&self.source, "text_encoder", DType::F32, &self.device)?;
             if clip.config.hidden_size != cfg.pooled_projection_dim {
-                return Err(Error::file(self.source.path("text_encoder/config.json"), format!("hidden_size is {} but the transformer's pooled_projection_dim is {}", clip.config.hidden_size, cfg.pooled_projection_dim)));
+                return Err(Error::file(
+                    self.source.path("text_encoder/config.json"),
+                    format!("hidden_size is {} but the transformer's pooled_projection_dim is {}", clip.config.hidden_size, cfg.pooled_projection_dim),
+                ));
             }
             let t5 = T5Encoder::load_from(&self.source, "text_encoder_2", self.dtype, &self.device)?;
             if t5.config.d_model != cfg.joint_attention_dim {
-                return Err(Error::file(self.source.path("text_encoder_2/config.json"), format!("d_model is {} but the transformer's joint_attention_dim is {}", t5.config.d_model, cfg.joint_attention_dim)));
+                return Err(Error::file(
+                    self.source.path("text_encoder_2/config.json"),
+                    format!("d_model is {} but the transformer's joint_attention_dim is {}", t5.config.d_model, cfg.joint_attention_dim),
+                ));
             }
             let text = FluxText { clip_tokenizer, clip, t5_tokenizer, t5 };
             self.text = Some(text);
@@ -130,10 +141,14 @@ impl Flux {
     /// with the sigmas and `mu` diffusers' FluxPipeline passes to `set_timesteps`.
     pub fn solver(&self, kind: SolverKind, steps: usize, image_seq_len: usize) -> Result<Box<dyn Solver>> {
         if kind != SolverKind::FlowMatchEulerDiscrete {
-            return Err(Error::param("solver", format!("{} does not apply to Flux, a flow-matching model: use FlowMatchEulerDiscreteScheduler", kind.class_name())));
+            return Err(Error::param(
+                "solver",
+                format!("{} does not apply to Flux, a flow-matching model: use FlowMatchEulerDiscreteScheduler", kind.class_name()),
+            ));
         }
         let path = self.source.path("scheduler/scheduler_config.json");
-        let config: FlowMatchEulerDiscreteConfig = crate::config::from_value(serde_json::Value::Object(self.scheduler_config.clone())).map_err(|e| Error::file(&path, format!("invalid config: {e}")))?;
+        let config: FlowMatchEulerDiscreteConfig = crate::config::from_value(serde_json::Value::Object(self.scheduler_config.clone()))
+            .map_err(|e| Error::file(&path, format!("invalid config: {e}")))?;
         let flow = FlowTimesteps { sigmas: Some(flux_default_sigmas(steps)), mu: config.use_dynamic_shifting.then(|| config.mu(image_seq_len)) };
         build_solver(kind, &self.scheduler_config, &Default::default(), steps, &flow).map_err(|e| match e {
             e @ Error::InvalidParameter { .. } => e,
@@ -146,7 +161,10 @@ impl Flux {
     fn latent_size(&self, opts: &GenerateOptions) -> Result<(usize, usize)> {
         let m = 2 * self.vae_scale_factor();
         if opts.height % m != 0 || opts.width % m != 0 || opts.height == 0 || opts.width == 0 {
-            return Err(Error::param("height/width", format!("{}x{} must be positive multiples of {m} (the VAE's factor times Flux's 2 x 2 patches)", opts.width, opts.height)));
+            return Err(Error::param(
+                "height/width",
+                format!("{}x{} must be positive multiples of {m} (the VAE's factor times Flux's 2 x 2 patches)", opts.width, opts.height),
+            ));
         }
         Ok((opts.height / self.vae_scale_factor(), opts.width / self.vae_scale_factor()))
     }
@@ -160,10 +178,9 @@ impl Flux {
     }
 
     fn conditioning(&self, inputs: &PipelineInputs, opts: &GenerateOptions) -> Result<(Conditioning, usize)> {
-        let pe = inputs
-            .prompt_embeds
-            .as_ref()
-            .ok_or_else(|| Error::param("prompt_embeds", "required: give a prompt, or prompt_embeds (T5) and pooled_prompt_embeds (CLIP) among the precomputed inputs"))?;
+        let pe = inputs.prompt_embeds.as_ref().ok_or_else(|| {
+            Error::param("prompt_embeds", "required: give a prompt, or prompt_embeds (T5) and pooled_prompt_embeds (CLIP) among the precomputed inputs")
+        })?;
         let d = self.transformer.config.joint_attention_dim;
         if pe.rank() != 3 || pe.dim(2)? != d || pe.dim(1)? == 0 {
             return Err(Error::Shape { what: "prompt_embeds".into(), expected: format!("[batch, tokens, {d}]"), got: format!("{:?}", pe.dims()) });
@@ -228,7 +245,10 @@ impl Pipeline for Flux {
 
     fn encode_prompts(&mut self, prompts: &[String], opts: &PromptOptions) -> Result<PipelineInputs> {
         if opts.negative_prompt.is_some() {
-            return Err(Error::param("negative_prompt", "Flux is guidance-distilled: it runs no unconditional branch, so a negative prompt has nothing to act on"));
+            return Err(Error::param(
+                "negative_prompt",
+                "Flux is guidance-distilled: it runs no unconditional branch, so a negative prompt has nothing to act on",
+            ));
         }
         if opts.clip_skip.is_some() {
             return Err(Error::param("clip_skip", "Flux reads CLIP's pooled output only; clip skip does not apply"));
@@ -250,7 +270,13 @@ impl Pipeline for Flux {
         self.checked_solver(opts).map(drop)
     }
 
-    fn generate_with(&mut self, inputs: &PipelineInputs, opts: &GenerateOptions, policy: &mut dyn Policy, on_step: &mut dyn FnMut(usize, usize)) -> Result<(Tensor, Trace)> {
+    fn generate_with(
+        &mut self,
+        inputs: &PipelineInputs,
+        opts: &GenerateOptions,
+        policy: &mut dyn Policy,
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> Result<(Tensor, Trace)> {
         let mut solver = self.checked_solver(opts)?;
         if !inputs.control.is_empty() {
             return Err(Error::param("control image", "this model has no ControlNet"));
@@ -263,7 +289,11 @@ impl Pipeline for Flux {
         }
         let noise = match &inputs.latents {
             Some(l) if l.dims() != shape => {
-                return Err(Error::Shape { what: "latents".into(), expected: format!("{shape:?} (batch, channels, height/{0}, width/{0}), unpacked", self.vae_scale_factor()), got: format!("{:?}", l.dims()) });
+                return Err(Error::Shape {
+                    what: "latents".into(),
+                    expected: format!("{shape:?} (batch, channels, height/{0}, width/{0}), unpacked", self.vae_scale_factor()),
+                    got: format!("{:?}", l.dims()),
+                });
             }
             Some(l) => l.clone(),
             // diffusers draws Flux's noise in this unpacked shape from torch's CPU generator, then packs it

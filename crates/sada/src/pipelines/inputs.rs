@@ -41,14 +41,7 @@ pub struct PipelineInputs {
     pub guess_mode: bool,
 }
 
-const INPUT_NAMES: [&str; 6] = [
-    "prompt_embeds",
-    "negative_prompt_embeds",
-    "pooled_prompt_embeds",
-    "negative_pooled_prompt_embeds",
-    "add_time_ids",
-    "latents",
-];
+const INPUT_NAMES: [&str; 6] = ["prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds", "add_time_ids", "latents"];
 
 /// Inputs larger than this many elements are refused before they are read: no pipeline input
 /// of a real model comes near it (SDXL's 1024 px latents have 2^18), a corrupt or hostile file
@@ -63,8 +56,8 @@ impl PipelineInputs {
             return Err(Error::file(path, "inputs file not found"));
         }
         // SAFETY: the file is only read, as any memory-mapped input.
-        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
-            .map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
+        let st =
+            unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
         let names: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
         if !names.iter().any(|k| INPUT_NAMES.contains(&k.as_str())) {
             return Err(Error::file(path, format!("holds none of the pipeline inputs {INPUT_NAMES:?}")));
@@ -80,7 +73,10 @@ impl PipelineInputs {
             }
             let n = view.shape().iter().try_fold(1usize, |a, &d| a.checked_mul(d));
             if !n.is_some_and(|n| n <= MAX_INPUT_ELEMENTS) {
-                return Err(Error::file(path, format!("tensor `{k}` of shape {:?} is larger than any pipeline input ({MAX_INPUT_ELEMENTS} elements at most)", view.shape())));
+                return Err(Error::file(
+                    path,
+                    format!("tensor `{k}` of shape {:?} is larger than any pipeline input ({MAX_INPUT_ELEMENTS} elements at most)", view.shape()),
+                ));
             }
             let t = st.load(k, device).and_then(|t| t.to_dtype(DType::F32)).map_err(|e| Error::file(path, format!("tensor `{k}`: {e}")))?;
             if !crate::finite::all_finite(&t)? {

@@ -12,13 +12,13 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::models::controlnet::ControlNetModel;
 use crate::family::Family;
+use crate::models::controlnet::ControlNetModel;
 use crate::policy::{Acceleration, Method, Policy};
 use crate::sampling::Trace;
 use crate::solvers::SolverKind;
-pub use inputs::{ControlInput, PipelineInputs};
 pub use flux::Flux;
+pub use inputs::{ControlInput, PipelineInputs};
 pub use stable_diffusion::StableDiffusion;
 
 /// SDXL's size conditioning (`add_time_ids`): what diffusers' `original_size`,
@@ -138,7 +138,13 @@ pub trait Pipeline {
     }
     /// Sample latents with `policy` deciding what each step costs (any [`Policy`], e.g. one of
     /// your own); `opts.acceleration` still sets the step count and is checked against it.
-    fn generate_with(&mut self, inputs: &PipelineInputs, opts: &GenerateOptions, policy: &mut dyn Policy, on_step: &mut dyn FnMut(usize, usize)) -> Result<(Tensor, Trace)>;
+    fn generate_with(
+        &mut self,
+        inputs: &PipelineInputs,
+        opts: &GenerateOptions,
+        policy: &mut dyn Policy,
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> Result<(Tensor, Trace)>;
     /// The scheduler class the model ships (its `scheduler_config.json`), which the chosen
     /// solver is built from.
     fn scheduler_class(&self) -> Option<String>;

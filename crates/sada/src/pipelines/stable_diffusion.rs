@@ -14,9 +14,9 @@ use candle_core::{DType, Device, Tensor};
 use super::{ControlInput, GenerateOptions, Pipeline, PipelineInputs, PromptCheck, PromptOptions};
 use crate::denoiser::{Conditioning, Guided};
 use crate::error::{Error, Result};
+use crate::family::Family;
 use crate::models::controlnet::{ControlNetModel, ControlUnit, ControlledUNet};
 use crate::models::{AutoencoderKl, ModelSource, UNet2DConditionModel};
-use crate::family::Family;
 use crate::policy::Policy;
 use crate::sampling::{sample, Trace};
 use crate::solvers::{build_solver, scheduler_config_object, FlowTimesteps, Solver, SolverKind};
@@ -97,7 +97,9 @@ impl StableDiffusion {
     /// settings). Refuses a ControlNet built for another UNet.
     pub fn add_controlnet(&mut self, mut model: ControlNetModel) -> Result<()> {
         let m = &model;
-        let mismatch = |what: &str, cn: String, unet: String| Error::param("controlnet", format!("its {what} is {cn} but the UNet's is {unet}: it was made for another model"));
+        let mismatch = |what: &str, cn: String, unet: String| {
+            Error::param("controlnet", format!("its {what} is {cn} but the UNet's is {unet}: it was made for another model"))
+        };
         if m.in_channels() != self.unet.config.in_channels {
             return Err(mismatch("in_channels", m.in_channels().to_string(), self.unet.config.in_channels.to_string()));
         }
@@ -105,7 +107,11 @@ impl StableDiffusion {
             return Err(mismatch("number of skip connections", m.skips().to_string(), self.unet.skips().to_string()));
         }
         if m.uses_text_time() != self.unet.uses_text_time() {
-            return Err(mismatch("addition_embed_type", format!("{:?}", m.config.unet.addition_embed_type), format!("{:?}", self.unet.config.addition_embed_type)));
+            return Err(mismatch(
+                "addition_embed_type",
+                format!("{:?}", m.config.unet.addition_embed_type),
+                format!("{:?}", self.unet.config.addition_embed_type),
+            ));
         }
         if m.cross_attention_dim() != self.unet.cross_attention_dim() {
             return Err(mismatch("cross_attention_dim", m.cross_attention_dim().to_string(), self.unet.cross_attention_dim().to_string()));
@@ -113,7 +119,11 @@ impl StableDiffusion {
         if m.image_factor() != self.vae_scale_factor() {
             return Err(Error::param(
                 "controlnet",
-                format!("its conditioning embedding shrinks the control image {}x but the latents are {}x smaller than the image", m.image_factor(), self.vae_scale_factor()),
+                format!(
+                    "its conditioning embedding shrinks the control image {}x but the latents are {}x smaller than the image",
+                    m.image_factor(),
+                    self.vae_scale_factor()
+                ),
             ));
         }
         model.tag_sites(&format!("controlnet.{}", self.controlnets.len()));
@@ -145,7 +155,14 @@ impl StableDiffusion {
 
     /// The control images at `opts`' size, repeated over `batch`, in `cond` and `uncond`, with
     /// each half's `control_weight`.
-    fn add_control(&self, cond: Conditioning, uncond: Option<Conditioning>, batch: usize, opts: &GenerateOptions, inputs: &PipelineInputs) -> Result<(Conditioning, Option<Conditioning>)> {
+    fn add_control(
+        &self,
+        cond: Conditioning,
+        uncond: Option<Conditioning>,
+        batch: usize,
+        opts: &GenerateOptions,
+        inputs: &PipelineInputs,
+    ) -> Result<(Conditioning, Option<Conditioning>)> {
         let (mut cond, mut uncond) = (cond, uncond);
         for (i, c) in inputs.control.iter().enumerate() {
             let resized = crate::resample::resize_lanczos(&c.image, opts.width, opts.height);
@@ -167,7 +184,10 @@ impl StableDiffusion {
     fn text(&mut self) -> Result<&[(Tokenizer, ClipTextEncoder)]> {
         if self.text.is_none() {
             if !self.has_text() {
-                return Err(Error::file(self.source.path("text_encoder"), "this model has no text encoder: pass precomputed prompt_embeds instead of a prompt"));
+                return Err(Error::file(
+                    self.source.path("text_encoder"),
+                    "this model has no text encoder: pass precomputed prompt_embeds instead of a prompt",
+                ));
             }
             let mut text = Vec::new();
             for (tok_dir, enc_dir) in [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")] {
@@ -185,7 +205,10 @@ impl StableDiffusion {
                 text.push((tok, enc));
             }
             if self.unet.uses_text_time() && !text.get(1).is_some_and(|(_, e)| e.has_projection()) {
-                return Err(Error::file(self.source.path("text_encoder_2"), "an SDXL-style UNet needs text_encoder_2 with a text_projection (CLIPTextModelWithProjection) for its pooled embeddings"));
+                return Err(Error::file(
+                    self.source.path("text_encoder_2"),
+                    "an SDXL-style UNet needs text_encoder_2 with a text_projection (CLIPTextModelWithProjection) for its pooled embeddings",
+                ));
             }
             self.text = Some(text);
         }
@@ -207,7 +230,11 @@ impl StableDiffusion {
             let out = enc.encode(&Tensor::new(ids, &device)?)?;
             let n = out.hidden_states.len();
             let pick = |back: usize| -> Result<&Tensor> {
-                out.hidden_states.get(n.checked_sub(1 + back).ok_or_else(|| Error::param("clip_skip", format!("{} skips more layers than the text encoder has ({})", clip_skip.unwrap_or(0), n - 1)))?).ok_or_else(|| Error::internal("hidden state index"))
+                out.hidden_states
+                    .get(n.checked_sub(1 + back).ok_or_else(|| {
+                        Error::param("clip_skip", format!("{} skips more layers than the text encoder has ({})", clip_skip.unwrap_or(0), n - 1))
+                    })?)
+                    .ok_or_else(|| Error::internal("hidden state index"))
             };
             embeds.push(match (sdxl, clip_skip) {
                 (false, None) => out.last_hidden_state.clone(),
@@ -233,7 +260,10 @@ impl StableDiffusion {
     }
 
     fn conditioning(&self, inputs: &PipelineInputs, opts: &GenerateOptions) -> Result<(Conditioning, Option<Conditioning>, usize)> {
-        let pe = inputs.prompt_embeds.as_ref().ok_or_else(|| Error::param("prompt_embeds", "required: give a prompt, or prompt_embeds among the precomputed inputs"))?;
+        let pe = inputs
+            .prompt_embeds
+            .as_ref()
+            .ok_or_else(|| Error::param("prompt_embeds", "required: give a prompt, or prompt_embeds among the precomputed inputs"))?;
         let d = self.unet.cross_attention_dim();
         if pe.rank() != 3 || pe.dim(2)? != d {
             return Err(Error::Shape { what: "prompt_embeds".into(), expected: format!("[batch, tokens, {d}]"), got: format!("{:?}", pe.dims()) });
@@ -242,9 +272,10 @@ impl StableDiffusion {
         let mut cond = Conditioning::new().with("encoder_hidden_states", pe.to_dtype(self.dtype)?);
         let guided = opts.guidance_scale > 1.0;
         let mut uncond = if guided {
-            let ne = inputs.negative_prompt_embeds.as_ref().ok_or_else(|| {
-                Error::param("negative_prompt_embeds", "required when guidance_scale > 1 (the embeddings of the empty prompt)")
-            })?;
+            let ne = inputs
+                .negative_prompt_embeds
+                .as_ref()
+                .ok_or_else(|| Error::param("negative_prompt_embeds", "required when guidance_scale > 1 (the embeddings of the empty prompt)"))?;
             if ne.dims() != pe.dims() {
                 return Err(Error::Shape { what: "negative_prompt_embeds".into(), expected: format!("{:?}", pe.dims()), got: format!("{:?}", ne.dims()) });
             }
@@ -268,9 +299,10 @@ impl StableDiffusion {
             };
             cond = cond.with("text_embeds", pooled.clone()).with("time_ids", ids.clone());
             if let Some(u) = uncond.take() {
-                let np = inputs.negative_pooled_prompt_embeds.as_ref().ok_or_else(|| {
-                    Error::param("negative_pooled_prompt_embeds", "required when guidance_scale > 1 with an SDXL-style UNet")
-                })?;
+                let np = inputs
+                    .negative_pooled_prompt_embeds
+                    .as_ref()
+                    .ok_or_else(|| Error::param("negative_pooled_prompt_embeds", "required when guidance_scale > 1 with an SDXL-style UNet"))?;
                 uncond = Some(u.with("text_embeds", np.clone()).with("time_ids", ids));
             }
         }
@@ -377,7 +409,13 @@ impl Pipeline for StableDiffusion {
         self.checked_solver(opts).map(drop)
     }
 
-    fn generate_with(&mut self, inputs: &PipelineInputs, opts: &GenerateOptions, policy: &mut dyn Policy, on_step: &mut dyn FnMut(usize, usize)) -> Result<(Tensor, Trace)> {
+    fn generate_with(
+        &mut self,
+        inputs: &PipelineInputs,
+        opts: &GenerateOptions,
+        policy: &mut dyn Policy,
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> Result<(Tensor, Trace)> {
         let scale = self.vae_scale_factor();
         // the solver checks the step count before anything is allocated for it
         let mut solver = self.checked_solver(opts)?;
@@ -390,7 +428,11 @@ impl Pipeline for StableDiffusion {
         let noise = match &inputs.latents {
             Some(l) => {
                 if l.dims() != shape {
-                    return Err(Error::Shape { what: "latents".into(), expected: format!("{shape:?} (batch, channels, height/{scale}, width/{scale})"), got: format!("{:?}", l.dims()) });
+                    return Err(Error::Shape {
+                        what: "latents".into(),
+                        expected: format!("{shape:?} (batch, channels, height/{scale}, width/{scale})"),
+                        got: format!("{:?}", l.dims()),
+                    });
                 }
                 l.clone()
             }
@@ -404,7 +446,8 @@ impl Pipeline for StableDiffusion {
         }
         let (cond, uncond) = self.add_control(cond, uncond, batch, opts, inputs)?;
         let nets: Vec<ControlUnit> = self.controlnets.iter().zip(&inputs.control).map(|(model, c)| ControlUnit { model, settings: c.settings }).collect();
-        let controlled = ControlledUNet { unet: &self.unet, nets: &nets, guess_mode: self.effective_guess_mode(inputs.guess_mode), num_steps: solver.num_steps() };
+        let controlled =
+            ControlledUNet { unet: &self.unet, nets: &nets, guess_mode: self.effective_guess_mode(inputs.guess_mode), num_steps: solver.num_steps() };
         let guided = Guided::new(&controlled, cond, uncond, opts.guidance_scale)?;
         sample(&guided, solver.as_mut(), policy, latents, on_step)
     }

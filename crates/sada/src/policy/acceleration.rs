@@ -129,10 +129,8 @@ impl Acceleration {
     /// The settings as `NAME:key=value,...` (what [`Acceleration::parse`] reads back).
     pub fn spec(&self) -> String {
         let value = serde_json::to_value(self).unwrap_or_default();
-        let settings: Vec<String> = value
-            .as_object()
-            .map(|o| o.iter().filter(|(k, _)| *k != "method").map(|(k, v)| format!("{k}={v}")).collect())
-            .unwrap_or_default();
+        let settings: Vec<String> =
+            value.as_object().map(|o| o.iter().filter(|(k, _)| *k != "method").map(|(k, v)| format!("{k}={v}")).collect()).unwrap_or_default();
         if settings.is_empty() {
             self.name().to_owned()
         } else {

@@ -12,10 +12,10 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::method::Method;
-use crate::family::Family;
 use super::plan::{Observation, Policy, SkipKind, StepPlan};
 use crate::denoiser::{Capabilities, TokenPlan};
 use crate::error::{Error, Result};
+use crate::family::Family;
 use crate::solvers::{Prediction, Solver};
 
 /// Warm-up: these first steps are always computed (the reference's `len(prev_latents) <= 3`).

@@ -12,10 +12,10 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::method::Method;
-use crate::family::Family;
 use super::plan::{lock, Observation, Policy};
 use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind};
 use crate::error::{Error, Result};
+use crate::family::Family;
 use crate::solvers::Solver;
 
 /// First-Block-Cache's settings (`fbcache:...`).

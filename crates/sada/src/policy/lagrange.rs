@@ -13,11 +13,7 @@ pub fn weights(nodes: &[usize], at: usize) -> Vec<f64> {
 
 /// [`weights`] on real nodes (distinct, in any order): the same formula, any grid.
 pub fn weights_at(nodes: &[f64], at: f64) -> Vec<f64> {
-    nodes
-        .iter()
-        .enumerate()
-        .map(|(i, &ki)| nodes.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, &kj)| (at - kj) / (ki - kj)).product())
-        .collect()
+    nodes.iter().enumerate().map(|(i, &ki)| nodes.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, &kj)| (at - kj) / (ki - kj)).product()).collect()
 }
 
 /// The interpolating polynomial through `(k_i, x_i)` evaluated at step `at`.
@@ -74,10 +70,8 @@ mod tests {
         let cubic = |k: f64| 0.5 - 0.25 * k + 0.01 * k * k - 0.0003 * k * k * k;
         let quartic = |k: f64| 1e-4 * k.powi(4);
         for (f, exact) in [(&cubic as &dyn Fn(f64) -> f64, true), (&quartic, false)] {
-            let anchors: Vec<(usize, Tensor)> = nodes
-                .iter()
-                .map(|&k| (k, Tensor::new(&[f(k as f64) as f32, 2.0 * f(k as f64) as f32], &Device::Cpu).unwrap()))
-                .collect();
+            let anchors: Vec<(usize, Tensor)> =
+                nodes.iter().map(|&k| (k, Tensor::new(&[f(k as f64) as f32, 2.0 * f(k as f64) as f32], &Device::Cpu).unwrap())).collect();
             let got: Vec<f32> = extrapolate(&anchors, 26).unwrap().to_vec1().unwrap();
             let want = f(26.0);
             let err = (got[0] as f64 - want).abs();

@@ -20,12 +20,12 @@ use std::collections::VecDeque;
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::method::Method;
-use crate::family::Family;
 use super::lagrange;
+use super::method::Method;
 use super::plan::{Observation, Policy, SkipKind, StepPlan};
 use crate::denoiser::{Capabilities, TokenPlan};
 use crate::error::{Error, Result};
+use crate::family::Family;
 use crate::solvers::{LatentScale, Prediction, Solver};
 
 /// The settings of `sada+`.
@@ -185,10 +185,7 @@ impl SadaPlus {
         let mut nodes = self.predictor_nodes();
         let (mut consecutive, mut skips, mut first) = (self.consecutive_skips, 0, false);
         for step in from..self.num_steps {
-            let skip = !(compute_first && step == from)
-                && self.may_skip(step, consecutive)
-                && nodes.len() == k
-                && self.estimate(step, c, &nodes) <= tau;
+            let skip = !(compute_first && step == from) && self.may_skip(step, consecutive) && nodes.len() == k && self.estimate(step, c, &nodes) <= tau;
             if skip {
                 skips += 1;
                 consecutive += 1;
@@ -350,7 +347,9 @@ mod tests {
 
     fn solver(kind: SolverKind, steps: usize) -> Box<dyn Solver> {
         let (preset, flow) = match kind {
-            SolverKind::FlowMatchEulerDiscrete => (presets::FLUX, FlowTimesteps { sigmas: Some(crate::schedule::flow::flux_default_sigmas(steps)), mu: Some(0.8) }),
+            SolverKind::FlowMatchEulerDiscrete => {
+                (presets::FLUX, FlowTimesteps { sigmas: Some(crate::schedule::flow::flux_default_sigmas(steps)), mu: Some(0.8) })
+            }
             _ => (presets::SD21, FlowTimesteps::default()),
         };
         build_solver(kind, &presets::parse(preset), &Default::default(), steps, &flow).unwrap()

@@ -16,10 +16,10 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::method::Method;
-use crate::family::Family;
 use super::plan::{lock, Policy};
 use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind};
 use crate::error::{Error, Result};
+use crate::family::Family;
 use crate::solvers::Solver;
 
 /// TaylorSeer's settings (`taylorseer:...`).

@@ -14,10 +14,10 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::method::Method;
-use crate::family::Family;
 use super::plan::{lock, Observation, Policy};
 use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind};
 use crate::error::{Error, Result};
+use crate::family::Family;
 use crate::solvers::Solver;
 
 /// The authors' rescaling polynomial for FLUX.1, highest power first.
@@ -137,7 +137,10 @@ impl Policy for TeaCache {
 
     fn begin(&mut self, solver: &dyn Solver, _: &[usize], caps: &Capabilities) -> Result<()> {
         if !caps.input_probe {
-            return Err(Error::param("accel", "teacache needs a transformer that shows its first block's timestep-modulated input (Flux); this denoiser does not"));
+            return Err(Error::param(
+                "accel",
+                "teacache needs a transformer that shows its first block's timestep-modulated input (Flux); this denoiser does not",
+            ));
         }
         self.cfg.validate(solver.num_steps())?;
         self.num_steps = solver.num_steps();

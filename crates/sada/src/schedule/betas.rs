@@ -78,21 +78,14 @@ impl NoiseSchedule {
         let betas: Vec<f32> = match &cfg.trained_betas {
             Some(b) => {
                 if b.len() != n {
-                    return Err(Error::unsupported(
-                        "trained_betas",
-                        format!("{} values", b.len()),
-                        format!("expected num_train_timesteps = {n} values"),
-                    ));
+                    return Err(Error::unsupported("trained_betas", format!("{} values", b.len()), format!("expected num_train_timesteps = {n} values")));
                 }
                 b.iter().map(|&x| x as f32).collect()
             }
             None => match cfg.beta_schedule {
                 BetaSchedule::Linear => torch_linspace_f32(cfg.beta_start as f32, cfg.beta_end as f32, n),
                 BetaSchedule::ScaledLinear => {
-                    torch_linspace_f32(cfg.beta_start.sqrt() as f32, cfg.beta_end.sqrt() as f32, n)
-                        .into_iter()
-                        .map(|b| b * b)
-                        .collect()
+                    torch_linspace_f32(cfg.beta_start.sqrt() as f32, cfg.beta_end.sqrt() as f32, n).into_iter().map(|b| b * b).collect()
                 }
                 BetaSchedule::SquaredcosCapV2 => betas_for_alpha_bar(n).into_iter().map(|b| b as f32).collect(),
             },
@@ -143,9 +136,7 @@ impl NoiseSchedule {
 fn torch_linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
     let step = (end - start) / (n - 1) as f32;
     let half = n / 2;
-    (0..n)
-        .map(|i| if i < half { start + step * i as f32 } else { end - step * (n - i - 1) as f32 })
-        .collect()
+    (0..n).map(|i| if i < half { start + step * i as f32 } else { end - step * (n - i - 1) as f32 }).collect()
 }
 
 /// diffusers' `betas_for_alpha_bar` with the cosine alpha-bar (Nichol & Dhariwal), max_beta 0.999.

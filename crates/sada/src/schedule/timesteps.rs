@@ -6,7 +6,6 @@
 
 use super::round_half_even;
 
-
 crate::config::config_enum! {
     /// diffusers' `timestep_spacing`: how inference timesteps are picked from the training grid.
     TimestepSpacing, "timestep_spacing" {
@@ -21,19 +20,10 @@ crate::config::config_enum! {
 
 /// Integer timesteps as `DPMSolverMultistepScheduler.set_timesteps` builds them.
 /// `last_timestep` is `num_train_timesteps` minus the `lambda_min_clipped` cut.
-pub fn dpm_timesteps(
-    spacing: TimestepSpacing,
-    n: usize,
-    num_train_timesteps: usize,
-    last_timestep: usize,
-    steps_offset: usize,
-) -> Vec<f64> {
+pub fn dpm_timesteps(spacing: TimestepSpacing, n: usize, num_train_timesteps: usize, last_timestep: usize, steps_offset: usize) -> Vec<f64> {
     match spacing {
         TimestepSpacing::Linspace => {
-            let mut v: Vec<f64> = super::np_linspace(0.0, last_timestep as f64 - 1.0, n + 1)
-                .into_iter()
-                .map(round_half_even)
-                .collect();
+            let mut v: Vec<f64> = super::np_linspace(0.0, last_timestep as f64 - 1.0, n + 1).into_iter().map(round_half_even).collect();
             v.reverse();
             v.truncate(n);
             v
@@ -57,10 +47,7 @@ pub fn euler_timesteps(spacing: TimestepSpacing, n: usize, num_train_timesteps: 
     match spacing {
         TimestepSpacing::Linspace => {
             // np.linspace(..., dtype=float32): computed in float64, then rounded to float32
-            let mut v: Vec<f64> = super::np_linspace(0.0, num_train_timesteps as f64 - 1.0, n)
-                .into_iter()
-                .map(|t| t as f32 as f64)
-                .collect();
+            let mut v: Vec<f64> = super::np_linspace(0.0, num_train_timesteps as f64 - 1.0, n).into_iter().map(|t| t as f32 as f64).collect();
             v.reverse();
             v
         }
@@ -70,10 +57,7 @@ pub fn euler_timesteps(spacing: TimestepSpacing, n: usize, num_train_timesteps: 
         }
         TimestepSpacing::Trailing => {
             let ratio = num_train_timesteps as f64 / n as f64;
-            np_arange_down(num_train_timesteps as f64, ratio)
-                .into_iter()
-                .map(|t| (round_half_even(t) as f32 - 1.0) as f64)
-                .collect()
+            np_arange_down(num_train_timesteps as f64, ratio).into_iter().map(|t| (round_half_even(t) as f32 - 1.0) as f64).collect()
         }
     }
 }

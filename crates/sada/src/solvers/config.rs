@@ -36,9 +36,7 @@ impl SolverKind {
 
     /// The solver of a diffusers class name, if this crate implements that class.
     pub fn from_class_name(name: &str) -> Option<Self> {
-        [Self::DpmSolverMultistep, Self::EulerDiscrete, Self::FlowMatchEulerDiscrete]
-            .into_iter()
-            .find(|k| k.class_name() == name)
+        [Self::DpmSolverMultistep, Self::EulerDiscrete, Self::FlowMatchEulerDiscrete].into_iter().find(|k| k.class_name() == name)
     }
 }
 

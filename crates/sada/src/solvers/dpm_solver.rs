@@ -176,10 +176,7 @@ impl DpmSolverMultistep {
         } else {
             let ts = dpm_timesteps(spacing, num_inference_steps, num_train, last_timestep, config.steps_offset);
             if let Some(t) = ts.iter().find(|&&t| t < 0.0 || t >= num_train as f64) {
-                return Err(Error::param(
-                    "num_inference_steps",
-                    format!("timestep {t} falls outside the training grid 0..{num_train} with this spacing"),
-                ));
+                return Err(Error::param("num_inference_steps", format!("timestep {t} falls outside the training grid 0..{num_train} with this spacing")));
             }
             let s = ts.iter().map(|&t| crate::schedule::interp_table(t, &table) as f32).collect();
             (ts, s)
@@ -283,12 +280,7 @@ impl Solver for DpmSolverMultistep {
         let sigma = self.sigmas[step];
         let (alpha_t, sigma_t) = vp_alpha_sigma(sigma);
         let timestep = self.timesteps.get(step).copied().unwrap_or(0.0);
-        StepNoise {
-            timestep,
-            sigma: sigma as f64,
-            alpha_t: alpha_t as f64,
-            sigma_t: sigma_t as f64,
-        }
+        StepNoise { timestep, sigma: sigma as f64, alpha_t: alpha_t as f64, sigma_t: sigma_t as f64 }
     }
 
     fn noise_schedule(&self) -> Option<&NoiseSchedule> {
@@ -302,9 +294,7 @@ impl Solver for DpmSolverMultistep {
     fn data_prediction(&self, model_output: &Tensor, sample: &Tensor, step: usize) -> Result<Tensor> {
         let (alpha_t, sigma_t) = vp_alpha_sigma(self.sigmas[step]);
         Ok(match self.prediction_type {
-            PredictionType::Epsilon => {
-                super::config::div_scalar(&(sample - scale(model_output, sigma_t)?)?, alpha_t)?
-            }
+            PredictionType::Epsilon => super::config::div_scalar(&(sample - scale(model_output, sigma_t)?)?, alpha_t)?,
             PredictionType::VPrediction => (scale(sample, alpha_t)? - scale(model_output, sigma_t)?)?,
             PredictionType::Sample => model_output.clone(),
             PredictionType::FlowVelocity => unreachable!("DPM-Solver++ is built with a VP prediction type"),
@@ -319,8 +309,7 @@ impl Solver for DpmSolverMultistep {
             Prediction::DataPrediction(x0) => x0,
         };
         let short = n_steps < 15;
-        let lower_order_final = step == n_steps - 1
-            && (self.euler_at_final || (self.lower_order_final && short) || self.final_sigmas == FinalSigmas::Zero);
+        let lower_order_final = step == n_steps - 1 && (self.euler_at_final || (self.lower_order_final && short) || self.final_sigmas == FinalSigmas::Zero);
         let lower_order_second = step + 2 == n_steps && self.lower_order_final && short;
 
         self.history.push_back(x0.clone());

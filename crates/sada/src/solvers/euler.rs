@@ -94,10 +94,7 @@ impl EulerDiscrete {
 
         let mut timesteps = euler_timesteps(spacing, num_inference_steps, num_train, config.steps_offset);
         if let Some(t) = timesteps.iter().find(|&&t| t < 0.0 || t > (num_train - 1) as f64) {
-            return Err(Error::param(
-                "num_inference_steps",
-                format!("timestep {t} falls outside the training grid 0..{num_train} with this spacing"),
-            ));
+            return Err(Error::param("num_inference_steps", format!("timestep {t} falls outside the training grid 0..{num_train} with this spacing")));
         }
         let table = schedule.sigmas();
         let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| interp_table(t, &table)).collect();
@@ -150,12 +147,7 @@ impl Solver for EulerDiscrete {
         let sigma = self.sigmas[step];
         let (alpha_t, sigma_t) = vp_alpha_sigma(sigma);
         let timestep = self.timesteps.get(step).copied().unwrap_or(0.0);
-        StepNoise {
-            timestep,
-            sigma: sigma as f64,
-            alpha_t: alpha_t as f64,
-            sigma_t: sigma_t as f64,
-        }
+        StepNoise { timestep, sigma: sigma as f64, alpha_t: alpha_t as f64, sigma_t: sigma_t as f64 }
     }
 
     fn noise_schedule(&self) -> Option<&NoiseSchedule> {

@@ -6,10 +6,10 @@ use serde::Deserialize;
 
 use super::config::{div_scalar, require_off, scale};
 use super::{check_step_order, LatentScale, Prediction, PredictionType, Solver, SolverStep, StepNoise};
-use crate::schedule::NoiseSchedule;
 use crate::error::{Error, Result};
 use crate::schedule::flow::{exponential_shift, linear_shift, static_shift};
 use crate::schedule::np_linspace;
+use crate::schedule::NoiseSchedule;
 
 /// The keys of diffusers' `FlowMatchEulerDiscreteScheduler`, with its defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -127,10 +127,7 @@ impl FlowMatchEulerDiscrete {
         let raw: Vec<f32> = match &ts.sigmas {
             Some(s) => {
                 if s.len() != num_inference_steps {
-                    return Err(Error::param(
-                        "sigmas",
-                        format!("expected {num_inference_steps} values, got {}", s.len()),
-                    ));
+                    return Err(Error::param("sigmas", format!("expected {num_inference_steps} values, got {}", s.len())));
                 }
                 let s32: Vec<f32> = s.iter().map(|&x| x as f32).collect();
                 if config.use_dynamic_shifting {
@@ -167,12 +164,8 @@ impl FlowMatchEulerDiscrete {
             }
         };
         let mut sigmas: Vec<f32> = if config.use_dynamic_shifting {
-            let mu = ts.mu.ok_or_else(|| {
-                Error::param("mu", "use_dynamic_shifting is set, so the shift mu (from the image size) is required")
-            })?;
-            raw.iter()
-                .map(|&s| if exponential { exponential_shift(mu, 1.0, s) } else { linear_shift(mu, 1.0, s) })
-                .collect()
+            let mu = ts.mu.ok_or_else(|| Error::param("mu", "use_dynamic_shifting is set, so the shift mu (from the image size) is required"))?;
+            raw.iter().map(|&s| if exponential { exponential_shift(mu, 1.0, s) } else { linear_shift(mu, 1.0, s) }).collect()
         } else {
             raw
         };
@@ -212,12 +205,7 @@ impl Solver for FlowMatchEulerDiscrete {
 
     fn noise(&self, step: usize) -> StepNoise {
         let sigma = self.sigmas[step] as f64;
-        StepNoise {
-            timestep: self.timesteps.get(step).copied().unwrap_or(0.0),
-            sigma,
-            alpha_t: 1.0 - sigma,
-            sigma_t: sigma,
-        }
+        StepNoise { timestep: self.timesteps.get(step).copied().unwrap_or(0.0), sigma, alpha_t: 1.0 - sigma, sigma_t: sigma }
     }
 
     fn noise_schedule(&self) -> Option<&NoiseSchedule> {

@@ -157,10 +157,7 @@ pub(crate) fn check_num_steps(num_inference_steps: usize, num_train_timesteps: u
 /// Steps must arrive in order: the multistep history depends on it.
 pub(crate) fn check_step_order(expected: usize, step: usize, num_steps: usize) -> Result<()> {
     if step != expected || step >= num_steps {
-        return Err(Error::param(
-            "step",
-            format!("solver expected step {expected} of {num_steps}, got step {step}"),
-        ));
+        return Err(Error::param("step", format!("solver expected step {expected} of {num_steps}, got step {step}")));
     }
     Ok(())
 }
@@ -175,16 +172,8 @@ pub fn build_solver(
     flow: &FlowTimesteps,
 ) -> Result<Box<dyn Solver>> {
     Ok(match kind {
-        SolverKind::DpmSolverMultistep => {
-            Box::new(DpmSolverMultistep::new(&config::from_config(config, overrides)?, num_inference_steps)?)
-        }
-        SolverKind::EulerDiscrete => {
-            Box::new(EulerDiscrete::new(&config::from_config(config, overrides)?, num_inference_steps)?)
-        }
-        SolverKind::FlowMatchEulerDiscrete => Box::new(FlowMatchEulerDiscrete::new(
-            &config::from_config(config, overrides)?,
-            num_inference_steps,
-            flow,
-        )?),
+        SolverKind::DpmSolverMultistep => Box::new(DpmSolverMultistep::new(&config::from_config(config, overrides)?, num_inference_steps)?),
+        SolverKind::EulerDiscrete => Box::new(EulerDiscrete::new(&config::from_config(config, overrides)?, num_inference_steps)?),
+        SolverKind::FlowMatchEulerDiscrete => Box::new(FlowMatchEulerDiscrete::new(&config::from_config(config, overrides)?, num_inference_steps, flow)?),
     })
 }

@@ -175,8 +175,11 @@ impl ClipTextEncoder {
             .collect::<candle_core::Result<Vec<_>>>()
             .map_err(mismatch)?;
         let final_layer_norm = layer_norm(h, config.layer_norm_eps, tm.pp("final_layer_norm")).map_err(mismatch)?;
-        let text_projection =
-            if vb.contains_tensor("text_projection.weight") { Some(linear_no_bias(h, config.projection_dim, vb.pp("text_projection")).map_err(mismatch)?) } else { None };
+        let text_projection = if vb.contains_tensor("text_projection.weight") {
+            Some(linear_no_bias(h, config.projection_dim, vb.pp("text_projection")).map_err(mismatch)?)
+        } else {
+            None
+        };
         Ok(Self { config, token_embedding, position_embedding, layers, final_layer_norm, text_projection, activation, device: device.clone() })
     }
 
@@ -189,7 +192,11 @@ impl ClipTextEncoder {
     pub fn encode(&self, ids: &Tensor) -> Result<TextOutput> {
         let (b, len) = ids.dims2()?;
         if len > self.config.max_position_embeddings {
-            return Err(Error::Shape { what: "token ids".into(), expected: format!("at most {} tokens", self.config.max_position_embeddings), got: format!("{len}") });
+            return Err(Error::Shape {
+                what: "token ids".into(),
+                expected: format!("at most {} tokens", self.config.max_position_embeddings),
+                got: format!("{len}"),
+            });
         }
         let flat: Vec<u32> = ids.flatten_all()?.to_vec1::<u32>()?;
         if let Some(&bad) = flat.iter().find(|&&i| i as usize >= self.config.vocab_size) {

@@ -32,7 +32,17 @@ const END: &str = "<|endoftext|>";
 
 fn in_table(table: &[(u32, u32)], c: char) -> bool {
     let c = c as u32;
-    table.binary_search_by(|&(a, b)| if b < c { std::cmp::Ordering::Less } else if a > c { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Equal }).is_ok()
+    table
+        .binary_search_by(|&(a, b)| {
+            if b < c {
+                std::cmp::Ordering::Less
+            } else if a > c {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        })
+        .is_ok()
 }
 
 fn is_letter(c: char) -> bool {
@@ -123,7 +133,9 @@ impl ClipTokenizer {
         let mut rest = text;
         // 0: the special tokens, exactly as written
         while !rest.is_empty() {
-            let hit = (0..=rest.len()).filter(|&i| rest.is_char_boundary(i)).find_map(|i| self.specials.iter().find(|(s, _)| rest[i..].starts_with(s.as_str())).map(|(s, id)| (i, s.len(), *id)));
+            let hit = (0..=rest.len())
+                .filter(|&i| rest.is_char_boundary(i))
+                .find_map(|i| self.specials.iter().find(|(s, _)| rest[i..].starts_with(s.as_str())).map(|(s, id)| (i, s.len(), *id)));
             match hit {
                 Some((i, len, id)) => {
                     self.tokenize_plain(&rest[..i], &mut ids);
@@ -178,7 +190,10 @@ impl ClipTokenizer {
             last.push_str("</w>");
         }
         while symbols.len() > 1 {
-            let best = symbols.windows(2).filter_map(|p| self.ranks.get(&(p[0].clone(), p[1].clone())).map(|&r| (r, p[0].clone(), p[1].clone()))).min_by_key(|(r, _, _)| *r);
+            let best = symbols
+                .windows(2)
+                .filter_map(|p| self.ranks.get(&(p[0].clone(), p[1].clone())).map(|&r| (r, p[0].clone(), p[1].clone())))
+                .min_by_key(|(r, _, _)| *r);
             let Some((_, a, b)) = best else { break };
             // merge every occurrence, left to right
             let mut merged = Vec::with_capacity(symbols.len());

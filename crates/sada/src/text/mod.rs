@@ -9,8 +9,8 @@ pub mod tokenizer;
 mod unicode_tables;
 
 pub use clip::ClipTextEncoder;
-pub use tokenizer::WordLevelTokenizer;
 pub use clip_tokenizer::ClipTokenizer;
+pub use tokenizer::WordLevelTokenizer;
 
 use serde_json::Value;
 
@@ -57,7 +57,10 @@ impl Tokenizer {
         let pad = token_text(&first["pad_token"]).or_else(|| token_text(&second["pad_token"])).unwrap_or("<|endoftext|>").to_owned();
         let max_length = match config.get("model_max_length") {
             None | Some(Value::Null) => 77,
-            Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| Error::file(source.path(&rel("tokenizer_config.json")), format!("`model_max_length` = {v} is not a token count")))?,
+            Some(v) => v
+                .as_u64()
+                .map(|n| n as usize)
+                .ok_or_else(|| Error::file(source.path(&rel("tokenizer_config.json")), format!("`model_max_length` = {v} is not a token count")))?,
         };
         let at = |f: &str, e: Error| Error::file(source.path(&rel(f)), e.to_string());
         if source.exists(&rel("vocab.json")) && source.exists(&rel("merges.txt")) {
@@ -70,11 +73,20 @@ impl Tokenizer {
                 let vocab = j["model"]["vocab"].to_string();
                 let merges: Vec<String> = j["model"]["merges"]
                     .as_array()
-                    .map(|m| m.iter().filter_map(|x| x.as_str().map(str::to_owned).or_else(|| x.as_array().map(|p| p.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ")))).collect())
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|x| {
+                                x.as_str().map(str::to_owned).or_else(|| x.as_array().map(|p| p.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ")))
+                            })
+                            .collect()
+                    })
                     .unwrap_or_default();
                 ClipTokenizer::new(&vocab, &merges.join("\n"), &pad, max_length).map(Tokenizer::Clip).map_err(|e| at("tokenizer.json", e))
             }
-            Some(j) => Err(Error::file(source.path(&rel("tokenizer.json")), format!("unsupported tokenizer model `{}`: expected WordLevel or CLIP's BPE", j["model"]["type"]))),
+            Some(j) => Err(Error::file(
+                source.path(&rel("tokenizer.json")),
+                format!("unsupported tokenizer model `{}`: expected WordLevel or CLIP's BPE", j["model"]["type"]),
+            )),
             None => Err(Error::file(source.path(component), "no tokenizer: expected vocab.json + merges.txt or tokenizer.json")),
         }
     }

@@ -279,9 +279,8 @@ impl T5Encoder {
                 },
             });
         }
-        let relative_attention_bias = enc
-            .pp("block.0.layer.0.SelfAttention.relative_attention_bias")
-            .get((config.relative_attention_num_buckets, config.num_heads), "weight")?;
+        let relative_attention_bias =
+            enc.pp("block.0.layer.0.SelfAttention.relative_attention_bias").get((config.relative_attention_num_buckets, config.num_heads), "weight")?;
         let final_layer_norm = RmsNorm::new(enc.pp("final_layer_norm"), d, eps)?;
         Ok(Self { embed_tokens, relative_attention_bias, blocks, final_layer_norm, config })
     }
@@ -289,9 +288,7 @@ impl T5Encoder {
     /// The additive attention bias `[1, heads, T, T]` of a `t`-token sequence.
     fn position_bias(&self, t: usize) -> candle_core::Result<Tensor> {
         let (buckets, max_distance) = (self.config.relative_attention_num_buckets, self.config.relative_attention_max_distance);
-        let ids: Vec<u32> = (0..t as i64)
-            .flat_map(|q| (0..t as i64).map(move |k| relative_position_bucket(k - q, buckets, max_distance) as u32))
-            .collect();
+        let ids: Vec<u32> = (0..t as i64).flat_map(|q| (0..t as i64).map(move |k| relative_position_bucket(k - q, buckets, max_distance) as u32)).collect();
         let ids = Tensor::from_vec(ids, t * t, self.relative_attention_bias.device())?;
         let bias = self.relative_attention_bias.index_select(&ids, 0)?.to_dtype(DType::F32)?;
         bias.reshape((t, t, self.config.num_heads))?.permute((2, 0, 1))?.unsqueeze(0)?.contiguous()
@@ -301,7 +298,10 @@ impl T5Encoder {
     /// pipeline attends over the padding too).
     pub fn encode(&mut self, ids: &Tensor) -> Result<Tensor> {
         if let Some(bad) = ids.flatten_all()?.to_vec1::<u32>()?.into_iter().find(|&i| i as usize >= self.config.vocab_size) {
-            return Err(Error::param("prompt", format!("token id {bad} is outside T5's vocabulary of {}: tokenizer and text encoder do not match", self.config.vocab_size)));
+            return Err(Error::param(
+                "prompt",
+                format!("token id {bad} is outside T5's vocabulary of {}: tokenizer and text encoder do not match", self.config.vocab_size),
+            ));
         }
         Ok(self.forward(ids)?)
     }
@@ -314,7 +314,9 @@ impl T5Encoder {
         for block in &self.blocks {
             let a = &block.attn;
             let x = block.attn_norm.forward(&h)?;
-            let split = |p: &Linear| -> candle_core::Result<Tensor> { p.forward(&x)?.reshape((b, t, a.heads, a.d_kv))?.transpose(1, 2)?.to_dtype(DType::F32)?.contiguous() };
+            let split = |p: &Linear| -> candle_core::Result<Tensor> {
+                p.forward(&x)?.reshape((b, t, a.heads, a.d_kv))?.transpose(1, 2)?.to_dtype(DType::F32)?.contiguous()
+            };
             let (q, k, v) = (split(&a.q)?, split(&a.k)?, split(&a.v)?);
             // T5 does not scale the scores: its initialisation folds 1/sqrt(d_kv) into q
             let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;

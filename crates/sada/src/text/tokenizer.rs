@@ -36,9 +36,7 @@ impl WordLevelTokenizer {
         let json: Value = source.read_json(&rel)?;
         let config: Value = source.read_json(&format!("{component}/tokenizer_config.json"))?;
         Self::from_json(&json, &config).map_err(|e| match e {
-            Error::UnsupportedConfig { key, value, expected } => {
-                Error::file(source.path(&rel), format!("unsupported `{key}` = {value}: {expected}"))
-            }
+            Error::UnsupportedConfig { key, value, expected } => Error::file(source.path(&rel), format!("unsupported `{key}` = {value}: {expected}")),
             Error::InvalidParameter { name, message } => Error::file(source.path(&rel), format!("`{name}`: {message}")),
             other => other,
         })
@@ -50,7 +48,11 @@ impl WordLevelTokenizer {
         let model = &json["model"];
         let kind = model["type"].as_str().unwrap_or("none");
         if kind != "WordLevel" {
-            return Err(Error::unsupported("model.type", kind, "only WordLevel tokenizers are supported (pass precomputed prompt_embeds for BPE/CLIP tokenizers)"));
+            return Err(Error::unsupported(
+                "model.type",
+                kind,
+                "only WordLevel tokenizers are supported (pass precomputed prompt_embeds for BPE/CLIP tokenizers)",
+            ));
         }
         let vocab: HashMap<String, u32> = model["vocab"]
             .as_object()
@@ -58,7 +60,9 @@ impl WordLevelTokenizer {
             .iter()
             .map(|(k, v)| v.as_u64().map(|id| (k.clone(), id as u32)).ok_or_else(|| Error::param("model.vocab", format!("id of `{k}` is not an integer"))))
             .collect::<Result<_>>()?;
-        let id_of = |what: &str, token: &str| vocab.get(token).copied().ok_or_else(|| Error::param(what.to_string(), format!("token `{token}` is not in the vocabulary")));
+        let id_of = |what: &str, token: &str| {
+            vocab.get(token).copied().ok_or_else(|| Error::param(what.to_string(), format!("token `{token}` is not in the vocabulary")))
+        };
         let unk_id = id_of("model.unk_token", model["unk_token"].as_str().unwrap_or(""))?;
         let lowercase = match json["normalizer"]["type"].as_str() {
             None => false,
@@ -76,7 +80,11 @@ impl WordLevelTokenizer {
                 for piece in json["post_processor"]["single"].as_array().into_iter().flatten() {
                     if let Some(tok) = piece["SpecialToken"]["id"].as_str() {
                         let id = id_of("post_processor.single", tok)?;
-                        if seen_a { suffix.push(id) } else { prefix.push(id) }
+                        if seen_a {
+                            suffix.push(id)
+                        } else {
+                            prefix.push(id)
+                        }
                     } else if piece["Sequence"]["id"].as_str() == Some("A") {
                         seen_a = true;
                     } else {
@@ -86,7 +94,10 @@ impl WordLevelTokenizer {
             }
             Some(other) => return Err(Error::unsupported("post_processor.type", other, "TemplateProcessing or none")),
         }
-        let pad_token = config["pad_token"].as_str().or_else(|| json["padding"]["pad_token"].as_str()).ok_or_else(|| Error::param("pad_token", "missing from tokenizer_config.json"))?;
+        let pad_token = config["pad_token"]
+            .as_str()
+            .or_else(|| json["padding"]["pad_token"].as_str())
+            .ok_or_else(|| Error::param("pad_token", "missing from tokenizer_config.json"))?;
         let pad_id = id_of("pad_token", pad_token)?;
         let max_length = config["model_max_length"].as_u64().ok_or_else(|| Error::param("model_max_length", "missing from tokenizer_config.json"))? as usize;
         if max_length > MAX_LENGTH {

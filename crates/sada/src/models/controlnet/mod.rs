@@ -75,7 +75,11 @@ impl ControlNetConfig {
             return Err(Error::unsupported("conditioning_channels", 0, "must be at least 1"));
         }
         if e.conditioning_embedding_out_channels.is_empty() || e.conditioning_embedding_out_channels.contains(&0) {
-            return Err(Error::unsupported("conditioning_embedding_out_channels", format!("{:?}", e.conditioning_embedding_out_channels), "expected one or more positive channel counts"));
+            return Err(Error::unsupported(
+                "conditioning_embedding_out_channels",
+                format!("{:?}", e.conditioning_embedding_out_channels),
+                "expected one or more positive channel counts",
+            ));
         }
         if !matches!(e.controlnet_conditioning_channel_order.as_str(), "rgb" | "bgr") {
             return Err(Error::unsupported("controlnet_conditioning_channel_order", &e.controlnet_conditioning_channel_order, "expected rgb or bgr"));
@@ -146,7 +150,10 @@ impl ControlNetModel {
             return Self::load_single_file(dir, dtype, device);
         }
         if !dir.join("config.json").is_file() {
-            return Err(Error::file(dir.join("config.json"), "not found: expected a diffusers ControlNet folder (config.json + diffusion_pytorch_model.safetensors)"));
+            return Err(Error::file(
+                dir.join("config.json"),
+                "not found: expected a diffusers ControlNet folder (config.json + diffusion_pytorch_model.safetensors)",
+            ));
         }
         let (source, component) = ModelSource::component_dir(dir);
         Self::load_from(&source, &component, dtype, device)
@@ -192,7 +199,8 @@ impl ControlNetModel {
         let embedding = TimeTextEmbedding::new(&vb, &unet, &r)?;
         let conv_in = conv2d(vb.pp("conv_in"), unet.in_channels, ch[0], 3, 1, 1)?;
         let e = &config.extra;
-        let cond_embedding = ConditioningEmbedding::new(vb.pp("controlnet_cond_embedding"), e.conditioning_channels, &e.conditioning_embedding_out_channels, ch[0])?;
+        let cond_embedding =
+            ConditioningEmbedding::new(vb.pp("controlnet_cond_embedding"), e.conditioning_channels, &e.conditioning_embedding_out_channels, ch[0])?;
         let (down, mid) = encoder(&vb, &unet, &r)?;
         // the skips' widths: conv_in's, then every ResNet layer's and downsampler's of each level
         let mut widths = vec![ch[0]];
@@ -200,10 +208,22 @@ impl ControlNetModel {
             let n = r.layers_per_block[level] + usize::from(level + 1 < r.levels);
             widths.extend(std::iter::repeat_n(c, n));
         }
-        let zero = widths.iter().enumerate().map(|(i, &c)| conv2d(vb.pp("controlnet_down_blocks").pp(i), c, c, 1, 1, 0)).collect::<candle_core::Result<Vec<_>>>()?;
+        let zero =
+            widths.iter().enumerate().map(|(i, &c)| conv2d(vb.pp("controlnet_down_blocks").pp(i), c, c, 1, 1, 0)).collect::<candle_core::Result<Vec<_>>>()?;
         let last = ch[r.levels - 1];
         let controlnet_mid_block = conv2d(vb.pp("controlnet_mid_block"), last, last, 1, 1, 0)?;
-        Ok(Self { config, embedding, conv_in, cond_embedding, down, mid, controlnet_down_blocks: zero, controlnet_mid_block, cross_attention_dim: r.cross_attention_dim, dtype: vb.dtype() })
+        Ok(Self {
+            config,
+            embedding,
+            conv_in,
+            cond_embedding,
+            down,
+            mid,
+            controlnet_down_blocks: zero,
+            controlnet_mid_block,
+            cross_attention_dim: r.cross_attention_dim,
+            dtype: vb.dtype(),
+        })
     }
 
     /// Give this ControlNet's token sites their own names (`tag/...`): its blocks have the same
@@ -269,7 +289,11 @@ impl ControlNetModel {
         let b = sample.dim(0)?;
         let want = (b, self.conditioning_channels(), sample.dim(2)? * self.image_factor(), sample.dim(3)? * self.image_factor());
         if controlnet_cond.dims4().ok() != Some(want) {
-            return Err(Error::Shape { what: "controlnet_cond (the control image)".into(), expected: format!("{want:?}"), got: format!("{:?}", controlnet_cond.dims()) });
+            return Err(Error::Shape {
+                what: "controlnet_cond (the control image)".into(),
+                expected: format!("{want:?}"),
+                got: format!("{:?}", controlnet_cond.dims()),
+            });
         }
         let emb = self.embedding.forward(b, timestep, added, sample.device())?;
         let context = encoder_hidden_states.to_dtype(self.dtype)?;
@@ -288,7 +312,13 @@ impl ControlNetModel {
         let h = self.mid.forward(&s, &emb, &context, ctx)?;
         let n = skips.len();
         // guess mode: torch.logspace(-1, 0, n + 1) times the scale, the last one for the mid block
-        let scale = |k: usize| if guess_mode && !self.global_pool_conditions() { 10f64.powf(k as f64 / n as f64 - 1.0) * conditioning_scale } else { conditioning_scale };
+        let scale = |k: usize| {
+            if guess_mode && !self.global_pool_conditions() {
+                10f64.powf(k as f64 / n as f64 - 1.0) * conditioning_scale
+            } else {
+                conditioning_scale
+            }
+        };
         let finish = |t: Tensor, k: usize| -> candle_core::Result<Tensor> {
             let t = t.affine(scale(k), 0.0)?;
             if self.global_pool_conditions() {
@@ -297,7 +327,12 @@ impl ControlNetModel {
                 Ok(t)
             }
         };
-        let down = skips.iter().zip(&self.controlnet_down_blocks).enumerate().map(|(k, (x, conv))| finish(conv.forward(x)?, k)).collect::<candle_core::Result<Vec<_>>>()?;
+        let down = skips
+            .iter()
+            .zip(&self.controlnet_down_blocks)
+            .enumerate()
+            .map(|(k, (x, conv))| finish(conv.forward(x)?, k))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         let mid = finish(self.controlnet_mid_block.forward(&h)?, n)?;
         Ok(AdditionalResiduals { down, mid })
     }

@@ -65,7 +65,10 @@ impl FluxTransformerConfig {
     /// What this implementation can build.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.patch_size != 1 {
-            return Err(format!("`patch_size` = {}: only 1 is supported (the 2 x 2 packing is done outside the patch embedding, as in FLUX.1)", self.patch_size));
+            return Err(format!(
+                "`patch_size` = {}: only 1 is supported (the 2 x 2 packing is done outside the patch embedding, as in FLUX.1)",
+                self.patch_size
+            ));
         }
         if self.in_channels == 0 || self.in_channels % 4 != 0 {
             return Err(format!("`in_channels` = {} must be a positive multiple of 4 (latent channels x 2 x 2 patch)", self.in_channels));
@@ -74,10 +77,19 @@ impl FluxTransformerConfig {
             return Err(format!("`out_channels` = {o} differs from `in_channels` = {}; the sampler needs the output shaped as its input", self.in_channels));
         }
         if self.num_attention_heads == 0 || self.attention_head_dim == 0 || self.attention_head_dim % 2 != 0 {
-            return Err(format!("`num_attention_heads` = {} and `attention_head_dim` = {} must be positive, the head dimension even", self.num_attention_heads, self.attention_head_dim));
+            return Err(format!(
+                "`num_attention_heads` = {} and `attention_head_dim` = {} must be positive, the head dimension even",
+                self.num_attention_heads, self.attention_head_dim
+            ));
         }
-        if self.axes_dims_rope.is_empty() || self.axes_dims_rope.iter().any(|d| d % 2 != 0) || self.axes_dims_rope.iter().sum::<usize>() != self.attention_head_dim {
-            return Err(format!("`axes_dims_rope` = {:?} must be even sizes adding up to `attention_head_dim` = {}", self.axes_dims_rope, self.attention_head_dim));
+        if self.axes_dims_rope.is_empty()
+            || self.axes_dims_rope.iter().any(|d| d % 2 != 0)
+            || self.axes_dims_rope.iter().sum::<usize>() != self.attention_head_dim
+        {
+            return Err(format!(
+                "`axes_dims_rope` = {:?} must be even sizes adding up to `attention_head_dim` = {}",
+                self.axes_dims_rope, self.attention_head_dim
+            ));
         }
         if self.axes_dims_rope.len() != 3 {
             return Err(format!("`axes_dims_rope` = {:?}: three axes (text, row, column) are expected", self.axes_dims_rope));

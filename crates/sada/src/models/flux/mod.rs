@@ -79,8 +79,12 @@ impl FluxTransformer2DModel {
         config.validate().map_err(|msg| Error::unsupported("transformer config", msg, "a FLUX.1-style transformer"))?;
         let dim = config.inner_dim();
         let (heads, head_dim) = (config.num_attention_heads, config.attention_head_dim);
-        let double = (0..config.num_layers).map(|i| DoubleStreamBlock::new(vb.pp("transformer_blocks").pp(i), dim, heads, head_dim)).collect::<candle_core::Result<_>>()?;
-        let single = (0..config.num_single_layers).map(|i| SingleStreamBlock::new(vb.pp("single_transformer_blocks").pp(i), dim, heads, head_dim)).collect::<candle_core::Result<_>>()?;
+        let double = (0..config.num_layers)
+            .map(|i| DoubleStreamBlock::new(vb.pp("transformer_blocks").pp(i), dim, heads, head_dim))
+            .collect::<candle_core::Result<_>>()?;
+        let single = (0..config.num_single_layers)
+            .map(|i| SingleStreamBlock::new(vb.pp("single_transformer_blocks").pp(i), dim, heads, head_dim))
+            .collect::<candle_core::Result<_>>()?;
         Ok(Self {
             x_embedder: linear(config.in_channels, dim, vb.pp("x_embedder"))?,
             context_embedder: linear(config.joint_attention_dim, dim, vb.pp("context_embedder"))?,
@@ -103,13 +107,24 @@ impl FluxTransformer2DModel {
     /// The velocity for unpacked `latents` `[B, C, H, W]` at `timestep` (the scheduler's, in
     /// [0, 1000]), T5 token embeddings `encoder_hidden_states` `[B, T, joint_attention_dim]`,
     /// CLIP's `pooled_projections` `[B, pooled_projection_dim]` and, for dev, `guidance` `[B]`.
-    pub fn forward(&self, latents: &Tensor, timestep: f64, encoder_hidden_states: &Tensor, pooled: &Tensor, guidance: Option<&Tensor>, ctx: &mut ForwardContext) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        latents: &Tensor,
+        timestep: f64,
+        encoder_hidden_states: &Tensor,
+        pooled: &Tensor,
+        guidance: Option<&Tensor>,
+        ctx: &mut ForwardContext,
+    ) -> Result<Tensor> {
         let (b, _, h, w) = latents.dims4()?;
         let device = latents.device();
         // the pipeline hands the network t / 1000 in the latents' dtype and the network scales it
         // back; doing both in f32 keeps diffusers' rounding
         let t = ((timestep as f32) / 1000.0) * 1000.0;
-        let temb = self.time_text_embed.forward(&Tensor::full(t, b, device)?, guidance.map(|g| g.affine(1000.0, 0.0)).transpose()?.as_ref(), pooled)?.to_dtype(self.dtype)?;
+        let temb = self
+            .time_text_embed
+            .forward(&Tensor::full(t, b, device)?, guidance.map(|g| g.affine(1000.0, 0.0)).transpose()?.as_ref(), pooled)?
+            .to_dtype(self.dtype)?;
         let img = self.x_embedder.forward(&pack_latents(&latents.to_dtype(self.dtype)?)?)?;
         let txt = self.context_embedder.forward(&encoder_hidden_states.to_dtype(self.dtype)?)?;
         let text_len = txt.dim(1)?;
@@ -172,18 +187,30 @@ impl FluxTransformer2DModel {
         let dims = latents.dims();
         let c = self.config.latent_channels();
         if dims.len() != 4 || dims[1] != c || dims[2] % 2 != 0 || dims[3] % 2 != 0 || dims[2] == 0 || dims[3] == 0 {
-            return Err(Error::Shape { what: "Flux latents".into(), expected: format!("[batch, {c}, height, width] with even height and width"), got: format!("{dims:?}") });
+            return Err(Error::Shape {
+                what: "Flux latents".into(),
+                expected: format!("[batch, {c}, height, width] with even height and width"),
+                got: format!("{dims:?}"),
+            });
         }
         let b = dims[0];
         let ehs = cond.get("encoder_hidden_states")?;
         let d = self.config.joint_attention_dim;
         if ehs.rank() != 3 || ehs.dim(0)? != b || ehs.dim(2)? != d || ehs.dim(1)? == 0 {
-            return Err(Error::Shape { what: "encoder_hidden_states (prompt_embeds)".into(), expected: format!("[{b}, tokens, {d}]"), got: format!("{:?}", ehs.dims()) });
+            return Err(Error::Shape {
+                what: "encoder_hidden_states (prompt_embeds)".into(),
+                expected: format!("[{b}, tokens, {d}]"),
+                got: format!("{:?}", ehs.dims()),
+            });
         }
         let pooled = cond.get("pooled_projections")?;
         let p = self.config.pooled_projection_dim;
         if pooled.dims() != [b, p] {
-            return Err(Error::Shape { what: "pooled_projections (pooled_prompt_embeds)".into(), expected: format!("[{b}, {p}]"), got: format!("{:?}", pooled.dims()) });
+            return Err(Error::Shape {
+                what: "pooled_projections (pooled_prompt_embeds)".into(),
+                expected: format!("[{b}, {p}]"),
+                got: format!("{:?}", pooled.dims()),
+            });
         }
         if self.guidance_embeds() {
             let g = cond.get("guidance")?;

@@ -58,7 +58,9 @@ impl Rope {
             return Ok(self.clone());
         };
         let n = self.len();
-        let pick = |t: &Tensor| -> candle_core::Result<Tensor> { Tensor::cat(&[&t.narrow(0, 0, text_len)?, &t.narrow(0, text_len, n - text_len)?.index_select(idx, 0)?], 0) };
+        let pick = |t: &Tensor| -> candle_core::Result<Tensor> {
+            Tensor::cat(&[&t.narrow(0, 0, text_len)?, &t.narrow(0, text_len, n - text_len)?.index_select(idx, 0)?], 0)
+        };
         Ok(Self { cos: pick(&self.cos)?, sin: pick(&self.sin)? })
     }
 

@@ -79,11 +79,25 @@ fn attend_tile(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], rows: usize, m: u
         // of q from `col`, bk x d of k from row k0, and the rows x bk prefix of s.
         unsafe {
             gemm::gemm(
-                rows, bk, d,
-                s.as_mut_ptr(), 1, bk as isize, false,
-                q.as_ptr().add(col), 1, c as isize,
-                k.as_ptr().add(k0 * c + col), c as isize, 1,
-                0.0, scale, false, false, false, Parallelism::None,
+                rows,
+                bk,
+                d,
+                s.as_mut_ptr(),
+                1,
+                bk as isize,
+                false,
+                q.as_ptr().add(col),
+                1,
+                c as isize,
+                k.as_ptr().add(k0 * c + col),
+                c as isize,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                Parallelism::None,
             );
         }
         for r in 0..rows {
@@ -103,11 +117,25 @@ fn attend_tile(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], rows: usize, m: u
         // SAFETY: rows x bk of s, bk x d of v from row k0, rows x d of o from `col`.
         unsafe {
             gemm::gemm(
-                rows, d, bk,
-                o.as_mut_ptr().add(col), 1, c as isize, k0 > 0,
-                s.as_ptr(), 1, bk as isize,
-                v.as_ptr().add(k0 * c + col), 1, c as isize,
-                1.0, 1.0, false, false, false, Parallelism::None,
+                rows,
+                d,
+                bk,
+                o.as_mut_ptr().add(col),
+                1,
+                c as isize,
+                k0 > 0,
+                s.as_ptr(),
+                1,
+                bk as isize,
+                v.as_ptr().add(k0 * c + col),
+                1,
+                c as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
             );
         }
         k0 += bk;
@@ -143,14 +171,7 @@ mod tests {
     fn fused_attention_equals_the_unfused_form() {
         // (batch, queries, keys, heads, head_dim): odd sizes, several key tiles, non-square,
         // a single query, more queries than a tile, cross-attention's 77 keys
-        let cases = [
-            (1, 1, 1, 1, 8),
-            (2, 7, 77, 3, 8),
-            (1, 130, 600, 2, 16),
-            (2, 300, 1030, 5, 64),
-            (2, 1024, 77, 5, 64),
-            (1, 513, 513, 1, 40),
-        ];
+        let cases = [(1, 1, 1, 1, 8), (2, 7, 77, 3, 8), (1, 130, 600, 2, 16), (2, 300, 1030, 5, 64), (2, 1024, 77, 5, 64), (1, 513, 513, 1, 40)];
         for (i, &(b, n, m, h, d)) in cases.iter().enumerate() {
             let seed = 10 * i as u64;
             // large logits (x3) so the online softmax's rescaling across key tiles matters

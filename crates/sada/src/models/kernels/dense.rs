@@ -41,11 +41,25 @@ impl CustomOp3 for Dense {
             // as its cin x cout transpose (row stride 1, column stride cin). All in bounds.
             unsafe {
                 gemm::gemm(
-                    rows, cout, cin,
-                    out.as_mut_ptr(), 1, cout as isize, self.has_bias,
-                    x.as_ptr(), 1, cin as isize,
-                    w.as_ptr(), cin as isize, 1,
-                    1.0, 1.0, false, false, false, gemm_parallelism(rows * cout * cin),
+                    rows,
+                    cout,
+                    cin,
+                    out.as_mut_ptr(),
+                    1,
+                    cout as isize,
+                    self.has_bias,
+                    x.as_ptr(),
+                    1,
+                    cin as isize,
+                    w.as_ptr(),
+                    cin as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm_parallelism(rows * cout * cin),
                 );
             }
         }

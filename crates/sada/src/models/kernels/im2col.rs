@@ -66,11 +66,25 @@ impl CustomOp3 for Im2colConv {
             // SAFETY: o is cout x n, wt cout x kk and rhs kk x n, all row-major and in bounds.
             unsafe {
                 gemm::gemm(
-                    cout, n, kk,
-                    o.as_mut_ptr(), 1, n as isize, self.has_bias,
-                    wt.as_ptr(), 1, kk as isize,
-                    rhs.as_ptr(), 1, n as isize,
-                    1.0, 1.0, false, false, false, gemm_parallelism(cout * n * kk),
+                    cout,
+                    n,
+                    kk,
+                    o.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    self.has_bias,
+                    wt.as_ptr(),
+                    1,
+                    kk as isize,
+                    rhs.as_ptr(),
+                    1,
+                    n as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm_parallelism(cout * n * kk),
                 );
             }
         }

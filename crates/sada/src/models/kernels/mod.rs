@@ -5,8 +5,8 @@ pub mod attention;
 pub mod dense;
 pub mod group_norm;
 pub mod im2col;
-pub mod winograd;
 pub mod vmath;
+pub mod winograd;
 
 use candle_core::{CpuStorage, Layout};
 

@@ -104,7 +104,15 @@ impl Winograd {
         self.conv3x3_blocked(x, dims, weight, bias, cout, 2 << 20)
     }
 
-    fn conv3x3_blocked(&self, x: &[f32], (batch, cin, h, w): (usize, usize, usize, usize), weight: &[f32], bias: Option<&[f32]>, cout: usize, block_floats: usize) -> Vec<f32> {
+    fn conv3x3_blocked(
+        &self,
+        x: &[f32],
+        (batch, cin, h, w): (usize, usize, usize, usize),
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        cout: usize,
+        block_floats: usize,
+    ) -> Vec<f32> {
         let (m, a) = (self.m, self.a());
         let (th, tw) = (h.div_ceil(m), w.div_ceil(m));
         let (aa, local) = (a * a, th * tw);
@@ -139,11 +147,25 @@ impl Winograd {
                 // U and V are read within their bounds through the same strides.
                 unsafe {
                     gemm::gemm(
-                        nb, local, cin,
-                        dst.0.add(img * nb * aa * local + p * local), 1, (aa * local) as isize, false,
-                        u.as_ptr().add(p * nb * cin), 1, cin as isize,
-                        v.as_ptr().add(img * cin * aa * local + p * local), 1, (aa * local) as isize,
-                        0.0, 1.0, false, false, false, Parallelism::None,
+                        nb,
+                        local,
+                        cin,
+                        dst.0.add(img * nb * aa * local + p * local),
+                        1,
+                        (aa * local) as isize,
+                        false,
+                        u.as_ptr().add(p * nb * cin),
+                        1,
+                        cin as isize,
+                        v.as_ptr().add(img * cin * aa * local + p * local),
+                        1,
+                        (aa * local) as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
                     );
                 }
             });
@@ -354,7 +376,13 @@ struct WinogradConv {
 
 /// `x`: `[B, C_in, H, W]`; `weight`: `[C_out, C_in, 3, 3]`; `bias`: `[C_out]` (read when `has_bias`).
 /// f32 CPU tensors; stride 1, padding 1.
-pub fn conv3x3(x: &candle_core::Tensor, weight: &candle_core::Tensor, bias: &candle_core::Tensor, has_bias: bool, transform: &'static Winograd) -> candle_core::Result<candle_core::Tensor> {
+pub fn conv3x3(
+    x: &candle_core::Tensor,
+    weight: &candle_core::Tensor,
+    bias: &candle_core::Tensor,
+    has_bias: bool,
+    transform: &'static Winograd,
+) -> candle_core::Result<candle_core::Tensor> {
     x.apply_op3_no_bwd(weight, bias, &WinogradConv { transform, has_bias })
 }
 

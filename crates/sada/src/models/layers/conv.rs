@@ -9,7 +9,10 @@
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
-use crate::models::kernels::{self, winograd::{self, Winograd}};
+use crate::models::kernels::{
+    self,
+    winograd::{self, Winograd},
+};
 
 /// 3x3 stride-1 convolutions on large enough maps go through Winograd F(4x4, 3x3): a quarter
 /// of im2col's multiplies (error bound in `kernels::winograd`'s tests).
@@ -75,7 +78,8 @@ mod tests {
     fn gemm_convolution_equals_candles() {
         let dev = Device::Cpu;
         // the second case is large enough for the Winograd path
-        for (cin, cout, k, s, p, h, w) in [(3, 5, 3, 1, 1, 7, 9), (8, 6, 3, 1, 1, 31, 33), (4, 6, 3, 2, 1, 8, 11), (6, 2, 1, 1, 0, 5, 4), (2, 3, 3, 2, 1, 9, 9)] {
+        for (cin, cout, k, s, p, h, w) in [(3, 5, 3, 1, 1, 7, 9), (8, 6, 3, 1, 1, 31, 33), (4, 6, 3, 2, 1, 8, 11), (6, 2, 1, 1, 0, 5, 4), (2, 3, 3, 2, 1, 9, 9)]
+        {
             let mut t = HashMap::new();
             let n = cout * cin * k * k;
             t.insert("weight".to_string(), Tensor::from_vec(crate::noise::normal_samples(n, 1), (cout, cin, k, k), &dev).unwrap());

@@ -59,7 +59,11 @@ impl Module for Linear {
             Self::Fused { w, bias, has_bias } if x.dtype() == DType::F32 && x.device().is_cpu() => dense::dense(&x.contiguous()?, w, bias, *has_bias),
             Self::Fused { w, bias, has_bias } => {
                 let y = x.broadcast_matmul(&w.to_dtype(x.dtype())?.to_device(x.device())?.t()?)?;
-                if *has_bias { y.broadcast_add(&bias.to_dtype(x.dtype())?.to_device(x.device())?) } else { Ok(y) }
+                if *has_bias {
+                    y.broadcast_add(&bias.to_dtype(x.dtype())?.to_device(x.device())?)
+                } else {
+                    Ok(y)
+                }
             }
             Self::Candle(l) => l.forward(x),
         }
@@ -75,7 +79,8 @@ mod tests {
     #[test]
     fn fused_linear_equals_candles() {
         let dev = Device::Cpu;
-        for (shape, cin, cout, bias) in [(vec![2, 7, 5], 5, 3, true), (vec![1, 300, 64], 64, 130, false), (vec![4, 33], 33, 1, true), (vec![0, 8], 8, 2, true)] {
+        for (shape, cin, cout, bias) in [(vec![2, 7, 5], 5, 3, true), (vec![1, 300, 64], 64, 130, false), (vec![4, 33], 33, 1, true), (vec![0, 8], 8, 2, true)]
+        {
             let mut t = HashMap::new();
             t.insert("weight".to_string(), Tensor::from_vec(crate::noise::normal_samples(cin * cout, 1), (cout, cin), &dev).unwrap());
             if bias {
@@ -100,7 +105,14 @@ mod tests {
         let w = Tensor::from_vec(crate::noise::normal_samples(12, 4), (3, 4), &dev).unwrap();
         let l = Linear::new(w.clone(), None).unwrap();
         let x = Tensor::from_vec(crate::noise::normal_samples(20, 5), (4, 5), &dev).unwrap().t().unwrap();
-        let d = (l.forward(&x).unwrap() - candle_nn::Linear::new(w, None).forward(&x).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (l.forward(&x).unwrap() - candle_nn::Linear::new(w, None).forward(&x).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-5);
     }
 

@@ -8,10 +8,7 @@ use super::linear::{linear, Linear};
 /// diffusers' `get_timestep_embedding` (sinusoidal, max_period 10000).
 pub fn timestep_embedding(timesteps: &Tensor, dim: usize, flip_sin_to_cos: bool, freq_shift: f64) -> candle_core::Result<Tensor> {
     let half = dim / 2;
-    let exponent: Vec<f32> = (0..half)
-        .map(|i| (-(10000f64.ln()) * i as f64 / (half as f64 - freq_shift)) as f32)
-        .map(f32::exp)
-        .collect();
+    let exponent: Vec<f32> = (0..half).map(|i| (-(10000f64.ln()) * i as f64 / (half as f64 - freq_shift)) as f32).map(f32::exp).collect();
     let freqs = Tensor::new(exponent, timesteps.device())?;
     let args = timesteps.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs.unsqueeze(0)?)?;
     let (sin, cos) = (args.sin()?, args.cos()?);

@@ -89,7 +89,15 @@ impl DownLayer {
 /// The layers of down block `vb` (a level with `layers` ResNet blocks, and a downsampler
 /// unless it is the deepest level).
 #[allow(clippy::too_many_arguments)]
-pub fn down_block(vb: VarBuilder, cin: usize, cout: usize, temb: usize, layers: usize, spec: LevelSpec, downsample: bool) -> candle_core::Result<Vec<DownLayer>> {
+pub fn down_block(
+    vb: VarBuilder,
+    cin: usize,
+    cout: usize,
+    temb: usize,
+    layers: usize,
+    spec: LevelSpec,
+    downsample: bool,
+) -> candle_core::Result<Vec<DownLayer>> {
     let mut out = Vec::new();
     for i in 0..layers {
         let c = if i == 0 { cin } else { cout };
@@ -190,7 +198,16 @@ impl UpLayer {
 /// The layers of up block `vb`. `cin`: channels of the matching down level's input; `prev`:
 /// channels coming from below.
 #[allow(clippy::too_many_arguments)]
-pub fn up_block(vb: VarBuilder, cin: usize, cout: usize, prev: usize, temb: usize, layers: usize, spec: LevelSpec, upsample: bool) -> candle_core::Result<Vec<UpLayer>> {
+pub fn up_block(
+    vb: VarBuilder,
+    cin: usize,
+    cout: usize,
+    prev: usize,
+    temb: usize,
+    layers: usize,
+    spec: LevelSpec,
+    upsample: bool,
+) -> candle_core::Result<Vec<UpLayer>> {
     let mut out = Vec::new();
     for i in 0..layers {
         let skip = if i == layers - 1 { cin } else { cout };

@@ -302,7 +302,11 @@ impl UNet2DConditionConfig {
             return Err(Error::unsupported("conv_in_kernel", self.conv_in_kernel, "only 3 x 3 conv_in/conv_out are supported"));
         }
         if self.downsample_padding != 1.0 || self.mid_block_scale_factor != 1.0 {
-            return Err(Error::unsupported("downsample_padding", self.downsample_padding, "only downsample_padding 1 and mid_block_scale_factor 1 are supported"));
+            return Err(Error::unsupported(
+                "downsample_padding",
+                self.downsample_padding,
+                "only downsample_padding 1 and mid_block_scale_factor 1 are supported",
+            ));
         }
         for (k, v) in [("in_channels", self.in_channels), ("out_channels", self.out_channels)] {
             if v == 0 {
@@ -343,7 +347,8 @@ impl UNet2DConditionConfig {
         let text_time = match self.addition_embed_type.as_deref() {
             None => None,
             Some("text_time") => Some((
-                self.addition_time_embed_dim.ok_or_else(|| Error::unsupported("addition_time_embed_dim", "null", "required with addition_embed_type text_time"))?,
+                self.addition_time_embed_dim
+                    .ok_or_else(|| Error::unsupported("addition_time_embed_dim", "null", "required with addition_embed_type text_time"))?,
                 self.projection_class_embeddings_input_dim
                     .ok_or_else(|| Error::unsupported("projection_class_embeddings_input_dim", "null", "required with addition_embed_type text_time"))?,
             )),

@@ -47,9 +47,7 @@ impl TimeTextEmbedding {
         let mut emb = self.time_embedding.forward(&t_emb)?;
         if let (Some((add, time_dim)), Some((text_embeds, time_ids))) = (&self.add_embedding, added) {
             let flat = time_ids.flatten_all()?;
-            let time_embeds = timestep_embedding(&flat, *time_dim, self.flip_sin_to_cos, self.freq_shift)?
-                .reshape((batch, ()))?
-                .to_dtype(self.dtype)?;
+            let time_embeds = timestep_embedding(&flat, *time_dim, self.flip_sin_to_cos, self.freq_shift)?.reshape((batch, ()))?.to_dtype(self.dtype)?;
             let add_embeds = Tensor::cat(&[&text_embeds.to_dtype(self.dtype)?, &time_embeds], 1)?;
             emb = (emb + add.forward(&add_embeds)?)?;
         }

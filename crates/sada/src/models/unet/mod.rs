@@ -20,8 +20,8 @@ use candle_nn::VarBuilder;
 use crate::models::layers::norm::{group_norm, GroupNorm};
 
 use self::blocks::{encoder, up_block, DownLayer, LevelSpec, MidBlock, UpLayer};
-pub use self::config::UNet2DConditionConfig;
 use self::config::Resolved;
+pub use self::config::UNet2DConditionConfig;
 use self::embedding::TimeTextEmbedding;
 use crate::denoiser::{Capabilities, Conditioning, Denoiser, ForwardContext, Site, SiteKind};
 use crate::error::{Error, Result};
@@ -44,7 +44,11 @@ impl AdditionalResiduals {
     /// The sum of two ControlNets' residuals (diffusers' `MultiControlNetModel`).
     pub fn add(&self, other: &AdditionalResiduals) -> Result<AdditionalResiduals> {
         if self.down.len() != other.down.len() {
-            return Err(Error::Shape { what: "ControlNet residuals".into(), expected: format!("{} skips", self.down.len()), got: format!("{}", other.down.len()) });
+            return Err(Error::Shape {
+                what: "ControlNet residuals".into(),
+                expected: format!("{} skips", self.down.len()),
+                got: format!("{}", other.down.len()),
+            });
         }
         let down = self.down.iter().zip(&other.down).map(|(a, b)| a + b).collect::<candle_core::Result<_>>()?;
         Ok(AdditionalResiduals { down, mid: (&self.mid + &other.mid)? })
@@ -130,7 +134,11 @@ impl UNet2DConditionModel {
     ) -> Result<Tensor> {
         if let Some(r) = residuals {
             if r.down.len() != self.down.len() + 1 {
-                return Err(Error::Shape { what: "down_block_additional_residuals".into(), expected: format!("{} tensors (one per skip connection)", self.down.len() + 1), got: format!("{}", r.down.len()) });
+                return Err(Error::Shape {
+                    what: "down_block_additional_residuals".into(),
+                    expected: format!("{} tensors (one per skip connection)", self.down.len() + 1),
+                    got: format!("{}", r.down.len()),
+                });
             }
         }
         let emb = self.embedding.forward(sample.dim(0)?, timestep, added, sample.device())?;
@@ -227,11 +235,7 @@ impl UNet2DConditionModel {
         let ehs = cond.get("encoder_hidden_states")?;
         let d = self.resolved.cross_attention_dim;
         if ehs.rank() != 3 || ehs.dim(0)? != b || ehs.dim(2)? != d {
-            return Err(Error::Shape {
-                what: "encoder_hidden_states".into(),
-                expected: format!("[{b}, tokens, {d}]"),
-                got: format!("{:?}", ehs.dims()),
-            });
+            return Err(Error::Shape { what: "encoder_hidden_states".into(), expected: format!("[{b}, tokens, {d}]"), got: format!("{:?}", ehs.dims()) });
         }
         if let Some((time_dim, proj_dim)) = self.embedding.text_time_dims(&self.resolved) {
             let (te, ti) = (cond.get("text_embeds")?, cond.get("time_ids")?);

@@ -191,10 +191,7 @@ mod tests {
         let computed = [1u32, 4, 8];
         let mut flags = vec![0u8; 9];
         computed.iter().for_each(|&i| flags[i as usize] = 1);
-        let tokens = BlockTokens::Subset {
-            indices: Tensor::new(&computed, &dev).unwrap(),
-            mask: Tensor::from_vec(flags, (1, 9, 1), &dev).unwrap(),
-        };
+        let tokens = BlockTokens::Subset { indices: Tensor::new(&computed, &dev).unwrap(), mask: Tensor::from_vec(flags, (1, 9, 1), &dev).unwrap() };
         let out2 = run(&x2, &tokens);
         // what the block computes on the gathered tokens alone (self-attention among them)
         let gathered = x2.index_select(&Tensor::new(&computed, &dev).unwrap(), 1).unwrap();
@@ -209,10 +206,13 @@ mod tests {
             }
         }
         // the cache now holds the step-2 values of the computed tokens
-        let out3 = run(&x1, &BlockTokens::Subset {
-            indices: Tensor::new(&[0u32], &dev).unwrap(),
-            mask: Tensor::from_vec(vec![1u8, 0, 0, 0, 0, 0, 0, 0, 0], (1, 9, 1), &dev).unwrap(),
-        });
+        let out3 = run(
+            &x1,
+            &BlockTokens::Subset {
+                indices: Tensor::new(&[0u32], &dev).unwrap(),
+                mask: Tensor::from_vec(vec![1u8, 0, 0, 0, 0, 0, 0, 0, 0], (1, 9, 1), &dev).unwrap(),
+            },
+        );
         assert_eq!(rows(&out3, 1)[4], rows(&out2, 1)[4]);
     }
 }

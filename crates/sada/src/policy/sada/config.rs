@@ -44,17 +44,7 @@ impl Default for SadaConfig {
 impl SadaConfig {
     /// The published Stable Diffusion 2.x settings.
     pub fn sd2() -> Self {
-        Self {
-            acc_range: (10, 47),
-            max_interval: 4,
-            lagrange_term: 4,
-            lagrange_int: 4,
-            lagrange_step: 24,
-            max_fix: 5 * 1024,
-            max_downsample: 1,
-            sx: 3,
-            sy: 3,
-        }
+        Self { acc_range: (10, 47), max_interval: 4, lagrange_term: 4, lagrange_int: 4, lagrange_step: 24, max_fix: 5 * 1024, max_downsample: 1, sx: 3, sy: 3 }
     }
 
     /// The published SDXL settings (demo: token pruning at the half-resolution level).
@@ -76,16 +66,10 @@ impl SadaConfig {
     pub fn validate(&self, num_steps: usize) -> Result<()> {
         let (a0, a1) = self.acc_range;
         if a0 >= a1 || a1 > num_steps {
-            return Err(Error::param(
-                "acc_range",
-                format!("({a0}, {a1}) must satisfy start < end <= the {num_steps} sampling steps"),
-            ));
+            return Err(Error::param("acc_range", format!("({a0}, {a1}) must satisfy start < end <= the {num_steps} sampling steps")));
         }
         if self.effective_range().0 >= a1 {
-            return Err(Error::param(
-                "acc_range",
-                format!("({a0}, {a1}) is empty once its start is raised to 3 (the first step with three drifts)"),
-            ));
+            return Err(Error::param("acc_range", format!("({a0}, {a1}) is empty once its start is raised to 3 (the first step with three drifts)")));
         }
         if self.max_interval == 0 {
             return Err(Error::param("max_interval", "must be at least 1"));
@@ -101,10 +85,7 @@ impl SadaConfig {
             return Err(Error::param("lagrange_int", "must be at least 1 when lagrange_term > 0"));
         }
         if ls % li != 0 {
-            return Err(Error::param(
-                "lagrange_step",
-                format!("{ls} must be a multiple of lagrange_int = {li}"),
-            ));
+            return Err(Error::param("lagrange_step", format!("{ls} must be a multiple of lagrange_int = {li}")));
         }
         let (e0, _) = self.effective_range();
         if ls < e0 || ls > a1 {

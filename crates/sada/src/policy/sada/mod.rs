@@ -122,8 +122,7 @@ impl Sada {
         let (f2, f1, f0) = (&self.drifts[0], &self.drifts[1], &self.drifts[2]);
         let delta = 1.0 / self.num_steps as f64;
         // Third-order Adams-Moulton-style predictor, coefficients as in the reference code.
-        let xhat_vp = (((x_vp - f0.affine(0.625 * delta, 0.0)?)? - f1.affine(0.75 * delta, 0.0)?)?
-            + f2.affine(0.375 * delta, 0.0)?)?;
+        let xhat_vp = (((x_vp - f0.affine(0.625 * delta, 0.0)?)? - f1.affine(0.75 * delta, 0.0)?)? + f2.affine(0.375 * delta, 0.0)?)?;
         let xhat = match self.latent {
             LatentScale::VarianceExploding => xhat_vp.affine(1.0 / solver.noise(n + 1).alpha_t, 0.0)?,
             _ => xhat_vp,
@@ -210,10 +209,7 @@ impl Policy for Sada {
         self.cfg.validate(n)?;
         let prediction_type = solver.prediction_type();
         if prediction_type == PredictionType::Sample {
-            return Err(Error::param(
-                "prediction_type",
-                "SADA's drift is defined for epsilon, v_prediction and flow velocity outputs, not sample",
-            ));
+            return Err(Error::param("prediction_type", "SADA's drift is defined for epsilon, v_prediction and flow velocity outputs, not sample"));
         }
         let patch = caps.token_patch.max(1);
         *self = Sada {

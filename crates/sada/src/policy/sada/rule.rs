@@ -107,8 +107,7 @@ mod tests {
         // skip 46-47, compute 48-49 -- whatever the criterion says.
         for stable in [true, false] {
             let mut r = rule(SadaConfig::sd2());
-            let late: Vec<usize> =
-                skipped(&mut r, 50, |_| stable).into_iter().map(|(s, _)| s).filter(|&s| s > 25).collect();
+            let late: Vec<usize> = skipped(&mut r, 50, |_| stable).into_iter().map(|(s, _)| s).filter(|&s| s > 25).collect();
             let want: Vec<usize> = (26..48).filter(|s| (s - 25) % 4 != 0).collect();
             assert_eq!(late, want, "stable = {stable}");
         }
