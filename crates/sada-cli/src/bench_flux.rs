@@ -54,7 +54,7 @@ fn timed(evals: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> 
 }
 
 pub fn run(args: &BenchFluxArgs) -> Result<()> {
-    anyhow::ensure!(args.size % 16 == 0 && args.size > 0 && args.size <= 4096, "--size must be a positive multiple of 16, at most 4096");
+    anyhow::ensure!(args.size.is_multiple_of(16) && args.size > 0 && args.size <= 4096, "--size must be a positive multiple of 16, at most 4096");
     anyhow::ensure!(args.evals > 0, "--evals must be at least 1");
     anyhow::ensure!(args.double + args.single > 0 && args.double + args.single <= 57, "--double + --single must be 1 to 57 blocks");
     anyhow::ensure!((1..=4096).contains(&args.text_tokens), "--text-tokens must be 1 to 4096");

@@ -69,7 +69,7 @@ pub fn peak_rss_gib() -> f64 {
 }
 
 pub fn run(args: &BenchUnetArgs) -> Result<()> {
-    anyhow::ensure!(args.size % 64 == 0 && args.size > 0 && args.size <= 4096, "--size must be a positive multiple of 64, at most 4096");
+    anyhow::ensure!(args.size.is_multiple_of(64) && args.size > 0 && args.size <= 4096, "--size must be a positive multiple of 64, at most 4096");
     anyhow::ensure!(args.evals > 0, "--evals must be at least 1");
     let dev = args.device.device()?;
     let dtype = args.dtype.resolve(&dev)?;

@@ -32,7 +32,7 @@ enum Command {
     /// baseline and the plain solver at the same cost: evaluations, wall time, speedup, PSNR,
     /// SSIM (and LPIPS), as Markdown, JSON, an image grid and plots (resumable, shardable;
     /// `sada bench merge` joins shards)
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// Time our UNet on the full SD-2.1 or SDXL configuration with random weights (seconds per guided
     /// evaluation, peak memory) and, optionally, full sampling with and without SADA
     BenchUnet(bench_unet::BenchUnetArgs),

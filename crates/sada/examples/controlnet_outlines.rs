@@ -11,6 +11,9 @@ use sada::data::shapes::Scene;
 use sada::models::controlnet::ControlNetModel;
 use sada::pipelines::default_model;
 
+/// A caption, the scene it describes, and the scene whose outline steers it.
+type Case = (String, Scene, Scene);
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let device = Device::Cpu;
@@ -18,7 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let steps: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(15);
     let held: Vec<Scene> = Scene::all().into_iter().filter(|s| s.is_held_out()).collect();
     let scenes: Vec<Scene> = (0..n).map(|i| held[i * held.len() / n]).collect();
-    let settings: [(&str, Vec<(String, Scene, Scene)>); 3] = [
+    let settings: [(&str, Vec<Case>); 3] = [
         ("matching", scenes.iter().map(|s| (s.caption(), *s, *s)).collect()),
         ("moved", scenes.iter().map(|s| (s.caption(), *s, s.moved())).collect()),
         ("empty prompt", scenes.iter().map(|s| (String::new(), *s, *s)).collect()),

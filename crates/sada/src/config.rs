@@ -66,20 +66,6 @@ pub fn python_json(text: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::python_json;
-
-    #[test]
-    fn python_non_finite_literals_become_null_outside_strings() {
-        let text = r#"{"a": -Infinity, "b": [NaN, Infinity], "c": "-Infinity \" NaN", "d": 1.5}"#;
-        let v: serde_json::Value = serde_json::from_str(&python_json(text)).unwrap();
-        assert!(v["a"].is_null() && v["b"][0].is_null() && v["b"][1].is_null());
-        assert_eq!(v["c"], "-Infinity \" NaN");
-        assert_eq!(v["d"], 1.5);
-    }
-}
-
 /// A config key whose value is one of a fixed set of strings, read into an enum: an unknown
 /// value is refused with one line naming the key and the values it takes.
 macro_rules! config_enum {
@@ -118,3 +104,17 @@ macro_rules! config_enum {
     };
 }
 pub(crate) use config_enum;
+
+#[cfg(test)]
+mod tests {
+    use super::python_json;
+
+    #[test]
+    fn python_non_finite_literals_become_null_outside_strings() {
+        let text = r#"{"a": -Infinity, "b": [NaN, Infinity], "c": "-Infinity \" NaN", "d": 1.5}"#;
+        let v: serde_json::Value = serde_json::from_str(&python_json(text)).unwrap();
+        assert!(v["a"].is_null() && v["b"][0].is_null() && v["b"][1].is_null());
+        assert_eq!(v["c"], "-Infinity \" NaN");
+        assert_eq!(v["d"], 1.5);
+    }
+}

@@ -91,7 +91,7 @@ impl TorchGenerator {
         for block in data.chunks_exact_mut(16) {
             normal_fill_16(block);
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             let tail = &mut data[n - 16..];
             for v in tail.iter_mut() {
                 *v = self.uniform_f32();
@@ -116,7 +116,9 @@ fn normal_fill_16(block: &mut [f32]) {
     }
 }
 
-// avx_mathfun.h constants, rounded to float32 from their double literals as C does
+// avx_mathfun.h constants, rounded to float32 from their double literals as C does; spelled as
+// that header spells them (clippy would have std's constant and fewer digits: the same values)
+#[allow(clippy::approx_constant, clippy::excessive_precision)]
 const SQRTHF: f32 = 0.707106781186547524_f64 as f32;
 const LOG_P: [f32; 9] = [
     7.0376836292E-2_f64 as f32,
@@ -132,7 +134,9 @@ const LOG_P: [f32; 9] = [
 const LOG_Q1: f32 = -2.12194440e-4_f64 as f32;
 const LOG_Q2: f32 = 0.693359375_f64 as f32;
 const DP1: f32 = -0.78515625_f64 as f32;
+#[allow(clippy::excessive_precision)]
 const DP2: f32 = -2.4187564849853515625e-4_f64 as f32;
+#[allow(clippy::excessive_precision)]
 const DP3: f32 = -3.77489497744594108e-8_f64 as f32;
 const SINC: [f32; 3] = [-1.9515295891E-4_f64 as f32, 8.3321608736E-3_f64 as f32, -1.6666654611E-1_f64 as f32];
 const COSC: [f32; 3] = [2.443315711809948E-005_f64 as f32, -1.388731625493765E-003_f64 as f32, 4.166664568298827E-002_f64 as f32];

@@ -167,9 +167,9 @@ fn taylorseer_forecasts_between_full_steps_and_runs_no_block_there() {
     let (x, trace, per_step) = run("sd15_tiny", &accel("taylorseer:interval=4,max_order=2,first_enhance=2"));
     let full: Vec<usize> = (0..20).filter(|&s| per_step[s] == SD15_FULL).collect();
     assert_eq!(full, vec![0, 1, 5, 9, 13, 17]);
-    for s in 0..20 {
-        assert!(per_step[s] == SD15_FULL || per_step[s] == 0, "step {s}: {}", per_step[s]);
-        assert_eq!(trace.steps[s].decision == Decision::Partial, per_step[s] == 0);
+    for (s, &resnets) in per_step.iter().enumerate().take(20) {
+        assert!(resnets == SD15_FULL || resnets == 0, "step {s}: {resnets}");
+        assert_eq!(trace.steps[s].decision == Decision::Partial, resnets == 0);
     }
     let (base, _, _) = run("sd15_tiny", &Acceleration::default());
     let e = rel_err(&x, &base);

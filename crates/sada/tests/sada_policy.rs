@@ -112,7 +112,10 @@ fn check_substitutes(kind: SolverKind, preset: &str, overrides: serde_json::Valu
     let pt = s.prediction_type();
 
     let mut x = noise(&shape, 3, s.init_noise_sigma());
-    let (mut xs, mut outs, mut x0s): (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<Vec<f64>>) = (vec![], vec![], vec![]);
+    // per step: the sample, the bookkeeping output and the x0 the solver used
+    let mut xs: Vec<Vec<f64>> = vec![];
+    let mut outs: Vec<Vec<f64>> = vec![];
+    let mut x0s: Vec<Vec<f64>> = vec![];
     let mut last_real: Option<Vec<f64>> = None;
     let (mut am, mut lag) = (0, 0);
     for n in 0..n_steps {

@@ -378,6 +378,14 @@ fn run_bench(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// One prompt x seed: its index in the bench, and the encoded prompt its methods share.
+struct Case<'a> {
+    index: usize,
+    prompt: &'a str,
+    seed: u64,
+    inputs: &'a PipelineInputs,
+}
+
 /// What one prompt x seed needs to run every method.
 struct Bench<'a> {
     pipe: &'a mut Box<dyn Pipeline>,
@@ -399,17 +407,9 @@ impl Bench<'_> {
         Ok((image, run))
     }
 
-    /// Sample `accel` and score it against `base` (None: this is the baseline).
-    fn method(
-        &mut self,
-        index: usize,
-        prompt: &str,
-        seed: u64,
-        inputs: &PipelineInputs,
-        accel: &Acceleration,
-        base: Option<&RgbImage>,
-        file: &str,
-    ) -> Result<(MethodRun, RgbImage, Trace)> {
+    /// Sample `accel` for `case` and score it against `base` (None: this is the baseline).
+    fn method(&mut self, case: &Case, accel: &Acceleration, base: Option<&RgbImage>, file: &str) -> Result<(MethodRun, RgbImage, Trace)> {
+        let &Case { index, prompt, seed, inputs } = case;
         let s = self.settings;
         let opts = GenerateOptions {
             steps: s.steps,
@@ -446,6 +446,7 @@ impl Bench<'_> {
 
     fn case(&mut self, index: usize, prompt: &str, seed: u64, inputs: &PipelineInputs) -> Result<RunRecord> {
         let s = self.settings;
+        let case = Case { index, prompt, seed, inputs };
         if !self.warmed_up {
             // First calls allocate; keep that out of the baseline's time.
             let opts = GenerateOptions {
@@ -461,22 +462,22 @@ impl Bench<'_> {
             self.pipe.generate(inputs, &opts, &mut |_, _| {})?;
             self.warmed_up = true;
         }
-        let (baseline, base_img, _) = self.method(index, prompt, seed, inputs, &Acceleration::default(), None, "baseline")?;
+        let (baseline, base_img, _) = self.method(&case, &Acceleration::default(), None, "baseline")?;
         let mut methods = Vec::new();
         let mut sada_trace = None;
         let mut plain: BTreeMap<usize, MethodRun> = BTreeMap::new();
         for (m, accel) in self.methods.iter().enumerate() {
-            let (mut run, _, trace) = self.method(index, prompt, seed, inputs, accel, Some(&base_img), &format!("m{m:02}"))?;
+            let (mut run, _, trace) = self.method(&case, accel, Some(&base_img), &format!("m{m:02}"))?;
             let budget = if matches!(accel, Acceleration::FewerSteps(_)) { None } else { equal_budget_steps(&trace, s.steps) };
             if matches!(accel, Acceleration::Sada(_)) && sada_trace.is_none() {
                 sada_trace = Some(trace);
             }
             // the plain solver at the same cost (fewer-steps is that already)
             if let Some(k) = budget {
-                if !plain.contains_key(&k) {
+                if let std::collections::btree_map::Entry::Vacant(e) = plain.entry(k) {
                     let fewer = Acceleration::parse(&format!("fewer-steps:steps={k}"), s.family)?;
-                    let (p, _, _) = self.method(index, prompt, seed, inputs, &fewer, Some(&base_img), &format!("plain{k:03}"))?;
-                    plain.insert(k, p);
+                    let (p, _, _) = self.method(&case, &fewer, Some(&base_img), &format!("plain{k:03}"))?;
+                    e.insert(p);
                 }
                 run.equal_budget_steps = Some(k);
             }

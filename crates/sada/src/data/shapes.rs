@@ -300,8 +300,8 @@ pub fn border_colour(img: &RgbImage) -> usize {
     for y in 0..h {
         for x in 0..w {
             if x == 0 || y == 0 || x == w - 1 || y == h - 1 {
-                for c in 0..3 {
-                    sum[c] += img.pixels[(y * w + x) * 3 + c] as f32;
+                for (c, s) in sum.iter_mut().enumerate() {
+                    *s += img.pixels[(y * w + x) * 3 + c] as f32;
                 }
                 n += 1.0;
             }

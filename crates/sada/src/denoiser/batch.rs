@@ -60,9 +60,7 @@ pub fn predict(denoiser: &dyn Denoiser, latents: &Tensor, timestep: f64, cond: &
     // an image's own error, not the note of one that waited for it
     let mut done = done;
     if let Some(k) = done.iter().position(|d| matches!(d, Err(e) if !waited(e))) {
-        if let Err(e) = done.swap_remove(k) {
-            return Err(e);
-        }
+        done.swap_remove(k)?;
     }
     let (mut outs, mut caches, mut replaced) = (Vec::with_capacity(n), Vec::with_capacity(n), 0);
     for d in done {

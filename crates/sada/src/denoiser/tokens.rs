@@ -143,7 +143,7 @@ mod tests {
         assert_eq!(sel.mask_at(12, 12), Some(sel.mask.clone()));
         let half = sel.mask_at(6, 6).unwrap();
         assert!(half[0], "pooled score 1 at the top-left token");
-        assert_eq!(half.iter().filter(|&&c| c).count() >= 4, true);
+        assert!(half.iter().filter(|&&c| c).count() >= 4);
         assert_eq!(sel.mask_at(3, 3), None, "4x coarser than the latent");
         let only_full = TokenSelection { max_downsample: 1, ..sel };
         assert_eq!(only_full.mask_at(6, 6), None);

@@ -68,7 +68,6 @@ const INTEGER_BUFFERS: [&str; 3] = ["position_ids", "num_updates", "num_batches_
 
 /// Weights must be floating point (an integer tensor would be cast silently) and finite; the
 /// error names the tensor and the file.
-
 pub fn check_tensors(tensors: Vec<(String, safetensors::tensor::TensorView<'_>)>, path: &Path) -> Result<()> {
     use rayon::prelude::*;
     use safetensors::Dtype;

@@ -160,7 +160,7 @@ impl Flux {
     /// token per 2 x 2 latent patch). diffusers rounds other sizes down with a warning; we refuse.
     fn latent_size(&self, opts: &GenerateOptions) -> Result<(usize, usize)> {
         let m = 2 * self.vae_scale_factor();
-        if opts.height % m != 0 || opts.width % m != 0 || opts.height == 0 || opts.width == 0 {
+        if !opts.height.is_multiple_of(m) || !opts.width.is_multiple_of(m) || opts.height == 0 || opts.width == 0 {
             return Err(Error::param(
                 "height/width",
                 format!("{}x{} must be positive multiples of {m} (the VAE's factor times Flux's 2 x 2 patches)", opts.width, opts.height),

@@ -72,7 +72,7 @@ impl PipelineInputs {
                 return Err(Error::file(path, format!("tensor `{k}` is {:?}; expected floating point", view.dtype())));
             }
             let n = view.shape().iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-            if !n.is_some_and(|n| n <= MAX_INPUT_ELEMENTS) {
+            if n.is_none_or(|n| n > MAX_INPUT_ELEMENTS) {
                 return Err(Error::file(
                     path,
                     format!("tensor `{k}` of shape {:?} is larger than any pipeline input ({MAX_INPUT_ELEMENTS} elements at most)", view.shape()),

@@ -312,7 +312,7 @@ impl StableDiffusion {
     /// The solver for `opts` once size, steps and accelerator settings have been checked.
     fn checked_solver(&self, opts: &GenerateOptions) -> Result<Box<dyn Solver>> {
         let scale = self.vae_scale_factor();
-        if opts.height % scale != 0 || opts.width % scale != 0 || opts.height == 0 || opts.width == 0 {
+        if !opts.height.is_multiple_of(scale) || !opts.width.is_multiple_of(scale) || opts.height == 0 || opts.width == 0 {
             return Err(Error::param("height/width", format!("{}x{} must be positive multiples of {scale}", opts.width, opts.height)));
         }
         let steps = opts.acceleration.steps(opts.steps);

@@ -140,7 +140,7 @@ mod tests {
         // d_1 .. d_3 recorded before the first decision (made after step 3, for step 4)
         p.diffs = vec![1.0, 0.9];
         // straight: (0.8 + 1.0)/2 - 0.9 = 0 -> skip step 4
-        assert_eq!(p.decide(0.8).0, false);
+        assert!(!p.decide(0.8).0);
         // kink: (0.5 + 0.9)/2 - 0.8 = -0.1, |.| > 0.008 -> compute
         p.diffs.push(0.8);
         assert!(p.decide(0.5).0);

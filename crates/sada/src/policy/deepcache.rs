@@ -73,7 +73,7 @@ impl Method for DeepCacheConfig {
         if self.interval == 0 {
             return Err(Error::param("deepcache:interval", "must be at least 1"));
         }
-        if !self.uniform && !(self.pow > 1.0 && self.pow.is_finite()) {
+        if !(self.uniform || self.pow > 1.0 && self.pow.is_finite()) {
             return Err(Error::param("deepcache:pow", format!("{} must be a finite number above 1", self.pow)));
         }
         Ok(())

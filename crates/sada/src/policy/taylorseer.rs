@@ -187,7 +187,7 @@ mod tests {
         let cfg = TaylorSeerConfig { interval: 4, max_order: 1, first_enhance: 2 };
         let p = TaylorSeer { cfg: cfg.clone(), full: cfg.full_steps(20), images: Mutex::new(Vec::new()) };
         let base = Tensor::new(&[0f32, 0.0], &Device::Cpu).unwrap();
-        let feature = |s: usize| Tensor::new(&[3.0 + 2.0 * s as f32, -1.0 * s as f32], &Device::Cpu).unwrap();
+        let feature = |s: usize| Tensor::new(&[3.0 + 2.0 * s as f32, -(s as f32)], &Device::Cpu).unwrap();
         for step in 0..12 {
             let site = Site::new(SiteKind::Rest(0), &base, None);
             match p.replace(step, &site).unwrap() {

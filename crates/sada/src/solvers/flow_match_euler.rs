@@ -118,7 +118,7 @@ impl FlowMatchEulerDiscrete {
             "linear" => false,
             other => return Err(Error::unsupported("time_shift_type", other, "expected exponential or linear")),
         };
-        if !(config.shift > 0.0) {
+        if config.shift.is_nan() || config.shift <= 0.0 {
             return Err(Error::unsupported("shift", config.shift, "expected a positive number"));
         }
         let n_train = config.num_train_timesteps as f64;

@@ -155,7 +155,7 @@ impl ClipTextEncoder {
         if !(config.layer_norm_eps.is_finite() && config.layer_norm_eps > 0.0) {
             return Err(at(Error::unsupported("layer_norm_eps", config.layer_norm_eps, "a positive number")));
         }
-        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+        if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
             return Err(at(Error::unsupported("num_attention_heads", config.num_attention_heads, "a divisor of hidden_size")));
         }
         for (k, v) in [("vocab_size", config.vocab_size), ("hidden_size", config.hidden_size), ("max_position_embeddings", config.max_position_embeddings)] {

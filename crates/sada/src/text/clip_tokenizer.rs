@@ -123,7 +123,7 @@ impl ClipTokenizer {
         if pad_token != START && pad_token != END {
             specials.push((pad_token.to_owned(), pad));
         }
-        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        specials.sort_by_key(|b| std::cmp::Reverse(b.0.len()));
         Ok(Self { vocab, ranks, bytes: byte_chars(), specials, bos, eos, pad, max_length })
     }
 

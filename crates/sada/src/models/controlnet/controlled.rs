@@ -181,6 +181,6 @@ impl ControlledUNet<'_> {
             t => t,
         };
         let added = added.as_ref().map(|(te, ti)| (te, ti));
-        Ok(self.unet.forward(latents, timestep, ehs, added, total.as_ref(), ctx)?)
+        self.unet.forward(latents, timestep, ehs, added, total.as_ref(), ctx)
     }
 }

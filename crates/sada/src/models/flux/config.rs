@@ -70,13 +70,13 @@ impl FluxTransformerConfig {
                 self.patch_size
             ));
         }
-        if self.in_channels == 0 || self.in_channels % 4 != 0 {
+        if self.in_channels == 0 || !self.in_channels.is_multiple_of(4) {
             return Err(format!("`in_channels` = {} must be a positive multiple of 4 (latent channels x 2 x 2 patch)", self.in_channels));
         }
         if let Some(o) = self.out_channels.filter(|&o| o != self.in_channels) {
             return Err(format!("`out_channels` = {o} differs from `in_channels` = {}; the sampler needs the output shaped as its input", self.in_channels));
         }
-        if self.num_attention_heads == 0 || self.attention_head_dim == 0 || self.attention_head_dim % 2 != 0 {
+        if self.num_attention_heads == 0 || self.attention_head_dim == 0 || !self.attention_head_dim.is_multiple_of(2) {
             return Err(format!(
                 "`num_attention_heads` = {} and `attention_head_dim` = {} must be positive, the head dimension even",
                 self.num_attention_heads, self.attention_head_dim

@@ -55,6 +55,9 @@ pub fn unpack_latents(x: &Tensor, h: usize, w: usize) -> candle_core::Result<Ten
     x.reshape((b, h / 2, w / 2, c4 / 4, 2, 2))?.permute((0, 3, 1, 4, 2, 5))?.reshape((b, c4 / 4, h, w))
 }
 
+/// One block of either stream on (image tokens, text tokens, `temb`, rotary positions).
+type BlockFn<'a> = dyn Fn(&Tensor, &Tensor, &Tensor, &Rope) -> candle_core::Result<(Tensor, Tensor)> + 'a;
+
 impl FluxTransformer2DModel {
     /// Load from a diffusers `transformer/` folder (config.json + safetensors, sharded or not).
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
@@ -155,7 +158,7 @@ impl FluxTransformer2DModel {
     fn blocks(&self, from: usize, mut img: Tensor, mut txt: Tensor, step: &Step, ctx: &mut ForwardContext) -> Result<Tensor> {
         let n_double = self.double.len();
         for i in from..n_double + self.single.len() {
-            let (name, run): (String, &dyn Fn(&Tensor, &Tensor, &Tensor, &Rope) -> candle_core::Result<(Tensor, Tensor)>) = if i < n_double {
+            let (name, run): (String, &BlockFn) = if i < n_double {
                 (format!("transformer_blocks.{i}"), &|a, b, c, d| self.double[i].forward(a, b, c, d))
             } else {
                 (format!("single_transformer_blocks.{}", i - n_double), &|a, b, c, d| self.single[i - n_double].forward(a, b, c, d))
@@ -186,7 +189,7 @@ impl FluxTransformer2DModel {
     pub(crate) fn check_inputs(&self, latents: &Tensor, cond: &Conditioning) -> Result<()> {
         let dims = latents.dims();
         let c = self.config.latent_channels();
-        if dims.len() != 4 || dims[1] != c || dims[2] % 2 != 0 || dims[3] % 2 != 0 || dims[2] == 0 || dims[3] == 0 {
+        if dims.len() != 4 || dims[1] != c || !dims[2].is_multiple_of(2) || !dims[3].is_multiple_of(2) || dims[2] == 0 || dims[3] == 0 {
             return Err(Error::Shape {
                 what: "Flux latents".into(),
                 expected: format!("[batch, {c}, height, width] with even height and width"),

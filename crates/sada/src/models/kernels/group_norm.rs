@@ -26,7 +26,7 @@ impl CustomOp3 for GroupNormOp {
 
     fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sg: &CpuStorage, lg: &Layout, sb: &CpuStorage, lb: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let dims = lx.shape().dims();
-        if dims.len() < 2 || self.groups == 0 || dims[1] % self.groups != 0 || lg.shape().dims() != [dims[1]] || lb.shape().dims() != [dims[1]] {
+        if dims.len() < 2 || self.groups == 0 || !dims[1].is_multiple_of(self.groups) || lg.shape().dims() != [dims[1]] || lb.shape().dims() != [dims[1]] {
             candle_core::bail!("group norm: input {:?} with {} groups and {:?} / {:?} affine", lx.shape(), self.groups, lg.shape(), lb.shape());
         }
         let (x, gamma, beta) = (contiguous(sx, lx, "group norm: input")?, contiguous(sg, lg, "group norm: weight")?, contiguous(sb, lb, "group norm: bias")?);

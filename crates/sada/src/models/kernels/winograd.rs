@@ -231,6 +231,7 @@ weight_transform(g: &[f32], a: usize, wco: &[f32], cin: usize, out: &mut [f32]) 
 /// Σ_k src[i * a + k][tile] coef[j][k] (right product): a constant small matrix applied to
 /// rows of `n` tiles, so the innermost loop runs over all of a plane's tiles.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // a hot inner kernel: its operands as plain slices and sizes
 fn small_product(coef: &[f32], (rows, a): (usize, usize), src: &[f32], src_cols: usize, out: &mut [f32], out_cols: usize, n: usize, left: bool) {
     for i in 0..rows {
         for j in 0..out_cols {
@@ -311,6 +312,52 @@ output_transform(at: &[f32], m: usize, mm: &[f32], hw: (usize, usize), thw: (usi
     }
 });
 
+struct WinogradConv {
+    transform: &'static Winograd,
+    has_bias: bool,
+}
+
+/// `x`: `[B, C_in, H, W]`; `weight`: `[C_out, C_in, 3, 3]`; `bias`: `[C_out]` (read when `has_bias`).
+/// f32 CPU tensors; stride 1, padding 1.
+pub fn conv3x3(
+    x: &candle_core::Tensor,
+    weight: &candle_core::Tensor,
+    bias: &candle_core::Tensor,
+    has_bias: bool,
+    transform: &'static Winograd,
+) -> candle_core::Result<candle_core::Tensor> {
+    x.apply_op3_no_bwd(weight, bias, &WinogradConv { transform, has_bias })
+}
+
+impl candle_core::CustomOp3 for WinogradConv {
+    fn name(&self) -> &'static str {
+        "winograd-conv3x3"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &candle_core::CpuStorage,
+        lx: &candle_core::Layout,
+        sw: &candle_core::CpuStorage,
+        lw: &candle_core::Layout,
+        sb: &candle_core::CpuStorage,
+        lb: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (b, cin, h, w) = lx.shape().dims4()?;
+        let (cout, wcin, kh, kw) = lw.shape().dims4()?;
+        if wcin != cin || kh != 3 || kw != 3 || (self.has_bias && lb.shape().dims() != [cout]) {
+            candle_core::bail!("winograd convolution: input {:?}, weight {:?}", lx.shape(), lw.shape());
+        }
+        let (x, wt, bias) = (
+            super::contiguous(sx, lx, "winograd convolution: input")?,
+            super::contiguous(sw, lw, "winograd convolution: weight")?,
+            super::contiguous(sb, lb, "winograd convolution: bias")?,
+        );
+        let y = self.transform.conv3x3(x, (b, cin, h, w), wt, self.has_bias.then_some(bias), cout);
+        Ok((candle_core::CpuStorage::F32(y), candle_core::Shape::from((b, cout, h, w))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,51 +413,5 @@ mod tests {
             assert!(e2 < 2e-6, "F2 {dims:?}: {e2}");
             assert!(e4 < 1e-5, "F4 {dims:?}: {e4}");
         }
-    }
-}
-
-struct WinogradConv {
-    transform: &'static Winograd,
-    has_bias: bool,
-}
-
-/// `x`: `[B, C_in, H, W]`; `weight`: `[C_out, C_in, 3, 3]`; `bias`: `[C_out]` (read when `has_bias`).
-/// f32 CPU tensors; stride 1, padding 1.
-pub fn conv3x3(
-    x: &candle_core::Tensor,
-    weight: &candle_core::Tensor,
-    bias: &candle_core::Tensor,
-    has_bias: bool,
-    transform: &'static Winograd,
-) -> candle_core::Result<candle_core::Tensor> {
-    x.apply_op3_no_bwd(weight, bias, &WinogradConv { transform, has_bias })
-}
-
-impl candle_core::CustomOp3 for WinogradConv {
-    fn name(&self) -> &'static str {
-        "winograd-conv3x3"
-    }
-
-    fn cpu_fwd(
-        &self,
-        sx: &candle_core::CpuStorage,
-        lx: &candle_core::Layout,
-        sw: &candle_core::CpuStorage,
-        lw: &candle_core::Layout,
-        sb: &candle_core::CpuStorage,
-        lb: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (b, cin, h, w) = lx.shape().dims4()?;
-        let (cout, wcin, kh, kw) = lw.shape().dims4()?;
-        if wcin != cin || kh != 3 || kw != 3 || (self.has_bias && lb.shape().dims() != [cout]) {
-            candle_core::bail!("winograd convolution: input {:?}, weight {:?}", lx.shape(), lw.shape());
-        }
-        let (x, wt, bias) = (
-            super::contiguous(sx, lx, "winograd convolution: input")?,
-            super::contiguous(sw, lw, "winograd convolution: weight")?,
-            super::contiguous(sb, lb, "winograd convolution: bias")?,
-        );
-        let y = self.transform.conv3x3(x, (b, cin, h, w), wt, self.has_bias.then_some(bias), cout);
-        Ok((candle_core::CpuStorage::F32(y), candle_core::Shape::from((b, cout, h, w))))
     }
 }

@@ -6,27 +6,10 @@ use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
 use super::blocks::{MidBlock, EPS};
+use super::AutoencoderKlConfig;
 use crate::models::layers::conv::{conv2d, Conv};
 use crate::models::layers::norm::{group_norm, GroupNorm};
 use crate::models::layers::resnet::{ResnetBlock2D, Upsample2D};
-
-/// What the decoder is built from (the folder's config.json values it reads).
-pub struct DecoderShape<'a> {
-    /// Channels of the latent (`latent_channels`).
-    pub latent_channels: usize,
-    /// Channels of the image (`out_channels`).
-    pub out_channels: usize,
-    /// Channels per level, finest first (`block_out_channels`).
-    pub block_out_channels: &'a [usize],
-    /// ResNet blocks per encoder level (`layers_per_block`); the decoder's levels have one more.
-    pub layers_per_block: usize,
-    /// GroupNorm groups (`norm_num_groups`).
-    pub norm_num_groups: usize,
-    /// Whether a 1x1 `post_quant_conv` precedes the decoder.
-    pub use_post_quant_conv: bool,
-    /// Whether the mid block has its attention.
-    pub mid_block_add_attention: bool,
-}
 
 /// diffusers' `post_quant_conv` + `Decoder`: latents to images.
 pub struct VaeDecoder {
@@ -41,7 +24,7 @@ pub struct VaeDecoder {
 
 impl VaeDecoder {
     /// Load from `vb` (the `vae/` weights: `decoder.*` and `post_quant_conv`).
-    pub fn new(vb: VarBuilder, s: &DecoderShape) -> candle_core::Result<Self> {
+    pub fn new(vb: VarBuilder, s: &AutoencoderKlConfig) -> candle_core::Result<Self> {
         let dec = vb.pp("decoder");
         let groups = s.norm_num_groups;
         let reversed: Vec<usize> = s.block_out_channels.iter().rev().copied().collect();

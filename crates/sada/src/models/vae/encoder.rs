@@ -5,6 +5,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
 use super::blocks::{MidBlock, EPS};
+use super::AutoencoderKlConfig;
 use crate::models::layers::conv::{conv2d, Conv};
 use crate::models::layers::norm::{group_norm, GroupNorm};
 use crate::models::layers::resnet::ResnetBlock2D;
@@ -20,19 +21,13 @@ pub struct VaeEncoder {
 }
 
 impl VaeEncoder {
-    /// Load from `vb` (the `vae/` weights: `encoder.*` and `quant_conv`): `layers` ResNet blocks at
-    /// each level of `channels`, `2 * latent_channels` outputs (mean and log-variance);
-    /// `mid_attention` gives the mid block its attention.
-    pub fn new(
-        vb: VarBuilder,
-        in_channels: usize,
-        channels: &[usize],
-        layers: usize,
-        latent_channels: usize,
-        groups: usize,
-        use_quant_conv: bool,
-        mid_attention: bool,
-    ) -> candle_core::Result<Self> {
+    /// Load from `vb` (the `vae/` weights: `encoder.*` and `quant_conv`) as `config` shapes it:
+    /// `layers_per_block` ResNet blocks at each level of `block_out_channels`,
+    /// `2 * latent_channels` outputs (mean and log-variance).
+    pub fn new(vb: VarBuilder, config: &AutoencoderKlConfig) -> candle_core::Result<Self> {
+        let (in_channels, channels, layers) = (config.in_channels, &config.block_out_channels, config.layers_per_block);
+        let (latent_channels, groups) = (config.latent_channels, config.norm_num_groups);
+        let (use_quant_conv, mid_attention) = (config.use_quant_conv, config.mid_block_add_attention);
         let enc = vb.pp("encoder");
         let conv_in = conv2d(enc.pp("conv_in"), in_channels, channels[0], 3, 1, 1)?;
         let mut blocks = Vec::new();

@@ -124,27 +124,8 @@ impl AutoencoderKl {
         config.validate().map_err(|msg| Error::file(&config_path, format!("unsupported config: {msg}")))?;
         let (vb, weights_path) = source.var_builder(component, "diffusion_pytorch_model", dtype, device)?;
         let mismatch = |e: candle_core::Error| Error::file(&weights_path, format!("weights do not match config.json: {e}"));
-        let encoder = encoder::VaeEncoder::new(
-            vb.clone(),
-            config.in_channels,
-            &config.block_out_channels,
-            config.layers_per_block,
-            config.latent_channels,
-            config.norm_num_groups,
-            config.use_quant_conv,
-            true,
-        )
-        .map_err(mismatch)?;
-        let shape = decoder::DecoderShape {
-            latent_channels: config.latent_channels,
-            out_channels: config.out_channels,
-            block_out_channels: &config.block_out_channels,
-            layers_per_block: config.layers_per_block,
-            norm_num_groups: config.norm_num_groups,
-            use_post_quant_conv: config.use_post_quant_conv,
-            mid_block_add_attention: config.mid_block_add_attention,
-        };
-        let decoder = decoder::VaeDecoder::new(vb, &shape).map_err(mismatch)?;
+        let encoder = encoder::VaeEncoder::new(vb.clone(), &config).map_err(mismatch)?;
+        let decoder = decoder::VaeDecoder::new(vb, &config).map_err(mismatch)?;
         Ok(Self { config, decoder, encoder, dtype })
     }
 

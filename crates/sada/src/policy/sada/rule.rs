@@ -52,7 +52,7 @@ impl DecisionRule {
                 Some((int, step)) => {
                     if stable && (self.a0..step).contains(&n) {
                         Some(SkipKind::AdamsMoulton)
-                    } else if n % int != 0 && (step..self.a1).contains(&n) {
+                    } else if !n.is_multiple_of(int) && (step..self.a1).contains(&n) {
                         Some(SkipKind::Lagrange)
                     } else {
                         None
