@@ -161,7 +161,7 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
     );
     // span times measure the host's side; on a GPU they time kernel launches, not kernels
     if dev.is_cpu() {
-        // the guided batch runs one image per core (ForwardContext::per_image): spans on both
+        // the guided batch runs one image per core (denoiser::batch): spans on both
         // threads add up, so shares are of the cores' time, not of the wall time
         let lanes = rayon::current_num_threads().min(2) as f64;
         let total: f64 = times.iter().sum::<f64>() * lanes;

@@ -178,10 +178,10 @@ fn taylorseer_forecasts_between_full_steps_and_runs_no_block_there() {
 
 #[test]
 fn cache_methods_run_one_image_per_core_as_they_run_whole() {
-    // On two threads the guided batch runs one image per core: DeepCache and TaylorSeer with
-    // each image's rows of their cached features (SiteHook::split_batch); First-Block-Cache,
-    // which decides over the whole batch after the first block, with the call split around that
-    // site (first block per image, the decision on the batch, the rest per image). Every ResNet
+    // On two threads the guided batch runs one image per core (denoiser::batch): DeepCache and
+    // TaylorSeer keep each image's cached features by its index (Site::images); for
+    // First-Block-Cache, which decides over the whole batch after the first block, the images
+    // meet at that site and the hook sees the whole batch (SiteHook::batch_wide). Every ResNet
     // span is then counted per image, twice the one-thread count, and the result is the
     // whole-batch one up to GEMM rounding, with the same decisions.
     let two = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();

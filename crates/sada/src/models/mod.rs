@@ -1,6 +1,6 @@
 //! Networks, loaded from diffusers-format folders with diffusers' key names unchanged.
 //!
-//! The denoisers are implemented here (not taken from candle-transformers) because
+//! The denoisers are implemented here (not taken from a model zoo such as candle-transformers) because
 //! accelerators act inside them: each marks where its cacheable sub-networks are, and the
 //! calling side decides what runs there (see `denoiser::ForwardContext`).
 
