@@ -12,7 +12,8 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{GenerateOptions, Pipeline, PipelineInputs, PromptCheck, PromptOptions};
+use super::inputs::PipelineInputs;
+use super::pipeline::{GenerateOptions, Pipeline, PromptCheck, PromptOptions};
 use crate::denoiser::{Conditioning, Guided};
 use crate::error::{Error, Result};
 use crate::family::Family;

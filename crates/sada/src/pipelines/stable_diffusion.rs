@@ -11,7 +11,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{ControlInput, GenerateOptions, Pipeline, PipelineInputs, PromptCheck, PromptOptions};
+use super::inputs::{ControlInput, PipelineInputs};
+use super::pipeline::{GenerateOptions, Pipeline, PromptCheck, PromptOptions};
 use crate::denoiser::{Conditioning, Guided};
 use crate::error::{Error, Result};
 use crate::family::Family;

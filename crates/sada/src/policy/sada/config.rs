@@ -4,9 +4,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::family::Family;
-use crate::policy::method::Method;
-use crate::policy::plan::Policy;
 
 /// SADA's parameters, named as in the paper's code. Unset fields take the published SD-2
 /// settings.
@@ -109,21 +106,5 @@ impl SadaConfig {
             }
         }
         Ok(())
-    }
-}
-
-impl Method for SadaConfig {
-    fn preset(family: Family) -> Self {
-        match family {
-            Family::StableDiffusion => SadaConfig::sd2(),
-            Family::Sdxl => SadaConfig::sdxl(),
-            Family::Flux => SadaConfig::flux(),
-        }
-    }
-    fn policy(&self, seed: u64) -> Box<dyn Policy> {
-        Box::new(super::Sada::new(self.clone(), seed))
-    }
-    fn validate(&self, steps: usize) -> Result<()> {
-        SadaConfig::validate(self, steps)
     }
 }

@@ -14,9 +14,11 @@ pub use config::SadaConfig;
 use rule::{CacheUse, DecisionRule};
 
 use super::lagrange;
+use super::method::Method;
 use super::plan::{Observation, Policy, SkipKind, StepPlan};
 use crate::denoiser::{Capabilities, TokenPlan, TokenSelection};
 use crate::error::{Error, Result};
+use crate::family::Family;
 use crate::solvers::{LatentScale, Prediction, PredictionType, Solver};
 
 /// The SADA policy. One instance samples one image at a time; [`Policy::begin`] resets it.
@@ -282,5 +284,21 @@ impl Policy for Sada {
             self.decide(step, criterion, m.as_ref())?;
         }
         Ok(criterion)
+    }
+}
+
+impl Method for SadaConfig {
+    fn preset(family: Family) -> Self {
+        match family {
+            Family::StableDiffusion => SadaConfig::sd2(),
+            Family::Sdxl => SadaConfig::sdxl(),
+            Family::Flux => SadaConfig::flux(),
+        }
+    }
+    fn policy(&self, seed: u64) -> Box<dyn Policy> {
+        Box::new(Sada::new(self.clone(), seed))
+    }
+    fn validate(&self, steps: usize) -> Result<()> {
+        SadaConfig::validate(self, steps)
     }
 }

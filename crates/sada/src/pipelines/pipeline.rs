@@ -1,0 +1,163 @@
+//! What a pipeline is: the [`Pipeline`] trait every model family implements, and the settings and
+//! prompt options a generation takes.
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::inputs::PipelineInputs;
+use crate::error::{Error, Result};
+use crate::family::Family;
+use crate::models::controlnet::ControlNetModel;
+use crate::policy::{Acceleration, Method, Policy};
+use crate::sampling::Trace;
+use crate::solvers::SolverKind;
+
+/// SDXL's size conditioning (`add_time_ids`): what diffusers' `original_size`,
+/// `crops_coords_top_left` and `target_size` set; unset sizes are the image's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SizeConditioning {
+    /// (height, width) the model is told the original image had; None: the output size.
+    pub original_size: Option<(usize, usize)>,
+    /// (top, left) of the crop the model is told was taken; (0, 0) by default.
+    pub crops_coords_top_left: (usize, usize),
+    /// (height, width) the model is told to aim for; None: the output size.
+    pub target_size: Option<(usize, usize)>,
+}
+
+/// The settings of one generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateOptions {
+    /// Solver steps requested (a method such as `fewer-steps` may run fewer).
+    pub steps: usize,
+    /// Classifier-free guidance scale (above 1 adds the unconditional pass); Flux instead feeds
+    /// it to a network that embeds guidance (FLUX.1-dev).
+    pub guidance_scale: f64,
+    /// Image height in pixels.
+    pub height: usize,
+    /// Image width in pixels.
+    pub width: usize,
+    /// Seed of the initial noise when none is given.
+    pub seed: u64,
+    /// The scheduler (solver) that integrates the sampling ODE.
+    pub solver: SolverKind,
+    /// The acceleration method and its settings (none for the baseline).
+    pub acceleration: Acceleration,
+    /// SDXL's size conditioning (ignored by other models).
+    #[serde(default)]
+    pub size_conditioning: SizeConditioning,
+}
+
+/// How prompts are encoded: the arguments of diffusers' `encode_prompt` besides the prompts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PromptOptions {
+    /// The negative prompt (None: the pipeline's default, as diffusers' `negative_prompt=None`).
+    pub negative_prompt: Option<String>,
+    /// Read the text encoder this many layers before its last, as diffusers applies `clip_skip`.
+    pub clip_skip: Option<usize>,
+    /// T5 tokens every prompt is padded or cut to (Flux's `max_sequence_length`; None: the
+    /// model's default).
+    pub max_sequence_length: Option<usize>,
+}
+
+/// What a prompt becomes before it is encoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptCheck {
+    /// Words the tokenizer does not know (they become the unknown token).
+    pub unknown: Vec<String>,
+    /// Tokens the prompt has, and how many the text encoder reads (the rest are dropped).
+    pub tokens: usize,
+    /// How many tokens the text encoder reads (between its start and end tokens).
+    pub window: usize,
+}
+
+/// Prompts longer than this are refused: far beyond any text encoder's window, and cheap to
+/// refuse before tokenising.
+pub const MAX_PROMPT_CHARS: usize = 10_000;
+
+/// A prompt worth encoding: not blank (unless `may_be_blank`, as a negative prompt may be)
+/// and not absurdly long; `flag` names it in the error.
+pub fn validate_prompt(flag: &str, text: &str, may_be_blank: bool) -> Result<()> {
+    if !may_be_blank && text.trim().is_empty() {
+        return Err(Error::param(flag, "is empty; describe the image to generate"));
+    }
+    let n = text.chars().count();
+    if n > MAX_PROMPT_CHARS {
+        return Err(Error::param(flag, format!("has {n} characters; at most {MAX_PROMPT_CHARS} are read")));
+    }
+    Ok(())
+}
+
+/// A text-to-image model ready to sample.
+pub trait Pipeline {
+    /// Which published accelerator settings apply.
+    fn family(&self) -> Family;
+    /// diffusers' default image size (height, width) and guidance scale for this model.
+    fn default_size(&self) -> (usize, usize);
+    /// The default guidance scale for this model (diffusers', unless the model was tuned for
+    /// another, as the embedded one was).
+    fn default_guidance(&self) -> f64;
+    /// Image pixels per latent pixel (1 for a pixel-space model).
+    fn vae_scale_factor(&self) -> usize;
+    /// Whether this model can turn prompts into conditioning.
+    fn has_text_encoder(&self) -> bool;
+    /// Whether [`Pipeline::decode`] gives images.
+    fn can_decode(&self) -> bool;
+    /// Unknown words and length of `prompt` as the tokenizer reads it with `opts`.
+    fn check_prompt(&mut self, prompt: &str, opts: &PromptOptions) -> Result<PromptCheck>;
+    /// An estimate of the memory (bytes) generating and decoding `batch` images of `opts`
+    /// needs beyond the loaded weights, to refuse sizes that cannot fit before allocating.
+    fn estimate_memory(&self, opts: &GenerateOptions, batch: usize) -> u128;
+    /// Conditioning for a batch of prompts, as diffusers' `encode_prompt`.
+    fn encode_prompts(&mut self, prompts: &[String], opts: &PromptOptions) -> Result<PipelineInputs>;
+    /// Check `opts` against this model (size, step count, accelerator settings) without
+    /// sampling, so a run can be refused before any output exists.
+    fn validate(&self, opts: &GenerateOptions) -> Result<()>;
+    /// Sample latents with `opts.acceleration`; `on_step(done, total)` after every step.
+    fn generate(&mut self, inputs: &PipelineInputs, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<(Tensor, Trace)> {
+        let mut policy = opts.acceleration.policy(opts.seed);
+        self.generate_with(inputs, opts, policy.as_mut(), on_step)
+    }
+    /// Sample latents with `policy` deciding what each step costs (any [`Policy`], e.g. one of
+    /// your own); `opts.acceleration` still sets the step count and is checked against it.
+    fn generate_with(
+        &mut self,
+        inputs: &PipelineInputs,
+        opts: &GenerateOptions,
+        policy: &mut dyn Policy,
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> Result<(Tensor, Trace)>;
+    /// The scheduler class the model ships (its `scheduler_config.json`), which the chosen
+    /// solver is built from.
+    fn scheduler_class(&self) -> Option<String>;
+    /// Latents to an image tensor in [-1, 1], if the model has a decoder.
+    fn decode(&self, latents: &Tensor) -> Result<Option<Tensor>>;
+
+    /// diffusers' defaults for this model (50 steps, its guidance scale and image size, seed 0)
+    /// with the solver SADA's published runs use for its family and SADA at the family's
+    /// published settings.
+    fn default_options(&self) -> GenerateOptions {
+        let (height, width) = self.default_size();
+        let family = self.family();
+        GenerateOptions {
+            steps: 50,
+            guidance_scale: self.default_guidance(),
+            height,
+            width,
+            seed: 0,
+            solver: family.default_solver(),
+            acceleration: Acceleration::Sada(crate::policy::SadaConfig::preset(family)),
+            size_conditioning: SizeConditioning::default(),
+        }
+    }
+
+    /// The ControlNet the model folder ships (a `controlnet/` folder, as diffusers' ControlNet
+    /// pipelines save one and the embedded model has), if any.
+    fn bundled_controlnet(&self, _dtype: DType, _device: &Device) -> Result<Option<ControlNetModel>> {
+        Ok(None)
+    }
+    /// Add a ControlNet: every later generation takes one [`ControlInput`](super::ControlInput) for it.
+    fn add_controlnet(&mut self, _model: ControlNetModel) -> Result<()> {
+        Err(Error::param("controlnet", "this model does not take ControlNets"))
+    }
+}
