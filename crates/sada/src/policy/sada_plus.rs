@@ -316,9 +316,8 @@ impl Policy for SadaPlus {
 
 /// The time in which `sada+` extrapolates x0, at `step`: lambda = log(alpha_t / sigma_t) =
 /// -log(sigma) for DPM-Solver++ (its multistep terms are polynomials in lambda) and for Euler
-/// (its sigma spans 14.6 to 0.03 on SD's schedule, and x0 is far smoother in log sigma: in
-/// sigma itself the extrapolation landed 6 to 9 dB further from the baseline on the embedded
-/// model); sigma for flow matching (it reaches 1, where lambda is infinite). Monotone in the
+/// (its sigma spans 14.6 to 0.03 on SD's schedule, and x0 is far smoother in log sigma; the
+/// comparison with sigma itself is in docs/sada-plus.md); sigma for flow matching (it reaches 1, where lambda is infinite). Monotone in the
 /// step, finite for steps < N.
 pub fn time_variable(solver: &dyn Solver, step: usize) -> f64 {
     let sigma = solver.noise(step).sigma;

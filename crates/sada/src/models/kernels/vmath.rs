@@ -143,8 +143,8 @@ pub(crate) fn avx2_fma() -> bool {
 }
 
 /// The same functions eight lanes at a time with AVX2 + FMA intrinsics: written out, because
-/// the compiler leaves the scalar polynomials above mostly scalar inside reductions (softmax's
-/// exp + sum measured 2.4 ns an element, against 0.3 here). The polynomials are the scalar
+/// the compiler leaves the scalar polynomials above mostly scalar inside reductions (the
+/// measured difference is in docs/performance.md). The polynomials are the scalar
 /// ones, evaluated with fused multiply-adds (so results may differ from them in the last bit);
 /// tails shorter than eight go through the scalar functions.
 #[cfg(target_arch = "x86_64")]

@@ -88,10 +88,9 @@ impl Winograd {
         self.m + 2
     }
 
-    /// Whether this transform beats im2col + GEMM on an h x w map. Measured on a 2-core AVX2
-    /// host (`cargo run -p sada --example kernels`): F(4x4) at 32 x 32 with 320 channels
-    /// 17.6 ms against 38 ms for im2col's GEMM alone, but at 16 x 16 (16 tiles an image) the
-    /// per-position products are too thin and it loses 4x; so at least 64 tiles an image.
+    /// Whether this transform beats im2col + GEMM on an h x w map: with fewer than 64 tiles an
+    /// image the per-position products are too thin to win (measured with
+    /// `cargo run -p sada --example kernels`; figures in docs/performance.md).
     pub fn worthwhile(&self, h: usize, w: usize) -> bool {
         h.div_ceil(self.m) * w.div_ceil(self.m) >= 64
     }
