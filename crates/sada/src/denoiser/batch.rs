@@ -41,7 +41,7 @@ pub fn predict(denoiser: &dyn Denoiser, latents: &Tensor, timestep: f64, cond: &
     let (step, plan, hook) = (ctx.step, ctx.plan, ctx.hook);
     // a subscriber set for this thread only (tracing's with_default) also sees the images' spans
     let dispatch = tracing::dispatcher::get_default(|d| d.clone());
-    let done: Vec<Result<(Tensor, TokenCache, usize)>> = caches
+    let mut done: Vec<Result<(Tensor, TokenCache, usize)>> = caches
         .into_par_iter()
         .zip(images)
         .enumerate()
@@ -58,7 +58,6 @@ pub fn predict(denoiser: &dyn Denoiser, latents: &Tensor, timestep: f64, cond: &
         })
         .collect();
     // an image's own error, not the note of one that waited for it
-    let mut done = done;
     if let Some(k) = done.iter().position(|d| matches!(d, Err(e) if !waited(e))) {
         done.swap_remove(k)?;
     }

@@ -5,7 +5,7 @@
 //!
 //! Waiting images keep their thread busy with other queued work (`rayon::yield_now`), so an
 //! image whose task is still queued behind a waiting one gets to run, even on fewer threads
-//! than images. That holds because a call meets at most once per call (the executor runs a
+//! than images. That holds because a batch meets at most once per call (the executor runs a
 //! call whole when its hook is batch-wide at more than one site) and showing the output never
 //! waits.
 

@@ -8,13 +8,11 @@
 //! SD's UNet). Full steps come every `interval` steps, or, with `uniform = false`, from the
 //! reference's schedule that packs them around step `center`.
 
-use std::sync::Mutex;
-
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::method::Method;
-use super::plan::{lock, Policy};
+use super::plan::{PerImage, Policy};
 use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind};
 use crate::error::{Error, Result};
 use crate::family::Family;
@@ -67,7 +65,7 @@ impl Method for DeepCacheConfig {
         Self::default()
     }
     fn policy(&self, _seed: u64) -> Box<dyn Policy> {
-        Box::new(DeepCache { cfg: self.clone(), full: Vec::new(), rows: Mutex::new(Vec::new()) })
+        Box::new(DeepCache { cfg: self.clone(), full: Vec::new(), rows: PerImage::new() })
     }
     fn validate(&self, _: usize) -> Result<()> {
         if self.interval == 0 {
@@ -134,7 +132,7 @@ pub struct DeepCache {
     cfg: DeepCacheConfig,
     full: Vec<bool>,
     /// Each image's deep-branch output at the last full step (a row of the batch).
-    rows: Mutex<Vec<Option<Tensor>>>,
+    rows: PerImage<Tensor>,
 }
 
 impl SiteHook for DeepCache {
@@ -146,19 +144,10 @@ impl SiteHook for DeepCache {
         if self.full.get(step).copied().unwrap_or(true) {
             return Ok(None);
         }
-        let rows = lock(&self.rows)?;
-        let mine: Option<Vec<Tensor>> = site.images.clone().map(|i| rows.get(i).cloned().flatten()).collect();
-        Ok(mine.map(|r| Tensor::cat(&r, 0)).transpose()?)
+        Ok(self.rows.all(site.images.clone())?.map(|r| Tensor::cat(&r, 0)).transpose()?)
     }
     fn record(&self, _: usize, site: &Site, output: &Tensor) -> Result<()> {
-        let mut rows = lock(&self.rows)?;
-        for (k, i) in site.images.clone().enumerate() {
-            if rows.len() <= i {
-                rows.resize(i + 1, None);
-            }
-            rows[i] = Some(output.narrow(0, k, 1)?);
-        }
-        Ok(())
+        self.rows.update(site.images.clone(), |row, _| Ok(output.narrow(0, row, 1)?))
     }
 }
 
@@ -179,7 +168,7 @@ impl Policy for DeepCache {
         }
         self.cfg.validate(solver.num_steps())?;
         self.full = self.cfg.full_steps(solver.num_steps());
-        *lock(&self.rows)? = Vec::new();
+        self.rows = PerImage::new();
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! What a policy is: the plan of one step, what the sampling loop shows a policy after it, and
 //! the [`Policy`] trait itself.
 
+use std::ops::Range;
 use std::sync::{Mutex, MutexGuard};
 
 use candle_core::Tensor;
@@ -153,4 +154,34 @@ pub trait Policy {
 /// A hook's state behind its lock (poisoned only by a panic in another image's call).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
     m.lock().map_err(|_| Error::internal("an accelerator's state was left inconsistent by a failed call"))
+}
+
+/// A hook's state kept per image of the batch, by the indices a site gives
+/// ([`Site::images`](crate::denoiser::Site)), behind a lock: the calls of one batch that run one
+/// image each share the hook.
+pub(crate) struct PerImage<T>(Mutex<Vec<Option<T>>>);
+
+impl<T: Clone> PerImage<T> {
+    pub(crate) fn new() -> Self {
+        Self(Mutex::new(Vec::new()))
+    }
+
+    /// Each of `images`' state, in order; None while any of them has none yet.
+    pub(crate) fn all(&self, images: Range<usize>) -> Result<Option<Vec<T>>> {
+        let states = lock(&self.0)?;
+        Ok(images.map(|i| states.get(i).cloned().flatten()).collect())
+    }
+
+    /// Replace each of `images`' state by `f(row, previous)`, `row` being the image's row in the
+    /// call that covers `images`.
+    pub(crate) fn update(&self, images: Range<usize>, mut f: impl FnMut(usize, Option<&T>) -> Result<T>) -> Result<()> {
+        let mut states = lock(&self.0)?;
+        for (row, i) in images.enumerate() {
+            if states.len() <= i {
+                states.resize(i + 1, None);
+            }
+            states[i] = Some(f(row, states[i].as_ref())?);
+        }
+        Ok(())
+    }
 }

@@ -10,13 +10,11 @@
 //! between them), up to `max_order`, starting from step `first_enhance - 1`; a forecast `x`
 //! steps after the last full one is sum_k F_k x^k / k!.
 
-use std::sync::Mutex;
-
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::method::Method;
-use super::plan::{lock, Policy};
+use super::plan::{PerImage, Policy};
 use crate::denoiser::{Capabilities, Site, SiteHook, SiteKind};
 use crate::error::{Error, Result};
 use crate::family::Family;
@@ -61,7 +59,7 @@ impl Method for TaylorSeerConfig {
         Self::default()
     }
     fn policy(&self, _seed: u64) -> Box<dyn Policy> {
-        Box::new(TaylorSeer { cfg: self.clone(), full: Vec::new(), images: Mutex::new(Vec::new()) })
+        Box::new(TaylorSeer { cfg: self.clone(), full: Vec::new(), images: PerImage::new() })
     }
     fn validate(&self, _: usize) -> Result<()> {
         if self.interval == 0 {
@@ -83,7 +81,7 @@ pub struct TaylorSeer {
     cfg: TaylorSeerConfig,
     full: Vec<bool>,
     /// Each image's expansion from its last full step.
-    images: Mutex<Vec<Option<Expansion>>>,
+    images: PerImage<Expansion>,
 }
 
 /// F_0, F_1, ...: one image's feature and its derivative estimates at its last full step.
@@ -117,36 +115,25 @@ impl SiteHook for TaylorSeer {
         if self.full.get(step).copied().unwrap_or(true) {
             return Ok(None);
         }
-        let images = lock(&self.images)?;
-        let mut rows = Vec::with_capacity(site.images.len());
-        for i in site.images.clone() {
-            match images.get(i).cloned().flatten() {
-                Some(e) if !e.factors.is_empty() => rows.push(e.forecast((step - e.last_full) as f64)?),
-                _ => return Ok(None),
-            }
-        }
+        let Some(expansions) = self.images.all(site.images.clone())? else { return Ok(None) };
+        let rows = expansions.iter().map(|e| e.forecast((step - e.last_full) as f64)).collect::<Result<Vec<_>>>()?;
         Ok(Some((site.base + Tensor::cat(&rows, 0)?)?))
     }
 
     fn record(&self, step: usize, site: &Site, output: &Tensor) -> Result<()> {
         let feature = (output - site.base)?;
-        let mut images = lock(&self.images)?;
-        for (k, i) in site.images.clone().enumerate() {
-            if images.len() <= i {
-                images.resize(i + 1, None);
-            }
-            let mut factors = vec![feature.narrow(0, k, 1)?];
+        self.images.update(site.images.clone(), |row, old| {
+            let mut factors = vec![feature.narrow(0, row, 1)?];
             // the reference starts differencing at step first_enhance - 1
-            if let Some(old) = images[i].as_ref().filter(|_| step + 1 >= self.cfg.first_enhance && step > 0) {
+            if let Some(old) = old.filter(|_| step + 1 >= self.cfg.first_enhance && step > 0) {
                 let gap = (step - old.last_full) as f64;
                 for (j, prev) in old.factors.iter().enumerate().take(self.cfg.max_order) {
                     let d = ((&factors[j] - prev)? / gap)?;
                     factors.push(d);
                 }
             }
-            images[i] = Some(Expansion { factors, last_full: step });
-        }
-        Ok(())
+            Ok(Expansion { factors, last_full: step })
+        })
     }
 }
 
@@ -161,7 +148,7 @@ impl Policy for TaylorSeer {
         }
         self.cfg.validate(solver.num_steps())?;
         self.full = self.cfg.full_steps(solver.num_steps());
-        *lock(&self.images)? = Vec::new();
+        self.images = PerImage::new();
         Ok(())
     }
 }
@@ -185,7 +172,7 @@ mod tests {
     #[test]
     fn forecast_is_exact_on_a_line_and_uses_step_distances() {
         let cfg = TaylorSeerConfig { interval: 4, max_order: 1, first_enhance: 2 };
-        let p = TaylorSeer { cfg: cfg.clone(), full: cfg.full_steps(20), images: Mutex::new(Vec::new()) };
+        let p = TaylorSeer { cfg: cfg.clone(), full: cfg.full_steps(20), images: PerImage::new() };
         let base = Tensor::new(&[0f32, 0.0], &Device::Cpu).unwrap();
         let feature = |s: usize| Tensor::new(&[3.0 + 2.0 * s as f32, -(s as f32)], &Device::Cpu).unwrap();
         for step in 0..12 {
@@ -202,6 +189,6 @@ mod tests {
             }
         }
         // order 1: each row keeps the feature and one derivative
-        assert!(p.images.lock().unwrap().iter().all(|e| e.as_ref().is_some_and(|e| e.factors.len() == 2)));
+        assert!(p.images.all(0..2).unwrap().unwrap().iter().all(|e| e.factors.len() == 2));
     }
 }
