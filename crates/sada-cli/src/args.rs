@@ -3,7 +3,7 @@
 use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
-use sada::models::hub::{self, HubOptions};
+use sada::models::hub::HubOptions;
 use sada::models::ModelRef;
 use sada::pipelines::{default_model, load_pipeline, Pipeline, PromptOptions};
 use sada::policy::{Acceleration, SadaConfig};
@@ -118,8 +118,9 @@ pub fn load_model(args: &ModelArgs, dtype: DType, device: &Device) -> anyhow::Re
         let pipe = load_pipeline(source, dtype, device).with_context(|| format!("--model {model} (revision {})", opts.revision()))?;
         return Ok((pipe, model.to_owned()));
     }
-    if args.revision.is_some() && !hub::is_repo_id(model) {
-        bail!("--revision applies to a Hugging Face id, not to the folder or file {model}");
+    if args.revision.is_some() {
+        // a local folder named like an id (org/name) is the folder: a revision cannot apply
+        bail!("--revision applies to a Hugging Face id, not to the local folder or file {model}");
     }
     Ok((load_pipeline(source, dtype, device)?, model.to_owned()))
 }

@@ -53,6 +53,7 @@ pub mod denoiser;
 pub mod device;
 pub mod error;
 pub mod family;
+pub mod files;
 pub mod finite;
 #[doc(hidden)]
 pub mod fuzz;
