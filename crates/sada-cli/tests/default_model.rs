@@ -175,6 +175,35 @@ fn sharded_benches_merge_into_one_report() {
     let (ok, _, err) = sada(&["bench", "merge", a.to_str().unwrap(), d.join("c").to_str().unwrap(), "--out", d.join("m2").to_str().unwrap()]);
     assert!(!ok && err.contains("other settings") && err.trim().lines().count() == 1, "{err}");
     assert!(!d.join("m2").exists());
+
+    // shards come from other machines: a record naming an image outside its images/ (or a
+    // link out of it), or settings that cannot be, are refused before anything is written
+    let victim = d.join("victim.txt");
+    std::fs::write(&victim, "keep me").unwrap();
+    let record = std::fs::read_to_string(b.join("runs/0001.json")).unwrap();
+    let baseline_image = "images/0001-baseline.png";
+    assert!(record.contains(baseline_image), "{record}");
+    for (bad, needle) in [("../../victim.txt", "images/NAME.png"), (victim.to_str().unwrap(), "images/NAME.png"), ("images/link.png", "not a regular file")] {
+        std::os::unix::fs::symlink(&victim, b.join("images/link.png")).ok();
+        std::fs::write(b.join("runs/0001.json"), record.replace(baseline_image, bad)).unwrap();
+        for out in [d.join("m3"), b.clone()] {
+            let (ok, _, err) = sada(&["bench", "merge", a.to_str().unwrap(), b.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+            assert!(!ok && err.contains(needle) && err.trim().lines().count() == 1, "{bad}: {err}");
+            assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+            assert!(!d.join("m3").exists());
+        }
+    }
+    std::fs::write(b.join("runs/0001.json"), &record).unwrap();
+    // merging a folder into itself (the same images both sides) loses nothing
+    let size = std::fs::metadata(a.join("images/0000-baseline.png")).unwrap().len();
+    let (ok, _, err) = sada(&["bench", "merge", a.to_str().unwrap(), b.to_str().unwrap(), "--out", a.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::metadata(a.join("images/0000-baseline.png")).unwrap().len(), size);
+    let settings = std::fs::read_to_string(b.join("settings.json")).unwrap();
+    std::fs::write(b.join("settings.json"), settings.replace("\"seeds\": 1", "\"seeds\": 0")).unwrap();
+    let (ok, _, err) = sada(&["bench", "merge", b.to_str().unwrap(), "--out", d.join("m4").to_str().unwrap()]);
+    assert!(!ok && err.contains("impossible settings"), "{err}");
+    assert!(!d.join("m4").exists());
     std::fs::remove_dir_all(&d).ok();
 }
 

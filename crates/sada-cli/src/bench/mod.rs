@@ -230,13 +230,14 @@ fn methods(args: &RunArgs, family: Family) -> Result<(Vec<Acceleration>, usize)>
     let columns = list.len();
     if args.sweep {
         for name in args.methods.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
-            for a in Acceleration::sweep(name, family)? {
+            // a sweep's settings that would run more steps than the baseline are left out
+            for a in Acceleration::sweep(name, family)?.into_iter().filter(|a| a.steps(args.steps) <= args.steps) {
                 push(a, &mut list);
             }
         }
     }
     for a in &list {
-        a.validate(a.steps(args.steps)).with_context(|| format!("method `{}`", a.label(family)))?;
+        a.check(args.steps).with_context(|| format!("method `{}`", a.label(family)))?;
     }
     Ok((list, columns))
 }
@@ -264,9 +265,7 @@ fn run_bench(args: &RunArgs) -> Result<()> {
     anyhow::ensure!(pipe.has_text_encoder(), "{model_name}: no text encoder, so prompts cannot be benchmarked");
     let prompts = match &args.prompts {
         Some(path) => {
-            let size = std::fs::metadata(path).with_context(|| format!("--prompts {}: cannot read", path.display()))?.len();
-            anyhow::ensure!(size <= MAX_PROMPT_FILE, "--prompts {}: {size} bytes; a prompt file may hold at most {MAX_PROMPT_FILE}", path.display());
-            let text = std::fs::read_to_string(path).with_context(|| format!("--prompts {}: cannot read as UTF-8 text", path.display()))?;
+            let text = sada::files::read_text(path, MAX_PROMPT_FILE).context("--prompts")?;
             let p: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
             anyhow::ensure!(!p.is_empty(), "{}: no prompts (one per line expected)", path.display());
             for (i, prompt) in p.iter().enumerate() {
@@ -325,7 +324,7 @@ fn run_bench(args: &RunArgs) -> Result<()> {
         pipe.validate(&GenerateOptions { acceleration: a.clone(), ..probe.clone() })?;
     }
     args.memory.check("--model", &settings.model, pipe.estimate_memory(&probe, 1))?;
-    shard::prepare(&args.out, &settings)?;
+    let _lock = shard::prepare(&args.out, &settings)?;
 
     let cases: Vec<(usize, usize, u64)> = (0..prompts.len())
         .flat_map(|p| (0..args.seeds).map(move |s| (p, s)))
@@ -345,7 +344,7 @@ fn run_bench(args: &RunArgs) -> Result<()> {
     for &(index, pi, seed) in &cases {
         let prompt = &prompts[pi];
         let record_path = args.out.join("runs").join(format!("{index:04}.json"));
-        if let Some(r) = std::fs::read_to_string(&record_path).ok().and_then(|t| serde_json::from_str::<RunRecord>(&t).ok()) {
+        if let Some(r) = sada::files::read_text(&record_path, 64 << 20).ok().and_then(|t| serde_json::from_str::<RunRecord>(&t).ok()) {
             if r.prompt == *prompt && r.seed == seed {
                 bar.inc(1);
                 continue;

@@ -71,48 +71,106 @@ pub fn check_out(out: &Path) -> Result<()> {
     crate::output::check_writable("--out", &parent.join(out.file_name().unwrap_or_default()))
 }
 
-/// Create the folder, or check that it holds a bench of the same settings.
-pub fn prepare(out: &Path, settings: &Settings) -> Result<()> {
-    let settings_path = out.join("settings.json");
-    if settings_path.is_file() {
-        let old = read_settings(out)?;
-        if old != *settings {
-            bail!("{}: this folder holds a bench with other settings; choose another --out or delete it", settings_path.display());
-        }
-        return Ok(());
+/// Held while this process writes into a bench folder: a second `sada bench` (or merge) into
+/// the same folder is refused instead of mixing runs of other settings into it.
+pub struct FolderLock(#[allow(dead_code)] std::fs::File);
+
+/// Lock the folder `out` (an advisory lock on the folder itself, so nothing is left in it).
+fn lock(out: &Path) -> Result<FolderLock> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(out).with_context(|| format!("--out {}: cannot open the folder", out.display()))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is passed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!("--out {}: another sada bench is writing into this folder; wait for it to finish or choose another --out", out.display());
     }
-    for d in [out.to_path_buf(), out.join("runs"), out.join("images")] {
-        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
-    }
-    write_atomic(&settings_path, serde_json::to_string_pretty(settings)?.as_bytes())
+    Ok(FolderLock(f))
 }
+
+/// Create the folder (or check that it holds a bench of the same settings) and lock it for as
+/// long as the returned lock lives.
+pub fn prepare(out: &Path, settings: &Settings) -> Result<FolderLock> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let lock = lock(out)?;
+    let settings_path = out.join("settings.json");
+    let exists = std::fs::symlink_metadata(&settings_path).is_ok();
+    if exists && read_settings(out)? != *settings {
+        bail!("{}: this folder holds a bench with other settings; choose another --out or delete it", settings_path.display());
+    }
+    for d in [out.join("runs"), out.join("images")] {
+        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+        anyhow::ensure!(d.is_dir(), "{}: is not a folder; this is not a bench folder", d.display());
+    }
+    if !exists {
+        write_atomic(&settings_path, serde_json::to_string_pretty(settings)?.as_bytes())?;
+    }
+    Ok(lock)
+}
+
+/// Settings, run records and the records' images are small; a larger file is not one of them.
+const MAX_RECORD: u64 = 64 << 20;
+/// An image of a bench run (a PNG at the model's size).
+const MAX_IMAGE: u64 = 512 << 20;
 
 fn read_settings(dir: &Path) -> Result<Settings> {
     let path = dir.join("settings.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read (is this a bench folder?)", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not the settings of this version of sada bench", path.display()))
+    let text = sada::files::read_text(&path, MAX_RECORD).with_context(|| format!("{}: is this a bench folder?", dir.display()))?;
+    let s: Settings = serde_json::from_str(&text).with_context(|| format!("{}: not the settings of this version of sada bench", path.display()))?;
+    let runs = s.prompts.len() as u128 * s.seeds as u128;
+    if s.prompts.is_empty() || s.seeds == 0 || runs > super::MAX_RUNS as u128 || s.columns > s.methods.len() {
+        bail!(
+            "{}: impossible settings ({} prompts x {} seeds, {} grid columns of {} methods)",
+            path.display(),
+            s.prompts.len(),
+            s.seeds,
+            s.columns,
+            s.methods.len()
+        );
+    }
+    Ok(s)
 }
 
-/// Every finished run in `dir`, in index order.
+/// Every finished run in `dir`, in index order, each checked against the settings; the images
+/// a record names must be files in `dir/images/` (records come from other machines).
 pub fn records(dir: &Path, settings: &Settings) -> Result<Vec<RunRecord>> {
     let mut out = Vec::new();
     let runs = dir.join("runs");
     let entries = std::fs::read_dir(&runs).with_context(|| format!("cannot read {}", runs.display()))?;
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
     paths.sort();
+    let total = settings.prompts.len() * settings.seeds as usize;
     for p in paths {
-        let text = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
+        let text = sada::files::read_text(&p, MAX_RECORD)?;
         let r: RunRecord = serde_json::from_str(&text).with_context(|| format!("{}: not a bench run record", p.display()))?;
         let expected = settings.prompts.get(r.index / settings.seeds as usize);
-        if expected != Some(&r.prompt) || r.seed != (r.index % settings.seeds as usize) as u64 {
+        if r.index >= total || expected != Some(&r.prompt) || r.seed != (r.index % settings.seeds as usize) as u64 {
             bail!("{}: run {} does not belong to these settings", p.display(), r.index);
+        }
+        for image in record_images(&r) {
+            image_in(dir, image).with_context(|| format!("{}: run {}", p.display(), r.index))?;
         }
         out.push(r);
     }
     Ok(out)
 }
 
-/// `sada bench merge`: the runs of `dirs` (same settings) in one folder and report.
+fn record_images(r: &RunRecord) -> impl Iterator<Item = &str> {
+    std::iter::once(&r.baseline).chain(&r.methods).chain(r.plain.values()).map(|m| m.image.as_str())
+}
+
+/// The file `image` (as a record writes it, `images/NAME.png`) names in `dir`: only a plain
+/// file name under `images/`, never a path that leaves it, and never a link.
+fn image_in(dir: &Path, image: &str) -> Result<PathBuf> {
+    let name = image.strip_prefix("images/").unwrap_or("");
+    let plain = !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0']);
+    anyhow::ensure!(plain, "image `{image}`: expected images/NAME.png, a file in the folder's images/");
+    let path = dir.join("images").join(name);
+    let meta = std::fs::symlink_metadata(&path).with_context(|| format!("{}: missing", path.display()))?;
+    anyhow::ensure!(meta.is_file(), "{}: not a regular file", path.display());
+    Ok(path)
+}
+
+/// `sada bench merge`: the runs of `dirs` (same settings) in one folder and report. Every
+/// folder, record and image is checked before `out` is created or written.
 pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<()> {
     let settings = read_settings(&dirs[0])?;
     for d in &dirs[1..] {
@@ -120,24 +178,32 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<()> {
             bail!("{}: made with other settings than {}", d.join("settings.json").display(), dirs[0].display());
         }
     }
-    prepare(out, &settings)?;
-    let mut merged: Vec<RunRecord> = Vec::new();
+    let out_dir = out.canonicalize().ok();
+    let mut merged: Vec<(RunRecord, Option<&PathBuf>)> = Vec::new();
     for d in dirs {
+        let from_out = out_dir.is_some() && d.canonicalize().ok() == out_dir;
         for r in records(d, &settings)? {
-            if merged.iter().any(|m| m.index == r.index) {
-                continue;
+            if !merged.iter().any(|(m, _)| m.index == r.index) {
+                merged.push((r, (!from_out).then_some(d)));
             }
-            let same_dir = d.canonicalize().ok() == out.canonicalize().ok();
-            if !same_dir {
-                let images = std::iter::once(&r.baseline).chain(&r.methods).chain(r.plain.values()).map(|m| m.image.clone());
-                for img in images {
-                    std::fs::copy(d.join(&img), out.join(&img)).with_context(|| format!("copying {}", d.join(&img).display()))?;
-                }
-                write_atomic(&out.join("runs").join(format!("{:04}.json", r.index)), serde_json::to_string_pretty(&r)?.as_bytes())?;
-            }
-            merged.push(r);
         }
     }
+    if out.exists() {
+        check_out(out)?;
+    }
+    let _lock = prepare(out, &settings)?;
+    for (r, from) in &merged {
+        let Some(d) = from else { continue };
+        for image in record_images(r) {
+            let src = image_in(d, image)?;
+            let dst = out.join(image);
+            // read in full first: were both the same file, nothing would be lost
+            let bytes = sada::files::read_bounded(&src, MAX_IMAGE)?;
+            write_atomic(&dst, &bytes).with_context(|| format!("copying {}", src.display()))?;
+        }
+        write_atomic(&out.join("runs").join(format!("{:04}.json", r.index)), serde_json::to_string_pretty(r)?.as_bytes())?;
+    }
+    let mut merged: Vec<RunRecord> = merged.into_iter().map(|(r, _)| r).collect();
     merged.sort_by_key(|r| r.index);
     let total = settings.prompts.len() * settings.seeds as usize;
     let md = report::write(out, &settings, &merged)?;
@@ -179,5 +245,15 @@ mod tests {
         }
         let s = Shard { index: 1, count: 3 };
         assert_eq!((0..9).filter(|&i| s.takes(i)).collect::<Vec<_>>(), vec![1, 4, 7]);
+    }
+
+    #[test]
+    fn a_bench_folder_takes_one_writer_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock(dir.path()).unwrap();
+        let e = format!("{:#}", lock(dir.path()).err().expect("a second lock was granted"));
+        assert!(e.contains("another sada bench"), "{e}");
+        drop(first);
+        lock(dir.path()).unwrap();
     }
 }
