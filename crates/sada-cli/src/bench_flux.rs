@@ -55,8 +55,9 @@ fn timed(evals: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> 
 
 pub fn run(args: &BenchFluxArgs) -> Result<()> {
     anyhow::ensure!(args.size.is_multiple_of(16) && args.size > 0 && args.size <= 4096, "--size must be a positive multiple of 16, at most 4096");
-    anyhow::ensure!(args.evals > 0, "--evals must be at least 1");
-    anyhow::ensure!(args.double + args.single > 0 && args.double + args.single <= 57, "--double + --single must be 1 to 57 blocks");
+    anyhow::ensure!((1..=crate::bench_unet::MAX_EVALS).contains(&args.evals), "--evals must be 1 to {}", crate::bench_unet::MAX_EVALS);
+    let blocks = args.double.checked_add(args.single).unwrap_or(usize::MAX);
+    anyhow::ensure!((1..=57).contains(&blocks), "--double + --single must be 1 to 57 blocks");
     anyhow::ensure!((1..=4096).contains(&args.text_tokens), "--text-tokens must be 1 to 4096");
     let dev = args.device.device()?;
     let dtype = args.dtype.resolve(&dev)?;

@@ -68,9 +68,12 @@ pub fn peak_rss_gib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Timed evaluations one bench may ask for (each takes seconds to minutes).
+pub const MAX_EVALS: usize = 10_000;
+
 pub fn run(args: &BenchUnetArgs) -> Result<()> {
     anyhow::ensure!(args.size.is_multiple_of(64) && args.size > 0 && args.size <= 4096, "--size must be a positive multiple of 64, at most 4096");
-    anyhow::ensure!(args.evals > 0, "--evals must be at least 1");
+    anyhow::ensure!((1..=MAX_EVALS).contains(&args.evals), "--evals must be 1 to {MAX_EVALS}");
     let dev = args.device.device()?;
     let dtype = args.dtype.resolve(&dev)?;
     let profile = SpanTimes::install()?;
@@ -79,6 +82,13 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
         UnetConfig::Sdxl => ("sdxl", Some(presets::SDXL), sada::solvers::presets::SDXL, SadaConfig::sdxl()),
         UnetConfig::Default => ("default", None, sada::solvers::presets::SD21, SadaConfig::sd2()),
     };
+    if args.sample_steps > 0 {
+        // the sampling runs after minutes of timing: their settings are checked now
+        let sched = sada::solvers::presets::parse(sched_preset);
+        build_solver(SolverKind::DpmSolverMultistep, &sched, &Default::default(), args.sample_steps, &FlowTimesteps::default())
+            .map_err(|e| anyhow::anyhow!("--sample-steps {}: {e}", args.sample_steps))?;
+        sada_config.validate(args.sample_steps).map_err(|e| anyhow::anyhow!("--sample-steps {}: SADA's preset: {e}", args.sample_steps))?;
+    }
     let source = sada::pipelines::default_model::source();
     // the default model samples in pixel space at its trained size, with 16-token prompts
     let (config, size, l, tokens): (UNet2DConditionConfig, _, _, _) = match preset {

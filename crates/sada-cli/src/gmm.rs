@@ -128,7 +128,7 @@ pub fn run(args: &GmmArgs) -> Result<()> {
         return study(args, budgets, label, &guided, &build, &noise, family);
     }
     let accel = args.accel.acceleration(family)?;
-    accel.validate(accel.steps(args.steps))?;
+    accel.check(args.steps)?;
     let run = |solver: &mut dyn Solver, policy: &mut dyn Policy, name: &str| -> Result<(Tensor, Trace, f64)> {
         let bar = progress(solver.num_steps(), name);
         let start = Instant::now();
@@ -206,7 +206,7 @@ fn study(
     noise: &dyn Fn(u64) -> Result<Tensor>,
     family: Family,
 ) -> Result<()> {
-    anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
+    anyhow::ensure!((1..=10_000).contains(&args.runs), "--runs must be 1 to 10000");
     let seeds_end = args.seed.checked_add(args.runs).with_context(|| format!("--seed {} + --runs {} overflows the seed range", args.seed, args.runs))?;
     let a = &args.accel;
     anyhow::ensure!(

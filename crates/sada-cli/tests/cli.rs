@@ -26,6 +26,15 @@ fn impossible_parameters_fail_with_one_line_naming_them() {
         (vec!["gmm", "--steps", "20", "--acc-range", "4,18", "--lagrange-step", "8"], "lagrange_term"),
         (vec!["gmm", "--max-interval", "0"], "max_interval"),
         (vec!["gmm", "--class", "99"], "class"),
+        // unbounded work is refused before it starts
+        (vec!["gmm", "--study", "20", "--runs", "18446744073709551615"], "--runs"),
+        (vec!["bench-unet", "--evals", "18446744073709551615"], "--evals"),
+        (vec!["bench-flux", "--evals", "18446744073709551615"], "--evals"),
+        (vec!["bench-flux", "--double", "18446744073709551615", "--single", "3"], "--double"),
+        (vec!["bench-unet", "--config", "default", "--sample-steps", "1001"], "--sample-steps"),
+        (vec!["gmm", "--accel", "deepcache:uniform=false,pow=1e308"], "pow"),
+        (vec!["gmm", "--accel", "deepcache:interval=2,interval=3"], "interval"),
+        (vec!["gmm", "--steps", "10", "--accel", "fewer-steps"], "fewer-steps:steps"),
     ] {
         let (ok, out, err) = sada(&args);
         assert!(!ok, "{args:?} succeeded: {out}");

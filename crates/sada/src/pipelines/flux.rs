@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::inputs::PipelineInputs;
 use super::pipeline::{GenerateOptions, Pipeline, PromptCheck, PromptOptions};
-use crate::denoiser::{Conditioning, Guided};
+use crate::denoiser::{Conditioning, Denoiser, Guided};
 use crate::error::{Error, Result};
 use crate::family::Family;
 use crate::models::{AutoencoderKl, FluxTransformer2DModel, ModelSource};
@@ -174,7 +174,7 @@ impl Flux {
         let (h, w) = self.latent_size(opts)?;
         let steps = opts.acceleration.steps(opts.steps);
         let solver = self.solver(opts.solver, steps, (h / 2) * (w / 2))?;
-        opts.acceleration.validate(steps)?;
+        opts.acceleration.check(opts.steps)?;
         Ok(solver)
     }
 
@@ -268,7 +268,13 @@ impl Pipeline for Flux {
     }
 
     fn validate(&self, opts: &GenerateOptions) -> Result<()> {
-        self.checked_solver(opts).map(drop)
+        let solver = self.checked_solver(opts)?;
+        if opts.size_conditioning != Default::default() {
+            return Err(Error::param("original_size/target_size/crops_coords_top_left", "only SDXL models take size conditioning; Flux does not"));
+        }
+        let (h, w) = self.latent_size(opts)?;
+        let shape = [1, self.transformer.config.latent_channels(), h, w];
+        super::pipeline::check_run(opts, solver.as_ref(), &shape, &self.transformer.capabilities())
     }
 
     fn generate_with(
@@ -278,6 +284,7 @@ impl Pipeline for Flux {
         policy: &mut dyn Policy,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<(Tensor, Trace)> {
+        self.validate(opts)?;
         let mut solver = self.checked_solver(opts)?;
         if !inputs.control.is_empty() {
             return Err(Error::param("control image", "this model has no ControlNet"));

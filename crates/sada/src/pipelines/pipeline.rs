@@ -88,6 +88,26 @@ pub fn validate_prompt(flag: &str, text: &str, may_be_blank: bool) -> Result<()>
     Ok(())
 }
 
+/// Guidance scales beyond this are refused: no model is used near it, and a larger one drives
+/// the networks' outputs (or Flux's guidance embedding) to infinity.
+pub const MAX_GUIDANCE: f64 = 1000.0;
+
+/// What `validate` checks for every pipeline before any work: a usable guidance scale, and
+/// that the acceleration method can run on this denoiser (its policy's `begin`, tried on a
+/// fresh policy against the solver, the latent shape and the denoiser's capabilities).
+pub(crate) fn check_run(
+    opts: &GenerateOptions,
+    solver: &dyn crate::solvers::Solver,
+    latent_shape: &[usize],
+    caps: &crate::denoiser::Capabilities,
+) -> Result<()> {
+    let g = opts.guidance_scale;
+    if !g.is_finite() || g.abs() > MAX_GUIDANCE {
+        return Err(Error::param("guidance_scale", format!("{g} is not a guidance scale; expected a finite number of at most {MAX_GUIDANCE} in size")));
+    }
+    opts.acceleration.policy(opts.seed).begin(solver, latent_shape, caps)
+}
+
 /// A text-to-image model ready to sample.
 pub trait Pipeline {
     /// Which published accelerator settings apply.

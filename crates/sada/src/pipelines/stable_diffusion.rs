@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::inputs::{ControlInput, PipelineInputs};
 use super::pipeline::{GenerateOptions, Pipeline, PromptCheck, PromptOptions};
-use crate::denoiser::{Conditioning, Guided};
+use crate::denoiser::{Conditioning, Denoiser, Guided};
 use crate::error::{Error, Result};
 use crate::family::Family;
 use crate::models::controlnet::{ControlNetModel, ControlUnit, ControlledUNet};
@@ -318,7 +318,7 @@ impl StableDiffusion {
         }
         let steps = opts.acceleration.steps(opts.steps);
         let solver = self.solver(opts.solver, steps)?;
-        opts.acceleration.validate(steps)?;
+        opts.acceleration.check(opts.steps)?;
         Ok(solver)
     }
 
@@ -407,7 +407,13 @@ impl Pipeline for StableDiffusion {
     }
 
     fn validate(&self, opts: &GenerateOptions) -> Result<()> {
-        self.checked_solver(opts).map(drop)
+        let solver = self.checked_solver(opts)?;
+        if !self.unet.uses_text_time() && opts.size_conditioning != Default::default() {
+            return Err(Error::param("original_size/target_size/crops_coords_top_left", "only SDXL models take size conditioning; this model does not"));
+        }
+        let scale = self.vae_scale_factor();
+        let shape = [1, self.unet.config.in_channels, opts.height / scale, opts.width / scale];
+        super::pipeline::check_run(opts, solver.as_ref(), &shape, &self.unet.capabilities())
     }
 
     fn generate_with(
@@ -418,6 +424,7 @@ impl Pipeline for StableDiffusion {
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<(Tensor, Trace)> {
         let scale = self.vae_scale_factor();
+        self.validate(opts)?;
         // the solver checks the step count before anything is allocated for it
         let mut solver = self.checked_solver(opts)?;
         self.check_control(&inputs.control)?;

@@ -26,6 +26,19 @@ macro_rules! methods {
         }
 
         impl Acceleration {
+    /// Check the settings against a run asked for `requested` steps: the method's own checks at
+    /// the steps it runs, and that it runs no more steps than the baseline would.
+    pub fn check(&self, requested: usize) -> Result<()> {
+        let steps = self.steps(requested);
+        if steps > requested {
+            return Err(Error::param(
+                format!("{}:steps", self.name()),
+                format!("{steps} steps is more than the {requested} asked for; an accelerator runs at most the baseline's steps"),
+            ));
+        }
+        self.validate(steps)
+    }
+
             /// Every method's name and one-line description.
             pub const METHODS: &'static [(&'static str, &'static str)] = &[$(($name, $about)),+];
 
@@ -113,9 +126,14 @@ impl Acceleration {
         let base = Self::preset(name, family)?;
         let mut value = serde_json::to_value(&base).map_err(|e| Error::internal(format!("settings of `{name}` do not serialise: {e}")))?;
         let obj = value.as_object_mut().ok_or_else(|| Error::internal("settings serialise to a JSON object"))?;
+        let mut given: Vec<&str> = Vec::new();
         for item in split_top_level(settings) {
             let (k, v) = item.split_once('=').ok_or_else(|| Error::param("accel", format!("`{item}` in `{spec}` is not key=value")))?;
             let (k, v) = (k.trim(), v.trim());
+            if given.contains(&k) {
+                return Err(Error::param("accel", format!("`{spec}` sets `{k}` twice; give each setting once")));
+            }
+            given.push(k);
             if k == "method" || !obj.contains_key(k) {
                 let keys: Vec<&str> = obj.keys().map(String::as_str).filter(|k| *k != "method").collect();
                 return Err(Error::param("accel", format!("`{name}` has no setting `{k}`; its settings are {}", keys.join(", "))));

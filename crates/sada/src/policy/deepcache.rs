@@ -71,8 +71,8 @@ impl Method for DeepCacheConfig {
         if self.interval == 0 {
             return Err(Error::param("deepcache:interval", "must be at least 1"));
         }
-        if !(self.uniform || self.pow > 1.0 && self.pow.is_finite()) {
-            return Err(Error::param("deepcache:pow", format!("{} must be a finite number above 1", self.pow)));
+        if !(self.uniform || self.pow > 1.0 && self.pow <= MAX_POW) {
+            return Err(Error::param("deepcache:pow", format!("{} must be above 1 and at most {MAX_POW}", self.pow)));
         }
         Ok(())
     }
@@ -81,13 +81,20 @@ impl Method for DeepCacheConfig {
     }
 }
 
+/// Exponents above this are refused: the schedule search lowers `pow` by 0.02 per try, and the
+/// reference uses 1.4.
+pub const MAX_POW: f64 = 100.0;
+
 /// The reference's `sample_from_quad_center`, step for step. Its first point is
 /// `(-center) ** (1 / pow)`, a complex number in Python; numpy carries the complex values
 /// through `linspace` and `** pow` and keeps the real part when casting to int32. This port
 /// does the same arithmetic, so the schedule is the one the authors' code produces.
 pub fn sample_from_quad_center(total: usize, n_samples: usize, center: usize, mut pow: f64) -> Vec<usize> {
     let mut indices = vec![0];
-    while pow > 1.0 {
+    // at most the tries from MAX_POW down to 1 (past ~1e14, subtracting 0.02 changes nothing)
+    let mut tries = 0;
+    while pow > 1.0 && tries <= (MAX_POW / 0.02) as usize {
+        tries += 1;
         // principal complex powers, as Python and numpy take them
         let start = cpow((-(center as f64), 0.0), 1.0 / pow);
         let stop = cpow((total as f64 - center as f64, 0.0), 1.0 / pow);
