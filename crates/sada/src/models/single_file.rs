@@ -114,7 +114,7 @@ pub struct Checkpoint {
     /// Per diffusers component: tensor name -> where it comes from.
     maps: HashMap<String, HashMap<String, Source>>,
     /// Per component: the shape of every tensor under its diffusers name.
-    shapes: HashMap<String, HashMap<String, Vec<usize>>>,
+    shapes: HashMap<String, HashMap<String, Dims>>,
     /// Synthesised diffusers files: `model_index.json`, `unet/config.json`, tokenizer files, ...
     files: HashMap<String, String>,
 }
@@ -142,24 +142,62 @@ fn resnet_tail(t: &str) -> String {
     t
 }
 
+/// Block numbers past this are no block number (no checkpoint numbers its blocks past a few
+/// hundred), so the counts made from them (`n + 1`) cannot overflow.
+const MAX_INDEX: usize = 1 << 20;
+
 /// `a.{n}.rest` -> (n, rest).
 fn index_rest(s: &str) -> Option<(usize, &str)> {
     let (n, rest) = s.split_once('.')?;
-    Some((n.parse().ok()?, rest))
+    let n: usize = n.parse().ok()?;
+    (n <= MAX_INDEX).then_some((n, rest))
+}
+
+/// Axis `axis` of the tensor `key` of shape `shape`, where a configuration is read from it: the
+/// one way a shape is read here. The tensor must be a `rank`-d weight without an empty
+/// dimension, else the error names it (a tensor of another rank is an error, never an index out
+/// of bounds); each dimension is then at most the tensor's element count, so at most the
+/// file's size, and the arithmetic on it cannot overflow.
+fn axis_of(key: &str, shape: &[usize], rank: usize, axis: usize) -> std::result::Result<usize, String> {
+    if shape.len() != rank {
+        return Err(format!("tensor `{key}` has shape {shape:?}; expected a {rank}-d weight"));
+    }
+    if shape.contains(&0) {
+        return Err(format!("tensor `{key}` has shape {shape:?}; expected a {rank}-d weight without an empty dimension"));
+    }
+    shape.get(axis).copied().ok_or_else(|| format!("tensor `{key}`: no axis {axis} in a {rank}-d weight"))
+}
+
+/// The shape of a tensor under a diffusers name, with the file's tensor it is read from (which
+/// errors name).
+#[derive(Debug, Clone)]
+struct Dims {
+    key: String,
+    shape: Vec<usize>,
+}
+
+impl Dims {
+    fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// Axis `axis` of this `rank`-d weight ([`axis_of`]).
+    fn dim(&self, rank: usize, axis: usize) -> std::result::Result<usize, String> {
+        axis_of(&self.key, &self.shape, rank, axis)
+    }
 }
 
 impl Checkpoint {
     /// Open and map a `.safetensors` checkpoint, recognise its architecture and rename its tensors
     /// to diffusers' layout; pickled checkpoints (`.ckpt`, `.pt`, `.bin`) are refused.
     pub fn open(path: &Path) -> Result<Self> {
-        if !path.is_file() {
+        if !path.exists() {
             return Err(Error::file(path, "checkpoint file not found"));
         }
         if path.extension().is_some_and(|e| e == "ckpt" || e == "pt" || e == "bin") {
             return Err(Error::file(path, "pickled PyTorch checkpoints are not read (they can run code); convert it to .safetensors"));
         }
-        // SAFETY: read-only mapping of a model file, as every weights file is read.
-        let file = unsafe { MmapedSafetensors::new(path) }.map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
+        let file = crate::models::weights::open_safetensors(path)?;
         crate::models::weights::check_tensors(file.tensors(), path)?;
         let shapes_of: HashMap<String, Vec<usize>> = file.tensors().into_iter().map(|(k, v)| (k, v.shape().to_vec())).collect();
         let keys: BTreeSet<String> = shapes_of.keys().cloned().collect();
@@ -228,8 +266,12 @@ impl Checkpoint {
     /// read from the shapes instead of assumed (diffusers fixes the width at FLUX.1's 3072).
     fn open_flux(path: &Path, file: MmapedSafetensors, keys: &BTreeSet<String>, shapes_of: &HashMap<String, Vec<usize>>, prefix: &str) -> Result<Self> {
         let err = |m: String| Error::file(path, m);
-        let shape =
-            |k: &str| shapes_of.get(&format!("{prefix}{k}")).cloned().ok_or_else(|| err(format!("no `{prefix}{k}`: not a complete FLUX.1 transformer")));
+        // axis `axis` of the `rank`-d weight `k`
+        let dim_of = |k: &str, rank: usize, axis: usize| -> Result<usize> {
+            let key = format!("{prefix}{k}");
+            let shape = shapes_of.get(&key).ok_or_else(|| err(format!("no `{key}`: not a complete FLUX.1 transformer")))?;
+            axis_of(&key, shape, rank, axis).map_err(err)
+        };
         let count =
             |block: &str| keys.iter().filter_map(|k| k.strip_prefix(prefix)?.strip_prefix(block).and_then(index_rest).map(|(i, _)| i)).collect::<BTreeSet<_>>();
         let (double, single) = (count("double_blocks."), count("single_blocks."));
@@ -238,12 +280,9 @@ impl Checkpoint {
                 return Err(err(format!("{name} are not numbered 0..{}", set.len())));
             }
         }
-        let img_in = shape("img_in.weight")?;
-        let [dim, in_channels] = img_in[..] else {
-            return Err(err(format!("`img_in.weight` has shape {img_in:?}, expected [dim, in_channels]")));
-        };
+        let (dim, in_channels) = (dim_of("img_in.weight", 2, 0)?, dim_of("img_in.weight", 2, 1)?);
         let norm = if double.is_empty() { "single_blocks.0.norm.query_norm.scale" } else { "double_blocks.0.img_attn.norm.query_norm.scale" };
-        let head_dim = shape(norm)?[0];
+        let head_dim = dim_of(norm, 1, 0)?;
         if head_dim == 0 || dim % head_dim != 0 || head_dim % 16 != 0 {
             return Err(err(format!("a head dimension of {head_dim} for a width of {dim}: expected a multiple of 16 dividing the width")));
         }
@@ -256,11 +295,12 @@ impl Checkpoint {
             "num_single_layers": single.len(),
             "attention_head_dim": head_dim,
             "num_attention_heads": dim / head_dim,
-            "joint_attention_dim": shape("txt_in.weight")?.get(1).copied().unwrap_or(0),
-            "pooled_projection_dim": shape("vector_in.in_layer.weight")?.get(1).copied().unwrap_or(0),
+            "joint_attention_dim": dim_of("txt_in.weight", 2, 1)?,
+            "pooled_projection_dim": dim_of("vector_in.in_layer.weight", 2, 1)?,
             "guidance_embeds": guidance,
-            // FLUX.1's split of a head over (text, row, column): 16, 56, 56 of 128
-            "axes_dims_rope": [head_dim / 8, head_dim * 7 / 16, head_dim * 7 / 16],
+            // FLUX.1's split of a head over (text, row, column): 16, 56, 56 of 128 (a head is a
+            // multiple of 16)
+            "axes_dims_rope": [head_dim / 8, head_dim / 16 * 7, head_dim / 16 * 7],
         });
         let mut map = HashMap::new();
         let mut put = |to: String, from: &str| {
@@ -311,9 +351,9 @@ impl Checkpoint {
         }
         for &i in &single {
             let (d, b) = (format!("single_transformer_blocks.{i}"), format!("single_blocks.{i}"));
-            let rows = shape(&format!("{b}.linear1.weight"))?[0];
-            if rows != 3 * dim + 4 * dim {
-                return Err(err(format!("`{b}.linear1.weight` has {rows} rows, expected q, k, v and a 4x MLP: {}", 7 * dim)));
+            let rows = dim_of(&format!("{b}.linear1.weight"), 2, 0)?;
+            if dim.checked_mul(7) != Some(rows) {
+                return Err(err(format!("`{b}.linear1.weight` has {rows} rows, expected q, k, v and a 4x MLP: {}", dim.saturating_mul(7))));
             }
             for (n, start, len) in [("attn.to_q", 0, dim), ("attn.to_k", dim, dim), ("attn.to_v", 2 * dim, dim), ("proj_mlp", 3 * dim, 4 * dim)] {
                 for t in ["weight", "bias"] {
@@ -364,8 +404,13 @@ impl Checkpoint {
         Ok(candle_nn::VarBuilder::from_backend(Box::new(backend), dtype, device.clone()))
     }
 
-    fn shape(&self, comp: &str, name: &str) -> std::result::Result<&[usize], String> {
-        self.shapes.get(comp).and_then(|s| s.get(name)).map(Vec::as_slice).ok_or_else(|| format!("the {comp} has no `{name}`"))
+    /// The diffusers names of `component`'s tensors (the fuzz entry loads each).
+    pub(crate) fn tensor_names(&self, component: &str) -> Vec<String> {
+        self.maps.get(component).map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    fn shape(&self, comp: &str, name: &str) -> std::result::Result<&Dims, String> {
+        self.shapes.get(comp).and_then(|s| s.get(name)).ok_or_else(|| format!("the {comp} has no `{name}`"))
     }
 
     /// model_index.json, the component configs, the scheduler config and tokenizer files.
@@ -400,8 +445,9 @@ impl Checkpoint {
     }
 
     fn unet_config(&self) -> std::result::Result<Value, String> {
-        let mut c = unet_config(&self.shapes["unet"], self.family == Architecture::Sd2)?;
-        c["out_channels"] = json!(self.shape("unet", "conv_out.weight")?[0]);
+        let shapes = self.shapes.get("unet").ok_or("the checkpoint holds no unet")?;
+        let mut c = unet_config(shapes, self.family == Architecture::Sd2)?;
+        c["out_channels"] = json!(self.shape("unet", "conv_out.weight")?.dim(4, 0)?);
         c["sample_size"] = json!(match self.family {
             Architecture::Sd1 => 64,
             Architecture::Sd2 => 96,
@@ -423,14 +469,20 @@ impl Checkpoint {
             .filter_map(|k| k.strip_prefix("encoder.down_blocks.0.resnets.").and_then(index_rest).map(|(n, _)| n))
             .max()
             .ok_or("no encoder resnets")?;
-        let channels: Vec<usize> =
-            (0..levels).map(|i| s(&format!("encoder.down_blocks.{i}.resnets.0.conv2.weight")).map(|v| v[0])).collect::<std::result::Result<_, _>>()?;
+        let channels: Vec<usize> = (0..levels)
+            .map(|i| s(&format!("encoder.down_blocks.{i}.resnets.0.conv2.weight")).and_then(|d| d.dim(4, 0)))
+            .collect::<std::result::Result<_, _>>()?;
+        // the latent's channels: the post-quantisation conv's, else what the decoder takes in
+        let latent_channels = match s("post_quant_conv.weight") {
+            Ok(d) => d.dim(4, 0)?,
+            Err(_) => s("decoder.conv_in.weight")?.dim(4, 1)?,
+        };
         let xl = self.family == Architecture::Sdxl;
         Ok(json!({
             "_class_name": "AutoencoderKL",
-            "in_channels": s("encoder.conv_in.weight")?[1], "out_channels": s("decoder.conv_out.weight")?[0],
+            "in_channels": s("encoder.conv_in.weight")?.dim(4, 1)?, "out_channels": s("decoder.conv_out.weight")?.dim(4, 0)?,
             "block_out_channels": channels, "layers_per_block": lpb,
-            "latent_channels": s("post_quant_conv.weight").map(|v| v[0]).or_else(|_| s("decoder.conv_in.weight").map(|v| v[1]))?,
+            "latent_channels": latent_channels,
             "norm_num_groups": 32,
             "scaling_factor": if xl { 0.13025 } else { 0.18215 },
             "force_upcast": xl,
@@ -443,6 +495,7 @@ impl Checkpoint {
         let s = |n: &str| self.shape(comp, n);
         let keys: Vec<&String> = self.maps[comp].keys().collect();
         let tok = s("text_model.embeddings.token_embedding.weight")?;
+        let (vocab, hidden) = (tok.dim(2, 0)?, tok.dim(2, 1)?);
         let layers = keys
             .iter()
             .filter_map(|k| k.strip_prefix("text_model.encoder.layers.").and_then(index_rest).map(|(n, _)| n + 1))
@@ -450,15 +503,15 @@ impl Checkpoint {
             .ok_or("no encoder layers")?;
         let openai = comp == "text_encoder" && self.family != Architecture::Sd2;
         let mut c = json!({
-            "vocab_size": tok[0], "hidden_size": tok[1],
-            "intermediate_size": s("text_model.encoder.layers.0.mlp.fc1.weight")?[0],
-            "num_hidden_layers": layers, "num_attention_heads": (tok[1] / 64).max(1),
-            "max_position_embeddings": s("text_model.embeddings.position_embedding.weight")?[0],
+            "vocab_size": vocab, "hidden_size": hidden,
+            "intermediate_size": s("text_model.encoder.layers.0.mlp.fc1.weight")?.dim(2, 0)?,
+            "num_hidden_layers": layers, "num_attention_heads": (hidden / 64).max(1),
+            "max_position_embeddings": s("text_model.embeddings.position_embedding.weight")?.dim(2, 0)?,
             "hidden_act": if openai { "quick_gelu" } else { "gelu" },
             "layer_norm_eps": 1e-5, "eos_token_id": 2,
         });
         if let Ok(p) = s("text_projection.weight") {
-            c["projection_dim"] = json!(p[0]);
+            c["projection_dim"] = json!(p.dim(2, 0)?);
         }
         Ok(c)
     }
@@ -492,42 +545,43 @@ fn scheduler(fam: Architecture) -> Value {
 }
 
 /// The shape of each diffusers tensor, for config inference.
-fn diffusers_shapes(maps: &HashMap<String, HashMap<String, Source>>, shapes_of: &HashMap<String, Vec<usize>>) -> HashMap<String, HashMap<String, Vec<usize>>> {
-    let mut shapes = HashMap::new();
-    for (comp, map) in maps {
-        let s = map
-            .iter()
-            .filter(|(_, src)| shapes_of.contains_key(src.key()))
-            .map(|(name, src)| {
-                let shape = match src {
-                    Source::Same(k) | Source::SwapHalves(k) => shapes_of[k].clone(),
-                    Source::Rows(k, _, parts) => {
-                        let mut v = shapes_of[k].clone();
-                        v[0] /= parts;
-                        v
+fn diffusers_shapes(maps: &HashMap<String, HashMap<String, Source>>, shapes_of: &HashMap<String, Vec<usize>>) -> HashMap<String, HashMap<String, Dims>> {
+    maps.iter().map(|(comp, map)| (comp.clone(), component_shapes(map, shapes_of))).collect()
+}
+
+/// The shape of each of a component's tensors under its diffusers name, as it is made from the
+/// file's (a tensor of too low a rank for its change keeps its shape, for [`Dims::dim`] to refuse).
+fn component_shapes(map: &HashMap<String, Source>, shapes_of: &HashMap<String, Vec<usize>>) -> HashMap<String, Dims> {
+    map.iter()
+        .filter_map(|(name, src)| {
+            let key = src.key();
+            let mut shape = shapes_of.get(key)?.clone();
+            match src {
+                Source::Same(_) | Source::SwapHalves(_) => {}
+                Source::Rows(_, _, parts) => {
+                    if let Some(rows) = shape.first_mut() {
+                        *rows /= (*parts).max(1);
                     }
-                    Source::Narrow(k, _, len) => {
-                        let mut v = shapes_of[k].clone();
-                        v[0] = *len;
-                        v
+                }
+                Source::Narrow(_, _, len) => {
+                    if let Some(rows) = shape.first_mut() {
+                        *rows = *len;
                     }
-                    Source::Transpose(k) => shapes_of[k].iter().rev().copied().collect(),
-                    Source::Squeeze(k) => shapes_of[k].iter().copied().take(2).collect(),
-                };
-                (name.clone(), shape)
-            })
-            .collect();
-        shapes.insert(comp.clone(), s);
-    }
-    shapes
+                }
+                Source::Transpose(_) => shape.reverse(),
+                Source::Squeeze(_) => shape.truncate(2),
+            }
+            Some((name.clone(), Dims { key: key.to_owned(), shape }))
+        })
+        .collect()
 }
 
 /// The UNet part of a config.json (also a ControlNet's) from the shapes of its tensors under
 /// diffusers names; `upcast_attention` as SD-2 sets it.
-fn unet_config(shapes: &HashMap<String, Vec<usize>>, upcast_attention: bool) -> std::result::Result<Value, String> {
-    let s = |n: &str| shapes.get(n).map(Vec::as_slice).ok_or_else(|| format!("no `{n}`"));
+fn unet_config(shapes: &HashMap<String, Dims>, upcast_attention: bool) -> std::result::Result<Value, String> {
+    let s = |n: &str| shapes.get(n).ok_or_else(|| format!("no `{n}`"));
     let keys: Vec<&String> = shapes.keys().collect();
-    let conv_in = s("conv_in.weight")?;
+    let in_channels = s("conv_in.weight")?.dim(4, 1)?;
     let levels = 1 + keys.iter().filter_map(|k| k.strip_prefix("down_blocks.").and_then(index_rest).map(|(n, _)| n)).max().ok_or("no down_blocks")?;
     let lpb = 1 + keys
         .iter()
@@ -538,7 +592,7 @@ fn unet_config(shapes: &HashMap<String, Vec<usize>>, upcast_attention: bool) -> 
     let mut cross = Vec::new();
     let mut depth = Vec::new();
     for b in 0..levels {
-        channels.push(s(&format!("down_blocks.{b}.resnets.0.conv2.weight"))?[0]);
+        channels.push(s(&format!("down_blocks.{b}.resnets.0.conv2.weight"))?.dim(4, 0)?);
         let pre = format!("down_blocks.{b}.attentions.0.transformer_blocks.");
         let d = keys.iter().filter_map(|k| k.strip_prefix(pre.as_str()).and_then(index_rest).map(|(n, _)| n + 1)).max();
         cross.push(d.is_some());
@@ -551,16 +605,16 @@ fn unet_config(shapes: &HashMap<String, Vec<usize>>, upcast_attention: bool) -> 
         *last = mid;
     }
     let attn_key = keys.iter().find(|k| k.ends_with("attn2.to_k.weight")).ok_or("no cross-attention")?;
-    let context = s(attn_key)?[1];
+    let context = s(attn_key)?.dim(2, 1)?;
     let proj_in = keys.iter().find(|k| k.ends_with(".proj_in.weight")).ok_or("no proj_in")?;
-    let linear = s(proj_in)?.len() == 2;
+    let linear = s(proj_in)?.rank() == 2;
     // heads are not in the weights: SD-1 has 8 per level, the linear-projection families 64-wide heads
     let heads: Vec<usize> = if linear { channels.iter().map(|c| (c / 64).max(1)).collect() } else { vec![8; levels] };
     let down: Vec<&str> = cross.iter().map(|&c| if c { "CrossAttnDownBlock2D" } else { "DownBlock2D" }).collect();
     let up: Vec<&str> = cross.iter().rev().map(|&c| if c { "CrossAttnUpBlock2D" } else { "UpBlock2D" }).collect();
     let mut c = json!({
         "_class_name": "UNet2DConditionModel",
-        "in_channels": conv_in[1],
+        "in_channels": in_channels,
         "block_out_channels": channels, "layers_per_block": lpb,
         "down_block_types": down, "up_block_types": up,
         "transformer_layers_per_block": depth, "attention_head_dim": heads,
@@ -571,7 +625,7 @@ fn unet_config(shapes: &HashMap<String, Vec<usize>>, upcast_attention: bool) -> 
     if let Ok(w) = s("add_embedding.linear_1.weight") {
         c["addition_embed_type"] = json!("text_time");
         c["addition_time_embed_dim"] = json!(256);
-        c["projection_class_embeddings_input_dim"] = json!(w[1]);
+        c["projection_class_embeddings_input_dim"] = json!(w.dim(2, 1)?);
     }
     Ok(c)
 }
@@ -602,7 +656,8 @@ fn unet_map(keys: &BTreeSet<String>, prefix: &str) -> std::result::Result<HashMa
         ];
         let name = if let Some((a, b)) = top.iter().find(|(a, _)| k.starts_with(a)) {
             Some(format!("{b}{}", &k[a.len()..]))
-        } else if let Some((i, rest)) = k.strip_prefix("input_blocks.").and_then(index_rest) {
+        } else if let Some((i, rest)) = k.strip_prefix("input_blocks.").and_then(index_rest).filter(|&(i, _)| i > 0) {
+            // block 0 is conv_in (above)
             let (b, j) = ((i - 1) / s, (i - 1) % s);
             match index_rest(rest) {
                 Some((0, t)) if j < lpb => Some(format!("down_blocks.{b}.resnets.{j}.{}", resnet_tail(t))),
@@ -777,8 +832,7 @@ pub fn open_controlnet(path: &Path, dtype: DType, device: &Device) -> Result<(Va
     if path.extension().is_some_and(|e| e == "ckpt" || e == "pt" || e == "pth" || e == "bin") {
         return Err(Error::file(path, "pickled PyTorch checkpoints are not read (they can run code); convert it to .safetensors"));
     }
-    // SAFETY: read-only mapping of a model file, as every weights file is read.
-    let file = unsafe { MmapedSafetensors::new(path) }.map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
+    let file = crate::models::weights::open_safetensors(path)?;
     crate::models::weights::check_tensors(file.tensors(), path)?;
     let shapes_of: HashMap<String, Vec<usize>> = file.tensors().into_iter().map(|(k, v)| (k, v.shape().to_vec())).collect();
     let keys: BTreeSet<String> = shapes_of.keys().cloned().collect();
@@ -815,23 +869,163 @@ pub fn open_controlnet(path: &Path, dtype: DType, device: &Device) -> Result<(Va
             map.insert(n, Source::Same(k.clone()));
         }
     }
-    let shapes: HashMap<String, Vec<usize>> = map
-        .iter()
-        .map(|(n, src)| match src {
-            Source::Same(k) => (n.clone(), shapes_of[k].clone()),
-            _ => unreachable!("a ControlNet is renamed, never reshaped"),
-        })
-        .collect();
-    let context = shapes.iter().find(|(k, _)| k.ends_with("attn2.to_k.weight")).and_then(|(_, s)| s.get(1).copied());
+    // a ControlNet is renamed, never reshaped
+    let shapes = component_shapes(&map, &shapes_of);
+    let context = shapes.iter().find(|(k, _)| k.ends_with("attn2.to_k.weight")).and_then(|(_, s)| s.shape.get(1).copied());
     let mut config = unet_config(&shapes, context == Some(1024)).map_err(err)?;
-    let shape = |n: &str| shapes.get(n).cloned().ok_or_else(|| err(format!("no `{n}`")));
-    let mut embed = vec![shape("controlnet_cond_embedding.conv_in.weight")?[0]];
+    let shape = |n: &str| shapes.get(n).ok_or_else(|| err(format!("no `{n}`")));
+    let conv_in = shape("controlnet_cond_embedding.conv_in.weight")?;
+    let mut embed = vec![conv_in.dim(4, 0).map_err(err)?];
     for i in (1..hint.len().saturating_sub(2)).step_by(2) {
-        embed.push(shape(&format!("controlnet_cond_embedding.blocks.{i}.weight"))?[0]);
+        embed.push(shape(&format!("controlnet_cond_embedding.blocks.{i}.weight"))?.dim(4, 0).map_err(err)?);
     }
     config["_class_name"] = json!("ControlNetModel");
-    config["conditioning_channels"] = json!(shape("controlnet_cond_embedding.conv_in.weight")?[1]);
+    config["conditioning_channels"] = json!(conv_in.dim(4, 1).map_err(err)?);
     config["conditioning_embedding_out_channels"] = json!(embed);
     let backend = Renamed { file: Arc::new(file), path: path.to_path_buf(), map };
     Ok((config, candle_nn::VarBuilder::from_backend(Box::new(backend), dtype, device.clone())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(rel: &str) -> Vec<u8> {
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(rel)).unwrap()
+    }
+
+    /// The header (parsed) and the data of the safetensors file `bytes`.
+    fn split(bytes: &[u8]) -> (serde_json::Map<String, Value>, &[u8]) {
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        (serde_json::from_slice(&bytes[8..8 + n]).unwrap(), &bytes[8 + n..])
+    }
+
+    /// A safetensors file of `header` (JSON text, as given) and `data`.
+    fn join(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(header.as_bytes());
+        file.extend_from_slice(data);
+        file
+    }
+
+    /// The safetensors file `bytes` with tensor `name` of `shape` instead (its data cut to as
+    /// many elements, no more than it had): the file rebuilt, offsets and all.
+    fn reshaped(bytes: &[u8], name: &str, shape: &[usize]) -> Vec<u8> {
+        let (header, data) = split(bytes);
+        let offsets = |v: &Value| (v["data_offsets"][0].as_u64().unwrap_or(0) as usize, v["data_offsets"][1].as_u64().unwrap_or(0) as usize);
+        let mut entries: Vec<(String, Value)> = header.into_iter().collect();
+        entries.sort_by_key(|(_, v)| offsets(v));
+        let (mut out, mut out_data) = (serde_json::Map::new(), Vec::new());
+        for (k, mut v) in entries {
+            if k != "__metadata__" {
+                let (a, b) = offsets(&v);
+                let mut t = &data[a..b];
+                if k == name {
+                    let old: usize = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).product();
+                    t = &t[..t.len() / old.max(1) * shape.iter().product::<usize>()];
+                    v["shape"] = json!(shape);
+                }
+                let start = out_data.len();
+                out_data.extend_from_slice(t);
+                v["data_offsets"] = json!([start, out_data.len()]);
+            }
+            out.insert(k, v);
+        }
+        join(&Value::Object(out).to_string(), &out_data)
+    }
+
+    /// The number of elements of tensor `name` of the safetensors file `bytes`.
+    fn elements(bytes: &[u8], name: &str) -> usize {
+        split(bytes).0[name]["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).product()
+    }
+
+    /// The error of reading the file `bytes` as the fixture `rel` is read (a ControlNet or a
+    /// checkpoint), or None where it reads.
+    fn read(dir: &tempfile::TempDir, rel: &str, bytes: &[u8]) -> Option<String> {
+        let path = dir.path().join("model.safetensors");
+        std::fs::write(&path, bytes).unwrap();
+        let result =
+            if rel.starts_with("controlnet/") { open_controlnet(&path, DType::F32, &Device::Cpu).map(drop) } else { Checkpoint::open(&path).map(drop) };
+        result.err().map(|e| e.to_string())
+    }
+
+    const FIXTURES: [&str; 5] =
+        ["sd/sd15.safetensors", "sd/sd2.safetensors", "sd/sdxl.safetensors", "flux/flux_dev_single.safetensors", "controlnet/sd15_canny.safetensors"];
+
+    #[test]
+    fn a_tensor_of_too_low_a_rank_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // (fixture, tensor, the rank it is given, the rank the reader needs): each of these
+        // indexed an axis the tensor did not have
+        let cases = [
+            ("sd/sd15.safetensors", "model.diffusion_model.input_blocks.0.0.weight", 1, 4),
+            ("sd/sd15.safetensors", "model.diffusion_model.input_blocks.0.0.weight", 0, 4),
+            ("sd/sd15.safetensors", "model.diffusion_model.out.2.weight", 0, 4),
+            ("sd/sd15.safetensors", "first_stage_model.encoder.conv_in.weight", 1, 4),
+            ("sd/sd15.safetensors", "first_stage_model.post_quant_conv.weight", 0, 4),
+            ("sd/sd15.safetensors", "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight", 1, 2),
+            ("sd/sd2.safetensors", "cond_stage_model.model.positional_embedding", 0, 2),
+            ("sd/sdxl.safetensors", "model.diffusion_model.label_emb.0.0.weight", 1, 2),
+            ("flux/flux_dev_single.safetensors", "single_blocks.0.linear1.weight", 0, 2),
+            ("flux/flux_dev_single.safetensors", "double_blocks.0.img_attn.norm.query_norm.scale", 0, 1),
+            ("flux/flux_dev_single.safetensors", "txt_in.weight", 1, 2),
+            ("controlnet/sd15_canny.safetensors", "control_model.input_hint_block.0.weight", 1, 4),
+            ("controlnet/sd15_canny.safetensors", "control_model.input_hint_block.4.weight", 0, 4),
+        ];
+        for (rel, name, rank, needs) in cases {
+            let bytes = fixture(rel);
+            // the rebuilt file reads as the fixture does
+            let shape: Vec<usize> = split(&bytes).0[name]["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+            assert_eq!(read(&dir, rel, &reshaped(&bytes, name, &shape)), None, "{rel} rebuilt");
+            let lower = if rank == 1 { vec![elements(&bytes, name)] } else { vec![] };
+            let e = read(&dir, rel, &reshaped(&bytes, name, &lower)).unwrap_or_else(|| panic!("{rel} with a {rank}-d `{name}` was read"));
+            assert!(e.ends_with(&format!("tensor `{name}` has shape {lower:?}; expected a {needs}-d weight")), "{e}");
+            assert_eq!(e.matches("model.safetensors").count(), 1, "{e}");
+        }
+    }
+
+    #[test]
+    fn no_tensor_of_a_lower_rank_makes_a_reader_panic() {
+        // every tensor of every single-file fixture made 0-d, and 1-d where it had more axes
+        let dir = tempfile::tempdir().unwrap();
+        for rel in FIXTURES {
+            let bytes = fixture(rel);
+            let (header, _) = split(&bytes);
+            for (name, v) in &header {
+                let Some(shape) = v["shape"].as_array() else { continue };
+                let n: usize = shape.iter().map(|d| d.as_u64().unwrap_or(0) as usize).product();
+                if shape.is_empty() || n == 0 {
+                    continue;
+                }
+                let lower: Vec<Vec<usize>> = if shape.len() >= 2 { vec![vec![], vec![n]] } else { vec![vec![]] };
+                for s in lower {
+                    if let Some(e) = read(&dir, rel, &reshaped(&bytes, name, &s)) {
+                        assert!(!e.contains('\n'), "{rel} with `{name}` of shape {s:?}: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn other_formats_and_repeated_names_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let mut gguf = b"GGUF\x03\x00\x00\x00".to_vec();
+        gguf.resize(256, 0);
+        std::fs::write(&path, &gguf).unwrap();
+        let e = Checkpoint::open(&path).unwrap_err().to_string();
+        assert!(e.ends_with("model.safetensors: a GGUF file, not safetensors; GGUF checkpoints are not supported yet"), "{e}");
+        let e = open_controlnet(&path, DType::F32, &Device::Cpu).err().unwrap().to_string();
+        assert!(e.contains("a GGUF file"), "{e}");
+        // a tensor listed twice with the same offsets: safetensors alone would keep one
+        let bytes = fixture("sd/sd15.safetensors");
+        let (header, data) = split(&bytes);
+        let name = "model.diffusion_model.out.2.bias";
+        let text = Value::Object(header.clone()).to_string();
+        let twice = format!("{{\"{name}\":{},{}", header[name], &text[1..]);
+        std::fs::write(&path, join(&twice, data)).unwrap();
+        let e = Checkpoint::open(&path).unwrap_err().to_string();
+        assert!(e.ends_with(&format!("model.safetensors: tensor `{name}` appears twice in the header")), "{e}");
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
@@ -53,13 +54,144 @@ fn shards(index: &Path) -> Result<Vec<PathBuf>> {
 pub fn var_builder(files: &[PathBuf], dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
     for f in files {
         // Validate each file up front so the error names the corrupt one.
-        // SAFETY: the file is only read; concurrent modification by another process is the
-        // caller's responsibility, as with any memory-mapped model file.
-        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }.map_err(|e| Error::file(f, format!("not a valid safetensors file: {e}")))?;
+        let st = open_safetensors(f)?;
         check_tensors(st.tensors(), f)?;
     }
-    // SAFETY: as above.
+    // SAFETY: the files are only read; concurrent modification by another process is the
+    // caller's responsibility, as with any memory-mapped model file.
     unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }.map_err(|e| Error::file(&files[0], format!("cannot open weights: {e}")))
+}
+
+/// The largest header (the JSON that lists the tensors) a safetensors file may have: the
+/// safetensors crate's own bound.
+const MAX_HEADER: u64 = 100_000_000;
+
+/// Open and memory-map the safetensors file `path`: the one way weights, single-file
+/// checkpoints and pipeline inputs are opened. Only a regular file is opened (a FIFO would
+/// block, a device never end); its first bytes and header are read first, bounded, so that
+/// another format is named as such (GGUF, a PyTorch zip or pickle) and a header that is too
+/// large, not JSON or that names a tensor twice is refused before the file is mapped. Every
+/// error is one line that names the path once.
+pub fn open_safetensors(path: &Path) -> Result<MmapedSafetensors> {
+    crate::files::check_regular(path)?;
+    read_and_check_header(path)?;
+    // SAFETY: the file is only read; concurrent modification by another process is the
+    // caller's responsibility, as with any memory-mapped model file.
+    unsafe { MmapedSafetensors::new(path) }.map_err(|e| Error::file(path, format!("not a valid safetensors file: {}", without_path(e))))
+}
+
+/// Read the first 8 bytes of the file at `path` and then the header they state (never more
+/// than the file holds, nor 100 MB), and check them ([`check_safetensors_header`]).
+fn read_and_check_header(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let io = |e: std::io::Error| Error::file(path, format!("cannot read: {e}"));
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let mut prefix = Vec::with_capacity(8);
+    file.by_ref().take(8).read_to_end(&mut prefix).map_err(io)?;
+    let n = header_len(&prefix, len).map_err(|m| Error::file(path, m))?;
+    prefix.reserve_exact(n);
+    file.take(n as u64).read_to_end(&mut prefix).map_err(io)?;
+    check_safetensors_header(&prefix, len).map_err(|m| Error::file(path, m))
+}
+
+/// The checks [`open_safetensors`] makes before it maps a file, on `prefix`, the file's first
+/// bytes (its 8-byte header length and the header, where the file holds them), for a file of
+/// `file_len` bytes: not another format, a header length within the file and 100 MB, a header
+/// that is a JSON object naming each tensor once. The fuzz entry runs them on a whole file.
+pub fn check_safetensors_header(prefix: &[u8], file_len: u64) -> std::result::Result<(), String> {
+    let n = header_len(prefix, file_len)?;
+    // `n` is at most 100 MB: no overflow
+    let header = prefix.get(8..8 + n).ok_or("not a valid safetensors file: it ends inside its header")?;
+    match first_repeated_name(header) {
+        Ok(None) => Ok(()),
+        Ok(Some(name)) if name == "__metadata__" => Err("not a valid safetensors file: `__metadata__` appears twice in the header".to_owned()),
+        Ok(Some(name)) => Err(format!("tensor `{name}` appears twice in the header")),
+        Err(e) => Err(format!("not a valid safetensors file: its header is not a JSON object ({e})")),
+    }
+}
+
+/// The header length the first 8 bytes of `first` state, for a file of `file_len` bytes. A
+/// length past the end of the file or beyond 100 MB is an error, which names the format where
+/// the first bytes are another format's magic. None of those states a length that fits (GGUF's
+/// `GGUF` and version, a zip's `PK\x03\x04` and version, a pickle's protocol and first opcodes,
+/// read as a length, are gigabytes, or more than the file), so the magic is only looked at
+/// where the length does not fit: a safetensors file whose header is 640 bytes long begins as a
+/// pickle does (`\x80\x02`), and is read as safetensors.
+fn header_len(first: &[u8], file_len: u64) -> std::result::Result<usize, String> {
+    let foreign = || foreign_format(first).map(str::to_owned);
+    let Some(bytes) = first.first_chunk::<8>() else {
+        return Err(foreign().unwrap_or_else(|| format!("not a valid safetensors file: its header is cut short ({file_len} bytes)")));
+    };
+    let n = u64::from_le_bytes(*bytes);
+    if n > MAX_HEADER {
+        return Err(foreign().unwrap_or_else(|| {
+            format!(
+                "not a valid safetensors file: its header would be {} long, more than the {} a header may have",
+                crate::files::human_bytes(n),
+                crate::files::human_bytes(MAX_HEADER)
+            )
+        }));
+    }
+    if n > file_len.saturating_sub(8) {
+        return Err(foreign()
+            .unwrap_or_else(|| format!("not a valid safetensors file: its header would be {n} bytes long, more than the file holds ({file_len} bytes)")));
+    }
+    usize::try_from(n).map_err(|_| format!("not a valid safetensors file: a header of {n} bytes"))
+}
+
+/// The format the first bytes of a file are the magic of, as a message, where it is one a
+/// checkpoint is commonly saved in.
+fn foreign_format(first: &[u8]) -> Option<&'static str> {
+    if first.starts_with(b"GGUF") {
+        Some("a GGUF file, not safetensors; GGUF checkpoints are not supported yet")
+    } else if first.starts_with(b"PK\x03\x04") {
+        Some("a zip archive (a PyTorch .pt/.pth/.ckpt checkpoint?), not safetensors; convert it to safetensors")
+    } else if first.first() == Some(&0x80) && first.get(1).is_some_and(|p| (2..=5).contains(p)) {
+        Some("a Python pickle (a PyTorch checkpoint?), not safetensors")
+    } else {
+        None
+    }
+}
+
+/// The first key of the JSON object `header` that appears a second time (a tensor listed twice;
+/// deserialized into a map or a `serde_json::Value`, the last would silently win).
+fn first_repeated_name(header: &[u8]) -> std::result::Result<Option<String>, serde_json::Error> {
+    use serde::Deserializer as _;
+    let mut de = serde_json::Deserializer::from_slice(header);
+    (&mut de).deserialize_map(FirstRepeat)
+}
+
+/// Visits a JSON object's keys, skipping the values, and keeps the first that repeats.
+struct FirstRepeat;
+
+impl<'de> serde::de::Visitor<'de> for FirstRepeat {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object of tensors")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        let mut repeat = None;
+        while let Some(name) = map.next_key::<String>()? {
+            map.next_value::<serde::de::IgnoredAny>()?;
+            if repeat.is_none() && !seen.insert(name.clone()) {
+                repeat = Some(name);
+            }
+        }
+        Ok(repeat)
+    }
+}
+
+/// candle's error without the path it adds (the caller's [`Error::file`] names it once) or a
+/// backtrace.
+fn without_path(e: candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithPath { inner, .. } | candle_core::Error::WithBacktrace { inner, .. } => without_path(*inner),
+        other => other.to_string(),
+    }
 }
 
 /// Names (suffixes) of integer buffers saved by older transformers / LDM training code:
@@ -92,4 +224,108 @@ pub fn check_tensors(tensors: Vec<(String, safetensors::tensor::TensorView<'_>)>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file by hand: the 8-byte header length, `header` as given (so it may name
+    /// a tensor twice), then `data_len` zero bytes.
+    fn raw(header: &str, data_len: usize) -> Vec<u8> {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.resize(bytes.len() + data_len, 0);
+        bytes
+    }
+
+    /// The one-line error of opening a file of `bytes`, which names the file exactly once.
+    fn open_err(bytes: &[u8]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        std::fs::write(&path, bytes).unwrap();
+        let e = open_safetensors(&path).err().expect("refused").to_string();
+        assert_eq!(e.matches(&path.display().to_string()).count(), 1, "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        e
+    }
+
+    const ONE: &str = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+
+    #[test]
+    fn other_formats_are_named_not_read_as_safetensors() {
+        let mut gguf = b"GGUF\x03\x00\x00\x00".to_vec();
+        gguf.resize(64, 0);
+        assert!(open_err(&gguf).contains("a GGUF file, not safetensors; GGUF checkpoints are not supported yet"));
+        assert!(open_err(b"GGUF").contains("a GGUF file"));
+        let mut zip = b"PK\x03\x04\x14\x00\x00\x00\x08\x00".to_vec();
+        zip.resize(64, 0);
+        assert!(open_err(&zip).contains("a zip archive (a PyTorch .pt/.pth/.ckpt checkpoint?), not safetensors"));
+        // torch.save's legacy format (protocol 2, its magic number first) and a protocol-4 pickle
+        for pickle in [&b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02M\xe9\x03."[..], &b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00}\x94."[..]] {
+            assert!(open_err(pickle).contains("a Python pickle (a PyTorch checkpoint?), not safetensors"));
+        }
+        // what is not safetensors and no known format: the header is named
+        for (bytes, says) in [
+            (&b"garbage"[..], "not a valid safetensors file: its header is cut short (7 bytes)"),
+            (&b"not safetensors at all"[..], "not a valid safetensors file: its header would be"),
+            (&[0xe8, 0x03, 0, 0, 0, 0, 0, 0, b'{', b'}'][..], "more than the file holds (10 bytes)"),
+            (&[0, 0, 0, 0, 0, 1, 0, 0][..], "more than the 95.4 MiB a header may have"),
+        ] {
+            let e = open_err(bytes);
+            assert!(e.contains(says), "{e}");
+        }
+        let e = open_err(&raw("[1, 2]", 0));
+        assert!(e.contains("not a valid safetensors file: its header is not a JSON object"), "{e}");
+    }
+
+    #[test]
+    fn a_tensor_named_twice_is_refused() {
+        let twice = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let e = open_err(&raw(twice, 8));
+        assert!(e.ends_with("tensor `a` appears twice in the header"), "{e}");
+        let bytes = raw(twice, 8);
+        assert_eq!(check_safetensors_header(&bytes, bytes.len() as u64).unwrap_err(), "tensor `a` appears twice in the header");
+        // the metadata once, as safetensors writes it, is no tensor; twice it is refused
+        let meta = r#"{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let bytes = raw(meta, 4);
+        assert_eq!(check_safetensors_header(&bytes, bytes.len() as u64), Ok(()));
+        let meta_twice = r#"{"__metadata__":{"format":"pt"},"__metadata__":{},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        assert!(open_err(&raw(meta_twice, 4)).contains("`__metadata__` appears twice"));
+    }
+
+    #[test]
+    fn safetensors_files_open_even_when_they_begin_as_a_pickle_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ok.safetensors");
+        std::fs::write(&path, raw(ONE, 4)).unwrap();
+        assert_eq!(open_safetensors(&path).unwrap().tensors().len(), 1);
+        // a header padded to 640 bytes: its length reads 80 02 00 .., a pickle's first bytes
+        let padded = format!("{ONE:<640}");
+        let bytes = raw(&padded, 4);
+        assert_eq!(bytes[..2], [0x80, 0x02]);
+        std::fs::write(&path, &bytes).unwrap();
+        let st = open_safetensors(&path).unwrap();
+        assert_eq!(st.load("a", &Device::Cpu).unwrap().dims().to_vec(), vec![1]);
+    }
+
+    #[test]
+    fn errors_name_the_file_once_and_only_regular_files_are_opened() {
+        // safetensors' own validation (the offsets do not fit the shape): candle's message
+        // without its copy of the path
+        let e = open_err(&raw(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#, 4));
+        assert!(e.contains("not a valid safetensors file: "), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.safetensors");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let e = open_safetensors(&fifo).err().unwrap().to_string();
+        assert!(e.contains("is a named pipe"), "{e}");
+        let e = open_safetensors(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("is a folder"), "{e}");
+        // a weights folder's corrupt file is named
+        let bad = dir.path().join("diffusion_pytorch_model.safetensors");
+        std::fs::write(&bad, b"not safetensors at all").unwrap();
+        let e = var_builder(&[bad], DType::F32, &Device::Cpu).err().unwrap().to_string();
+        assert!(e.contains("diffusion_pytorch_model.safetensors: not a valid safetensors file"), "{e}");
+    }
 }

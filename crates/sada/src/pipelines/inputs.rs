@@ -52,12 +52,10 @@ impl PipelineInputs {
     /// Read a safetensors file of named tensors; other tensors in the file are ignored. Each
     /// input must be floating point, finite and of a sane size; errors name the tensor.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        if !path.is_file() {
+        if !path.exists() {
             return Err(Error::file(path, "inputs file not found"));
         }
-        // SAFETY: the file is only read, as any memory-mapped input.
-        let st =
-            unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
+        let st = crate::models::weights::open_safetensors(path)?;
         let names: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
         if !names.iter().any(|k| INPUT_NAMES.contains(&k.as_str())) {
             return Err(Error::file(path, format!("holds none of the pipeline inputs {INPUT_NAMES:?}")));
