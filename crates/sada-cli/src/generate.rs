@@ -16,7 +16,7 @@ use sada::policy::Acceleration;
 
 use crate::args::{load_model, progress, report_prompt, solver_for, AccelArgs, DeviceArgs, DtypeArg, MemoryArgs, ModelArgs, SolverArg};
 use crate::control::{control_inputs, ControlArgs};
-use crate::output::{check_distinct, check_writable, replace_atomically, write_atomic};
+use crate::output::{check_distinct, check_writable, commit_all, stage, stage_bytes};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputType {
@@ -235,10 +235,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         "compare": args.compare,
     });
     let mut decode_s = 0.0;
+    let mut outputs = Vec::new();
     match args.output_type {
         OutputType::Latent => {
             let latents = HashMap::from([("latents".to_string(), run.latents.to_dtype(DType::F32)?)]);
-            replace_atomically(&args.output, |tmp| Ok(candle_core::safetensors::save(&latents, tmp)?))?;
+            outputs.push(stage(&args.output, |tmp| Ok(candle_core::safetensors::save(&latents, tmp)?))?);
         }
         OutputType::Pil => {
             let start = Instant::now();
@@ -261,12 +262,14 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
                 }
                 None => (image, settings),
             };
-            write_atomic(&args.output, &png_bytes(&out, &[("parameters", settings.to_string())])?)?;
+            outputs.push(stage_bytes(&args.output, &png_bytes(&out, &[("parameters", settings.to_string())])?)?);
         }
     }
     if let Some(path) = &args.trace {
-        write_atomic(path, serde_json::to_string_pretty(&trace)?.as_bytes())?;
+        outputs.push(stage_bytes(path, serde_json::to_string_pretty(&trace)?.as_bytes())?);
     }
+    // the image and the trace appear together or not at all
+    commit_all(outputs)?;
     // partial calls (a branch served from a cache) cost less than full ones: say how much
     let cost = trace.equivalent_evaluations();
     let cost_note = if cost + 0.5 < trace.evaluations as f64 { format!(" (cost {cost:.1} full evaluations)") } else { String::new() };

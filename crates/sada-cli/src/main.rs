@@ -53,6 +53,17 @@ fn keep_freed_memory() {
     }
 }
 
+/// clap's message up to its usage block, as one line.
+fn one_line(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:")).map(str::trim).collect();
+    let first = lines.first().copied().unwrap_or("error: invalid arguments");
+    match &lines[1..] {
+        [] => first.to_owned(),
+        rest if first.ends_with(':') => format!("{first} {}", rest.join(", ")),
+        rest => format!("{first} {}", rest.join(" ")),
+    }
+}
+
 fn main() {
     if std::env::var_os("SADA_NO_MALLOPT").is_none() {
         keep_freed_memory();
@@ -65,9 +76,9 @@ fn main() {
             if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
                 e.exit();
             }
-            // one line, as every other error: clap's first, without the usage block
-            let text = e.to_string();
-            eprintln!("{} (see --help)", text.lines().next().unwrap_or("error: invalid arguments"));
+            // one line, as every other error: clap's message without the usage block (its
+            // indented lines, such as the missing arguments' names, joined to the first)
+            eprintln!("{} (see --help)", one_line(&e.to_string()));
             std::process::exit(2);
         }
     };

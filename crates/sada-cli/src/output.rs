@@ -122,9 +122,16 @@ pub fn check_distinct(outputs: &[(&str, &Path)]) -> Result<()> {
     Ok(())
 }
 
-/// Let `write` produce a temporary file beside `path`, flush it to disk, then rename it into
-/// place; on failure the temporary file is removed and `path` is untouched.
-pub fn replace_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+/// An output written in full to a temporary file beside its target, not yet moved into place.
+pub struct Staged {
+    tmp: tempfile::NamedTempFile,
+    target: PathBuf,
+    _pending: Pending,
+}
+
+/// Let `write` produce a temporary file beside `path` and flush it to disk; on failure the
+/// temporary file is removed and `path` is untouched.
+pub fn stage(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<Staged> {
     let dir = folder(path);
     anyhow::ensure!(dir.is_dir(), "output folder {} does not exist", dir.display());
     let name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
@@ -139,23 +146,55 @@ pub fn replace_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) 
     let written = write(tmp.path())
         .with_context(|| format!("writing {}", path.display()))
         .and_then(|()| std::fs::File::open(tmp.path()).and_then(|f| f.sync_all()).with_context(|| format!("writing {}: flushing to disk", path.display())));
-    // on failure the file goes first, then its registration (a signal in between finds it)
-    let result = match written {
-        Ok(()) => tmp.persist(path).map(drop).map_err(|e| anyhow::Error::new(e.error).context(format!("moving {} into place", path.display()))),
-        Err(e) => {
-            drop(tmp);
-            Err(e)
-        }
-    };
-    drop(pending);
-    result
+    // on failure the file goes first, then its registration (a signal in between finds it):
+    // fields drop in order, `tmp` before `_pending`
+    written.map(|()| Staged { tmp, target: path.to_path_buf(), _pending: pending })
 }
 
-/// Write `bytes` to `path` atomically.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    replace_atomically(path, |tmp| {
+impl Staged {
+    /// Rename the file into place.
+    pub fn commit(self) -> Result<()> {
+        let Staged { tmp, target, _pending } = self;
+        tmp.persist(&target).map(drop).map_err(|e| anyhow::Error::new(e.error).context(format!("moving {} into place", target.display())))
+    }
+}
+
+/// Move every staged output into place: all of them were written in full before any is
+/// renamed, so a failure while writing any leaves none of the new files behind.
+pub fn commit_all(outputs: Vec<Staged>) -> Result<()> {
+    outputs.into_iter().try_for_each(Staged::commit)
+}
+
+/// `bytes`, staged for `path`.
+pub fn stage_bytes(path: &Path, bytes: &[u8]) -> Result<Staged> {
+    stage(path, |tmp| {
         let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(tmp)?;
         f.write_all(bytes)?;
         Ok(())
     })
+}
+
+/// Write `bytes` to `path` atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    stage_bytes(path, bytes)?.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_committed_together_appear_all_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.png"), dir.path().join("b.json"));
+        let first = stage_bytes(&a, b"image").unwrap();
+        let second = stage(&b, |_| anyhow::bail!("disk full"));
+        assert!(second.is_err());
+        drop(first);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+        commit_all(vec![stage_bytes(&a, b"image").unwrap(), stage_bytes(&b, b"{}").unwrap()]).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), b"image");
+        assert_eq!(std::fs::read(&b).unwrap(), b"{}");
+    }
 }

@@ -35,6 +35,7 @@ fn impossible_parameters_fail_with_one_line_naming_them() {
         (vec!["gmm", "--accel", "deepcache:uniform=false,pow=1e308"], "pow"),
         (vec!["gmm", "--accel", "deepcache:interval=2,interval=3"], "interval"),
         (vec!["gmm", "--steps", "10", "--accel", "fewer-steps"], "fewer-steps:steps"),
+        (vec!["bench", "merge"], "not provided: --out <DIR>"),
     ] {
         let (ok, out, err) = sada(&args);
         assert!(!ok, "{args:?} succeeded: {out}");
