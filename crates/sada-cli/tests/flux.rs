@@ -81,6 +81,27 @@ fn flux_refuses_prompts_odd_sizes_and_diffusion_solvers() {
     let (ok, _, err) = sada(&["generate", "--model", model, "--inputs", inp, "--solver", "dpm++", "--output", dir.join("c.png").to_str().unwrap()]);
     assert!(!ok && err.contains("flow"), "{err}");
     assert!(std::fs::read_dir(&dir).unwrap().all(|e| e.unwrap().file_name() == "inputs.safetensors"), "a refused run left a file");
+
+    // precomputed inputs Flux would ignore, or of a length the T5 path never makes
+    let want = candle_core::safetensors::load(fixtures().join("expected.safetensors"), &Device::Cpu).unwrap();
+    let (pe, pooled) = (want["pipe_prompt_embeds"].clone(), want["pipe_pooled_prompt_embeds"].clone());
+    let d = pe.dim(2).unwrap();
+    let long = Tensor::zeros((1, 513, d), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let none = Tensor::zeros((1, 0, d), candle_core::DType::F32, &Device::Cpu).unwrap();
+    for (extra, needle) in [
+        (vec![("negative_prompt_embeds", pe.clone())], "negative_prompt_embeds"),
+        (vec![("prompt_embeds", long)], "at most 512"),
+        (vec![("prompt_embeds", none)], "is empty"),
+    ] {
+        let mut t: HashMap<String, Tensor> = HashMap::from([("prompt_embeds".to_owned(), pe.clone()), ("pooled_prompt_embeds".to_owned(), pooled.clone())]);
+        t.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v)));
+        let p = dir.join("odd.safetensors");
+        candle_core::safetensors::save(&t, &p).unwrap();
+        let out = dir.join("d.png");
+        let (ok, _, err) = sada(&["generate", "--model", model, "--inputs", p.to_str().unwrap(), "--steps", "2", "--accel", "none", "--output", out.to_str().unwrap()]);
+        assert!(!ok && err.contains(needle) && err.trim().lines().count() == 1, "{needle}: {err}");
+        assert!(!out.exists());
+    }
 }
 
 /// The dev fixture with its CLIP vocabulary put back (the fixtures leave it out; the crate ships it).

@@ -183,8 +183,24 @@ impl Flux {
             Error::param("prompt_embeds", "required: give a prompt, or prompt_embeds (T5) and pooled_prompt_embeds (CLIP) among the precomputed inputs")
         })?;
         let d = self.transformer.config.joint_attention_dim;
-        if pe.rank() != 3 || pe.dim(2)? != d || pe.dim(1)? == 0 {
-            return Err(Error::Shape { what: "prompt_embeds".into(), expected: format!("[batch, tokens, {d}]"), got: format!("{:?}", pe.dims()) });
+        if pe.rank() != 3 || pe.dim(2)? != d || pe.dim(1)? == 0 || pe.dim(0)? == 0 {
+            return Err(Error::Shape { what: "prompt_embeds".into(), expected: format!("[batch, tokens, {d}] with tokens >= 1"), got: format!("{:?}", pe.dims()) });
+        }
+        // the T5 path pads or truncates to max_sequence_length; precomputed inputs may not exceed it
+        if pe.dim(1)? > MAX_SEQUENCE_LENGTH {
+            return Err(Error::param("prompt_embeds", format!("{} text tokens; Flux reads at most {MAX_SEQUENCE_LENGTH} (max_sequence_length)", pe.dim(1)?)));
+        }
+        for (name, given) in [
+            ("negative_prompt_embeds", inputs.negative_prompt_embeds.is_some()),
+            ("negative_pooled_prompt_embeds", inputs.negative_pooled_prompt_embeds.is_some()),
+            ("add_time_ids", inputs.add_time_ids.is_some()),
+        ] {
+            if given {
+                return Err(Error::param(
+                    name,
+                    "Flux takes prompt_embeds and pooled_prompt_embeds only (it is guidance-distilled: no unconditional branch, no SDXL size conditioning)",
+                ));
+            }
         }
         let batch = pe.dim(0)?;
         let pooled = inputs.pooled_prompt_embeds.as_ref().ok_or_else(|| Error::param("pooled_prompt_embeds", "required by Flux (CLIP's pooled embedding)"))?;

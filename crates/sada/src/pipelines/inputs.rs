@@ -70,6 +70,9 @@ impl PipelineInputs {
                 return Err(Error::file(path, format!("tensor `{k}` is {:?}; expected floating point", view.dtype())));
             }
             let n = view.shape().iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            if n == Some(0) {
+                return Err(Error::file(path, format!("tensor `{k}` of shape {:?} is empty; every input holds at least one value", view.shape())));
+            }
             if n.is_none_or(|n| n > MAX_INPUT_ELEMENTS) {
                 return Err(Error::file(
                     path,
