@@ -309,8 +309,9 @@ impl MemoryArgs {
     }
 }
 
+/// A size in the unit that shows it (1 MiB limits read as 1.0 MiB, not 0.0 GiB).
 fn gib(bytes: u128) -> String {
-    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    sada::files::human_bytes(u64::try_from(bytes).unwrap_or(u64::MAX))
 }
 
 /// MemAvailable from /proc/meminfo, in bytes (None where it cannot be read).

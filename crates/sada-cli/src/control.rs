@@ -94,6 +94,9 @@ impl ControlArgs {
         if settings && !self.any() && !images_from_elsewhere {
             bail!("--controlnet-scale, --control-guidance-start/end and --guess-mode need --control-image");
         }
+        if images_from_elsewhere && !self.control_image.is_empty() {
+            bail!("--control-image and --control-outlines both give the control images; give one of them");
+        }
         if !self.controlnet.is_empty() && !images_from_elsewhere && self.control_image.len() != self.controlnet.len() {
             bail!("{} --controlnet but {} --control-image: give one control image per ControlNet, in order", self.controlnet.len(), self.control_image.len());
         }
@@ -113,7 +116,10 @@ impl ControlArgs {
             let own = pipe.bundled_controlnet(dtype, device)?;
             match own {
                 Some(m) => models.push(("the model's controlnet/".to_owned(), m)),
-                None => bail!("--control-image: this model has no controlnet/ folder; name one with --controlnet DIR|ID"),
+                None => bail!(
+                    "{}: this model has no controlnet/ folder; name one with --controlnet DIR|ID",
+                    if images_from_elsewhere { "--control-outlines" } else { "--control-image" }
+                ),
             }
         }
         for name in &self.controlnet {

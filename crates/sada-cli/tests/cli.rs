@@ -36,6 +36,7 @@ fn impossible_parameters_fail_with_one_line_naming_them() {
         (vec!["gmm", "--accel", "deepcache:interval=2,interval=3"], "interval"),
         (vec!["gmm", "--steps", "10", "--accel", "fewer-steps"], "fewer-steps:steps"),
         (vec!["bench", "merge"], "not provided: --out <DIR>"),
+        (vec!["gmm", "--max-memory", "1"], "but 1 B --max-memory"),
     ] {
         let (ok, out, err) = sada(&args);
         assert!(!ok, "{args:?} succeeded: {out}");

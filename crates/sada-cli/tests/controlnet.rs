@@ -112,6 +112,10 @@ fn bad_controlnet_invocations_fail_with_one_line_and_no_output() {
             vec!["--controlnet".into(), cn("sd15_canny"), "--control-image".into(), img.clone(), "--controlnet-scale".into(), "nan".into()],
             "controlnet_conditioning_scale",
         ),
+        (
+            vec!["--controlnet".into(), cn("sd15_canny"), "--control-image".into(), img.clone(), "--controlnet-scale".into(), "1e300".into()],
+            "controlnet_conditioning_scale",
+        ),
     ];
     for (extra, needle) in cases {
         let mut args = vec!["generate", "--model", m, "--prompt", "a cat", "--steps", "8", "--accel", "none", "--output", out.to_str().unwrap()];
@@ -124,6 +128,15 @@ fn bad_controlnet_invocations_fail_with_one_line_and_no_output() {
         assert!(!out.exists(), "{extra:?} left {}", out.display());
     }
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "stray files in {}", dir.display());
+    // bench: outlines and images are two sources of the same thing; outlines need a controlnet/
+    let bench_out = dir.join("bench");
+    for (extra, needle) in [(vec!["--control-image", img.as_str()], "give one of them"), (vec![], "--control-outlines: this model has no controlnet/")] {
+        let mut args = vec!["bench", "--model", m, "--steps", "8", "--seeds", "1", "--control-outlines", "--out", bench_out.to_str().unwrap()];
+        args.extend(extra);
+        let (ok, _, err) = sada(&args);
+        assert!(!ok && err.contains(needle) && err.trim().lines().count() == 1, "{needle}: {err}");
+        assert!(!bench_out.exists());
+    }
 }
 
 #[test]

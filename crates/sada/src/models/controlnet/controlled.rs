@@ -36,12 +36,16 @@ impl Default for ControlSettings {
     }
 }
 
+/// ControlNet scales beyond this are refused (real use stays within 0..2).
+pub const MAX_SCALE: f64 = 100.0;
+
 impl ControlSettings {
     /// Refuse what diffusers refuses: a scale that is not a number, a guidance window outside
     /// [0, 1] or empty.
     pub fn validate(&self) -> Result<()> {
-        if !self.scale.is_finite() {
-            return Err(Error::param("controlnet_conditioning_scale", format!("{} is not a finite number", self.scale)));
+        // diffusers takes any float; beyond this the residuals overflow to inf inside the UNet
+        if !self.scale.is_finite() || self.scale.abs() > MAX_SCALE {
+            return Err(Error::param("controlnet_conditioning_scale", format!("{} is not a scale; expected a finite number of at most {MAX_SCALE} in size", self.scale)));
         }
         if !(0.0..=1.0).contains(&self.start) || !(0.0..=1.0).contains(&self.end) || self.start >= self.end {
             return Err(Error::param("control_guidance_start/end", format!("{} .. {}: expected 0 <= start < end <= 1", self.start, self.end)));
