@@ -80,6 +80,11 @@ fn flux_refuses_prompts_odd_sizes_and_diffusion_solvers() {
     assert!(!ok && err.contains("multiples of 4"), "{err}");
     let (ok, _, err) = sada(&["generate", "--model", model, "--inputs", inp, "--solver", "dpm++", "--output", dir.join("c.png").to_str().unwrap()]);
     assert!(!ok && err.contains("flow"), "{err}");
+    // guidance is an input of Flux's network: NaN or 1e300 would reach it (schnell takes none, and still refuses NaN)
+    for (m, g) in [(model.to_owned(), "nan"), (model.to_owned(), "1e300"), (schnell.to_str().unwrap().to_owned(), "nan")] {
+        let (ok, _, err) = sada(&["generate", "--model", &m, "--inputs", inp, "--guidance-scale", g, "--output", dir.join("g.png").to_str().unwrap()]);
+        assert!(!ok && err.contains("`guidance_scale`") && err.trim().lines().count() == 1, "{g}: {err}");
+    }
     assert!(std::fs::read_dir(&dir).unwrap().all(|e| e.unwrap().file_name() == "inputs.safetensors"), "a refused run left a file");
 
     // precomputed inputs Flux would ignore, or of a length the T5 path never makes

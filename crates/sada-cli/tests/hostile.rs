@@ -151,6 +151,11 @@ fn sizes_and_counts_are_checked_before_anything_large_is_allocated() {
         (vec!["bench-unet", "--device", "tpu"], "--device tpu: expected cpu, cuda, cuda:N or metal"),
         (vec!["bench-unet", "--device", "cuda:x"], "`x` is not a device number"),
         (vec!["generate", "--prompt", p, "--dtype", "bf16", "--device", "cpu", "--output", o], "--dtype bf16 is not supported on the CPU"),
+        // settings the model would ignore, or that would overflow inside it
+        (vec!["generate", "--prompt", p, "--original-size", "64,64", "--output", o], "only SDXL models take size conditioning"),
+        (vec!["generate", "--prompt", p, "--guidance-scale", "1e300", "--output", o], "`guidance_scale`"),
+        (vec!["generate", "--prompt", p, "--guidance-scale", "inf", "--output", o], "`guidance_scale`"),
+        (vec!["generate", "--prompt", p, "--steps", "10", "--accel", "fewer-steps", "--output", o], "fewer-steps:steps"),
     ] {
         refused(&d, &args, 1, needle);
     }
