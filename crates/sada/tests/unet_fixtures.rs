@@ -125,6 +125,16 @@ fn vae_decode_matches_diffusers() {
 }
 
 #[test]
+fn vae_decode_memory_estimate_grows_with_the_pixels_not_their_square() {
+    let vae = AutoencoderKl::load(&dir("vae/tiny/vae"), DType::F32, &device()).unwrap();
+    // a 512 px image of this factor-2 VAE (256 x 256 latents) peaked at 474 MB of RSS, weights
+    // and all; counting the attention's N x N scores whole claimed 16 GiB
+    let (small, large) = (vae.decode_bytes(1, 128, 128), vae.decode_bytes(1, 256, 256));
+    assert!(large < 1 << 30, "{large} bytes for a 256 x 256 latent");
+    assert!(large <= 5 * small, "{small} -> {large}: more than linear in the pixels");
+}
+
+#[test]
 fn vae_encode_matches_diffusers() {
     let vae = AutoencoderKl::load(&dir("vae/tiny/vae"), DType::F32, &device()).unwrap();
     let io = load(dir("vae/tiny/io.safetensors"));

@@ -130,12 +130,16 @@ impl AutoencoderKl {
     }
 
     /// A generous estimate of decoding's activation memory in bytes for `batch` latents of
-    /// `h x w`: the largest level's convolution patches, and the mid block's attention scores
-    /// counted whole (the fused CPU kernel tiles them; other devices take them in chunks).
+    /// `h x w`: the largest level's convolution patches, or the mid block's attention: its
+    /// q, k, v and output at the latent size plus one block of scores (both attention paths take
+    /// the scores a tile or a ~16 MB chunk at a time; counting the whole N x N matrix put a 512 px
+    /// image of a factor-2 VAE at 16 GiB, 35 times its measured peak).
     pub fn decode_bytes(&self, batch: usize, h: usize, w: usize) -> u128 {
         let levels = self.config.block_out_channels.len();
         let lat_px = h as u128 * w as u128;
-        let mut work = lat_px.saturating_mul(lat_px);
+        let c_mid = self.config.block_out_channels.last().copied().unwrap_or(0) as u128;
+        // elements: q, k, v, out and the residual at the latent size; a 16-row score block
+        let mut work = lat_px.saturating_mul(c_mid.saturating_mul(5)).saturating_add(lat_px.saturating_mul(16).max(4 << 20));
         for (i, &c) in self.config.block_out_channels.iter().enumerate() {
             let scale = 1u128 << (2 * (levels - 1 - i));
             work = work.max((c as u128).saturating_mul(lat_px).saturating_mul(scale).saturating_mul(9 + 4));
