@@ -56,7 +56,7 @@ fn timed(evals: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> 
 pub fn run(args: &BenchFluxArgs) -> Result<()> {
     anyhow::ensure!(args.size.is_multiple_of(16) && args.size > 0 && args.size <= 4096, "--size must be a positive multiple of 16, at most 4096");
     anyhow::ensure!((1..=crate::bench_unet::MAX_EVALS).contains(&args.evals), "--evals must be 1 to {}", crate::bench_unet::MAX_EVALS);
-    let blocks = args.double.checked_add(args.single).unwrap_or(usize::MAX);
+    let blocks = args.double.saturating_add(args.single);
     anyhow::ensure!((1..=57).contains(&blocks), "--double + --single must be 1 to 57 blocks");
     anyhow::ensure!((1..=4096).contains(&args.text_tokens), "--text-tokens must be 1 to 4096");
     let dev = args.device.device()?;

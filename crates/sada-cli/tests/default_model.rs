@@ -143,8 +143,21 @@ fn sharded_benches_merge_into_one_report() {
     let p = prompts.to_str().unwrap();
     let (a, b, merged) = (d.join("a"), d.join("b"), d.join("merged"));
     for (shard, out) in [("0/2", &a), ("1/2", &b)] {
-        let (ok, stdout, err) =
-            sada(&["bench", "--prompts", p, "--seeds", "1", "--steps", "20", "--methods", "fewer-steps:steps=10", "--shard", shard, "--out", out.to_str().unwrap()]);
+        let (ok, stdout, err) = sada(&[
+            "bench",
+            "--prompts",
+            p,
+            "--seeds",
+            "1",
+            "--steps",
+            "20",
+            "--methods",
+            "fewer-steps:steps=10",
+            "--shard",
+            shard,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
         assert!(ok, "{err}");
         assert!(stdout.contains("(1 of 2 runs here)"), "{stdout}");
     }

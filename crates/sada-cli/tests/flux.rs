@@ -103,7 +103,8 @@ fn flux_refuses_prompts_odd_sizes_and_diffusion_solvers() {
         let p = dir.join("odd.safetensors");
         candle_core::safetensors::save(&t, &p).unwrap();
         let out = dir.join("d.png");
-        let (ok, _, err) = sada(&["generate", "--model", model, "--inputs", p.to_str().unwrap(), "--steps", "2", "--accel", "none", "--output", out.to_str().unwrap()]);
+        let (ok, _, err) =
+            sada(&["generate", "--model", model, "--inputs", p.to_str().unwrap(), "--steps", "2", "--accel", "none", "--output", out.to_str().unwrap()]);
         assert!(!ok && err.contains(needle) && err.trim().lines().count() == 1, "{needle}: {err}");
         assert!(!out.exists());
     }

@@ -223,21 +223,21 @@ impl Hub {
         Ok(Hub { endpoint, token: token()?, agent, download_timeout })
     }
 
-    fn get(&self, url: &str) -> std::result::Result<ureq::Response, ureq::Error> {
+    fn get(&self, url: &str) -> std::result::Result<ureq::Response, Box<ureq::Error>> {
         let req = self.agent.get(url).set("user-agent", concat!("sada/", env!("CARGO_PKG_VERSION")));
         match &self.token {
-            Some(t) => req.set("authorization", &format!("Bearer {t}")).call(),
-            None => req.call(),
+            Some(t) => req.set("authorization", &format!("Bearer {t}")).call().map_err(Box::new),
+            None => req.call().map_err(Box::new),
         }
     }
 
     /// A failed request in words, never with the token in them.
-    fn failure(&self, id: &str, what: &str, e: ureq::Error) -> Failure {
+    fn failure(&self, id: &str, what: &str, e: Box<ureq::Error>) -> Failure {
         let scrub = |m: String| match &self.token {
             Some(t) => m.replace(t.as_str(), "<HF_TOKEN>"),
             None => m,
         };
-        match e {
+        match *e {
             ureq::Error::Status(401 | 403, _) => Failure::Answer(format!(
                 "{id}: {what}: access denied by {}; the repository is gated or private: accept its terms on the Hub and set HF_TOKEN",
                 self.endpoint
@@ -332,7 +332,7 @@ impl Hub {
         let url = format!("{}/{id}/resolve/{commit}/{file}", self.endpoint);
         let resp = match self.get(&url) {
             Ok(r) => r,
-            Err(ureq::Error::Status(404, _)) => return Ok(false),
+            Err(e) if matches!(*e, ureq::Error::Status(404, _)) => return Ok(false),
             Err(e) => return Err(self.failure(id, file, e)),
         };
         let size = resp.header("content-length").and_then(|v| v.trim().parse::<u64>().ok());

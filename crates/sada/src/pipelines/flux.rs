@@ -184,7 +184,11 @@ impl Flux {
         })?;
         let d = self.transformer.config.joint_attention_dim;
         if pe.rank() != 3 || pe.dim(2)? != d || pe.dim(1)? == 0 || pe.dim(0)? == 0 {
-            return Err(Error::Shape { what: "prompt_embeds".into(), expected: format!("[batch, tokens, {d}] with tokens >= 1"), got: format!("{:?}", pe.dims()) });
+            return Err(Error::Shape {
+                what: "prompt_embeds".into(),
+                expected: format!("[batch, tokens, {d}] with tokens >= 1"),
+                got: format!("{:?}", pe.dims()),
+            });
         }
         // the T5 path pads or truncates to max_sequence_length; precomputed inputs may not exceed it
         if pe.dim(1)? > MAX_SEQUENCE_LENGTH {

@@ -45,7 +45,10 @@ impl ControlSettings {
     pub fn validate(&self) -> Result<()> {
         // diffusers takes any float; beyond this the residuals overflow to inf inside the UNet
         if !self.scale.is_finite() || self.scale.abs() > MAX_SCALE {
-            return Err(Error::param("controlnet_conditioning_scale", format!("{} is not a scale; expected a finite number of at most {MAX_SCALE} in size", self.scale)));
+            return Err(Error::param(
+                "controlnet_conditioning_scale",
+                format!("{} is not a scale; expected a finite number of at most {MAX_SCALE} in size", self.scale),
+            ));
         }
         if !(0.0..=1.0).contains(&self.start) || !(0.0..=1.0).contains(&self.end) || self.start >= self.end {
             return Err(Error::param("control_guidance_start/end", format!("{} .. {}: expected 0 <= start < end <= 1", self.start, self.end)));
