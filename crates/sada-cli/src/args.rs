@@ -37,10 +37,11 @@ pub fn solver_for(given: Option<SolverArg>, family: Family) -> anyhow::Result<So
     let Some(arg) = given else { return Ok(family.default_solver()) };
     let kind = arg.kind();
     if !family.accepts(kind) {
-        let name = arg.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default();
+        // the names `--solver` takes (SolverKind's cli_name), never the enums' Rust names
+        let accepted = family.solver_names();
         match family {
-            Family::Flux => bail!("--solver {name} needs a diffusion model; flow-matching models take flow"),
-            Family::StableDiffusion | Family::Sdxl => bail!("--solver {name} needs a flow-matching model; Stable Diffusion models take dpm++ or euler"),
+            Family::Flux => bail!("--solver {kind} needs a diffusion model; flow-matching models take {accepted}"),
+            Family::StableDiffusion | Family::Sdxl => bail!("--solver {kind} needs a flow-matching model; Stable Diffusion models take {accepted}"),
         }
     }
     Ok(kind)
@@ -354,4 +355,23 @@ pub fn progress(len: usize, label: &str) -> indicatif::ProgressBar {
     bar.set_message(label.to_owned());
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn solver_names_are_the_ones_solver_takes() {
+        for arg in SolverArg::value_variants() {
+            let name = arg.to_possible_value().expect("every solver has a name");
+            assert_eq!(name.get_name(), arg.kind().cli_name(), "{arg:?}");
+        }
+        let e = solver_for(Some(SolverArg::DpmPp), Family::Flux).unwrap_err().to_string();
+        assert_eq!(e, "--solver dpm++ needs a diffusion model; flow-matching models take flow");
+        let e = solver_for(Some(SolverArg::Flow), Family::Sdxl).unwrap_err().to_string();
+        assert_eq!(e, "--solver flow needs a flow-matching model; Stable Diffusion models take dpm++ or euler");
+        assert_eq!(solver_for(Some(SolverArg::Euler), Family::StableDiffusion).unwrap(), SolverKind::EulerDiscrete);
+        assert_eq!(solver_for(None, Family::Flux).unwrap(), SolverKind::FlowMatchEulerDiscrete);
+    }
 }

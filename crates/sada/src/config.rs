@@ -21,23 +21,63 @@ pub fn parse_config<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> 
     from_value(value).map_err(|e| Error::file(path, format!("invalid config: {e}")))
 }
 
-/// A config struct (every field defaulted) from a JSON object; an error names the key at fault
-/// where one key alone fails, since serde's own message does not.
+/// A config struct from a JSON object; an error names the key at fault, since serde's own
+/// message does not (see `culprit`).
 pub fn from_value<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> std::result::Result<T, String> {
-    serde_json::from_value::<T>(value.clone()).map_err(|e| {
-        let culprit = value.as_object().and_then(|o| {
-            o.iter().find_map(|(k, v)| {
-                let alone = serde_json::Value::Object([(k.clone(), v.clone())].into_iter().collect());
-                serde_json::from_value::<T>(alone).err().map(|e| (k.clone(), v.clone(), e))
-            })
-        });
-        match culprit {
-            // our own enum messages already name the key
-            Some((_, _, e)) if e.to_string().contains("unsupported `") => e.to_string(),
-            Some((k, v, e)) => format!("`{k}` = {v}: {e}"),
-            None => e.to_string(),
-        }
+    serde_json::from_value::<T>(value.clone()).map_err(|e| match value.as_object().and_then(|o| culprit::<T>(o, &e)) {
+        // our own enum messages already name the key
+        Some((_, _, message)) if message.contains("unsupported `") => message,
+        Some((k, serde_json::Value::Null, message)) => format!("`{k}` = null (NaN and Infinity read as null): {message}"),
+        Some((k, v, message)) => format!("`{k}` = {v}: {message}"),
+        None => e.to_string(),
     })
+}
+
+/// Objects with more keys than this are not searched by removal (which reads the whole object
+/// once per key): the first key that fails alone is named.
+const MAX_REMOVAL_SEARCH: usize = 256;
+
+/// The key of `object` at fault when it does not read as `T` (`whole` is serde's error), with
+/// its value and the message to give. A key is at fault when the object reads without it, so a
+/// key is never blamed for another's error: in a type with required fields every key alone
+/// fails with the same "missing field", and a key may fail alone only for want of a partner.
+/// The message is the one the key gives alone where `T` reads from `{}` (every field
+/// defaulted), else `whole`. When no single key's removal helps (several keys at fault), the
+/// first key that fails alone, if `T` reads from `{}`.
+fn culprit<T: serde::de::DeserializeOwned>(
+    object: &serde_json::Map<String, serde_json::Value>,
+    whole: &serde_json::Error,
+) -> Option<(String, serde_json::Value, String)> {
+    let reads = |o: serde_json::Map<String, serde_json::Value>| serde_json::from_value::<T>(serde_json::Value::Object(o));
+    let defaults_read = reads(serde_json::Map::new()).is_ok();
+    let alone = |k: &String, v: &serde_json::Value| -> Option<String> {
+        if !defaults_read {
+            return None;
+        }
+        reads([(k.clone(), v.clone())].into_iter().collect()).err().map(|e| e.to_string())
+    };
+    let reads_without = |k: &String| -> bool {
+        let mut rest = object.clone();
+        rest.remove(k);
+        reads(rest).is_ok()
+    };
+    let searchable = object.len() <= MAX_REMOVAL_SEARCH;
+    // the usual case, one bad value in a type whose fields all have defaults: one read per key
+    let first_alone = object.iter().find_map(|(k, v)| alone(k, v).map(|message| (k.clone(), v.clone(), message)));
+    let confirmed = match &first_alone {
+        Some((k, _, _)) => !searchable || reads_without(k),
+        None => false,
+    };
+    if confirmed {
+        return first_alone;
+    }
+    if searchable {
+        if let Some((k, v)) = object.iter().find(|&(k, _)| reads_without(k)) {
+            let message = alone(k, v).unwrap_or_else(|| whole.to_string());
+            return Some((k.clone(), v.clone(), message));
+        }
+    }
+    first_alone
 }
 
 /// Python's non-finite literals outside strings become `null`, which every config field that
@@ -107,7 +147,7 @@ pub(crate) use config_enum;
 
 #[cfg(test)]
 mod tests {
-    use super::python_json;
+    use super::{from_value, python_json};
 
     #[test]
     fn python_non_finite_literals_become_null_outside_strings() {
@@ -116,5 +156,39 @@ mod tests {
         assert!(v["a"].is_null() && v["b"][0].is_null() && v["b"][1].is_null());
         assert_eq!(v["c"], "-Infinity \" NaN");
         assert_eq!(v["d"], 1.5);
+    }
+
+    config_enum!(
+        /// A test enum read from `feed_forward_proj`.
+        Act, "feed_forward_proj" { Relu = "relu", GatedGelu = "gated-gelu" }
+    );
+
+    /// A config with a required key, as a type without defaults has.
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Required {
+        #[serde(default)]
+        architectures: Vec<String>,
+        #[serde(default)]
+        feed_forward_proj: Option<Act>,
+        #[serde(default)]
+        layer_norm_epsilon: f64,
+        vocab_size: usize,
+    }
+
+    #[test]
+    fn the_key_at_fault_is_named_even_where_keys_alone_cannot_be_read() {
+        // every key alone misses `vocab_size`; the bad value is another key's
+        let e =
+            from_value::<Required>(serde_json::json!({"architectures": ["T5EncoderModel"], "feed_forward_proj": "swish", "vocab_size": 32128})).unwrap_err();
+        assert!(e.contains("`feed_forward_proj` = swish") && e.contains("gated-gelu") && !e.contains("vocab_size"), "{e}");
+        let e = from_value::<Required>(serde_json::json!({"architectures": [], "layer_norm_epsilon": "small", "vocab_size": 8})).unwrap_err();
+        assert!(e.starts_with("`layer_norm_epsilon` = \"small\"") && !e.contains("vocab_size"), "{e}");
+        // a required key that is absent is still reported as serde does
+        let e = from_value::<Required>(serde_json::json!({"architectures": []})).unwrap_err();
+        assert!(e.contains("missing field `vocab_size`"), "{e}");
+        // NaN in a file reads as null: the message says so
+        let e = from_value::<Required>(serde_json::from_str(&python_json(r#"{"layer_norm_epsilon": NaN, "vocab_size": 8}"#)).unwrap()).unwrap_err();
+        assert!(e.starts_with("`layer_norm_epsilon` = null (NaN and Infinity read as null)"), "{e}");
     }
 }

@@ -36,6 +36,12 @@ impl Family {
         let flow = matches!(solver, SolverKind::FlowMatchEulerDiscrete);
         flow == matches!(self, Family::Flux)
     }
+
+    /// The solvers [`accepts`](Self::accepts) allows, by their command-line names (`dpm++ or
+    /// euler`, `flow`), for messages.
+    pub fn solver_names(self) -> String {
+        SolverKind::ALL.into_iter().filter(|&k| self.accepts(k)).map(SolverKind::cli_name).collect::<Vec<_>>().join(" or ")
+    }
 }
 
 /// The architectures a checkpoint can hold: finer than [`Family`], since SD-1.x and SD-2.x
@@ -77,5 +83,12 @@ mod tests {
         assert!(!Family::Flux.accepts(SolverKind::DpmSolverMultistep));
         assert!(!Family::Sdxl.accepts(SolverKind::FlowMatchEulerDiscrete));
         assert!(Family::Sdxl.accepts(SolverKind::DpmSolverMultistep));
+    }
+
+    #[test]
+    fn accepted_solvers_are_listed_by_their_command_line_names() {
+        assert_eq!(Family::Flux.solver_names(), "flow");
+        assert_eq!(Family::StableDiffusion.solver_names(), "dpm++ or euler");
+        assert_eq!(Family::Sdxl.solver_names(), "dpm++ or euler");
     }
 }

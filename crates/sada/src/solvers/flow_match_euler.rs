@@ -66,7 +66,41 @@ impl Default for FlowMatchEulerDiscreteConfig {
     }
 }
 
+/// The largest `|base_shift|` and `|max_shift|` accepted (Flux ships 0.5 and 1.15): the sigmas
+/// use `exp(mu)`.
+pub const MAX_ABS_SHIFT: f64 = 20.0;
+
+/// The largest `|mu|` accepted: `exp(mu)` and `exp(-mu)` stay finite, nonzero float32 numbers.
+pub const MAX_ABS_MU: f64 = 80.0;
+
 impl FlowMatchEulerDiscreteConfig {
+    /// Refuse dynamic-shift settings under which diffusers' `calculate_shift` divides by zero
+    /// or `exp(mu)` overflows: token counts must be positive with `base_image_seq_len` below
+    /// `max_image_seq_len`, and the shifts finite and at most [`MAX_ABS_SHIFT`] in size.
+    pub fn check_dynamic_shift(&self) -> Result<()> {
+        let (base_len, max_len) = (self.base_image_seq_len.unwrap_or(256), self.max_image_seq_len.unwrap_or(4096));
+        if base_len == 0 {
+            return Err(Error::unsupported("base_image_seq_len", base_len, "expected a positive token count below max_image_seq_len (Flux: 256)"));
+        }
+        if max_len <= base_len {
+            return Err(Error::unsupported(
+                "max_image_seq_len",
+                max_len,
+                format!("expected a token count above base_image_seq_len = {base_len} (Flux: 4096); mu is interpolated between the two"),
+            ));
+        }
+        for (key, value, flux) in [("base_shift", self.base_shift.unwrap_or(0.5), 0.5), ("max_shift", self.max_shift.unwrap_or(1.15), 1.15)] {
+            if !(value.is_finite() && value.abs() <= MAX_ABS_SHIFT) {
+                return Err(Error::unsupported(
+                    key,
+                    value,
+                    format!("expected a number from -{MAX_ABS_SHIFT} to {MAX_ABS_SHIFT} (Flux: {flux}); the sigmas use exp(mu)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// diffusers' Flux pipeline: `mu` from the number of image tokens (packed 2x2 latent patches).
     pub fn mu(&self, image_seq_len: usize) -> f64 {
         crate::schedule::flow::calculate_shift(
@@ -118,8 +152,13 @@ impl FlowMatchEulerDiscrete {
             "linear" => false,
             other => return Err(Error::unsupported("time_shift_type", other, "expected exponential or linear")),
         };
-        if config.shift.is_nan() || config.shift <= 0.0 {
-            return Err(Error::unsupported("shift", config.shift, "expected a positive number"));
+        if config.use_dynamic_shifting {
+            config.check_dynamic_shift()?;
+        }
+        if let Some(terminal) = config.shift_terminal {
+            if !(terminal.is_finite() && terminal > 0.0 && terminal < 1.0) {
+                return Err(Error::unsupported("shift_terminal", terminal, "expected null or a number between 0 and 1 (the last sigma)"));
+            }
         }
         let n_train = config.num_train_timesteps as f64;
 
@@ -163,17 +202,38 @@ impl FlowMatchEulerDiscrete {
                     .collect()
             }
         };
-        let mut sigmas: Vec<f32> = if config.use_dynamic_shifting {
+        let mu = if config.use_dynamic_shifting {
             let mu = ts.mu.ok_or_else(|| Error::param("mu", "use_dynamic_shifting is set, so the shift mu (from the image size) is required"))?;
-            raw.iter().map(|&s| if exponential { exponential_shift(mu, 1.0, s) } else { linear_shift(mu, 1.0, s) }).collect()
+            if !(mu.is_finite() && mu.abs() <= MAX_ABS_MU) {
+                return Err(Error::Config(format!(
+                    "the dynamic shift mu = {mu} (from base_shift, max_shift, base_image_seq_len, max_image_seq_len and the image's token count) \
+                     is outside -{MAX_ABS_MU} to {MAX_ABS_MU}, where exp(mu) overflows: expected smaller shifts or a smaller image"
+                )));
+            }
+            Some(mu)
         } else {
-            raw
+            None
+        };
+        let mut sigmas: Vec<f32> = match mu {
+            Some(mu) => raw.iter().map(|&s| if exponential { exponential_shift(mu, 1.0, s) } else { linear_shift(mu, 1.0, s) }).collect(),
+            None => raw,
         };
         if let Some(terminal) = config.shift_terminal {
             // stretch_shift_to_terminal: rescale so the last sigma lands on shift_terminal
             let last = 1.0 - sigmas[sigmas.len() - 1];
             let scale_factor = last / (1.0 - terminal as f32);
             sigmas = sigmas.iter().map(|&s| 1.0 - (1.0 - s) / scale_factor).collect();
+        }
+        // a NaN here would surface only as non-finite latents at step 0: name the keys instead
+        if let Some((i, s)) = sigmas.iter().enumerate().find(|(_, s)| !(s.is_finite() && (0.0..=1.0 + 1e-4).contains(*s))) {
+            let from = match mu {
+                Some(mu) => format!("mu = {mu} and time_shift_type = {}", config.time_shift_type),
+                None => format!("shift = {}", config.shift),
+            };
+            let terminal = config.shift_terminal.map(|t| format!(", shift_terminal = {t}")).unwrap_or_default();
+            return Err(Error::Config(format!(
+                "sigma {i} of {num_inference_steps} is {s} with {from}{terminal}: expected sigmas between 0 and 1; check those keys"
+            )));
         }
         let timesteps = sigmas.iter().map(|&s| (s * n_train as f32) as f64).collect();
         sigmas.push(0.0);
@@ -236,5 +296,84 @@ impl Solver for FlowMatchEulerDiscrete {
 
     fn reset(&mut self) {
         self.next_step = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::flow::flux_default_sigmas;
+
+    /// FLUX.1's scheduler config with `changes` applied.
+    fn flux_config(changes: serde_json::Value) -> FlowMatchEulerDiscreteConfig {
+        let mut v: serde_json::Value = serde_json::from_str(crate::solvers::presets::FLUX).unwrap();
+        let object = v.as_object_mut().unwrap();
+        for (k, x) in changes.as_object().unwrap() {
+            object.insert(k.clone(), x.clone());
+        }
+        crate::config::from_value(v).unwrap()
+    }
+
+    /// What the Flux pipeline does at 1024 x 1024 (4096 image tokens): mu from the config, then
+    /// the solver with Flux's sigmas.
+    fn build(config: &FlowMatchEulerDiscreteConfig) -> Result<FlowMatchEulerDiscrete> {
+        let ts = FlowTimesteps { sigmas: Some(flux_default_sigmas(28)), mu: config.use_dynamic_shifting.then(|| config.mu(4096)) };
+        FlowMatchEulerDiscrete::new(config, 28, &ts)
+    }
+
+    fn refusal(changes: serde_json::Value) -> String {
+        match build(&flux_config(changes)) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn flux_config_gives_sigmas_between_0_and_1() {
+        let solver = build(&flux_config(serde_json::json!({}))).unwrap();
+        assert!(solver.sigmas().iter().all(|s| s.is_finite() && (0.0..=1.0).contains(s)), "{:?}", solver.sigmas());
+    }
+
+    #[test]
+    fn token_counts_that_make_mu_divide_by_zero_are_refused_by_key() {
+        let e = refusal(serde_json::json!({"base_image_seq_len": 4096, "max_image_seq_len": 4096}));
+        assert!(e.starts_with("unsupported config value `max_image_seq_len` = 4096") && e.contains("base_image_seq_len = 4096"), "{e}");
+        let e = refusal(serde_json::json!({"base_image_seq_len": 0}));
+        assert!(e.starts_with("unsupported config value `base_image_seq_len` = 0"), "{e}");
+        let e = refusal(serde_json::json!({"base_image_seq_len": 8192}));
+        assert!(e.contains("`max_image_seq_len`"), "{e}");
+    }
+
+    #[test]
+    fn shifts_whose_exp_overflows_are_refused_by_key() {
+        let e = refusal(serde_json::json!({"max_shift": 1e6}));
+        assert!(e.starts_with("unsupported config value `max_shift` = 1000000") && e.contains("exp(mu)"), "{e}");
+        let e = refusal(serde_json::json!({"base_shift": -30.0}));
+        assert!(e.starts_with("unsupported config value `base_shift` = -30"), "{e}");
+        // shifts in range, extrapolated far beyond max_image_seq_len
+        let config = flux_config(serde_json::json!({"max_shift": 20.0}));
+        let ts = FlowTimesteps { sigmas: Some(flux_default_sigmas(28)), mu: Some(config.mu(1 << 20)) };
+        let e = FlowMatchEulerDiscrete::new(&config, 28, &ts).err().expect("refused").to_string();
+        assert!(e.contains("mu = ") && e.contains("max_shift"), "{e}");
+        // unused keys are not checked: dynamic shifting off
+        let solver = build(&flux_config(serde_json::json!({"use_dynamic_shifting": false, "max_shift": 1e6}))).unwrap();
+        assert!(solver.sigmas().iter().all(|s| s.is_finite()));
+    }
+
+    #[test]
+    fn static_shift_and_shift_terminal_that_give_non_finite_sigmas_are_refused() {
+        for bad in [serde_json::json!(0.0), serde_json::json!(-3.0)] {
+            let e = refusal(serde_json::json!({"use_dynamic_shifting": false, "shift": bad}));
+            assert!(e.starts_with("unsupported config value `shift`"), "{e}");
+        }
+        // positive, but zero in float32: 0 / 0 at sigma 1
+        let e = refusal(serde_json::json!({"use_dynamic_shifting": false, "shift": 1e-50}));
+        assert!(e.contains("shift = ") && e.contains("expected sigmas between 0 and 1"), "{e}");
+        for bad in [1.0, 1.5, -0.1] {
+            let e = refusal(serde_json::json!({ "shift_terminal": bad }));
+            assert!(e.starts_with("unsupported config value `shift_terminal`"), "{e}");
+        }
+        let solver = build(&flux_config(serde_json::json!({"shift_terminal": 0.1}))).unwrap();
+        assert!(solver.sigmas().iter().all(|s| s.is_finite() && (0.0..=1.0 + 1e-4).contains(s)), "{:?}", solver.sigmas());
     }
 }

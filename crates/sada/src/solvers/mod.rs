@@ -20,6 +20,33 @@ pub use dpm_solver::{DpmSolverConfig, DpmSolverMultistep};
 pub use euler::{EulerDiscrete, EulerDiscreteConfig};
 pub use flow_match_euler::{FlowMatchEulerDiscrete, FlowMatchEulerDiscreteConfig, FlowTimesteps};
 
+impl SolverKind {
+    /// Every solver this crate implements.
+    pub const ALL: [SolverKind; 3] = [SolverKind::DpmSolverMultistep, SolverKind::EulerDiscrete, SolverKind::FlowMatchEulerDiscrete];
+
+    /// The command line's name for this solver (`--solver dpm++`, `euler`, `flow`): the name
+    /// messages to users give, never the enum's Rust name.
+    pub fn cli_name(self) -> &'static str {
+        match self {
+            SolverKind::DpmSolverMultistep => "dpm++",
+            SolverKind::EulerDiscrete => "euler",
+            SolverKind::FlowMatchEulerDiscrete => "flow",
+        }
+    }
+
+    /// The solver the command line calls `name` (see [`cli_name`](Self::cli_name)).
+    pub fn from_cli_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.cli_name() == name)
+    }
+}
+
+/// The command line's name (`dpm++`, `euler`, `flow`); [`SolverKind::class_name`] gives diffusers'.
+impl std::fmt::Display for SolverKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.cli_name())
+    }
+}
+
 /// What the network was trained to predict (`prediction_type` in diffusers configs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "&'static str")]
@@ -176,4 +203,20 @@ pub fn build_solver(
         SolverKind::EulerDiscrete => Box::new(EulerDiscrete::new(&config::from_config(config, overrides)?, num_inference_steps)?),
         SolverKind::FlowMatchEulerDiscrete => Box::new(FlowMatchEulerDiscrete::new(&config::from_config(config, overrides)?, num_inference_steps, flow)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SolverKind;
+
+    #[test]
+    fn solvers_are_shown_by_their_command_line_names() {
+        let shown: Vec<String> = SolverKind::ALL.iter().map(|k| k.to_string()).collect();
+        assert_eq!(shown, ["dpm++", "euler", "flow"]);
+        for kind in SolverKind::ALL {
+            assert_eq!(SolverKind::from_cli_name(kind.cli_name()), Some(kind));
+            assert_eq!(SolverKind::from_class_name(kind.class_name()), Some(kind));
+        }
+        assert_eq!(SolverKind::from_cli_name("DpmPp"), None);
+    }
 }

@@ -114,6 +114,13 @@ enum Activation {
     Silu,
 }
 
+/// The `feed_forward_proj` values this encoder runs, as transformers reads them.
+const FEED_FORWARD_PROJ: [&str; 6] = ["relu", "gated-relu", "gelu", "gated-gelu", "silu", "gated-silu"];
+
+/// The smallest `layer_norm_epsilon` accepted: the norms add it in float32, where smaller
+/// values vanish (T5 uses 1e-6).
+const MIN_LAYER_NORM_EPSILON: f64 = 1e-30;
+
 impl T5Config {
     /// The activation and whether the feed-forward is gated, or why this config cannot be run.
     fn feed_forward(&self) -> std::result::Result<(Activation, bool), String> {
@@ -124,22 +131,51 @@ impl T5Config {
             "gated-gelu" => (Activation::GeluTanh, true),
             "silu" => (Activation::Silu, false),
             "gated-silu" => (Activation::Silu, true),
-            other => return Err(format!("`feed_forward_proj` = {other:?} is not one of relu, gelu, silu or their gated- forms")),
+            other => return Err(format!("`feed_forward_proj` = {other:?}: expected one of {}", FEED_FORWARD_PROJ.join(", "))),
         })
     }
 
+    /// Refuse values no T5 has: sizes of zero or far beyond T5-XXL's (d_model 4096, d_ff 10240,
+    /// 64 heads, 24 layers; mT5's vocabulary of 250,112), which would only fail later or ask
+    /// for absurd allocations, and norms whose epsilon is not a small positive number. Each
+    /// message names the key and what it may hold.
     fn validate(&self) -> std::result::Result<(), String> {
-        if self.d_model == 0 || self.d_kv == 0 || self.d_ff == 0 || self.num_heads == 0 || self.vocab_size == 0 {
-            return Err("d_model, d_kv, d_ff, num_heads and vocab_size must be positive".into());
+        let sizes = [
+            ("vocab_size", self.vocab_size, 1 << 20),
+            ("d_model", self.d_model, 1 << 16),
+            ("d_kv", self.d_kv, 1 << 12),
+            ("d_ff", self.d_ff, 1 << 18),
+            ("num_layers", self.num_layers, 1 << 10),
+            ("num_heads", self.num_heads, 1 << 10),
+            ("relative_attention_num_buckets", self.relative_attention_num_buckets, 1 << 12),
+            ("relative_attention_max_distance", self.relative_attention_max_distance, 1 << 20),
+        ];
+        for (key, value, max) in sizes {
+            if value == 0 || value > max {
+                return Err(format!("`{key}` = {value}: expected a whole number from 1 to {max}"));
+            }
         }
-        if self.relative_attention_num_buckets < 4 || self.relative_attention_max_distance <= self.relative_attention_num_buckets / 4 {
+        if self.num_heads * self.d_kv > 1 << 16 {
             return Err(format!(
-                "`relative_attention_num_buckets` = {} must be at least 4 and `relative_attention_max_distance` = {} above a quarter of it",
-                self.relative_attention_num_buckets, self.relative_attention_max_distance
+                "`num_heads` = {} times `d_kv` = {} is {}: expected at most {} (the attention's width)",
+                self.num_heads,
+                self.d_kv,
+                self.num_heads * self.d_kv,
+                1 << 16
             ));
         }
-        if !(self.layer_norm_epsilon.is_finite() && self.layer_norm_epsilon > 0.0) {
-            return Err(format!("`layer_norm_epsilon` = {} must be a positive number", self.layer_norm_epsilon));
+        if self.relative_attention_num_buckets < 4 {
+            return Err(format!("`relative_attention_num_buckets` = {}: expected at least 4 (T5 uses 32)", self.relative_attention_num_buckets));
+        }
+        if self.relative_attention_max_distance <= self.relative_attention_num_buckets / 4 {
+            return Err(format!(
+                "`relative_attention_max_distance` = {}: expected more than a quarter of `relative_attention_num_buckets` = {} (T5 uses 128)",
+                self.relative_attention_max_distance, self.relative_attention_num_buckets
+            ));
+        }
+        let eps = self.layer_norm_epsilon;
+        if !(eps.is_finite() && (MIN_LAYER_NORM_EPSILON..=1.0).contains(&eps)) {
+            return Err(format!("`layer_norm_epsilon` = {eps}: expected a positive number from {MIN_LAYER_NORM_EPSILON:e} to 1 (T5 uses 1e-6)"));
         }
         self.feed_forward().map(|_| ())
     }
@@ -326,5 +362,86 @@ impl T5Encoder {
             h = (&h + block.ff.forward(&block.ff_norm.forward(&h)?)?)?;
         }
         self.final_layer_norm.forward(&h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fixture's T5 config (FLUX.1's layout at toy size) with `changes` applied.
+    fn config(changes: serde_json::Value) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "architectures": ["T5EncoderModel"], "d_ff": 64, "d_kv": 8, "d_model": 32, "feed_forward_proj": "gated-gelu",
+            "layer_norm_epsilon": 1e-06, "model_type": "t5", "num_heads": 4, "num_layers": 2,
+            "relative_attention_max_distance": 128, "relative_attention_num_buckets": 32, "vocab_size": 116
+        });
+        let object = v.as_object_mut().expect("an object");
+        for (k, x) in changes.as_object().expect("an object") {
+            object.insert(k.clone(), x.clone());
+        }
+        v
+    }
+
+    /// Why `changes` make the config unusable (read and validated as `load_from` does).
+    fn refusal(changes: serde_json::Value) -> String {
+        let text = config(changes).to_string();
+        match crate::config::parse_config::<T5Config>(&text, std::path::Path::new("text_encoder_2/config.json")) {
+            Err(e) => e.to_string(),
+            Ok(c) => c.validate().expect_err("accepted"),
+        }
+    }
+
+    #[test]
+    fn the_fixture_config_is_accepted() {
+        let c: T5Config = crate::config::from_value(config(serde_json::json!({}))).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.feed_forward().unwrap(), (Activation::GeluTanh, true));
+    }
+
+    #[test]
+    fn layer_norm_epsilon_must_be_a_small_positive_number() {
+        for bad in [serde_json::json!(-1e-6), serde_json::json!(0.0), serde_json::json!(1e-40), serde_json::json!(2.0), serde_json::json!("1e-6")] {
+            let e = refusal(serde_json::json!({ "layer_norm_epsilon": bad }));
+            assert!(e.contains("`layer_norm_epsilon` = "), "{bad}: {e}");
+        }
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let c = T5Config { layer_norm_epsilon: bad, ..Default::default() };
+            let e = c.validate().unwrap_err();
+            assert!(e.starts_with("`layer_norm_epsilon` = ") && e.contains("expected a positive number"), "{e}");
+        }
+        // NaN and Infinity as Python writes them
+        let text = config(serde_json::json!({"layer_norm_epsilon": "EPS"})).to_string().replace("\"EPS\"", "NaN");
+        let e = crate::config::parse_config::<T5Config>(&text, std::path::Path::new("config.json")).unwrap_err().to_string();
+        assert!(e.contains("config.json") && e.contains("`layer_norm_epsilon` = null"), "{e}");
+    }
+
+    #[test]
+    fn sizes_of_zero_or_far_beyond_any_t5_are_refused_by_key() {
+        for key in ["vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets", "relative_attention_max_distance"] {
+            for bad in [0u64, 1 << 40] {
+                let e = refusal(serde_json::json!({ key: bad }));
+                assert!(e.starts_with(&format!("`{key}` = {bad}: expected a whole number from 1 to ")), "{key} = {bad}: {e}");
+            }
+        }
+        let e = refusal(serde_json::json!({"num_heads": 1024, "d_kv": 1024}));
+        assert!(e.contains("`num_heads`") && e.contains("`d_kv`"), "{e}");
+        let e = refusal(serde_json::json!({"relative_attention_num_buckets": 2}));
+        assert!(e.starts_with("`relative_attention_num_buckets` = 2"), "{e}");
+        let e = refusal(serde_json::json!({"relative_attention_num_buckets": 64, "relative_attention_max_distance": 16}));
+        assert!(e.starts_with("`relative_attention_max_distance` = 16"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_feed_forward_proj_is_named_with_the_supported_values() {
+        let e = refusal(serde_json::json!({"feed_forward_proj": "swish"}));
+        assert_eq!(e, "`feed_forward_proj` = \"swish\": expected one of relu, gated-relu, gelu, gated-gelu, silu, gated-silu");
+        // through the loader: the file is named, and no other key is blamed
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("text_encoder_2")).unwrap();
+        std::fs::write(tmp.path().join("text_encoder_2/config.json"), config(serde_json::json!({"feed_forward_proj": "swish"})).to_string()).unwrap();
+        let source = ModelSource::Dir(tmp.path().to_path_buf());
+        let e = T5Encoder::load_from(&source, "text_encoder_2", DType::F32, &Device::Cpu).err().expect("refused").to_string();
+        assert!(e.contains("config.json") && e.contains("`feed_forward_proj` = \"swish\"") && !e.contains("vocab_size"), "{e}");
     }
 }
