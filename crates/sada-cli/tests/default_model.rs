@@ -240,6 +240,9 @@ fn every_method_runs_from_generate_and_bad_specs_are_one_line() {
         (vec!["generate", "--prompt", "a red circle", "--accel", "adaptive", "--acc-range", "5,40"], "--accel sada"),
         (vec!["gmm", "--accel", "fbcache"], "fbcache needs"),
         (vec!["bench", "--methods", "sada,none"], "baseline always runs"),
+        // refused before --out is made, not after run 0's images
+        (vec!["bench", "--guidance-scale", "nan"], "`guidance_scale`"),
+        (vec!["bench", "--method", "teacache"], "teacache needs a transformer"),
     ] {
         let mut args = args.clone();
         let out = o.to_str().unwrap();
