@@ -6,6 +6,7 @@
 
 pub mod controlnet;
 pub mod flux;
+pub mod gguf;
 pub mod hub;
 pub mod kernels;
 pub mod layers;

@@ -1,0 +1,247 @@
+//! GGML's tensor types and their dequantisation to f32, bit for bit as the `gguf` Python
+//! package (and so ggml's reference code) computes it: each block's f16 scales are widened to
+//! f32 and every product and sum is one f32 operation in the same order, never fused.
+//!
+//! A block type packs `block_size` values into `type_size` bytes. The layouts (ggml's
+//! `block_q4_0`, `block_q4_K`, ...) are read field by field below; `QK_K` = 256.
+
+use half::f16;
+
+/// The tensor types a GGUF file may hold that sada reads (ggml's `GGMLQuantizationType` ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types, missing_docs)]
+pub enum GgmlType {
+    F32,
+    F16,
+    BF16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+}
+
+const QK_K: usize = 256;
+
+impl GgmlType {
+    /// The type of ggml's id `id`; `Err` names the ones sada does not read.
+    pub fn from_id(id: u32) -> std::result::Result<Self, String> {
+        Ok(match id {
+            0 => GgmlType::F32,
+            1 => GgmlType::F16,
+            2 => GgmlType::Q4_0,
+            3 => GgmlType::Q4_1,
+            6 => GgmlType::Q5_0,
+            7 => GgmlType::Q5_1,
+            8 => GgmlType::Q8_0,
+            10 => GgmlType::Q2_K,
+            11 => GgmlType::Q3_K,
+            12 => GgmlType::Q4_K,
+            13 => GgmlType::Q5_K,
+            14 => GgmlType::Q6_K,
+            30 => GgmlType::BF16,
+            9 | 15 => return Err(format!("type {id} (Q8_1 / Q8_K) is ggml's intermediate format, never stored in a model")),
+            16..=23 | 29 => return Err(format!("type {id} (an IQ i-quant) is not supported; use F16, Q8_0, Q4_0..Q5_1 or a K-quant")),
+            24..=28 => return Err(format!("type {id} is an integer or f64 type, not a weight type")),
+            34 | 35 => return Err(format!("type {id} (a ternary TQ type) is not supported")),
+            other => return Err(format!("unknown tensor type {other}")),
+        })
+    }
+
+    /// ggml's id of this type.
+    pub fn id(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q5_0 => 6,
+            GgmlType::Q5_1 => 7,
+            GgmlType::Q8_0 => 8,
+            GgmlType::Q2_K => 10,
+            GgmlType::Q3_K => 11,
+            GgmlType::Q4_K => 12,
+            GgmlType::Q5_K => 13,
+            GgmlType::Q6_K => 14,
+            GgmlType::BF16 => 30,
+        }
+    }
+
+    /// Values per block.
+    pub fn block_size(self) -> usize {
+        match self {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => 32,
+            GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => QK_K,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn type_size(self) -> usize {
+        match self {
+            GgmlType::F32 => 4,
+            GgmlType::F16 | GgmlType::BF16 => 2,
+            GgmlType::Q4_0 => 2 + 16,
+            GgmlType::Q4_1 => 2 + 2 + 16,
+            GgmlType::Q5_0 => 2 + 4 + 16,
+            GgmlType::Q5_1 => 2 + 2 + 4 + 16,
+            GgmlType::Q8_0 => 2 + 32,
+            GgmlType::Q2_K => 2 + 2 + QK_K / 16 + QK_K / 4,
+            GgmlType::Q3_K => 2 + QK_K / 4 + QK_K / 8 + 12,
+            GgmlType::Q4_K => 2 + 2 + QK_K / 2 + 12,
+            GgmlType::Q5_K => 2 + 2 + QK_K / 2 + QK_K / 8 + 12,
+            GgmlType::Q6_K => 2 + QK_K / 2 + QK_K / 4 + QK_K / 16,
+        }
+    }
+
+    /// Bytes of `n` values, None when `n` is not a whole number of blocks (or overflows).
+    pub fn bytes_for(self, n: usize) -> Option<usize> {
+        n.is_multiple_of(self.block_size()).then(|| (n / self.block_size()).checked_mul(self.type_size())).flatten()
+    }
+}
+
+fn h(b: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+/// Dequantise `bytes` (whole blocks of `ty`) into `out` (`block_size` values per block).
+/// The caller has checked that the lengths agree.
+pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
+    use rayon::prelude::*;
+    let (bs, ts) = (ty.block_size(), ty.type_size());
+    debug_assert_eq!(bytes.len() / ts * bs, out.len());
+    // blocks are independent: spread them over the pool in chunks of a few thousand values
+    let per_chunk = (4096 / bs).max(1);
+    bytes.par_chunks(ts * per_chunk).zip(out.par_chunks_mut(bs * per_chunk)).for_each(|(b, o)| {
+        for (block, y) in b.chunks_exact(ts).zip(o.chunks_exact_mut(bs)) {
+            dequantize_block(ty, block, y);
+        }
+    });
+}
+
+fn dequantize_block(ty: GgmlType, b: &[u8], y: &mut [f32]) {
+    match ty {
+        GgmlType::F32 => y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        GgmlType::F16 => y[0] = h(b, 0),
+        GgmlType::BF16 => y[0] = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16),
+        GgmlType::Q8_0 => {
+            let d = h(b, 0);
+            for (i, v) in y.iter_mut().enumerate() {
+                *v = (b[2 + i] as i8) as f32 * d;
+            }
+        }
+        GgmlType::Q4_0 => {
+            let d = h(b, 0);
+            let qs = &b[2..18];
+            for i in 0..32 {
+                let q = ((qs[i % 16] >> (4 * (i / 16))) & 0x0F) as i8 - 8;
+                y[i] = d * q as f32;
+            }
+        }
+        GgmlType::Q4_1 => {
+            let (d, m) = (h(b, 0), h(b, 2));
+            let qs = &b[4..20];
+            for i in 0..32 {
+                let q = (qs[i % 16] >> (4 * (i / 16))) & 0x0F;
+                y[i] = d * q as f32 + m;
+            }
+        }
+        GgmlType::Q5_0 => {
+            let d = h(b, 0);
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            let qs = &b[6..22];
+            for i in 0..32 {
+                let ql = (qs[i % 16] >> (4 * (i / 16))) & 0x0F;
+                let q = (ql | ((((qh >> i) & 1) as u8) << 4)) as i8 - 16;
+                y[i] = d * q as f32;
+            }
+        }
+        GgmlType::Q5_1 => {
+            let (d, m) = (h(b, 0), h(b, 2));
+            let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+            let qs = &b[8..24];
+            for i in 0..32 {
+                let ql = (qs[i % 16] >> (4 * (i / 16))) & 0x0F;
+                let q = ql | ((((qh >> i) & 1) as u8) << 4);
+                y[i] = d * q as f32 + m;
+            }
+        }
+        GgmlType::Q2_K => {
+            // scales[16], qs[64], d, dmin
+            let (scales, qs) = (&b[0..16], &b[16..80]);
+            let (d, dmin) = (h(b, 80), h(b, 82));
+            for e in 0..QK_K {
+                let (j, s, l) = (e / 128, (e % 128) / 32, e % 32);
+                let q = (qs[j * 32 + l] >> (2 * s)) & 3;
+                let sc = scales[e / 16];
+                let (dl, ml) = (d * (sc & 0x0F) as f32, dmin * (sc >> 4) as f32);
+                y[e] = dl * q as f32 - ml;
+            }
+        }
+        GgmlType::Q3_K => {
+            // hmask[32], qs[64], scales[12], d
+            let (hmask, qs, sc) = (&b[0..32], &b[32..96], &b[96..108]);
+            let d = h(b, 108);
+            let mut dl = [0f32; 16];
+            for (k, v) in dl.iter_mut().enumerate() {
+                let low = (sc[k % 8] >> (4 * (k / 8))) & 0x0F;
+                let high = (sc[8 + k % 4] >> (2 * (k / 4))) & 0x03;
+                *v = d * ((low | (high << 4)) as i8 - 32) as f32;
+            }
+            for e in 0..QK_K {
+                let (j, s, l) = (e / 128, (e % 128) / 32, e % 32);
+                let ql = ((qs[j * 32 + l] >> (2 * s)) & 3) as i8;
+                let qh = ((hmask[e % 32] >> (e / 32)) & 1) ^ 1;
+                y[e] = dl[e / 16] * (ql - ((qh << 2) as i8)) as f32;
+            }
+        }
+        GgmlType::Q4_K | GgmlType::Q5_K => {
+            // d, dmin, scales[12], (Q5_K: qh[32]), qs[128]
+            let (d, dmin) = (h(b, 0), h(b, 2));
+            let (sc, mn) = scale_min_k4(&b[4..16]);
+            let (qh, qs) = if ty == GgmlType::Q5_K { (Some(&b[16..48]), &b[48..176]) } else { (None, &b[16..144]) };
+            for k in 0..8 {
+                let (dd, dm) = (d * sc[k] as f32, dmin * mn[k] as f32);
+                let (j, half) = (k / 2, k % 2);
+                for l in 0..32 {
+                    let mut q = (qs[j * 32 + l] >> (4 * half)) & 0x0F;
+                    if let Some(qh) = qh {
+                        q |= ((qh[l] >> k) & 1) << 4;
+                    }
+                    y[k * 32 + l] = dd * q as f32 - dm;
+                }
+            }
+        }
+        GgmlType::Q6_K => {
+            // ql[128], qh[64], scales[16] (i8), d
+            let (ql, qh, scales) = (&b[0..128], &b[128..192], &b[192..208]);
+            let d = h(b, 208);
+            for e in 0..QK_K {
+                let j = e / 128;
+                let (half, m) = ((e % 128) / 64, e % 64);
+                let low = (ql[j * 64 + m] >> (4 * half)) & 0x0F;
+                let (s, l) = ((e % 128) / 32, e % 32);
+                let high = (qh[j * 32 + l] >> (2 * s)) & 0x03;
+                let q = (low | (high << 4)) as i8 - 32;
+                y[e] = d * scales[e / 16] as i8 as f32 * q as f32;
+            }
+        }
+    }
+}
+
+/// The eight 6-bit scales and mins of a Q4_K / Q5_K block, from their 12 packed bytes.
+fn scale_min_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
+    for j in 0..4 {
+        sc[j] = s[j] & 0x3F;
+        mn[j] = s[4 + j] & 0x3F;
+        sc[4 + j] = (s[8 + j] & 0x0F) | ((s[j] >> 2) & 0x30);
+        mn[4 + j] = (s[8 + j] >> 4) | ((s[4 + j] >> 2) & 0x30);
+    }
+    (sc, mn)
+}
