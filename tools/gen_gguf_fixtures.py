@@ -66,6 +66,34 @@ def main():
     writer.close()
     save_file(expected, str(OUT / "types_expected.safetensors"))
     print("wrote", OUT, len(expected), "tensors")
+    flux_files()
+
+
+def flux_files():
+    """The tiny FLUX.1-dev transformer of tests/fixtures/flux (Black Forest Labs' layout, f16) as
+    city96's GGUF files lay it out: all F16 (lossless), and quantised where a row is whole
+    blocks (Q8_0; Q4_0 with Q5_1 for the double blocks' attention), the rest F16."""
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(OUT.parent / "flux" / "flux_dev_single.safetensors"))
+    for label, pick in [
+        ("f16", lambda name, a: T.F16),
+        ("q8_0", lambda name, a: T.Q8_0 if a.ndim == 2 and a.shape[-1] % 32 == 0 else T.F16),
+        ("q4_0", lambda name, a: (T.Q5_1 if "attn" in name else T.Q4_0) if a.ndim == 2 and a.shape[-1] % 32 == 0 else T.F16),
+    ]:
+        writer = gguf.GGUFWriter(str(OUT / f"flux_dev_{label}.gguf"), "flux")
+        writer.add_uint32("general.quantization_version", gguf.GGML_QUANT_VERSION)
+        for name, a in tensors.items():
+            qtype = pick(name, a)
+            if qtype == T.F16:
+                writer.add_tensor(name, a.astype(np.float16))
+            else:
+                writer.add_tensor(name, gguf.quants.quantize(a.astype(np.float32), qtype), raw_dtype=qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        print("wrote", f"flux_dev_{label}.gguf")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,34 @@ fn generate_runs_flux_from_embeddings_baseline_matches_diffusers_and_sada_skips(
     assert!(png.is_file());
 }
 
+/// A GGUF transformer is a single file like any other: `--model FILE.gguf`. All-F16 gives the
+/// safetensors file's latents byte for byte; quantised files stay near them (latent PSNR printed).
+#[test]
+fn generate_takes_a_gguf_transformer_as_the_model() {
+    let dir = tmp("gguf");
+    let inp = inputs(&dir);
+    let gguf = fixtures().join("../gguf");
+    let run = |model: PathBuf, name: &str| {
+        let out = dir.join(name);
+        let args = ["generate", "--model", model.to_str().unwrap(), "--inputs", inp.to_str().unwrap(), "--height", "32", "--width", "48"];
+        let (ok, _, err) = sada(&[&args[..], &["--steps", "20", "--accel", "none", "--output-type", "latent", "--output", out.to_str().unwrap()]].concat());
+        assert!(ok, "{name}: {err}");
+        out
+    };
+    let base = run(fixtures().join("flux_dev_single.safetensors"), "base.safetensors");
+    let f16 = run(gguf.join("flux_dev_f16.gguf"), "f16.safetensors");
+    assert_eq!(std::fs::read(&base).unwrap(), std::fs::read(&f16).unwrap());
+    let reference = latents(&base);
+    let peak = reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+    for (file, min_db) in [("flux_dev_q8_0.gguf", 40.0), ("flux_dev_q4_0.gguf", 20.0)] {
+        let got = latents(&run(gguf.join(file), &format!("{file}.safetensors")));
+        let mse = (&got - &reference).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+        let psnr = 10.0 * (peak * peak / mse).log10();
+        eprintln!("{file}: latent PSNR {psnr:.1} dB against f16 (20 steps)");
+        assert!(psnr >= min_db, "{file}: {psnr:.1} dB");
+    }
+}
+
 #[test]
 fn flux_refuses_prompts_odd_sizes_and_diffusion_solvers() {
     let dir = tmp("refuse");

@@ -240,6 +240,49 @@ fn single_file_layout_gives_the_folders_output() {
     assert!(!pipe.can_decode());
 }
 
+/// city96's GGUF layout of the same transformer (tools/gen_gguf_fixtures.py): all F16 gives the
+/// safetensors file's output exactly; Q8_0 and Q4_0/Q5_1 (each tensor dequantised exactly as
+/// gguf-py does, tests/gguf_fixtures.rs) stay within their quantisation error of it.
+#[test]
+fn gguf_files_load_as_the_single_file_does() {
+    let want = expected();
+    let load = |path: PathBuf| {
+        let ck = sada::models::single_file::Checkpoint::open(&path).unwrap();
+        let source = ModelSource::SingleFile(std::sync::Arc::new(ck));
+        FluxTransformer2DModel::load_from(&source, "transformer", DType::F32, &Device::Cpu).unwrap()
+    };
+    let gguf = dir().join("../gguf");
+    let reference = load(dir().join("flux_dev_single.safetensors"));
+    let out = |m: &FluxTransformer2DModel| m.predict_full(&want["latents"], 700.0, &cond(&want, true)).unwrap();
+    let base = out(&reference);
+    // (max-abs relative errors of a random tiny network: measured 1.3e-2 at Q8_0, 2.2e-1 at Q4_0;
+    // a transposed or misnamed tensor gives errors of order 1)
+    let mut errors = Vec::new();
+    for (file, tolerance) in [("flux_dev_f16.gguf", 0.0), ("flux_dev_q8_0.gguf", 0.05), ("flux_dev_q4_0.gguf", 0.5)] {
+        let model = load(gguf.join(file));
+        assert_eq!(model.config, reference.config, "{file}");
+        let e = rel_err(&out(&model), &base);
+        eprintln!("{file}: relative error {e:.2e} against the f16 safetensors file");
+        assert!(e <= tolerance, "{file}: {e:e}");
+        errors.push(e);
+    }
+    assert!(0.0 < errors[1] && errors[1] < errors[2], "fewer bits, more error: {errors:?}");
+
+    // a block whose f16 scale is NaN is named when its tensor loads
+    let path = gguf.join("flux_dev_q8_0.gguf");
+    let file = sada::models::gguf::GgufFile::open(&path).unwrap();
+    let info = file.tensors.iter().find(|t| t.dtype == sada::models::gguf::GgmlType::Q8_0).unwrap().clone();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[info.byte_range().start..][..2].copy_from_slice(&0x7e00u16.to_le_bytes());
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("nan.gguf");
+    std::fs::write(&bad, bytes).unwrap();
+    let ck = sada::models::single_file::Checkpoint::open(&bad).unwrap();
+    let source = ModelSource::SingleFile(std::sync::Arc::new(ck));
+    let e = FluxTransformer2DModel::load_from(&source, "transformer", DType::F32, &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("nan.gguf") && e.contains(&format!("`{}` holds NaN", info.name)), "{e}");
+}
+
 /// The dev folder with its CLIP tokenizer's vocabulary put back (the fixtures leave it out).
 fn dev_with_text() -> (tempfile::TempDir, Flux) {
     let tmp = tempfile::tempdir().unwrap();

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::safetensors::MmapedSafetensors;
+
+use super::gguf::GgufFile;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use serde_json::{json, Value};
@@ -50,9 +52,54 @@ impl Source {
     }
 }
 
+/// The tensors of a checkpoint file: safetensors, or GGUF (a stable-diffusion.cpp file or
+/// city96's FLUX.1 transformer), dequantised to f32 as each is read.
+enum Store {
+    Safetensors(MmapedSafetensors),
+    Gguf(GgufFile),
+}
+
+impl Store {
+    /// Open `path` as GGUF when it begins with GGUF's magic, else as safetensors; check it.
+    fn open(path: &Path) -> Result<Self> {
+        let mut magic = [0u8; 4];
+        crate::files::check_regular(path)?;
+        let is_gguf = std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok() && &magic == b"GGUF";
+        if is_gguf {
+            return Ok(Store::Gguf(GgufFile::open(path)?));
+        }
+        let file = crate::models::weights::open_safetensors(path)?;
+        crate::models::weights::check_tensors(file.tensors(), path)?;
+        Ok(Store::Safetensors(file))
+    }
+
+    /// Every tensor's name and shape.
+    fn shapes(&self) -> HashMap<String, Vec<usize>> {
+        match self {
+            Store::Safetensors(f) => f.tensors().into_iter().map(|(k, v)| (k, v.shape().to_vec())).collect(),
+            Store::Gguf(f) => f.tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect(),
+        }
+    }
+
+    /// Tensor `k` on `dev`; a GGUF tensor is dequantised and checked for NaN and infinity (a
+    /// safetensors file was checked whole when opened).
+    fn load(&self, k: &str, dev: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Store::Safetensors(f) => f.load(k, dev),
+            Store::Gguf(f) => {
+                let t = f.tensor(k, dev).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                if !crate::finite::all_finite(&t).map_err(|e| candle_core::Error::Msg(e.to_string()))? {
+                    return Err(candle_core::Error::Msg(format!("{}: tensor `{k}` holds NaN or infinite values", f.path().display())));
+                }
+                Ok(t)
+            }
+        }
+    }
+}
+
 /// A component's tensors under diffusers names, read from the mapped file.
 struct Renamed {
-    file: Arc<MmapedSafetensors>,
+    file: Arc<Store>,
     path: PathBuf,
     map: HashMap<String, Source>,
 }
@@ -110,7 +157,7 @@ pub struct Checkpoint {
     /// The architecture: FLUX.1 from the transformer's keys, else SD-1, SD-2 or SDXL from the text
     /// encoders the file holds (from the cross-attention width when it holds none).
     pub family: Architecture,
-    file: Arc<MmapedSafetensors>,
+    file: Arc<Store>,
     /// Per diffusers component: tensor name -> where it comes from.
     maps: HashMap<String, HashMap<String, Source>>,
     /// Per component: the shape of every tensor under its diffusers name.
@@ -188,8 +235,10 @@ impl Dims {
 }
 
 impl Checkpoint {
-    /// Open and map a `.safetensors` checkpoint, recognise its architecture and rename its tensors
-    /// to diffusers' layout; pickled checkpoints (`.ckpt`, `.pt`, `.bin`) are refused.
+    /// Open and map a `.safetensors` or GGUF checkpoint (the same layouts: stable-diffusion.cpp's
+    /// GGUF files keep the LDM names, city96's FLUX.1 files Black Forest Labs'), recognise its
+    /// architecture and rename its tensors to diffusers' layout; GGUF tensors are dequantised to
+    /// f32 as they load. Pickled checkpoints (`.ckpt`, `.pt`, `.bin`) are refused.
     pub fn open(path: &Path) -> Result<Self> {
         if !path.exists() {
             return Err(Error::file(path, "checkpoint file not found"));
@@ -197,9 +246,8 @@ impl Checkpoint {
         if path.extension().is_some_and(|e| e == "ckpt" || e == "pt" || e == "bin") {
             return Err(Error::file(path, "pickled PyTorch checkpoints are not read (they can run code); convert it to .safetensors"));
         }
-        let file = crate::models::weights::open_safetensors(path)?;
-        crate::models::weights::check_tensors(file.tensors(), path)?;
-        let shapes_of: HashMap<String, Vec<usize>> = file.tensors().into_iter().map(|(k, v)| (k, v.shape().to_vec())).collect();
+        let file = Store::open(path)?;
+        let shapes_of = file.shapes();
         let keys: BTreeSet<String> = shapes_of.keys().cloned().collect();
         if let Some(prefix) = ["", UNET]
             .into_iter()
@@ -264,7 +312,7 @@ impl Checkpoint {
     /// `prefix`: renamed as diffusers' `convert_flux_transformer_checkpoint_to_diffusers` does
     /// (fused projections split, the final modulation's halves swapped); the configuration is
     /// read from the shapes instead of assumed (diffusers fixes the width at FLUX.1's 3072).
-    fn open_flux(path: &Path, file: MmapedSafetensors, keys: &BTreeSet<String>, shapes_of: &HashMap<String, Vec<usize>>, prefix: &str) -> Result<Self> {
+    fn open_flux(path: &Path, file: Store, keys: &BTreeSet<String>, shapes_of: &HashMap<String, Vec<usize>>, prefix: &str) -> Result<Self> {
         let err = |m: String| Error::file(path, m);
         // axis `axis` of the `rank`-d weight `k`
         let dim_of = |k: &str, rank: usize, axis: usize| -> Result<usize> {
@@ -832,9 +880,8 @@ pub fn open_controlnet(path: &Path, dtype: DType, device: &Device) -> Result<(Va
     if path.extension().is_some_and(|e| e == "ckpt" || e == "pt" || e == "pth" || e == "bin") {
         return Err(Error::file(path, "pickled PyTorch checkpoints are not read (they can run code); convert it to .safetensors"));
     }
-    let file = crate::models::weights::open_safetensors(path)?;
-    crate::models::weights::check_tensors(file.tensors(), path)?;
-    let shapes_of: HashMap<String, Vec<usize>> = file.tensors().into_iter().map(|(k, v)| (k, v.shape().to_vec())).collect();
+    let file = Store::open(path)?;
+    let shapes_of = file.shapes();
     let keys: BTreeSet<String> = shapes_of.keys().cloned().collect();
     let prefix = if keys.iter().any(|k| k.starts_with("control_model.")) {
         "control_model."
@@ -1015,9 +1062,10 @@ mod tests {
         gguf.resize(256, 0);
         std::fs::write(&path, &gguf).unwrap();
         let e = Checkpoint::open(&path).unwrap_err().to_string();
-        assert!(e.ends_with("model.safetensors: a GGUF file, not safetensors; GGUF checkpoints are not supported yet"), "{e}");
+        // read as GGUF whatever its name: an empty one holds no model
+        assert!(e.ends_with("model.safetensors: no `model.diffusion_model.*` tensors: not a Stable Diffusion (LDM / SGM) checkpoint"), "{e}");
         let e = open_controlnet(&path, DType::F32, &Device::Cpu).err().unwrap().to_string();
-        assert!(e.contains("a GGUF file"), "{e}");
+        assert!(e.contains("not a ControlNet checkpoint"), "{e}");
         // a tensor listed twice with the same offsets: safetensors alone would keep one
         let bytes = fixture("sd/sd15.safetensors");
         let (header, data) = split(&bytes);

@@ -144,7 +144,7 @@ fn header_len(first: &[u8], file_len: u64) -> std::result::Result<usize, String>
 /// checkpoint is commonly saved in.
 fn foreign_format(first: &[u8]) -> Option<&'static str> {
     if first.starts_with(b"GGUF") {
-        Some("a GGUF file, not safetensors; GGUF checkpoints are not supported yet")
+        Some("a GGUF file, not safetensors; a GGUF checkpoint is read as a single file (--model FILE.gguf)")
     } else if first.starts_with(b"PK\x03\x04") {
         Some("a zip archive (a PyTorch .pt/.pth/.ckpt checkpoint?), not safetensors; convert it to safetensors")
     } else if first.first() == Some(&0x80) && first.get(1).is_some_and(|p| (2..=5).contains(p)) {
@@ -256,7 +256,7 @@ mod tests {
     fn other_formats_are_named_not_read_as_safetensors() {
         let mut gguf = b"GGUF\x03\x00\x00\x00".to_vec();
         gguf.resize(64, 0);
-        assert!(open_err(&gguf).contains("a GGUF file, not safetensors; GGUF checkpoints are not supported yet"));
+        assert!(open_err(&gguf).contains("a GGUF file, not safetensors; a GGUF checkpoint is read as a single file"));
         assert!(open_err(b"GGUF").contains("a GGUF file"));
         let mut zip = b"PK\x03\x04\x14\x00\x00\x00\x08\x00".to_vec();
         zip.resize(64, 0);

@@ -77,6 +77,11 @@ pub struct GgufTensorInfo {
 }
 
 impl GgufTensorInfo {
+    /// Where its bytes lie in the file.
+    pub fn byte_range(&self) -> std::ops::Range<usize> {
+        self.start..self.start + self.len
+    }
+
     /// Number of values.
     pub fn elements(&self) -> usize {
         self.shape.iter().product()
