@@ -56,6 +56,8 @@ def main():
         cols = 2 * max(block, 32)
         add(f"random.{qtype.name}", random_blocks(rng, qtype, 3, cols), qtype, (3, cols))
     values = rng.standard_normal((4, 64)).astype(np.float32)
+    # the values themselves, for checking our quantisers against the package's
+    add("values.F32", values, T.F32, values.shape)
     for qtype in [T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1]:
         add(f"quantized.{qtype.name}", gguf.quants.quantize(values, qtype), qtype, values.shape)
     conv = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)

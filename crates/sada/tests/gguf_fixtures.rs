@@ -35,3 +35,17 @@ fn every_block_type_dequantises_bit_for_bit_as_gguf_py() {
     let conv = file.tensor("conv.F32", &Device::Cpu).unwrap();
     assert_eq!(conv.dims(), [4, 2, 3, 3]);
 }
+
+#[test]
+fn f16_bf16_and_q8_0_quantise_byte_for_byte_as_gguf_py() {
+    let file = GgufFile::open(&fixtures().join("types.gguf")).unwrap();
+    let values = file.dequantize("values.F32").unwrap();
+    for ty in [GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0] {
+        let want = file.bytes(file.info(&format!("quantized.{ty:?}")).unwrap());
+        let mut got = Vec::new();
+        sada::models::gguf::quantize(ty, &values, &mut got).unwrap();
+        assert_eq!(got.len(), want.len(), "{ty:?}");
+        let differ = got.iter().zip(want).filter(|(a, b)| a != b).count();
+        assert_eq!(differ, 0, "{ty:?}: {differ} bytes differ");
+    }
+}

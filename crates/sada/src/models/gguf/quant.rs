@@ -245,3 +245,48 @@ fn scale_min_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     }
     (sc, mn)
 }
+
+/// Quantise `values` (whole blocks) to `ty` as the `gguf` Python package does (F16 and BF16
+/// rounded to nearest even, Q8_0 by ggml's reference: scale `amax / 127`, values rounded half
+/// away from zero), appending the blocks to `out`. `None` for the types sada does not write.
+pub fn quantize(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> Option<()> {
+    match ty {
+        GgmlType::F32 => values.iter().for_each(|v| out.extend(v.to_le_bytes())),
+        GgmlType::F16 => values.iter().for_each(|v| out.extend(f16::from_f32(*v).to_bits().to_le_bytes())),
+        GgmlType::BF16 => values.iter().for_each(|v| out.extend(bf16_bits(*v).to_le_bytes())),
+        GgmlType::Q8_0 => {
+            for block in values.chunks(32) {
+                let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+                out.extend(f16::from_f32(d).to_bits().to_le_bytes());
+                out.extend(block.iter().map(|v| round_half_away(v * id) as i8 as u8));
+            }
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+/// ggml's f32 -> bf16: NaN kept quiet, otherwise rounded to nearest even.
+fn bf16_bits(v: f32) -> u16 {
+    let n = v.to_bits();
+    if n & 0x7fff_ffff > 0x7f80_0000 {
+        return ((n & 0xffff_0000) >> 16) as u16 | 64;
+    }
+    ((n as u64 + (0x7fff + ((n >> 16) & 1)) as u64) >> 16) as u16
+}
+
+/// gguf-py's `np_roundf`: |x| rounded half up, the sign put back.
+fn round_half_away(x: f32) -> f32 {
+    let a = x.abs();
+    let floored = a.floor();
+    let b = floored + (2.0 * (a - floored)).floor();
+    if x > 0.0 {
+        b
+    } else if x < 0.0 {
+        -b
+    } else {
+        0.0
+    }
+}
