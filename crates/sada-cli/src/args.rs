@@ -4,6 +4,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use sada::models::hub::HubOptions;
+use sada::models::layers::weight::{at_rest, AtRest, WeightType};
 use sada::models::ModelRef;
 use sada::pipelines::{default_model, load_pipeline, Pipeline, PromptOptions};
 use sada::policy::{Acceleration, SadaConfig};
@@ -82,6 +83,31 @@ impl DtypeArg {
             }
             DtypeArg::Bf16 => DType::BF16,
         })
+    }
+}
+
+/// How the networks' weights are held between uses.
+#[derive(Debug, Clone, Args)]
+pub struct WeightsArgs {
+    /// Hold the networks' weights in this type between uses, widened to f32 for each product
+    /// (CPU, --dtype f32): f32, f16, bf16 (half the memory) or q8_0 (ggml's 8-bit blocks, 0.27 of
+    /// it; layers whose rows are not whole blocks in f16)
+    #[arg(long, value_name = "TYPE", default_value = "f32", value_parser = parse_weights)]
+    pub weights: WeightType,
+}
+
+fn parse_weights(s: &str) -> Result<WeightType, String> {
+    WeightType::parse(s).map_err(|e| e.to_string())
+}
+
+impl WeightsArgs {
+    /// Hold the weights of every network this thread loads from now on in the chosen type (until
+    /// the guard drops); refused where it cannot apply.
+    pub fn at_rest(&self, device: &Device, dtype: DType) -> anyhow::Result<AtRest> {
+        if self.weights != WeightType::F32 && !(device.is_cpu() && dtype == DType::F32) {
+            bail!("--weights {} applies to the CPU with --dtype f32; on other devices use --dtype", self.weights.name());
+        }
+        Ok(at_rest(self.weights))
     }
 }
 

@@ -38,6 +38,8 @@ pub struct BenchFluxArgs {
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DtypeArg,
     #[command(flatten)]
+    pub weights: crate::args::WeightsArgs,
+    #[command(flatten)]
     pub device: DeviceArgs,
 }
 
@@ -61,6 +63,8 @@ pub fn run(args: &BenchFluxArgs) -> Result<()> {
     anyhow::ensure!((1..=4096).contains(&args.text_tokens), "--text-tokens must be 1 to 4096");
     let dev = args.device.device()?;
     let dtype = args.dtype.resolve(&dev)?;
+    // every network loaded from here on (text encoders load on the first prompt) holds its weights so
+    let _weights = args.weights.at_rest(&dev, dtype)?;
     let profile = SpanTimes::install()?;
     let config = FluxTransformerConfig { num_layers: args.double, num_single_layers: args.single, guidance_embeds: true, ..Default::default() };
     let t0 = Instant::now();

@@ -56,7 +56,20 @@ pub struct BenchUnetArgs {
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DtypeArg,
     #[command(flatten)]
+    pub weights: crate::args::WeightsArgs,
+    #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+/// Return freed heap memory to the system and restart the peak-RSS count (Linux: glibc's
+/// malloc_trim, then `5` into /proc/self/clear_refs resets VmHWM).
+fn reset_peak_rss() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// Peak resident memory of this process in GiB (Linux VmHWM).
@@ -76,6 +89,8 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
     anyhow::ensure!((1..=MAX_EVALS).contains(&args.evals), "--evals must be 1 to {MAX_EVALS}");
     let dev = args.device.device()?;
     let dtype = args.dtype.resolve(&dev)?;
+    // every network loaded from here on (text encoders load on the first prompt) holds its weights so
+    let _weights = args.weights.at_rest(&dev, dtype)?;
     let profile = SpanTimes::install()?;
     let (name, preset, sched_preset, sada_config) = match args.config {
         UnetConfig::Sd21 => ("sd21", Some(presets::SD21), sada::solvers::presets::SD21, SadaConfig::sd2()),
@@ -120,6 +135,9 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
     let controlled = ControlledUNet { unet: &unet, nets: &units, guess_mode: false, num_steps: args.sample_steps.max(1) };
     let model: &dyn Denoiser = if args.controlnet { &controlled } else { &unet };
     let init_s = t0.elapsed().as_secs_f64();
+    // the random f32 weights the model was built from are gone: hand their memory back and
+    // restart the peak, so peak_rss_gib is the loaded model's while it evaluates
+    reset_peak_rss();
     let x = Tensor::randn(0f32, 1f32, (1, channels, l, l), &dev)?.to_dtype(dtype)?;
     // one control image for both halves of the guided batch, as the pipelines pass it
     let control_image = match &controlnet {
@@ -144,7 +162,9 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
         Ok(c)
     };
     let (cond, uncond) = (text(1.0)?, text(0.5)?);
-    let label = format!("{name}{}, {}, {:?}", if args.controlnet { " + controlnet" } else { "" }, device_name(&dev), dtype).to_lowercase();
+    let label =
+        format!("{name}{}, {}, {:?}, weights {}", if args.controlnet { " + controlnet" } else { "" }, device_name(&dev), dtype, args.weights.weights.name())
+            .to_lowercase();
     let mut times = Vec::new();
     {
         let g = Guided::new(model, cond.clone(), Some(uncond.clone()), 7.5)?;

@@ -102,6 +102,8 @@ pub struct GenerateArgs {
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DtypeArg,
     #[command(flatten)]
+    pub weights: crate::args::WeightsArgs,
+    #[command(flatten)]
     pub control: ControlArgs,
     #[command(flatten)]
     pub accel: AccelArgs,
@@ -134,6 +136,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     args.control.check(false)?;
     let device = args.device.device()?;
     let dtype = args.dtype.resolve(&device)?;
+    // every network loaded from here on (text encoders load on the first prompt) holds its weights so
+    let _weights = args.weights.at_rest(&device, dtype)?;
     if args.compare && args.output_type != OutputType::Pil {
         bail!("--compare writes images side by side; it needs --output-type pil");
     }

@@ -36,6 +36,7 @@ fn impossible_parameters_fail_with_one_line_naming_them() {
         (vec!["gmm", "--accel", "deepcache:interval=2,interval=3"], "interval"),
         (vec!["gmm", "--steps", "10", "--accel", "fewer-steps"], "fewer-steps:steps"),
         (vec!["bench", "merge"], "not provided: --out <DIR>"),
+        (vec!["bench-unet", "--weights", "q8_0", "--dtype", "f16"], "--weights q8_0 applies to the CPU with --dtype f32"),
         (vec!["gmm", "--max-memory", "1"], "but 1 B --max-memory"),
     ] {
         let (ok, out, err) = sada(&args);
@@ -78,9 +79,13 @@ fn help_explains_every_flag() {
 
 #[test]
 fn bench_unet_times_the_embedded_unet_with_and_without_its_controlnet() {
-    for (extra, label) in [(None, "default, cpu, f32"), (Some("--controlnet"), "default + controlnet, cpu, f32")] {
+    for (extra, label) in [
+        (vec![], "default, cpu, f32, weights f32"),
+        (vec!["--controlnet"], "default + controlnet, cpu, f32, weights f32"),
+        (vec!["--weights", "q8_0"], "default, cpu, f32, weights q8_0"),
+    ] {
         let mut args = vec!["bench-unet", "--config", "default", "--evals", "2"];
-        args.extend(extra);
+        args.extend(extra.iter().copied());
         let (ok, out, err) = sada(&args);
         assert!(ok, "{args:?}: {err}");
         let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {out}"));

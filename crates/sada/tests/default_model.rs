@@ -55,6 +55,35 @@ fn pipeline_matches_diffusers_on_the_shipped_weights() {
     assert!(err < 1e-3, "{err}");
 }
 
+/// Weights held in q8_0 and widened per use: a batch of 5 prompts (10 guided images on a pool
+/// of 2 threads, so images queue behind each other while layers are being widened) finishes,
+/// and the images stay near the f32 model's.
+#[test]
+fn weights_held_in_q8_0_give_the_f32_images_closely() {
+    use sada::models::layers::weight::{at_rest, WeightType};
+    let prompts: Vec<String> = held_out(5).iter().map(Scene::caption).collect();
+    let run = |ty: WeightType| {
+        let _g = at_rest(ty);
+        let mut pipe = default_model::load(&device()).unwrap();
+        let inputs = pipe.encode_prompts(&prompts, &empty_negative()).unwrap();
+        let opts = GenerateOptions {
+            steps: 20,
+            guidance_scale: pipe.default_guidance(),
+            height: 32,
+            width: 32,
+            seed: 3,
+            solver: SolverKind::DpmSolverMultistep,
+            acceleration: Acceleration::default(),
+            size_conditioning: Default::default(),
+        };
+        pipe.generate(&inputs, &opts, &mut |_, _| {}).unwrap().0
+    };
+    let (exact, packed) = (run(WeightType::F32), run(WeightType::Q8_0));
+    let err = rel_err(&packed, &exact);
+    println!("q8_0 weights: {err:.2e} relative L2 against f32 over 20 guided steps");
+    assert!(err > 0.0 && err < 0.05, "{err}");
+}
+
 /// Held-out captions (never trained on), evenly spread over the split.
 fn held_out(n: usize) -> Vec<Scene> {
     let held: Vec<Scene> = Scene::all().into_iter().filter(|s| s.is_held_out()).collect();

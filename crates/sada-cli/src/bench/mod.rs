@@ -119,6 +119,8 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DtypeArg,
     #[command(flatten)]
+    pub weights: crate::args::WeightsArgs,
+    #[command(flatten)]
     pub device: DeviceArgs,
     #[command(flatten)]
     pub memory: MemoryArgs,
@@ -249,6 +251,8 @@ fn run_bench(args: &RunArgs) -> Result<()> {
     let device = args.device.device()?;
     args.control.check(args.control_outlines)?;
     let dtype = args.dtype.resolve(&device)?;
+    // every network loaded from here on (text encoders load on the first prompt) holds its weights so
+    let _weights = args.weights.at_rest(&device, dtype)?;
     let (mut pipe, model_name) = load_model(&args.model, dtype, &device)?;
     let default_guidance = pipe.default_guidance();
     let attached = if args.control.any() || args.control_outlines {

@@ -109,19 +109,80 @@ fn h(b: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
-/// Dequantise `bytes` (whole blocks of `ty`) into `out` (`block_size` values per block).
-/// The caller has checked that the lengths agree.
+/// Dequantise `bytes` (whole blocks of `ty`) into `out` (`block_size` values per block), on
+/// the rayon pool. The caller has checked that the lengths agree.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
     use rayon::prelude::*;
     let (bs, ts) = (ty.block_size(), ty.type_size());
     debug_assert_eq!(bytes.len() / ts * bs, out.len());
     // blocks are independent: spread them over the pool in chunks of a few thousand values
     let per_chunk = (4096 / bs).max(1);
-    bytes.par_chunks(ts * per_chunk).zip(out.par_chunks_mut(bs * per_chunk)).for_each(|(b, o)| {
-        for (block, y) in b.chunks_exact(ts).zip(o.chunks_exact_mut(bs)) {
-            dequantize_block(ty, block, y);
+    bytes.par_chunks(ts * per_chunk).zip(out.par_chunks_mut(bs * per_chunk)).for_each(|(b, o)| dequantize_serial(ty, b, o));
+}
+
+/// [`dequantize`] on `threads` plain threads of its own (the caller's among them), touching
+/// no rayon pool: for callers that hold a lock a rayon worker could otherwise reach again
+/// while it waits.
+pub fn dequantize_on_threads(ty: GgmlType, bytes: &[u8], out: &mut [f32], threads: usize) {
+    let (bs, ts) = (ty.block_size(), ty.type_size());
+    let blocks = bytes.len() / ts;
+    let threads = threads.clamp(1, (out.len() / (1 << 16)).max(1));
+    if threads == 1 {
+        return dequantize_serial(ty, bytes, out);
+    }
+    let per = blocks.div_ceil(threads);
+    std::thread::scope(|s| {
+        let mut parts = bytes.chunks(per * ts).zip(out.chunks_mut(per * bs));
+        let first = parts.next();
+        for (b, o) in parts {
+            s.spawn(move || dequantize_serial(ty, b, o));
+        }
+        if let Some((b, o)) = first {
+            dequantize_serial(ty, b, o);
         }
     });
+}
+
+/// Dequantise on the calling thread.
+fn dequantize_serial(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
+    let ts = ty.type_size();
+    match ty {
+        // whole runs at once: F16C / vectorised conversion instead of a call per value
+        GgmlType::F16 => {
+            use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+            let mut bits = [0u16; 4096];
+            for (b, o) in bytes.chunks(2 * 4096).zip(out.chunks_mut(4096)) {
+                let bits = &mut bits[..o.len()];
+                for (d, s) in bits.iter_mut().zip(b.chunks_exact(2)) {
+                    *d = u16::from_le_bytes([s[0], s[1]]);
+                }
+                HalfBitsSliceExt::reinterpret_cast::<f16>(&*bits).convert_to_f32_slice(o);
+            }
+        }
+        GgmlType::BF16 => {
+            for (d, s) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *d = f32::from_bits((u16::from_le_bytes([s[0], s[1]]) as u32) << 16);
+            }
+        }
+        GgmlType::F32 => {
+            for (d, s) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+            }
+        }
+        GgmlType::Q8_0 => {
+            for (block, y) in bytes.chunks_exact(ts).zip(out.chunks_exact_mut(32)) {
+                let d = h(block, 0);
+                for (v, q) in y.iter_mut().zip(&block[2..34]) {
+                    *v = (*q as i8) as f32 * d;
+                }
+            }
+        }
+        _ => {
+            for (block, y) in bytes.chunks_exact(ts).zip(out.chunks_exact_mut(ty.block_size())) {
+                dequantize_block(ty, block, y);
+            }
+        }
+    }
 }
 
 fn dequantize_block(ty: GgmlType, b: &[u8], y: &mut [f32]) {

@@ -4,7 +4,7 @@
 //! tiles; here the kernel is flattened once at load time and each image's patches go through
 //! a single GEMM, which is where a UNet spends about half of its CPU time; 3x3 convolutions on
 //! larger maps use Winograd's algorithm instead. Other devices and dtypes use candle's
-//! convolution.
+//! convolution. The kernel may be held in a smaller type (`layers::weight`) and widened per call.
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
@@ -13,6 +13,7 @@ use crate::models::kernels::{
     self,
     winograd::{self, Winograd},
 };
+use crate::models::layers::weight::Weight;
 
 /// 3x3 stride-1 convolutions on large enough maps go through Winograd F(4x4, 3x3): a quarter
 /// of im2col's multiplies (error bound in `kernels::winograd`'s tests).
@@ -21,50 +22,49 @@ static WINOGRAD: &Winograd = &winograd::F4;
 /// A 2-D convolution (`weight` `[c_out, c_in, k, k]`, optional `bias`) that runs on the CPU kernels
 /// where it can.
 pub struct Conv {
-    inner: Conv2d,
-    /// What the CPU kernels read (f32 CPU weights only; candle's convolution otherwise).
-    cpu: Option<CpuKernel>,
+    /// The kernel `[c_out, c_in, k, k]`, held in the [`at_rest`](crate::models::layers::weight::at_rest) type.
+    weight: Weight,
+    bias: Option<Tensor>,
+    /// The bias, or zeros when the layer has none (made once here), for the CPU kernels.
+    bias_or_zeros: Option<Tensor>,
     k: usize,
     stride: usize,
     padding: usize,
 }
 
-/// The kernel flattened to `[c_out, c_in * k * k]` (rows in (c_in, kh, kw) order) and the bias:
-/// the layer's, or zeros when it has none (made once here).
-struct CpuKernel {
-    flat: Tensor,
-    bias: Tensor,
-}
-
-/// Load a `k x k` convolution (`weight`, `bias`) from `vb` with the given stride and padding;
-/// frozen f32 CPU weights are flattened once here for the CPU kernels.
+/// Load a `k x k` convolution (`weight`, `bias`) from `vb` with the given stride and padding.
 pub fn conv2d(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize, padding: usize) -> candle_core::Result<Conv> {
     let inner = candle_nn::conv2d(cin, cout, k, Conv2dConfig { padding, stride, ..Default::default() }, vb)?;
     let w = inner.weight();
     // Trainable weights (variables) keep candle's convolution, which records the backward graph;
     // the GEMM path rebuilds tensors from raw data and would cut it.
-    let cpu = if matches!(w.device(), Device::Cpu) && w.dtype() == DType::F32 && !w.is_variable() {
-        let bias = match inner.bias() {
+    let bias_or_zeros = if matches!(w.device(), Device::Cpu) && w.dtype() == DType::F32 && !w.is_variable() {
+        Some(match inner.bias() {
             Some(b) => b.clone(),
             None => Tensor::zeros(cout, DType::F32, w.device())?,
-        };
-        Some(CpuKernel { flat: w.reshape((cout, cin * k * k))?.contiguous()?, bias })
+        })
     } else {
         None
     };
-    Ok(Conv { inner, cpu, k, stride, padding })
+    Ok(Conv { weight: Weight::at_rest(w.contiguous()?)?, bias: inner.bias().cloned(), bias_or_zeros, k, stride, padding })
 }
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let _s = tracing::trace_span!("conv").entered();
-        let (Some(CpuKernel { flat, bias: bias_or_zeros }), DType::F32) = (&self.cpu, x.dtype()) else { return self.inner.forward(x) };
+        let weight = self.weight.f32()?;
+        let (Some(bias_or_zeros), DType::F32) = (&self.bias_or_zeros, x.dtype()) else {
+            let cfg = Conv2dConfig { padding: self.padding, stride: self.stride, ..Default::default() };
+            return Conv2d::new(weight.clone(), self.bias.clone(), cfg).forward(x);
+        };
         let (_, _, h, w) = x.dims4()?;
         let (k, s, p) = (self.k, self.stride, self.padding);
         if (k, s, p) == (3, 1, 1) && WINOGRAD.worthwhile(h, w) {
-            return winograd::conv3x3(&x.contiguous()?, self.inner.weight(), bias_or_zeros, self.inner.bias().is_some(), WINOGRAD);
+            return winograd::conv3x3(&x.contiguous()?, &weight, bias_or_zeros, self.bias.is_some(), WINOGRAD);
         }
-        kernels::im2col::conv2d(&x.contiguous()?, flat, bias_or_zeros, self.inner.bias().is_some(), kernels::im2col::Geometry { k, stride: s, padding: p })
+        // [c_out, c_in * k * k], rows in (c_in, kh, kw) order: a view of the contiguous kernel
+        let flat = weight.reshape((weight.dim(0)?, ()))?;
+        kernels::im2col::conv2d(&x.contiguous()?, &flat, bias_or_zeros, self.bias.is_some(), kernels::im2col::Geometry { k, stride: s, padding: p })
     }
 }
 
@@ -87,12 +87,31 @@ mod tests {
             let conv = conv2d(VarBuilder::from_tensors(t, DType::F32, &dev), cin, cout, k, s, p).unwrap();
             let x = Tensor::from_vec(crate::noise::normal_samples(2 * cin * h * w, 3), (2, cin, h, w), &dev).unwrap();
             let ours = conv.forward(&x).unwrap();
-            let theirs = conv.inner.forward(&x).unwrap();
+            let reference = Conv2d::new(conv.weight.f32().unwrap().clone(), conv.bias.clone(), Conv2dConfig { padding: p, stride: s, ..Default::default() });
+            let theirs = reference.forward(&x).unwrap();
             assert_eq!(ours.dims(), theirs.dims());
             let diff = (ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             let mag = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             // relative to the output's scale: Winograd's rounding grows with it (see its bound)
             assert!(diff < 1e-5 * mag, "k {k} s {s} p {p} {h}x{w}: max diff {diff} against max |y| {mag}");
         }
+    }
+
+    #[test]
+    fn a_kernel_held_in_q8_0_convolves_as_its_widened_values() {
+        let dev = Device::Cpu;
+        let (cin, cout) = (32, 6);
+        let mut t = HashMap::new();
+        t.insert("weight".to_string(), Tensor::from_vec(crate::noise::normal_samples(cout * cin * 9, 11), (cout, cin, 3, 3), &dev).unwrap());
+        t.insert("bias".to_string(), Tensor::from_vec(crate::noise::normal_samples(cout, 12), cout, &dev).unwrap());
+        let x = Tensor::from_vec(crate::noise::normal_samples(cin * 31 * 33, 13), (1, cin, 31, 33), &dev).unwrap();
+        let _g = crate::models::layers::weight::at_rest(crate::models::layers::weight::WeightType::Q8_0);
+        let conv = conv2d(VarBuilder::from_tensors(t, DType::F32, &dev), cin, cout, 3, 1, 1).unwrap();
+        assert!(matches!(conv.weight, Weight::Packed(_)));
+        let reference = Conv2d::new(conv.weight.f32().unwrap().clone(), conv.bias.clone(), Conv2dConfig { padding: 1, stride: 1, ..Default::default() });
+        let (ours, theirs) = (conv.forward(&x).unwrap(), reference.forward(&x).unwrap());
+        let diff = (ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let mag = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5 * mag, "{diff} against {mag}");
     }
 }

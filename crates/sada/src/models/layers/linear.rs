@@ -6,14 +6,16 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::models::kernels::dense;
+use crate::models::layers::weight::Weight;
 
 /// A linear layer: the fused CPU GEMM for frozen f32 CPU weights, candle's `Linear` otherwise.
 #[derive(Clone)]
 pub enum Linear {
-    /// The weight `[out, in]` as loaded and the bias (zeros when there is none).
+    /// The weight `[out, in]` (held in the [`at_rest`](crate::models::layers::weight::at_rest) type) and the bias (zeros when
+    /// there is none).
     Fused {
         /// The weight `[out, in]`.
-        w: Tensor,
+        w: Weight,
         /// The bias `[out]`, zeros when the layer has none.
         bias: Tensor,
         /// Whether the layer has a bias (else `bias` is not added).
@@ -48,7 +50,7 @@ impl Linear {
             Some(b) => (b.contiguous()?, true),
             None => (Tensor::zeros(w.dim(0)?, DType::F32, w.device())?, false),
         };
-        Ok(Self::Fused { w: w.contiguous()?, bias, has_bias })
+        Ok(Self::Fused { w: Weight::at_rest(w.contiguous()?)?, bias, has_bias })
     }
 }
 
@@ -56,9 +58,9 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let _s = tracing::trace_span!("linear").entered();
         match self {
-            Self::Fused { w, bias, has_bias } if x.dtype() == DType::F32 && x.device().is_cpu() => dense::dense(&x.contiguous()?, w, bias, *has_bias),
+            Self::Fused { w, bias, has_bias } if x.dtype() == DType::F32 && x.device().is_cpu() => dense::dense(&x.contiguous()?, &*w.f32()?, bias, *has_bias),
             Self::Fused { w, bias, has_bias } => {
-                let y = x.broadcast_matmul(&w.to_dtype(x.dtype())?.to_device(x.device())?.t()?)?;
+                let y = x.broadcast_matmul(&w.f32()?.to_dtype(x.dtype())?.to_device(x.device())?.t()?)?;
                 if *has_bias {
                     y.broadcast_add(&bias.to_dtype(x.dtype())?.to_device(x.device())?)
                 } else {
@@ -114,6 +116,31 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(d < 1e-5);
+    }
+
+    #[test]
+    fn weights_held_packed_give_the_product_of_their_widened_values() {
+        let dev = Device::Cpu;
+        let w = Tensor::from_vec(crate::noise::normal_samples(96 * 64, 8), (96, 64), &dev).unwrap();
+        let b = Tensor::from_vec(crate::noise::normal_samples(96, 9), 96, &dev).unwrap();
+        let x = Tensor::from_vec(crate::noise::normal_samples(5 * 64, 10), (5, 64), &dev).unwrap();
+        let exact = Linear::new(w.clone(), Some(b.clone())).unwrap().forward(&x).unwrap();
+        for ty in [crate::models::layers::weight::WeightType::F16, crate::models::layers::weight::WeightType::Q8_0] {
+            let _g = crate::models::layers::weight::at_rest(ty);
+            let l = Linear::new(w.clone(), Some(b.clone())).unwrap();
+            let Linear::Fused { w: packed, .. } = &l else { panic!("not fused") };
+            assert!(matches!(packed, Weight::Packed(_)), "{ty:?}");
+            // the same product as an f32 layer of the widened weight
+            let widened = packed.f32().unwrap().clone();
+            let want = candle_nn::Linear::new(widened, Some(b.clone())).forward(&x).unwrap();
+            let got = l.forward(&x).unwrap();
+            let d = (&got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-4, "{ty:?}: {d}");
+            // and near the unpacked layer's
+            let e = (&got - &exact).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let mag = exact.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(e > 0.0 && e < 0.02 * mag, "{ty:?}: {e} against {mag}");
+        }
     }
 
     #[test]

@@ -8,3 +8,4 @@ pub mod linear;
 pub mod norm;
 pub mod resnet;
 pub mod timestep;
+pub mod weight;

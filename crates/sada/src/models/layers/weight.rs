@@ -1,0 +1,204 @@
+//! Weights kept at rest in a smaller type (`--weights f16|bf16|q8_0`) and widened to f32 for
+//! each use: a layer's f32 copy lives only while its product runs, so a model holds about
+//! half (f16, bf16) or 0.27 (q8_0) of its f32 bytes, and the compute stays f32 on the CPU.
+//!
+//! The type is chosen where a model is loaded, but the layers are built deep inside
+//! `VarBuilder` calls that cannot carry it; so loading runs inside [`at_rest`], which sets it
+//! for the loading thread until the returned guard drops.
+
+use std::cell::Cell;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::models::gguf::{dequantize_on_threads, quantize, GgmlType};
+
+/// How frozen f32 CPU weights are held between uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightType {
+    /// As loaded (no conversion).
+    #[default]
+    F32,
+    /// IEEE half precision (rounded to nearest even).
+    F16,
+    /// bfloat16 (rounded to nearest even).
+    Bf16,
+    /// ggml's Q8_0: blocks of 32 int8 values with an f16 scale (8.5 bits a value). Layers whose
+    /// rows are not whole blocks are held in f16.
+    Q8_0,
+}
+
+impl WeightType {
+    /// Every type, with its name as `--weights` reads it.
+    pub const ALL: [(&'static str, WeightType); 4] =
+        [("f32", WeightType::F32), ("f16", WeightType::F16), ("bf16", WeightType::Bf16), ("q8_0", WeightType::Q8_0)];
+
+    /// The type named `name` (f32, f16, bf16, q8_0).
+    pub fn parse(name: &str) -> Result<Self> {
+        let n = name.trim().to_ascii_lowercase();
+        Self::ALL.iter().find(|(k, _)| *k == n).map(|(_, t)| *t).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|(k, _)| *k).collect();
+            Error::param("weights", format!("`{name}`: expected one of {}", names.join(", ")))
+        })
+    }
+
+    /// Its name as `--weights` reads it.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, t)| *t == self).map(|(k, _)| *k).expect("every type is listed")
+    }
+
+    fn ggml(self, row: usize) -> GgmlType {
+        match self {
+            WeightType::F32 => GgmlType::F32,
+            WeightType::F16 => GgmlType::F16,
+            WeightType::Bf16 => GgmlType::BF16,
+            WeightType::Q8_0 if row.is_multiple_of(32) => GgmlType::Q8_0,
+            WeightType::Q8_0 => GgmlType::F16,
+        }
+    }
+}
+
+thread_local! {
+    static AT_REST: Cell<WeightType> = const { Cell::new(WeightType::F32) };
+}
+
+/// Restores the previous weight type when dropped.
+pub struct AtRest(WeightType);
+
+impl Drop for AtRest {
+    fn drop(&mut self) {
+        AT_REST.with(|c| c.set(self.0));
+    }
+}
+
+/// Hold the weights of layers built on this thread in `ty` until the guard drops.
+pub fn at_rest(ty: WeightType) -> AtRest {
+    AtRest(AT_REST.with(|c| c.replace(ty)))
+}
+
+/// The weight type layers built now take.
+pub fn current() -> WeightType {
+    AT_REST.with(Cell::get)
+}
+
+/// A frozen weight: an f32 tensor, or its values packed in a smaller type.
+#[derive(Clone)]
+pub enum Weight {
+    /// As loaded.
+    F32(Tensor),
+    /// Packed blocks of `ty` over the row-major values (rows: all axes but the first).
+    Packed(std::sync::Arc<Packed>),
+}
+
+/// A packed weight and the widened copy its current users share.
+pub struct Packed {
+    ty: GgmlType,
+    bytes: Vec<u8>,
+    shape: Vec<usize>,
+    device: Device,
+    /// The f32 copy while some call uses it, and how many do: the images of a batch run the
+    /// same layer at about the same time on different threads, and widen it once between them.
+    widened: std::sync::Mutex<(Option<Tensor>, usize)>,
+}
+
+/// The f32 values of a weight for one use; a packed weight's shared copy is released when the
+/// last user drops it.
+pub struct Widened<'a> {
+    tensor: Tensor,
+    from: Option<&'a Packed>,
+}
+
+impl std::ops::Deref for Widened<'_> {
+    type Target = Tensor;
+    fn deref(&self) -> &Tensor {
+        &self.tensor
+    }
+}
+
+impl Drop for Widened<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.from {
+            let mut w = p.widened.lock().unwrap_or_else(|e| e.into_inner());
+            w.1 = w.1.saturating_sub(1);
+            if w.1 == 0 {
+                w.0 = None;
+            }
+        }
+    }
+}
+
+impl Weight {
+    /// Hold `w` (a frozen f32 CPU weight) in the current [`at_rest`] type; anything else as it is.
+    pub fn at_rest(w: Tensor) -> candle_core::Result<Self> {
+        let ty = current();
+        if ty == WeightType::F32 || w.dtype() != DType::F32 || !w.device().is_cpu() || w.is_variable() {
+            return Ok(Weight::F32(w));
+        }
+        let shape = w.dims().to_vec();
+        // a row is everything but the first axis: a linear layer's inputs, a convolution's
+        // c_in x k x k patch (what one output reads, as the im2col product does)
+        let row = shape.iter().skip(1).product::<usize>();
+        let ggml = ty.ggml(row);
+        let values = w.flatten_all()?.to_vec1::<f32>()?;
+        let mut bytes = Vec::with_capacity(ggml.bytes_for(values.len()).unwrap_or(0));
+        quantize(ggml, &values, &mut bytes).ok_or_else(|| candle_core::Error::Msg(format!("cannot pack weights as {ggml:?}")))?;
+        let packed = Packed { ty: ggml, bytes, shape, device: w.device().clone(), widened: std::sync::Mutex::new((None, 0)) };
+        Ok(Weight::Packed(std::sync::Arc::new(packed)))
+    }
+
+    /// The weight as an f32 tensor (widened now when packed, or shared with a concurrent user).
+    pub fn f32(&self) -> candle_core::Result<Widened<'_>> {
+        let p = match self {
+            Weight::F32(t) => return Ok(Widened { tensor: t.clone(), from: None }),
+            Weight::Packed(p) => p,
+        };
+        let mut w = p.widened.lock().unwrap_or_else(|e| e.into_inner());
+        if w.0.is_none() {
+            // Widened under the lock: a second image arriving now waits for this copy rather
+            // than making its own. The work runs on plain threads: a rayon worker waiting on a
+            // parallel loop steals other jobs, and another image's job reaching this layer on
+            // the same thread would wait on the lock that thread holds.
+            let mut out = vec![0f32; p.shape.iter().product()];
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            dequantize_on_threads(p.ty, &p.bytes, &mut out, threads);
+            w.0 = Some(Tensor::from_vec(out, p.shape.as_slice(), &p.device)?);
+        }
+        w.1 += 1;
+        let tensor = w.0.clone().expect("set above");
+        Ok(Widened { tensor, from: Some(p) })
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Weight::F32(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Weight::Packed(p) => p.bytes.len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_weights_widen_back_within_their_type_s_rounding() {
+        let dev = Device::Cpu;
+        let w = Tensor::from_vec(crate::noise::normal_samples(64 * 96, 7), (64, 96), &dev).unwrap();
+        let plain = Weight::at_rest(w.clone()).unwrap();
+        assert!(matches!(plain, Weight::F32(_)), "f32 unless asked");
+        for (ty, bound, ratio) in [(WeightType::F16, 1e-3, 0.5), (WeightType::Bf16, 8e-3, 0.5), (WeightType::Q8_0, 1e-2, 34.0 / 128.0)] {
+            let _g = at_rest(ty);
+            let p = Weight::at_rest(w.clone()).unwrap();
+            assert_eq!(p.bytes() as f64, (64 * 96 * 4) as f64 * ratio, "{ty:?}");
+            let back = p.f32().unwrap().clone();
+            assert_eq!(back.dims(), w.dims());
+            let err = (&back - &w).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let peak = w.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(err > 0.0 && err <= bound as f32 * peak, "{ty:?}: {err} against {peak}");
+        }
+        assert_eq!(current(), WeightType::F32, "the guard restores the type");
+        assert!(WeightType::parse("Q8_0").is_ok() && WeightType::parse("q4").unwrap_err().to_string().contains("f32, f16, bf16, q8_0"));
+    }
+}
