@@ -1,5 +1,7 @@
 //! Flags shared by the subcommands that sample.
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
@@ -126,6 +128,11 @@ pub struct ModelArgs {
     /// Never use the network (also HF_HUB_OFFLINE=1): a Hugging Face id must be in the cache
     #[arg(long)]
     pub offline: bool,
+    /// The denoiser (UNet or FLUX.1 transformer) from this single file, safetensors or GGUF (e.g.
+    /// city96's flux1-dev-Q8_0.gguf), as ComfyUI loads a diffusion model on its own; text
+    /// encoders, VAE and scheduler come from --model (an id then skips its own denoiser's files)
+    #[arg(long, value_name = "FILE", requires = "model")]
+    pub denoiser: Option<PathBuf>,
 }
 
 /// The model `args` names, or the embedded default model when none is given, and the name to
@@ -139,7 +146,16 @@ pub fn load_model(args: &ModelArgs, dtype: DType, device: &Device) -> anyhow::Re
         bail!("--model {model}: no such folder or file, and not a Hugging Face id (org/name)");
     };
     let opts = args.hub_options();
-    let source = model_ref.pipeline_source(&opts)?;
+    let (source, model) = match &args.denoiser {
+        Some(file) => {
+            if !file.is_file() {
+                bail!("--denoiser {}: no such file", file.display());
+            }
+            (model_ref.pipeline_source_with_denoiser(&opts, file)?, format!("{model} + {}", file.display()))
+        }
+        None => (model_ref.pipeline_source(&opts)?, model.to_owned()),
+    };
+    let model = model.as_str();
     if model_ref.is_hub() {
         // a cached snapshot can lack files (an interrupted download): name the id, not only the path
         let pipe = load_pipeline(source, dtype, device).with_context(|| format!("--model {model} (revision {})", opts.revision()))?;

@@ -92,6 +92,48 @@ fn generate_takes_a_gguf_transformer_as_the_model() {
     }
 }
 
+/// `--denoiser FILE.gguf`: the transformer from a GGUF file, text encoders, VAE and scheduler
+/// from the model folder, from a prompt to a PNG. The all-F16 file gives the folder's own
+/// latents byte for byte; a transformer for another architecture is refused by name.
+#[test]
+fn a_gguf_denoiser_runs_inside_a_model_folder() {
+    let dir = tmp("denoiser");
+    let model = dev_with_vocab(&dir);
+    let m = model.to_str().unwrap();
+    let gguf = fixtures().join("../gguf");
+    let args = ["generate", "--model", m, "--prompt", "a red square", "--height", "32", "--width", "32", "--steps", "4", "--accel", "none"];
+    let run = |extra: &[&str], out: &str| {
+        let out = dir.join(out);
+        let (ok, _, err) = sada(&[&args[..], extra, &["--output", out.to_str().unwrap()]].concat());
+        assert!(ok, "{extra:?}: {err}");
+        out
+    };
+    let own = run(&["--output-type", "latent"], "own.safetensors");
+    let f16 = gguf.join("flux_dev_f16.gguf");
+    let swapped = run(&["--output-type", "latent", "--denoiser", f16.to_str().unwrap()], "f16.safetensors");
+    assert_eq!(std::fs::read(&own).unwrap(), std::fs::read(&swapped).unwrap());
+    let q8 = gguf.join("flux_dev_q8_0.gguf");
+    let png = run(&["--denoiser", q8.to_str().unwrap(), "--weights", "q8_0"], "q8.png");
+    assert!(png.is_file());
+
+    let sd15 = dir.join("sd15");
+    common::sd_fixture::sd_folder("sd15", &sd15);
+    let (ok, _, err) = sada(&[
+        "generate",
+        "--model",
+        sd15.to_str().unwrap(),
+        "--denoiser",
+        q8.to_str().unwrap(),
+        "--prompt",
+        "a cat",
+        "--output",
+        dir.join("x.png").to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("flux_dev_q8_0.gguf") && err.contains("a Stable Diffusion model") && err.trim().lines().count() == 1, "{err}");
+    let (ok, _, err) = sada(&["generate", "--denoiser", q8.to_str().unwrap(), "--prompt", "a cat"]);
+    assert!(!ok && err.contains("--model"), "{err}");
+}
+
 #[test]
 fn flux_refuses_prompts_odd_sizes_and_diffusion_solvers() {
     let dir = tmp("refuse");

@@ -192,3 +192,18 @@ fn a_malformed_token_is_refused_without_being_printed() {
     assert!(!ok);
     assert!(err.contains("token") && err.contains("is a device"), "{err}");
 }
+
+#[test]
+fn an_id_with_a_denoiser_file_downloads_everything_but_its_own_denoiser() {
+    let dir = common::tmp_dir("hub", "denoiser");
+    let cache = dir.join("cache");
+    let hub = serve(HashMap::from([(PIPE.to_owned(), sd15_repo(&dir))]), false);
+    let unet = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/sd/sd15.safetensors");
+    let out = dir.join("a.safetensors");
+    let args = [&generate(PIPE, out.to_str().unwrap())[..], &["--denoiser", unet.to_str().unwrap()]].concat();
+    let (ok, err) = sada(&cache, &hub.endpoint, &[], &args);
+    assert!(ok, "{err}");
+    let snap = cache.join("models--tiny-org--sd15/snapshots").join(COMMIT);
+    assert!(snap.join("vae/config.json").is_file() && snap.join("text_encoder/config.json").is_file());
+    assert!(!snap.join("unet").exists(), "the model's own UNet was downloaded");
+}

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 
 /// Read and parse a config file; errors name `path`.
 pub fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read config: {e}")))?;
+    let text = crate::files::read_text(path, crate::files::MAX_TEXT_FILE)?;
     parse_config(&text, path)
 }
 

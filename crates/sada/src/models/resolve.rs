@@ -52,6 +52,24 @@ impl ModelRef {
         })
     }
 
+    /// [`ModelRef::pipeline_source`] with the denoiser (UNet or transformer) read from the single
+    /// file `denoiser` (safetensors or GGUF) instead: a Hugging Face id then downloads
+    /// everything but its own denoiser.
+    pub fn pipeline_source_with_denoiser(&self, opts: &HubOptions, denoiser: &Path) -> Result<ModelSource> {
+        let ck = Checkpoint::open(denoiser)?;
+        let skip = if ck.family == crate::family::Architecture::Flux { "transformer/" } else { "unet/" };
+        let base = match self {
+            ModelRef::Hub(id) => {
+                let wants = |snap: &Path| -> Vec<Want> {
+                    pipeline_files(snap).into_iter().filter(|w| !w.any_of.iter().flatten().any(|f| f.starts_with(skip))).collect()
+                };
+                ModelSource::Dir(hub::resolve(id, opts, &wants, "model")?)
+            }
+            other => other.pipeline_source(opts)?,
+        };
+        ModelSource::with_denoiser(base, ck)
+    }
+
     /// A ControlNet's folder or single file, or the id's cached (or downloaded) snapshot.
     pub fn controlnet_path(&self, opts: &HubOptions) -> Result<PathBuf> {
         match self {

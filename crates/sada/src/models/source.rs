@@ -26,9 +26,66 @@ pub enum ModelSource {
     },
     /// An original-layout checkpoint, renamed to diffusers' layout as it is read.
     SingleFile(std::sync::Arc<crate::models::single_file::Checkpoint>),
+    /// A model whose denoiser (`unet/` or `transformer/`) comes from a single file, as ComfyUI
+    /// loads a diffusion model on its own (a city96 FLUX.1 GGUF, say), and every other file from
+    /// `base` (the model's folder or id: text encoders, tokenizers, VAE, scheduler).
+    WithDenoiser {
+        /// Everything but the denoiser.
+        base: Box<ModelSource>,
+        /// The denoiser's checkpoint.
+        denoiser: std::sync::Arc<crate::models::single_file::Checkpoint>,
+    },
 }
 
 impl ModelSource {
+    /// `base` with its denoiser read from `denoiser` instead. Refused when the file's
+    /// architecture is not the base model's (a FLUX.1 transformer for a Stable Diffusion folder,
+    /// an SDXL UNet for an SD-1.5 one), as told by the base's `model_index.json`.
+    pub fn with_denoiser(base: ModelSource, denoiser: crate::models::single_file::Checkpoint) -> Result<Self> {
+        use crate::family::Architecture;
+        let component = denoiser_component(&denoiser);
+        let index: serde_json::Value = if base.exists("model_index.json") { base.read_json("model_index.json")? } else { serde_json::Value::Null };
+        let class = index.get("_class_name").and_then(|c| c.as_str()).unwrap_or("");
+        let base_is = if class.starts_with("Flux") {
+            Some("a FLUX.1 model")
+        } else if class.starts_with("StableDiffusionXL") {
+            Some("an SDXL model")
+        } else if class.starts_with("StableDiffusion") || base.exists("unet/config.json") {
+            Some("a Stable Diffusion model")
+        } else {
+            None
+        };
+        let fits = match (denoiser.family, base_is) {
+            (_, None) => false,
+            (Architecture::Flux, Some(b)) => b == "a FLUX.1 model",
+            (Architecture::Sdxl, Some(b)) => b == "an SDXL model",
+            (Architecture::Sd1 | Architecture::Sd2, Some(b)) => b == "a Stable Diffusion model",
+        };
+        if !fits {
+            return Err(Error::file(
+                &denoiser.path,
+                format!(
+                    "a {:?} {component}, but the model it goes into ({}) is {}",
+                    denoiser.family,
+                    base.path("").display(),
+                    base_is.unwrap_or("not a diffusers pipeline (no model_index.json naming one)")
+                ),
+            ));
+        }
+        Ok(ModelSource::WithDenoiser { base: Box::new(base), denoiser: std::sync::Arc::new(denoiser) })
+    }
+
+    /// Where `rel` is read from: the denoiser's file for its component, else the base.
+    fn route(&self, rel: &str) -> Option<&ModelSource> {
+        match self {
+            ModelSource::WithDenoiser { base, denoiser } => {
+                let c = denoiser_component(denoiser);
+                (rel != c && !rel.starts_with(&format!("{c}/"))).then_some(base.as_ref())
+            }
+            _ => None,
+        }
+    }
+
     /// A component folder given on its own (e.g. `.../unet`): its parent as the model and its
     /// name as the component.
     pub fn component_dir(dir: &Path) -> (Self, String) {
@@ -44,6 +101,10 @@ impl ModelSource {
             ModelSource::Dir(d) => d.join(rel),
             ModelSource::Embedded { name, .. } => Path::new(&format!("<embedded {name}>")).join(rel),
             ModelSource::SingleFile(ck) => PathBuf::from(format!("{} [{rel}]", ck.path.display())),
+            ModelSource::WithDenoiser { denoiser, .. } => match self.route(rel) {
+                Some(base) => base.path(rel),
+                None => PathBuf::from(format!("{} [{rel}]", denoiser.path.display())),
+            },
         }
     }
 
@@ -60,6 +121,10 @@ impl ModelSource {
             ModelSource::Dir(d) => d.join(rel).exists(),
             ModelSource::Embedded { files, .. } => files.iter().any(|(p, _)| *p == rel || p.starts_with(&format!("{rel}/"))),
             ModelSource::SingleFile(ck) => ck.exists(rel),
+            ModelSource::WithDenoiser { denoiser, .. } => match self.route(rel) {
+                Some(base) => base.exists(rel),
+                None => denoiser.exists(rel),
+            },
         }
     }
 
@@ -67,12 +132,16 @@ impl ModelSource {
     pub fn read_to_string(&self, rel: &str) -> Result<String> {
         let path = self.path(rel);
         match self {
-            ModelSource::Dir(_) => std::fs::read_to_string(&path).map_err(|e| Error::file(&path, format!("cannot read: {e}"))),
+            ModelSource::Dir(_) => crate::files::read_text(&path, crate::files::MAX_TEXT_FILE),
             ModelSource::Embedded { .. } => {
                 let bytes = self.embedded(rel).ok_or_else(|| Error::file(&path, "not part of the embedded model"))?;
                 String::from_utf8(bytes.to_vec()).map_err(|_| Error::file(&path, "not UTF-8 text"))
             }
             ModelSource::SingleFile(ck) => ck.file(rel).map(str::to_owned).ok_or_else(|| Error::file(&path, "not part of this checkpoint")),
+            ModelSource::WithDenoiser { denoiser, .. } => match self.route(rel) {
+                Some(base) => base.read_to_string(rel),
+                None => denoiser.file(rel).map(str::to_owned).ok_or_else(|| Error::file(&path, "not part of this checkpoint")),
+            },
         }
     }
 
@@ -102,6 +171,19 @@ impl ModelSource {
                 Ok((vb, path))
             }
             ModelSource::SingleFile(ck) => Ok((ck.var_builder(component, dtype, device)?, self.path(component))),
+            ModelSource::WithDenoiser { denoiser, .. } => match self.route(component) {
+                Some(base) => base.var_builder(component, stem, dtype, device),
+                None => Ok((denoiser.var_builder(component, dtype, device)?, self.path(component))),
+            },
         }
+    }
+}
+
+/// The component a checkpoint's denoiser is: FLUX.1's `transformer`, else `unet`.
+fn denoiser_component(ck: &crate::models::single_file::Checkpoint) -> &'static str {
+    if ck.family == crate::family::Architecture::Flux {
+        "transformer"
+    } else {
+        "unet"
     }
 }

@@ -29,7 +29,7 @@ pub fn weight_files(dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
 }
 
 fn shards(index: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(index).map_err(|e| Error::file(index, format!("cannot read: {e}")))?;
+    let text = crate::files::read_text(index, crate::files::MAX_TEXT_FILE)?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(index, format!("invalid JSON: {e}")))?;
     let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::file(index, "missing `weight_map` object"))?;
     let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_owned)).collect();
