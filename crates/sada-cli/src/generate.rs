@@ -173,6 +173,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             let start = Instant::now();
             let encoded = pipe.encode_prompts(std::slice::from_ref(prompt), &prompt_opts)?;
             text_s = start.elapsed().as_secs_f64();
+            // one prompt per run: the text encoders' memory is free for sampling
+            pipe.release_text_encoders();
             encoded
         }
         (None, Some(path)) => PipelineInputs::load(path, &device)?,

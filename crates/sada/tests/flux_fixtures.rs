@@ -320,6 +320,10 @@ fn prompts_encode_as_diffusers_and_drive_the_pipeline() {
     let (e1, e2) = (rel_err(&pe, &want["prompt_t5_embeds"]), rel_err(&pooled, &want["prompt_pooled"]));
     eprintln!("T5 embeddings relative error {e1:e}, CLIP pooled {e2:e}");
     assert!(e1 < 1e-4 && e2 < 1e-4, "{e1} {e2}");
+    // released text encoders load again for the next prompt, with the same result
+    pipe.release_text_encoders();
+    let again = pipe.encode_prompts(&texts, &PromptOptions::default()).unwrap();
+    assert_eq!(rel_err(again.prompt_embeds.as_ref().unwrap(), &pe), 0.0);
     let (latents, _) = pipe.generate(&inputs, &options(50, 3.5), &mut |_, _| {}).unwrap();
     let err = rel_err(&latents, &want["dev_prompt_final"]);
     eprintln!("dev 50 steps from prompts: final latents relative error {err:e}");

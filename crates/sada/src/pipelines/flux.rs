@@ -240,6 +240,10 @@ impl Pipeline for Flux {
         self.vae.as_ref().map(|v| 1 << (v.config.block_out_channels.len() - 1)).unwrap_or(8)
     }
 
+    fn release_text_encoders(&mut self) {
+        self.text = None;
+    }
+
     fn has_text_encoder(&self) -> bool {
         self.has_text()
     }

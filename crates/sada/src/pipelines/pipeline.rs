@@ -121,6 +121,10 @@ pub trait Pipeline {
     fn vae_scale_factor(&self) -> usize;
     /// Whether this model can turn prompts into conditioning.
     fn has_text_encoder(&self) -> bool;
+    /// Drop the text encoders and tokenizers loaded for [`Pipeline::encode_prompts`] (they load
+    /// again on the next prompt): once a run's prompts are encoded they only hold memory (FLUX.1's
+    /// T5-XXL is 19 GB in f32).
+    fn release_text_encoders(&mut self) {}
     /// Whether [`Pipeline::decode`] gives images.
     fn can_decode(&self) -> bool;
     /// Unknown words and length of `prompt` as the tokenizer reads it with `opts`.
