@@ -93,9 +93,10 @@ impl DtypeArg {
 pub struct WeightsArgs {
     /// Hold the networks' weights in this type between uses, widened to f32 for each product
     /// (CPU, --dtype f32): f32, f16, bf16 (half the memory) or q8_0 (ggml's 8-bit blocks, 0.27 of
-    /// it; layers whose rows are not whole blocks in f16)
-    #[arg(long, value_name = "TYPE", default_value = "f32", value_parser = parse_weights)]
-    pub weights: WeightType,
+    /// it; layers whose rows are not whole blocks in f16) [default: as the file stores them: a
+    /// GGUF file's blocks kept, anything else f32]
+    #[arg(long, value_name = "TYPE", value_parser = parse_weights)]
+    pub weights: Option<WeightType>,
 }
 
 fn parse_weights(s: &str) -> Result<WeightType, String> {
@@ -105,11 +106,17 @@ fn parse_weights(s: &str) -> Result<WeightType, String> {
 impl WeightsArgs {
     /// Hold the weights of every network this thread loads from now on in the chosen type (until
     /// the guard drops); refused where it cannot apply.
-    pub fn at_rest(&self, device: &Device, dtype: DType) -> anyhow::Result<AtRest> {
-        if self.weights != WeightType::F32 && !(device.is_cpu() && dtype == DType::F32) {
-            bail!("--weights {} applies to the CPU with --dtype f32; on other devices use --dtype", self.weights.name());
+    pub fn at_rest(&self, device: &Device, dtype: DType) -> anyhow::Result<Option<AtRest>> {
+        let Some(ty) = self.weights else { return Ok(None) };
+        if ty != WeightType::F32 && !(device.is_cpu() && dtype == DType::F32) {
+            bail!("--weights {} applies to the CPU with --dtype f32; on other devices use --dtype", ty.name());
         }
-        Ok(at_rest(self.weights))
+        Ok(Some(at_rest(ty)))
+    }
+
+    /// The name to report: the type asked for, or `as stored`.
+    pub fn label(&self) -> &'static str {
+        self.weights.map_or("as stored", WeightType::name)
     }
 }
 

@@ -162,9 +162,8 @@ pub fn run(args: &BenchUnetArgs) -> Result<()> {
         Ok(c)
     };
     let (cond, uncond) = (text(1.0)?, text(0.5)?);
-    let label =
-        format!("{name}{}, {}, {:?}, weights {}", if args.controlnet { " + controlnet" } else { "" }, device_name(&dev), dtype, args.weights.weights.name())
-            .to_lowercase();
+    let label = format!("{name}{}, {}, {:?}, weights {}", if args.controlnet { " + controlnet" } else { "" }, device_name(&dev), dtype, args.weights.label())
+        .to_lowercase();
     let mut times = Vec::new();
     {
         let g = Guided::new(model, cond.clone(), Some(uncond.clone()), 7.5)?;

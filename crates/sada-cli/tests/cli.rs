@@ -80,8 +80,8 @@ fn help_explains_every_flag() {
 #[test]
 fn bench_unet_times_the_embedded_unet_with_and_without_its_controlnet() {
     for (extra, label) in [
-        (vec![], "default, cpu, f32, weights f32"),
-        (vec!["--controlnet"], "default + controlnet, cpu, f32, weights f32"),
+        (vec![], "default, cpu, f32, weights as stored"),
+        (vec!["--controlnet"], "default + controlnet, cpu, f32, weights as stored"),
         (vec!["--weights", "q8_0"], "default, cpu, f32, weights q8_0"),
     ] {
         let mut args = vec!["bench-unet", "--config", "default", "--evals", "2"];

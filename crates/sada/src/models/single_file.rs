@@ -73,6 +73,15 @@ impl Store {
         Ok(Store::Safetensors(file))
     }
 
+    /// The first dimension of tensor `k`.
+    fn rows(&self, k: &str) -> candle_core::Result<usize> {
+        let shape = match self {
+            Store::Safetensors(f) => f.get(k)?.shape().to_vec(),
+            Store::Gguf(f) => f.info(k).map(|i| i.shape.clone()).unwrap_or_default(),
+        };
+        shape.first().copied().ok_or_else(|| candle_core::Error::Msg(format!("tensor `{k}` has no rows")))
+    }
+
     /// Every tensor's name and shape.
     fn shapes(&self) -> HashMap<String, Vec<usize>> {
         match self {
@@ -84,16 +93,49 @@ impl Store {
     /// Tensor `k` on `dev`; a GGUF tensor is dequantised and checked for NaN and infinity (a
     /// safetensors file was checked whole when opened).
     fn load(&self, k: &str, dev: &Device) -> candle_core::Result<Tensor> {
-        match self {
-            Store::Safetensors(f) => f.load(k, dev),
-            Store::Gguf(f) => {
-                let t = f.tensor(k, dev).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                if !crate::finite::all_finite(&t).map_err(|e| candle_core::Error::Msg(e.to_string()))? {
-                    return Err(candle_core::Error::Msg(format!("{}: tensor `{k}` holds NaN or infinite values", f.path().display())));
-                }
-                Ok(t)
+        self.load_rows(k, None, false, dev)
+    }
+
+    /// Rows `start..start + len` of the 2-d (or more) tensor `k`, or all of it. A GGUF tensor's
+    /// rows are whole blocks, so only they are widened; with `offer` (the tensor goes to a layer
+    /// as it is) their blocks are offered to that layer (`layers::weight`: held as stored).
+    fn load_rows(&self, k: &str, rows: Option<(usize, usize)>, offer: bool, dev: &Device) -> candle_core::Result<Tensor> {
+        let msg = |m: String| candle_core::Error::Msg(m);
+        let f = match self {
+            Store::Safetensors(f) => {
+                let t = f.load(k, dev)?;
+                return match rows {
+                    Some((start, len)) => t.narrow(0, start, len)?.contiguous(),
+                    None => Ok(t),
+                };
             }
+            Store::Gguf(f) => f,
+        };
+        let info = f.info(k).ok_or_else(|| msg(format!("{}: no tensor `{k}`", f.path().display())))?;
+        let bytes = f.bytes(info);
+        let mut shape = info.shape.clone();
+        let (bytes, shape) = match rows {
+            None => (bytes, shape),
+            Some((start, len)) => {
+                let n = shape.first().copied().unwrap_or(0);
+                if start + len > n {
+                    return Err(msg(format!("{}: rows {start}..{} of `{k}`, which has {n}", f.path().display(), start + len)));
+                }
+                let row = bytes.len() / n.max(1);
+                shape[0] = len;
+                (&bytes[start * row..(start + len) * row], shape)
+            }
+        };
+        let mut out = vec![0f32; shape.iter().product()];
+        crate::models::gguf::dequantize(info.dtype, bytes, &mut out);
+        let t = Tensor::from_vec(out, shape.as_slice(), dev)?;
+        if !crate::finite::all_finite(&t).map_err(|e| msg(e.to_string()))? {
+            return Err(msg(format!("{}: tensor `{k}` holds NaN or infinite values", f.path().display())));
         }
+        if offer {
+            crate::models::layers::weight::offer_file_blocks(&t, info.dtype, bytes);
+        }
+        Ok(t)
     }
 }
 
@@ -108,14 +150,13 @@ impl Renamed {
     fn load(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let src = self.map.get(name).ok_or_else(|| candle_core::Error::Msg(format!("{}: no tensor for `{name}`", self.path.display())))?;
         let t = match src {
-            Source::Same(k) => self.file.load(k, dev)?,
+            Source::Same(k) => self.file.load_rows(k, None, true, dev)?,
             Source::Rows(k, part, parts) => {
-                let t = self.file.load(k, dev)?;
-                let n = t.dim(0)? / parts;
-                t.narrow(0, part * n, n)?.contiguous()?
+                let n = self.file.rows(k)? / parts;
+                self.file.load_rows(k, Some((part * n, n)), true, dev)?
             }
             Source::Transpose(k) => self.file.load(k, dev)?.t()?.contiguous()?,
-            Source::Narrow(k, start, len) => self.file.load(k, dev)?.narrow(0, *start, *len)?.contiguous()?,
+            Source::Narrow(k, start, len) => self.file.load_rows(k, Some((*start, *len)), true, dev)?,
             Source::SwapHalves(k) => {
                 let t = self.file.load(k, dev)?;
                 let n = t.dim(0)? / 2;

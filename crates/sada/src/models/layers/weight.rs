@@ -4,7 +4,8 @@
 //!
 //! The type is chosen where a model is loaded, but the layers are built deep inside
 //! `VarBuilder` calls that cannot carry it; so loading runs inside [`at_rest`], which sets it
-//! for the loading thread until the returned guard drops.
+//! for the loading thread until the returned guard drops. Without it weights are held as the
+//! file stores them: a GGUF file's blocks (Q4_K, Q8_0, F16, ...) as they are, anything else f32.
 
 use std::cell::Cell;
 
@@ -60,26 +61,47 @@ impl WeightType {
 }
 
 thread_local! {
-    static AT_REST: Cell<WeightType> = const { Cell::new(WeightType::F32) };
+    /// None: as the file stores them (a GGUF file's blocks kept, everything else f32).
+    static AT_REST: Cell<Option<WeightType>> = const { Cell::new(None) };
+    /// Blocks a GGUF file stores for tensors just loaded from it, by tensor, for the layer that
+    /// takes the tensor next to keep instead of its f32 values.
+    static FILE_BLOCKS: std::cell::RefCell<std::collections::HashMap<candle_core::TensorId, (GgmlType, Vec<u8>)>> = Default::default();
 }
 
 /// Restores the previous weight type when dropped.
-pub struct AtRest(WeightType);
+pub struct AtRest(Option<WeightType>);
 
 impl Drop for AtRest {
     fn drop(&mut self) {
         AT_REST.with(|c| c.set(self.0));
+        FILE_BLOCKS.with(|b| b.borrow_mut().clear());
     }
 }
 
-/// Hold the weights of layers built on this thread in `ty` until the guard drops.
+/// Hold the weights of layers built on this thread in `ty` until the guard drops (every
+/// weight converted, a GGUF file's blocks included).
 pub fn at_rest(ty: WeightType) -> AtRest {
-    AtRest(AT_REST.with(|c| c.replace(ty)))
+    AtRest(AT_REST.with(|c| c.replace(Some(ty))))
 }
 
-/// The weight type layers built now take.
-pub fn current() -> WeightType {
+/// The weight type layers built now take: None when they are held as stored (the default).
+pub fn current() -> Option<WeightType> {
     AT_REST.with(Cell::get)
+}
+
+/// `t` was just widened from `bytes`, blocks of `ty` in a GGUF file: when weights are held as
+/// stored, the layer that takes `t` keeps these blocks instead (GGUF files stay quantised).
+pub fn offer_file_blocks(t: &Tensor, ty: GgmlType, bytes: &[u8]) {
+    FILE_BLOCKS.with(|b| {
+        let mut b = b.borrow_mut();
+        // a layer takes its weight right after loading it (a bias between): an offer not taken
+        // by then (a tensor sliced or reshaped first, a layer that keeps f32) is dropped here,
+        // so at most one stale copy is ever held
+        b.clear();
+        if current().is_none() && ty != GgmlType::F32 && t.rank() >= 2 {
+            b.insert(t.id(), (ty, bytes.to_vec()));
+        }
+    });
 }
 
 /// A frozen weight: an f32 tensor, or its values packed in a smaller type.
@@ -131,7 +153,13 @@ impl Drop for Widened<'_> {
 impl Weight {
     /// Hold `w` (a frozen f32 CPU weight) in the current [`at_rest`] type; anything else as it is.
     pub fn at_rest(w: Tensor) -> candle_core::Result<Self> {
-        let ty = current();
+        if let Some((ty, bytes)) = FILE_BLOCKS.with(|b| b.borrow_mut().remove(&w.id())) {
+            if current().is_none() && w.device().is_cpu() && !w.is_variable() {
+                let packed = Packed { ty, bytes, shape: w.dims().to_vec(), device: w.device().clone(), widened: std::sync::Mutex::new((None, 0)) };
+                return Ok(Weight::Packed(std::sync::Arc::new(packed)));
+            }
+        }
+        let ty = current().unwrap_or(WeightType::F32);
         if ty == WeightType::F32 || w.dtype() != DType::F32 || !w.device().is_cpu() || w.is_variable() {
             return Ok(Weight::F32(w));
         }
@@ -198,7 +226,35 @@ mod tests {
             let peak = w.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(err > 0.0 && err <= bound as f32 * peak, "{ty:?}: {err} against {peak}");
         }
-        assert_eq!(current(), WeightType::F32, "the guard restores the type");
+        assert_eq!(current(), None, "the guard restores the type");
         assert!(WeightType::parse("Q8_0").is_ok() && WeightType::parse("q4").unwrap_err().to_string().contains("f32, f16, bf16, q8_0"));
+    }
+
+    #[test]
+    fn a_gguf_file_s_blocks_are_kept_as_stored_unless_a_type_is_asked_for() {
+        let dev = Device::Cpu;
+        let values: Vec<f32> = crate::noise::normal_samples(4 * 64, 21);
+        let mut blocks = Vec::new();
+        quantize(GgmlType::Q8_0, &values, &mut blocks).unwrap();
+        let mut widened = vec![0f32; values.len()];
+        crate::models::gguf::dequantize(GgmlType::Q8_0, &blocks, &mut widened);
+        let load = || Tensor::from_vec(widened.clone(), (4, 64), &dev).unwrap();
+        // as stored: the layer keeps the file's blocks
+        let t = load();
+        offer_file_blocks(&t, GgmlType::Q8_0, &blocks);
+        match Weight::at_rest(t).unwrap() {
+            Weight::Packed(p) => assert!(p.ty == GgmlType::Q8_0 && p.bytes == blocks),
+            Weight::F32(_) => panic!("the file's blocks were not kept"),
+        }
+        // an offer not taken before the next load is dropped
+        let (stale, next) = (load(), load());
+        offer_file_blocks(&stale, GgmlType::Q8_0, &blocks);
+        offer_file_blocks(&next, GgmlType::F16, &[0; 512]);
+        assert!(matches!(Weight::at_rest(stale).unwrap(), Weight::F32(_)));
+        // a type asked for converts every weight, the file's included
+        let _g = at_rest(WeightType::F32);
+        let t = load();
+        offer_file_blocks(&t, GgmlType::Q8_0, &blocks);
+        assert!(matches!(Weight::at_rest(t).unwrap(), Weight::F32(_)));
     }
 }
