@@ -77,6 +77,8 @@ pub fn run(args: &BenchFluxArgs) -> Result<()> {
     };
     let model = FluxTransformer2DModel::new(config.clone(), VarBuilder::from_tensors(weights, dtype, &dev))?;
     let init_s = t0.elapsed().as_secs_f64();
+    // the random f32 weights are gone: peak_rss_gib is the loaded model's while it evaluates
+    crate::bench_unet::reset_peak_rss();
     let l = args.size / 8;
     let x = Tensor::randn(0f32, 1f32, (1, 16, l, l), &dev)?.to_dtype(dtype)?;
     let cond = Conditioning::new()
@@ -111,10 +113,11 @@ pub fn run(args: &BenchFluxArgs) -> Result<()> {
         })?
     };
     println!(
-        "{{\"impl\": \"sada (candle)\", \"config\": \"flux.1-dev width, {} double + {} single blocks, {:?}\", \"size\": {}, \"text_tokens\": {}, \"s_per_eval\": {mean:.3}, \"min\": {min:.3}, \"s_pruned_eval\": {pmean:.3}, \"pruned_min\": {pmin:.3}, \"image_tokens\": {}, \"tokens_computed\": {computed}, \"peak_rss_gib\": {:.2}, \"init_s\": {init_s:.1}}}",
+        "{{\"impl\": \"sada (candle)\", \"config\": \"flux.1-dev width, {} double + {} single blocks, {:?}, weights {}\", \"size\": {}, \"text_tokens\": {}, \"s_per_eval\": {mean:.3}, \"min\": {min:.3}, \"s_pruned_eval\": {pmean:.3}, \"pruned_min\": {pmin:.3}, \"image_tokens\": {}, \"tokens_computed\": {computed}, \"peak_rss_gib\": {:.2}, \"init_s\": {init_s:.1}}}",
         args.double,
         args.single,
         dtype,
+        args.weights.label(),
         args.size,
         args.text_tokens,
         grid * grid,

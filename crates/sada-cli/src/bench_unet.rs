@@ -63,7 +63,7 @@ pub struct BenchUnetArgs {
 
 /// Return freed heap memory to the system and restart the peak-RSS count (Linux: glibc's
 /// malloc_trim, then `5` into /proc/self/clear_refs resets VmHWM).
-fn reset_peak_rss() {
+pub(crate) fn reset_peak_rss() {
     #[cfg(target_os = "linux")]
     // SAFETY: malloc_trim only releases free heap pages.
     unsafe {
