@@ -170,11 +170,14 @@ impl Flux {
         Ok((opts.height / self.vae_scale_factor(), opts.width / self.vae_scale_factor()))
     }
 
+    /// The solver for `opts` once everything [`Pipeline::validate`] checks has been checked.
     fn checked_solver(&self, opts: &GenerateOptions) -> Result<Box<dyn Solver>> {
         let (h, w) = self.latent_size(opts)?;
         let steps = opts.acceleration.steps(opts.steps);
         let solver = self.solver(opts.solver, steps, (h / 2) * (w / 2))?;
         opts.acceleration.check(opts.steps)?;
+        let shape = [1, self.transformer.config.latent_channels(), h, w];
+        super::pipeline::check_run(opts, false, solver.as_ref(), &shape, &self.transformer.capabilities())?;
         Ok(solver)
     }
 
@@ -292,13 +295,7 @@ impl Pipeline for Flux {
     }
 
     fn validate(&self, opts: &GenerateOptions) -> Result<()> {
-        let solver = self.checked_solver(opts)?;
-        if opts.size_conditioning != Default::default() {
-            return Err(Error::param("original_size/target_size/crops_coords_top_left", "only SDXL models take size conditioning; Flux does not"));
-        }
-        let (h, w) = self.latent_size(opts)?;
-        let shape = [1, self.transformer.config.latent_channels(), h, w];
-        super::pipeline::check_run(opts, solver.as_ref(), &shape, &self.transformer.capabilities())
+        self.checked_solver(opts).map(drop)
     }
 
     fn generate_with(
@@ -308,7 +305,6 @@ impl Pipeline for Flux {
         policy: &mut dyn Policy,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<(Tensor, Trace)> {
-        self.validate(opts)?;
         let mut solver = self.checked_solver(opts)?;
         if !inputs.control.is_empty() {
             return Err(Error::param("control image", "this model has no ControlNet"));

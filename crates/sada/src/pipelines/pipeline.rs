@@ -92,11 +92,13 @@ pub fn validate_prompt(flag: &str, text: &str, may_be_blank: bool) -> Result<()>
 /// the networks' outputs (or Flux's guidance embedding) to infinity.
 pub const MAX_GUIDANCE: f64 = 1000.0;
 
-/// What `validate` checks for every pipeline before any work: a usable guidance scale, and
-/// that the acceleration method can run on this denoiser (its policy's `begin`, tried on a
-/// fresh policy against the solver, the latent shape and the denoiser's capabilities).
+/// What `validate` checks for every pipeline before any work, once the solver is built: a
+/// usable guidance scale, size conditioning only where the model takes it, and that the
+/// acceleration method can run on this denoiser (its policy's `begin`, tried on a fresh policy
+/// against the solver, the latent shape and the denoiser's capabilities).
 pub(crate) fn check_run(
     opts: &GenerateOptions,
+    takes_size_conditioning: bool,
     solver: &dyn crate::solvers::Solver,
     latent_shape: &[usize],
     caps: &crate::denoiser::Capabilities,
@@ -104,6 +106,9 @@ pub(crate) fn check_run(
     let g = opts.guidance_scale;
     if !g.is_finite() || g.abs() > MAX_GUIDANCE {
         return Err(Error::param("guidance_scale", format!("{g} is not a guidance scale; expected a finite number of at most {MAX_GUIDANCE} in size")));
+    }
+    if !takes_size_conditioning && opts.size_conditioning != SizeConditioning::default() {
+        return Err(Error::param("original_size/target_size/crops_coords_top_left", "only SDXL models take size conditioning; this model does not"));
     }
     opts.acceleration.policy(opts.seed).begin(solver, latent_shape, caps)
 }

@@ -310,7 +310,7 @@ impl StableDiffusion {
         Ok((cond, uncond, batch))
     }
 
-    /// The solver for `opts` once size, steps and accelerator settings have been checked.
+    /// The solver for `opts` once everything [`Pipeline::validate`] checks has been checked.
     fn checked_solver(&self, opts: &GenerateOptions) -> Result<Box<dyn Solver>> {
         let scale = self.vae_scale_factor();
         if !opts.height.is_multiple_of(scale) || !opts.width.is_multiple_of(scale) || opts.height == 0 || opts.width == 0 {
@@ -319,6 +319,8 @@ impl StableDiffusion {
         let steps = opts.acceleration.steps(opts.steps);
         let solver = self.solver(opts.solver, steps)?;
         opts.acceleration.check(opts.steps)?;
+        let shape = [1, self.unet.config.in_channels, opts.height / scale, opts.width / scale];
+        super::pipeline::check_run(opts, self.unet.uses_text_time(), solver.as_ref(), &shape, &self.unet.capabilities())?;
         Ok(solver)
     }
 
@@ -411,13 +413,7 @@ impl Pipeline for StableDiffusion {
     }
 
     fn validate(&self, opts: &GenerateOptions) -> Result<()> {
-        let solver = self.checked_solver(opts)?;
-        if !self.unet.uses_text_time() && opts.size_conditioning != Default::default() {
-            return Err(Error::param("original_size/target_size/crops_coords_top_left", "only SDXL models take size conditioning; this model does not"));
-        }
-        let scale = self.vae_scale_factor();
-        let shape = [1, self.unet.config.in_channels, opts.height / scale, opts.width / scale];
-        super::pipeline::check_run(opts, solver.as_ref(), &shape, &self.unet.capabilities())
+        self.checked_solver(opts).map(drop)
     }
 
     fn generate_with(
@@ -428,7 +424,6 @@ impl Pipeline for StableDiffusion {
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<(Tensor, Trace)> {
         let scale = self.vae_scale_factor();
-        self.validate(opts)?;
         // the solver checks the step count before anything is allocated for it
         let mut solver = self.checked_solver(opts)?;
         self.check_control(&inputs.control)?;
