@@ -111,29 +111,12 @@ impl Store {
             }
             Store::Gguf(f) => f,
         };
-        let info = f.info(k).ok_or_else(|| msg(format!("{}: no tensor `{k}`", f.path().display())))?;
-        let bytes = f.bytes(info);
-        let mut shape = info.shape.clone();
-        let (bytes, shape) = match rows {
-            None => (bytes, shape),
-            Some((start, len)) => {
-                let n = shape.first().copied().unwrap_or(0);
-                if start + len > n {
-                    return Err(msg(format!("{}: rows {start}..{} of `{k}`, which has {n}", f.path().display(), start + len)));
-                }
-                let row = bytes.len() / n.max(1);
-                shape[0] = len;
-                (&bytes[start * row..(start + len) * row], shape)
-            }
-        };
-        let mut out = vec![0f32; shape.iter().product()];
-        crate::models::gguf::dequantize(info.dtype, bytes, &mut out);
-        let t = Tensor::from_vec(out, shape.as_slice(), dev)?;
+        let (t, ty, bytes) = f.tensor_rows(k, rows, dev).map_err(|e| msg(e.to_string()))?;
         if !crate::finite::all_finite(&t).map_err(|e| msg(e.to_string()))? {
             return Err(msg(format!("{}: tensor `{k}` holds NaN or infinite values", f.path().display())));
         }
         if offer {
-            crate::models::layers::weight::offer_file_blocks(&t, info.dtype, bytes);
+            crate::models::layers::weight::offer_file_blocks(&t, ty, bytes);
         }
         Ok(t)
     }

@@ -134,18 +134,40 @@ impl GgufFile {
         &self.mmap[info.start..info.start + info.len]
     }
 
+    /// Rows `start..start + len` (of the first axis) of tensor `name`, or all of it: their
+    /// shape, type and stored bytes (a row is whole blocks, so rows cut cleanly).
+    pub fn rows(&self, name: &str, rows: Option<(usize, usize)>) -> Result<(Vec<usize>, GgmlType, &[u8])> {
+        let info = self.info(name).ok_or_else(|| Error::file(&self.path, format!("no tensor `{name}`")))?;
+        let (mut shape, bytes) = (info.shape.clone(), self.bytes(info));
+        let Some((start, len)) = rows else { return Ok((shape, info.dtype, bytes)) };
+        let n = shape[0];
+        if start.checked_add(len).is_none_or(|end| end > n) {
+            return Err(Error::file(&self.path, format!("rows {start}..{} of tensor `{name}`, which has {n}", start.saturating_add(len))));
+        }
+        let row = bytes.len() / n;
+        shape[0] = len;
+        Ok((shape, info.dtype, &bytes[start * row..(start + len) * row]))
+    }
+
     /// The values of tensor `name`, dequantised to f32.
     pub fn dequantize(&self, name: &str) -> Result<Vec<f32>> {
-        let info = self.info(name).ok_or_else(|| Error::file(&self.path, format!("no tensor `{name}`")))?;
-        let mut out = vec![0f32; info.elements()];
-        dequantize(info.dtype, self.bytes(info), &mut out);
+        let (shape, ty, bytes) = self.rows(name, None)?;
+        let mut out = vec![0f32; shape.iter().product()];
+        dequantize(ty, bytes, &mut out);
         Ok(out)
     }
 
     /// Tensor `name` as an f32 tensor of its shape on `device`.
     pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor> {
-        let info = self.info(name).ok_or_else(|| Error::file(&self.path, format!("no tensor `{name}`")))?;
-        Ok(Tensor::from_vec(self.dequantize(name)?, info.shape.as_slice(), device)?)
+        Ok(self.tensor_rows(name, None, device)?.0)
+    }
+
+    /// [`GgufFile::rows`] widened to an f32 tensor on `device`, with the type and bytes it came from.
+    pub fn tensor_rows(&self, name: &str, rows: Option<(usize, usize)>, device: &Device) -> Result<(Tensor, GgmlType, &[u8])> {
+        let (shape, ty, bytes) = self.rows(name, rows)?;
+        let mut out = vec![0f32; shape.iter().product()];
+        dequantize(ty, bytes, &mut out);
+        Ok((Tensor::from_vec(out, shape.as_slice(), device)?, ty, bytes))
     }
 }
 

@@ -185,17 +185,11 @@ fn dequantize_serial(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
     }
 }
 
+/// One block of a type `dequantize_serial` does not take a run at a time.
 fn dequantize_block(ty: GgmlType, b: &[u8], y: &mut [f32]) {
     match ty {
-        GgmlType::F32 => y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-        GgmlType::F16 => y[0] = h(b, 0),
-        GgmlType::BF16 => y[0] = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16),
-        GgmlType::Q8_0 => {
-            let d = h(b, 0);
-            for (i, v) in y.iter_mut().enumerate() {
-                *v = (b[2 + i] as i8) as f32 * d;
-            }
-        }
+        // written once, as runs, in dequantize_serial (a block is a run of one)
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 => dequantize_serial(ty, b, y),
         GgmlType::Q4_0 => {
             let d = h(b, 0);
             let qs = &b[2..18];
