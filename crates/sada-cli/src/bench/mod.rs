@@ -348,7 +348,7 @@ fn run_bench(args: &RunArgs) -> Result<()> {
     for &(index, pi, seed) in &cases {
         let prompt = &prompts[pi];
         let record_path = args.out.join("runs").join(format!("{index:04}.json"));
-        if let Some(r) = sada::files::read_text(&record_path, 64 << 20).ok().and_then(|t| serde_json::from_str::<RunRecord>(&t).ok()) {
+        if let Ok(r) = shard::read_record(&record_path) {
             if r.prompt == *prompt && r.seed == seed {
                 bar.inc(1);
                 continue;

@@ -139,8 +139,7 @@ pub fn records(dir: &Path, settings: &Settings) -> Result<Vec<RunRecord>> {
     paths.sort();
     let total = settings.prompts.len() * settings.seeds as usize;
     for p in paths {
-        let text = sada::files::read_text(&p, MAX_RECORD)?;
-        let r: RunRecord = serde_json::from_str(&text).with_context(|| format!("{}: not a bench run record", p.display()))?;
+        let r = read_record(&p)?;
         let expected = settings.prompts.get(r.index / settings.seeds as usize);
         if r.index >= total || expected != Some(&r.prompt) || r.seed != (r.index % settings.seeds as usize) as u64 {
             bail!("{}: run {} does not belong to these settings", p.display(), r.index);
@@ -151,6 +150,12 @@ pub fn records(dir: &Path, settings: &Settings) -> Result<Vec<RunRecord>> {
         out.push(r);
     }
     Ok(out)
+}
+
+/// One run record (`runs/NNNN.json`), read bounded.
+pub fn read_record(p: &Path) -> Result<RunRecord> {
+    let text = sada::files::read_text(p, MAX_RECORD)?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a bench run record", p.display()))
 }
 
 fn record_images(r: &RunRecord) -> impl Iterator<Item = &str> {
