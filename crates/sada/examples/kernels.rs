@@ -1,7 +1,8 @@
 //! Micro-benchmark of the CPU kernels against candle's ops: `cargo run -p sada --example kernels`
 //! (GFLOP/s counted as the direct algorithm's flops).
 use candle_core::{DType, Device, Module, Tensor};
-use sada::models::kernels;
+use sada::models::gguf::{quantize, GgmlType};
+use sada::models::kernels::{self, rows::WeightRows};
 use std::time::Instant;
 
 fn t<F: FnMut() -> Tensor>(name: &str, flop: f64, mut f: F) {
@@ -23,7 +24,16 @@ fn main() {
         let b = Tensor::randn(0f32, 1., cout, &dev).unwrap();
         let wt = w.t().unwrap().contiguous().unwrap();
         let fl = 2.0 * (rows * cin * cout) as f64;
-        t(&format!("dense {rows}x{cin}->{cout}"), fl, || kernels::dense::dense(&x, &w, &b, true).unwrap());
+        let values = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let rows_f32 = WeightRows::f32(&values, cout, cin).unwrap();
+        t(&format!("dense {rows}x{cin}->{cout}"), fl, || kernels::dense::dense(&x, rows_f32, &b, true).unwrap());
+        // the same product with the weight held in blocks, widened piece by piece
+        for ty in [GgmlType::F16, GgmlType::Q8_0] {
+            let mut bytes = Vec::new();
+            quantize(ty, &values, &mut bytes).unwrap();
+            let packed = WeightRows::blocks(ty, &bytes, cout, cin).unwrap();
+            t(&format!("dense {rows}x{cin}->{cout} ({ty:?} weights)"), fl, || kernels::dense::dense(&x, packed, &b, true).unwrap());
+        }
         let l = candle_nn::Linear::new(w.clone(), Some(b.clone()));
         t(&format!("candle linear {rows}x{cin}->{cout}"), fl, || l.forward(&x).unwrap());
         let x2 = x.reshape((rows, cin)).unwrap();
@@ -46,9 +56,11 @@ fn main() {
         let x = Tensor::randn(0f32, 1., (2, c, hw, hw), &dev).unwrap();
         let w = Tensor::randn(0f32, 1., (c, c, 3, 3), &dev).unwrap();
         let b = Tensor::zeros(c, DType::F32, &dev).unwrap();
+        let values = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let rows = WeightRows::f32(&values, c, c * 9).unwrap();
         let fl = 2.0 * (2 * c * c * 9 * hw * hw) as f64;
-        t(&format!("winograd F4 {c}ch {hw}x{hw}"), fl, || kernels::winograd::conv3x3(&x, &w, &b, false, &kernels::winograd::F4).unwrap());
-        t(&format!("winograd F2 {c}ch {hw}x{hw}"), fl, || kernels::winograd::conv3x3(&x, &w, &b, false, &kernels::winograd::F2).unwrap());
+        t(&format!("winograd F4 {c}ch {hw}x{hw}"), fl, || kernels::winograd::conv3x3(&x, rows, &b, false, &kernels::winograd::F4).unwrap());
+        t(&format!("winograd F2 {c}ch {hw}x{hw}"), fl, || kernels::winograd::conv3x3(&x, rows, &b, false, &kernels::winograd::F2).unwrap());
         let flat = w.reshape((c, c * 9)).unwrap();
         t(&format!("im2col gemm {c}ch {hw}x{hw}"), fl, || {
             // the GEMM stage alone, as a lower bound for im2col

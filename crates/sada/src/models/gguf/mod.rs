@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-pub use quant::{dequantize, dequantize_on_threads, quantize, GgmlType};
+pub use quant::{dequantize, dequantize_serial, quantize, GgmlType};
 
 use crate::error::{Error, Result};
 

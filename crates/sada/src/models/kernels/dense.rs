@@ -3,69 +3,111 @@
 //! transposed weight and adds the bias in a second pass), and the GEGLU gate as one
 //! vectorised pass.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::rows::WeightRows;
 use super::{contiguous, gemm_parallelism, vmath};
 
-struct Dense {
+struct Dense<'a> {
+    w: WeightRows<'a>,
     has_bias: bool,
 }
 
 /// `x`: [..., in]; `w`: [out, in] (diffusers' layout: the product reads it transposed through
 /// strides, so no transposed copy is made); `bias`: `[out]` (used only when `has_bias`). f32 CPU
-/// tensors.
-pub fn dense(x: &Tensor, w: &Tensor, bias: &Tensor, has_bias: bool) -> candle_core::Result<Tensor> {
-    x.apply_op3_no_bwd(w, bias, &Dense { has_bias })
+/// tensors; a weight held in blocks is widened a panel of output rows at a time.
+pub fn dense(x: &Tensor, w: WeightRows<'_>, bias: &Tensor, has_bias: bool) -> candle_core::Result<Tensor> {
+    x.apply_op2_no_bwd(bias, &Dense { w, has_bias })
 }
 
-impl CustomOp3 for Dense {
+impl CustomOp2 for Dense<'_> {
     fn name(&self) -> &'static str {
         "dense"
     }
 
-    fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sw: &CpuStorage, lw: &Layout, sb: &CpuStorage, lb: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (cout, cin) = lw.shape().dims2()?;
+    fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sb: &CpuStorage, lb: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (cout, cin) = self.w.dims();
         let dims = lx.shape().dims();
         if dims.last() != Some(&cin) || (self.has_bias && lb.shape().dims() != [cout]) {
             candle_core::bail!("dense: input {:?} against weight [out {cout}, in {cin}]", lx.shape());
         }
-        let (x, w, b) = (contiguous(sx, lx, "dense input")?, contiguous(sw, lw, "dense weight")?, contiguous(sb, lb, "dense bias")?);
+        let (x, b) = (contiguous(sx, lx, "dense input")?, contiguous(sb, lb, "dense bias")?);
         let rows = x.len() / cin.max(1);
         let mut out = vec![0f32; rows * cout];
         if self.has_bias {
             out.par_chunks_mut(cout.max(1)).for_each(|r| r.copy_from_slice(b));
         }
         if rows > 0 && cout > 0 && cin > 0 {
-            // SAFETY: out is rows x cout and x rows x cin, row-major; w is cout x cin row-major, read
-            // as its cin x cout transpose (row stride 1, column stride cin). All in bounds.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    cout,
-                    cin,
-                    out.as_mut_ptr(),
-                    1,
-                    cout as isize,
-                    self.has_bias,
-                    x.as_ptr(),
-                    1,
-                    cin as isize,
-                    w.as_ptr(),
-                    cin as isize,
-                    1,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm_parallelism(rows * cout * cin),
-                );
+            match self.w.as_f32() {
+                // SAFETY (both arms): out is rows x cout, written by one product at a time
+                Some(w) => unsafe {
+                    product(out.as_mut_ptr(), x, w, (rows, cout, cin), (0, cout), (0, cin), self.has_bias, gemm_parallelism(rows * cout * cin))
+                },
+                // a weight held in blocks: piece by piece, each accumulated into its columns
+                None => self.w.for_each_piece(|p| unsafe {
+                    let work = rows * p.values.len();
+                    product(
+                        out.as_mut_ptr(),
+                        x,
+                        p.values,
+                        (rows, cout, cin),
+                        (p.rows.start, p.rows.len()),
+                        (p.cols.start, p.cols.len()),
+                        self.has_bias || p.cols.start > 0,
+                        gemm_parallelism(work),
+                    )
+                }),
             }
         }
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("checked above") = cout;
         Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+}
+
+/// `out[:, first..first + n] (+)= x[:, k0..k0 + kc] wᵀ`, with `x` rows x cin and `w` n x kc,
+/// row-major.
+///
+/// # Safety
+/// `out` points to rows x cout writable f32 (row-major) that nothing else touches meanwhile.
+#[allow(clippy::too_many_arguments)] // the product's operands and sizes, as gemm takes them
+unsafe fn product(
+    out: *mut f32,
+    x: &[f32],
+    w: &[f32],
+    (rows, cout, cin): (usize, usize, usize),
+    (first, n): (usize, usize),
+    (k0, kc): (usize, usize),
+    accumulate: bool,
+    par: gemm::Parallelism,
+) {
+    assert!(x.len() == rows * cin && w.len() == n * kc && first + n <= cout && k0 + kc <= cin);
+    // SAFETY: with the caller's promise and the assert, every access is in bounds: dst starts
+    // at column `first` with row stride cout and covers n columns; x is read from column k0
+    // with row stride cin; w is read as its kc x n transpose (row stride 1, column stride kc).
+    unsafe {
+        gemm::gemm(
+            rows,
+            n,
+            kc,
+            out.add(first),
+            1,
+            cout as isize,
+            accumulate,
+            x.as_ptr().add(k0),
+            1,
+            cin as isize,
+            w.as_ptr(),
+            kc as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
     }
 }
 

@@ -4,9 +4,10 @@
 //! filled in first and accumulated into (candle's matmul would need a broadcast bias pass and a
 //! batch transpose copy after it).
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::rows::WeightRows;
 use super::{contiguous, gemm_parallelism};
 
 /// Kernel size, stride and padding of a convolution.
@@ -20,30 +21,32 @@ pub struct Geometry {
     pub padding: usize,
 }
 
-struct Im2colConv {
+struct Im2colConv<'a> {
+    flat: WeightRows<'a>,
     geometry: Geometry,
     has_bias: bool,
 }
 
 /// `x`: `[B, C, H, W]`; `flat`: `[c_out, C k k]` (rows in (c, kh, kw) order); `bias`: `[c_out]`
-/// (read only with `has_bias`). f32 CPU tensors.
-pub fn conv2d(x: &Tensor, flat: &Tensor, bias: &Tensor, has_bias: bool, geometry: Geometry) -> candle_core::Result<Tensor> {
-    x.apply_op3_no_bwd(flat, bias, &Im2colConv { geometry, has_bias })
+/// (read only with `has_bias`). f32 CPU tensors; a kernel held in blocks is widened a panel of
+/// output channels at a time.
+pub fn conv2d(x: &Tensor, flat: WeightRows<'_>, bias: &Tensor, has_bias: bool, geometry: Geometry) -> candle_core::Result<Tensor> {
+    x.apply_op2_no_bwd(bias, &Im2colConv { flat, geometry, has_bias })
 }
 
-impl CustomOp3 for Im2colConv {
+impl CustomOp2 for Im2colConv<'_> {
     fn name(&self) -> &'static str {
         "im2col-conv"
     }
 
-    fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sw: &CpuStorage, lw: &Layout, sb: &CpuStorage, lb: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sb: &CpuStorage, lb: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = lx.shape().dims4()?;
-        let (cout, kk) = lw.shape().dims2()?;
+        let (cout, kk) = self.flat.dims();
         let Geometry { k, stride: s, padding: p } = self.geometry;
         if kk != c * k * k || s == 0 || h + 2 * p < k || w + 2 * p < k || (self.has_bias && lb.shape().dims() != [cout]) {
             candle_core::bail!("im2col convolution: input {:?} against kernel [{cout}, {kk}] (k {k}, stride {s}, padding {p})", lx.shape());
         }
-        let (x, wt, bias) = (contiguous(sx, lx, "convolution input")?, contiguous(sw, lw, "convolution kernel")?, contiguous(sb, lb, "convolution bias")?);
+        let (x, bias) = (contiguous(sx, lx, "convolution input")?, contiguous(sb, lb, "convolution bias")?);
         let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
         let n = oh * ow;
         let direct = k == 1 && s == 1 && p == 0;
@@ -61,34 +64,81 @@ impl CustomOp3 for Im2colConv {
             out.par_chunks_mut(n.max(1)).enumerate().for_each(|(row, o)| o.fill(bias[row % cout]));
         }
         let patches: &[f32] = if direct { x } else { &cols };
-        for (img, o) in out.chunks_mut(cout * n).enumerate() {
-            let rhs = &patches[img * kk * n..(img + 1) * kk * n];
-            // SAFETY: o is cout x n, wt cout x kk and rhs kk x n, all row-major and in bounds.
-            unsafe {
-                gemm::gemm(
-                    cout,
-                    n,
-                    kk,
-                    o.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    self.has_bias,
-                    wt.as_ptr(),
-                    1,
-                    kk as isize,
-                    rhs.as_ptr(),
-                    1,
-                    n as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm_parallelism(cout * n * kk),
-                );
+        match self.flat.as_f32() {
+            Some(wt) => {
+                for (img, o) in out.chunks_mut(cout * n).enumerate() {
+                    product(
+                        o,
+                        wt,
+                        &patches[img * kk * n..(img + 1) * kk * n],
+                        (cout, n, kk),
+                        (0, cout),
+                        (0, kk),
+                        self.has_bias,
+                        gemm_parallelism(cout * n * kk),
+                    );
+                }
             }
+            // a kernel held in blocks: piece by piece, each used for every image while cached
+            None => self.flat.for_each_piece(|p| {
+                for (img, o) in out.chunks_mut(cout * n).enumerate() {
+                    let rhs = &patches[img * kk * n..(img + 1) * kk * n];
+                    let work = p.values.len() * n;
+                    product(
+                        o,
+                        p.values,
+                        rhs,
+                        (cout, n, kk),
+                        (p.rows.start, p.rows.len()),
+                        (p.cols.start, p.cols.len()),
+                        self.has_bias || p.cols.start > 0,
+                        gemm_parallelism(work),
+                    );
+                }
+            }),
         }
         Ok((CpuStorage::F32(out), Shape::from((b, cout, oh, ow))))
+    }
+}
+
+/// `o[first..first + m, :] (+)= wt patches[k0..k0 + kc, :]`: `o` cout x n, `wt` m x kc,
+/// `patches` kk x n, row-major.
+#[allow(clippy::too_many_arguments)] // the product's operands and sizes, as gemm takes them
+fn product(
+    o: &mut [f32],
+    wt: &[f32],
+    patches: &[f32],
+    (cout, n, kk): (usize, usize, usize),
+    (first, m): (usize, usize),
+    (k0, kc): (usize, usize),
+    accumulate: bool,
+    par: gemm::Parallelism,
+) {
+    assert!(o.len() == cout * n && wt.len() == m * kc && patches.len() == kk * n && first + m <= cout && k0 + kc <= kk);
+    // SAFETY: the assert above keeps every operand in bounds: dst rows first..first + m of o,
+    // rows k0..k0 + kc of the patches.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            kc,
+            o.as_mut_ptr().add(first * n),
+            1,
+            n as isize,
+            accumulate,
+            wt.as_ptr(),
+            1,
+            kc as isize,
+            patches.as_ptr().add(k0 * n),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
     }
 }
 

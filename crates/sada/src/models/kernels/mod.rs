@@ -5,6 +5,7 @@ pub mod attention;
 pub mod dense;
 pub mod group_norm;
 pub mod im2col;
+pub mod rows;
 pub mod vmath;
 pub mod winograd;
 

@@ -16,6 +16,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::rows::WeightRows;
 use super::vmath::dispatch;
 
 /// The transform matrices of F(m x m, 3 x 3), row-major: Bᵀ (a x a), G (a x 3), Aᵀ (m x a),
@@ -97,7 +98,7 @@ impl Winograd {
 
     /// `x`: `[batch, cin, h, w]`; `weight`: `[cout, cin, 3, 3]`; `bias`: `[cout]`. Returns
     /// [batch, cout, h, w] (stride 1, zero padding 1).
-    pub fn conv3x3(&self, x: &[f32], dims: (usize, usize, usize, usize), weight: &[f32], bias: Option<&[f32]>, cout: usize) -> Vec<f32> {
+    pub fn conv3x3(&self, x: &[f32], dims: (usize, usize, usize, usize), weight: WeightRows<'_>, bias: Option<&[f32]>, cout: usize) -> Vec<f32> {
         // output channels in blocks whose transformed weights and products stay near 8 MB: under
         // the allocator's mmap threshold (fresh pages cost a fault each) and closer to cache
         self.conv3x3_blocked(x, dims, weight, bias, cout, 2 << 20)
@@ -107,7 +108,7 @@ impl Winograd {
         &self,
         x: &[f32],
         (batch, cin, h, w): (usize, usize, usize, usize),
-        weight: &[f32],
+        weight: WeightRows<'_>,
         bias: Option<&[f32]>,
         cout: usize,
         block_floats: usize,
@@ -123,15 +124,18 @@ impl Winograd {
         let mut uc = vec![0f32; cb * aa * cin];
         let mut u = vec![0f32; aa * cb * cin];
         let mut mm = vec![0f32; batch * cb * aa * local];
+        // the block's 3x3 kernels, widened here when held in a smaller type
+        let mut widened = Vec::new();
         for co0 in (0..cout).step_by(cb) {
             let nb = cb.min(cout - co0);
+            let wb = weight.get(co0, nb, &mut widened);
             // U [p][co][ci] for this block (transformed per channel, then regrouped by position
             // so each product's left operand is contiguous)
             uc[..nb * aa * cin].fill(0.0);
-            uc[..nb * aa * cin].par_chunks_mut(aa * cin).enumerate().for_each(|(j, out)| {
-                let co = co0 + j;
-                weight_transform(self.g, a, &weight[co * cin * 9..(co + 1) * cin * 9], cin, out)
-            });
+            uc[..nb * aa * cin]
+                .par_chunks_mut(aa * cin)
+                .enumerate()
+                .for_each(|(j, out)| weight_transform(self.g, a, &wb[j * cin * 9..(j + 1) * cin * 9], cin, out));
             u[..aa * nb * cin].par_chunks_mut(nb * cin).enumerate().for_each(|(p, up)| {
                 for (j, dst) in up.chunks_exact_mut(cin).enumerate() {
                     dst.copy_from_slice(&uc[(j * aa + p) * cin..][..cin]);
@@ -311,24 +315,25 @@ output_transform(at: &[f32], m: usize, mm: &[f32], hw: (usize, usize), thw: (usi
     }
 });
 
-struct WinogradConv {
+struct WinogradConv<'a> {
+    weight: WeightRows<'a>,
     transform: &'static Winograd,
     has_bias: bool,
 }
 
-/// `x`: `[B, C_in, H, W]`; `weight`: `[C_out, C_in, 3, 3]`; `bias`: `[C_out]` (read when `has_bias`).
-/// f32 CPU tensors; stride 1, padding 1.
+/// `x`: `[B, C_in, H, W]`; `weight`: `[C_out, C_in * 3 * 3]` rows; `bias`: `[C_out]` (read when
+/// `has_bias`). f32 CPU tensors; stride 1, padding 1.
 pub fn conv3x3(
     x: &candle_core::Tensor,
-    weight: &candle_core::Tensor,
+    weight: WeightRows<'_>,
     bias: &candle_core::Tensor,
     has_bias: bool,
     transform: &'static Winograd,
 ) -> candle_core::Result<candle_core::Tensor> {
-    x.apply_op3_no_bwd(weight, bias, &WinogradConv { transform, has_bias })
+    x.apply_op2_no_bwd(bias, &WinogradConv { weight, transform, has_bias })
 }
 
-impl candle_core::CustomOp3 for WinogradConv {
+impl candle_core::CustomOp2 for WinogradConv<'_> {
     fn name(&self) -> &'static str {
         "winograd-conv3x3"
     }
@@ -337,22 +342,16 @@ impl candle_core::CustomOp3 for WinogradConv {
         &self,
         sx: &candle_core::CpuStorage,
         lx: &candle_core::Layout,
-        sw: &candle_core::CpuStorage,
-        lw: &candle_core::Layout,
         sb: &candle_core::CpuStorage,
         lb: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let (b, cin, h, w) = lx.shape().dims4()?;
-        let (cout, wcin, kh, kw) = lw.shape().dims4()?;
-        if wcin != cin || kh != 3 || kw != 3 || (self.has_bias && lb.shape().dims() != [cout]) {
-            candle_core::bail!("winograd convolution: input {:?}, weight {:?}", lx.shape(), lw.shape());
+        let (cout, row) = self.weight.dims();
+        if row != cin * 9 || (self.has_bias && lb.shape().dims() != [cout]) {
+            candle_core::bail!("winograd convolution: input {:?}, weight [{cout}, {row}]", lx.shape());
         }
-        let (x, wt, bias) = (
-            super::contiguous(sx, lx, "winograd convolution: input")?,
-            super::contiguous(sw, lw, "winograd convolution: weight")?,
-            super::contiguous(sb, lb, "winograd convolution: bias")?,
-        );
-        let y = self.transform.conv3x3(x, (b, cin, h, w), wt, self.has_bias.then_some(bias), cout);
+        let (x, bias) = (super::contiguous(sx, lx, "winograd convolution: input")?, super::contiguous(sb, lb, "winograd convolution: bias")?);
+        let y = self.transform.conv3x3(x, (b, cin, h, w), self.weight, self.has_bias.then_some(bias), cout);
         Ok((candle_core::CpuStorage::F32(y), candle_core::Shape::from((b, cout, h, w))))
     }
 }
@@ -393,9 +392,10 @@ mod tests {
         let x = crate::noise::normal_samples(b * cin * h * w, seed);
         let wt: Vec<f32> = crate::noise::normal_samples(cout * cin * 9, seed + 1).iter().map(|v| v / (cin as f32 * 9.0).sqrt()).collect();
         let bias = crate::noise::normal_samples(cout, seed + 2);
-        let ours = t.conv3x3(&x, dims, &wt, Some(&bias), cout);
+        let rows = WeightRows::f32(&wt, cout, cin * 9).unwrap();
+        let ours = t.conv3x3(&x, dims, rows, Some(&bias), cout);
         // output channels in blocks of 8 (the last one partial) give the same numbers
-        assert_eq!(ours, t.conv3x3_blocked(&x, dims, &wt, Some(&bias), cout, 1), "blocked {dims:?}");
+        assert_eq!(ours, t.conv3x3_blocked(&x, dims, rows, Some(&bias), cout, 1), "blocked {dims:?}");
         let want = direct(&x, dims, &wt, &bias, cout);
         let scale = want.iter().fold(0f64, |a, v| a.max(v.abs()));
         ours.iter().zip(&want).fold(0f64, |a, (&o, &e)| a.max((o as f64 - e).abs())) / scale

@@ -52,19 +52,20 @@ pub fn conv2d(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize, 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let _s = tracing::trace_span!("conv").entered();
-        let weight = self.weight.f32()?;
         let (Some(bias_or_zeros), DType::F32) = (&self.bias_or_zeros, x.dtype()) else {
             let cfg = Conv2dConfig { padding: self.padding, stride: self.stride, ..Default::default() };
-            return Conv2d::new(weight.clone(), self.bias.clone(), cfg).forward(x);
+            return Conv2d::new(self.weight.f32()?, self.bias.clone(), cfg).forward(x);
         };
         let (_, _, h, w) = x.dims4()?;
         let (k, s, p) = (self.k, self.stride, self.padding);
-        if (k, s, p) == (3, 1, 1) && WINOGRAD.worthwhile(h, w) {
-            return winograd::conv3x3(&x.contiguous()?, &weight, bias_or_zeros, self.bias.is_some(), WINOGRAD);
-        }
-        // [c_out, c_in * k * k], rows in (c_in, kh, kw) order: a view of the contiguous kernel
-        let flat = weight.reshape((weight.dim(0)?, ()))?;
-        kernels::im2col::conv2d(&x.contiguous()?, &flat, bias_or_zeros, self.bias.is_some(), kernels::im2col::Geometry { k, stride: s, padding: p })
+        let x = x.contiguous()?;
+        // rows: [c_out, c_in * k * k] in (c_in, kh, kw) order, the contiguous kernel's layout
+        self.weight.with_rows(|rows| {
+            if (k, s, p) == (3, 1, 1) && WINOGRAD.worthwhile(h, w) {
+                return winograd::conv3x3(&x, rows, bias_or_zeros, self.bias.is_some(), WINOGRAD);
+            }
+            kernels::im2col::conv2d(&x, rows, bias_or_zeros, self.bias.is_some(), kernels::im2col::Geometry { k, stride: s, padding: p })
+        })
     }
 }
 
@@ -87,7 +88,7 @@ mod tests {
             let conv = conv2d(VarBuilder::from_tensors(t, DType::F32, &dev), cin, cout, k, s, p).unwrap();
             let x = Tensor::from_vec(crate::noise::normal_samples(2 * cin * h * w, 3), (2, cin, h, w), &dev).unwrap();
             let ours = conv.forward(&x).unwrap();
-            let reference = Conv2d::new(conv.weight.f32().unwrap().clone(), conv.bias.clone(), Conv2dConfig { padding: p, stride: s, ..Default::default() });
+            let reference = Conv2d::new(conv.weight.f32().unwrap(), conv.bias.clone(), Conv2dConfig { padding: p, stride: s, ..Default::default() });
             let theirs = reference.forward(&x).unwrap();
             assert_eq!(ours.dims(), theirs.dims());
             let diff = (ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
@@ -100,18 +101,23 @@ mod tests {
     #[test]
     fn a_kernel_held_in_q8_0_convolves_as_its_widened_values() {
         let dev = Device::Cpu;
-        let (cin, cout) = (32, 6);
+        // 40 output channels: several panels, the last one partial; two images share each panel
+        let (cin, cout) = (32, 40);
         let mut t = HashMap::new();
         t.insert("weight".to_string(), Tensor::from_vec(crate::noise::normal_samples(cout * cin * 9, 11), (cout, cin, 3, 3), &dev).unwrap());
         t.insert("bias".to_string(), Tensor::from_vec(crate::noise::normal_samples(cout, 12), cout, &dev).unwrap());
-        let x = Tensor::from_vec(crate::noise::normal_samples(cin * 31 * 33, 13), (1, cin, 31, 33), &dev).unwrap();
         let _g = crate::models::layers::weight::at_rest(crate::models::layers::weight::WeightType::Q8_0);
-        let conv = conv2d(VarBuilder::from_tensors(t, DType::F32, &dev), cin, cout, 3, 1, 1).unwrap();
-        assert!(matches!(conv.weight, Weight::Packed(_)));
-        let reference = Conv2d::new(conv.weight.f32().unwrap().clone(), conv.bias.clone(), Conv2dConfig { padding: 1, stride: 1, ..Default::default() });
-        let (ours, theirs) = (conv.forward(&x).unwrap(), reference.forward(&x).unwrap());
-        let diff = (ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        let mag = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff < 1e-5 * mag, "{diff} against {mag}");
+        // Winograd (31 x 33), im2col on a small map, and a strided im2col
+        for (h, w, stride) in [(31, 33, 1), (9, 10, 1), (12, 12, 2)] {
+            let conv = conv2d(VarBuilder::from_tensors(t.clone(), DType::F32, &dev), cin, cout, 3, stride, 1).unwrap();
+            assert!(matches!(conv.weight, Weight::Packed(_)));
+            let x = Tensor::from_vec(crate::noise::normal_samples(2 * cin * h * w, 13), (2, cin, h, w), &dev).unwrap();
+            let reference = Conv2d::new(conv.weight.f32().unwrap(), conv.bias.clone(), Conv2dConfig { padding: 1, stride, ..Default::default() });
+            let (ours, theirs) = (conv.forward(&x).unwrap(), reference.forward(&x).unwrap());
+            assert_eq!(ours.dims(), theirs.dims());
+            let diff = (ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let mag = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5 * mag, "{h}x{w} stride {stride}: {diff} against {mag}");
+        }
     }
 }

@@ -58,7 +58,10 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let _s = tracing::trace_span!("linear").entered();
         match self {
-            Self::Fused { w, bias, has_bias } if x.dtype() == DType::F32 && x.device().is_cpu() => dense::dense(&x.contiguous()?, &*w.f32()?, bias, *has_bias),
+            Self::Fused { w, bias, has_bias } if x.dtype() == DType::F32 && x.device().is_cpu() => {
+                let x = x.contiguous()?;
+                w.with_rows(|rows| dense::dense(&x, rows, bias, *has_bias))
+            }
             Self::Fused { w, bias, has_bias } => {
                 let y = x.broadcast_matmul(&w.f32()?.to_dtype(x.dtype())?.to_device(x.device())?.t()?)?;
                 if *has_bias {
@@ -121,8 +124,9 @@ mod tests {
     #[test]
     fn weights_held_packed_give_the_product_of_their_widened_values() {
         let dev = Device::Cpu;
-        let w = Tensor::from_vec(crate::noise::normal_samples(96 * 64, 8), (96, 64), &dev).unwrap();
-        let b = Tensor::from_vec(crate::noise::normal_samples(96, 9), 96, &dev).unwrap();
+        // 100 output rows: panels of 64 and a partial one of 36 on two threads
+        let w = Tensor::from_vec(crate::noise::normal_samples(100 * 64, 8), (100, 64), &dev).unwrap();
+        let b = Tensor::from_vec(crate::noise::normal_samples(100, 9), 100, &dev).unwrap();
         let x = Tensor::from_vec(crate::noise::normal_samples(5 * 64, 10), (5, 64), &dev).unwrap();
         let exact = Linear::new(w.clone(), Some(b.clone())).unwrap().forward(&x).unwrap();
         for ty in [crate::models::layers::weight::WeightType::F16, crate::models::layers::weight::WeightType::Q8_0] {
@@ -131,7 +135,7 @@ mod tests {
             let Linear::Fused { w: packed, .. } = &l else { panic!("not fused") };
             assert!(matches!(packed, Weight::Packed(_)), "{ty:?}");
             // the same product as an f32 layer of the widened weight
-            let widened = packed.f32().unwrap().clone();
+            let widened = packed.f32().unwrap();
             let want = candle_nn::Linear::new(widened, Some(b.clone())).forward(&x).unwrap();
             let got = l.forward(&x).unwrap();
             let d = (&got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();

@@ -1,5 +1,5 @@
-//! Weights kept at rest in a smaller type (`--weights f16|bf16|q8_0`) and widened to f32 for
-//! each use: a layer's f32 copy lives only while its product runs, so a model holds about
+//! Weights kept at rest in a smaller type (`--weights f16|bf16|q8_0`) and widened to f32 a
+//! panel of rows at a time inside the CPU kernels (`kernels::rows`), so a model holds about
 //! half (f16, bf16) or 0.27 (q8_0) of its f32 bytes, and the compute stays f32 on the CPU.
 //!
 //! The type is chosen where a model is loaded, but the layers are built deep inside
@@ -12,7 +12,8 @@ use std::cell::Cell;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::models::gguf::{dequantize_on_threads, quantize, GgmlType};
+use crate::models::gguf::{dequantize, quantize, GgmlType};
+use crate::models::kernels::rows::WeightRows;
 
 /// How frozen f32 CPU weights are held between uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -113,50 +114,24 @@ pub enum Weight {
     Packed(std::sync::Arc<Packed>),
 }
 
-/// A packed weight and the widened copy its current users share.
+/// A weight's values packed in blocks of a smaller type.
 pub struct Packed {
     ty: GgmlType,
     bytes: Vec<u8>,
     shape: Vec<usize>,
     device: Device,
-    /// The f32 copy while some call uses it, and how many do: the images of a batch run the
-    /// same layer at about the same time on different threads, and widen it once between them.
-    widened: std::sync::Mutex<(Option<Tensor>, usize)>,
-}
-
-/// The f32 values of a weight for one use; a packed weight's shared copy is released when the
-/// last user drops it.
-pub struct Widened<'a> {
-    tensor: Tensor,
-    from: Option<&'a Packed>,
-}
-
-impl std::ops::Deref for Widened<'_> {
-    type Target = Tensor;
-    fn deref(&self) -> &Tensor {
-        &self.tensor
-    }
-}
-
-impl Drop for Widened<'_> {
-    fn drop(&mut self) {
-        if let Some(p) = self.from {
-            let mut w = p.widened.lock().unwrap_or_else(|e| e.into_inner());
-            w.1 = w.1.saturating_sub(1);
-            if w.1 == 0 {
-                w.0 = None;
-            }
-        }
-    }
 }
 
 impl Weight {
+    fn packed(ty: GgmlType, bytes: Vec<u8>, shape: Vec<usize>, device: &Device) -> Self {
+        Weight::Packed(std::sync::Arc::new(Packed { ty, bytes, shape, device: device.clone() }))
+    }
+
     /// Hold `w` (a frozen f32 CPU weight) in the current [`at_rest`] type; anything else as it is.
     pub fn at_rest(w: Tensor) -> candle_core::Result<Self> {
         if let Some((ty, bytes)) = FILE_BLOCKS.with(|b| b.borrow_mut().remove(&w.id())) {
             if current().is_none() && w.device().is_cpu() && !w.is_variable() {
-                let packed = Packed { ty, bytes, shape: w.dims().to_vec(), device: w.device().clone(), widened: std::sync::Mutex::new((None, 0)) };
-                return Ok(Weight::Packed(std::sync::Arc::new(packed)));
+                return Ok(Weight::packed(ty, bytes, w.dims().to_vec(), w.device()));
             }
         }
         let ty = current().unwrap_or(WeightType::F32);
@@ -171,30 +146,38 @@ impl Weight {
         let values = w.flatten_all()?.to_vec1::<f32>()?;
         let mut bytes = Vec::with_capacity(ggml.bytes_for(values.len()).unwrap_or(0));
         quantize(ggml, &values, &mut bytes).ok_or_else(|| candle_core::Error::Msg(format!("cannot pack weights as {ggml:?}")))?;
-        let packed = Packed { ty: ggml, bytes, shape, device: w.device().clone(), widened: std::sync::Mutex::new((None, 0)) };
-        Ok(Weight::Packed(std::sync::Arc::new(packed)))
+        Ok(Weight::packed(ggml, bytes, shape, w.device()))
     }
 
-    /// The weight as an f32 tensor (widened now when packed, or shared with a concurrent user).
-    pub fn f32(&self) -> candle_core::Result<Widened<'_>> {
-        let p = match self {
-            Weight::F32(t) => return Ok(Widened { tensor: t.clone(), from: None }),
-            Weight::Packed(p) => p,
-        };
-        let mut w = p.widened.lock().unwrap_or_else(|e| e.into_inner());
-        if w.0.is_none() {
-            // Widened under the lock: a second image arriving now waits for this copy rather
-            // than making its own. The work runs on plain threads: a rayon worker waiting on a
-            // parallel loop steals other jobs, and another image's job reaching this layer on
-            // the same thread would wait on the lock that thread holds.
-            let mut out = vec![0f32; p.shape.iter().product()];
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            dequantize_on_threads(p.ty, &p.bytes, &mut out, threads);
-            w.0 = Some(Tensor::from_vec(out, p.shape.as_slice(), &p.device)?);
+    /// Run `f` on the weight as the CPU kernels read it: `[first axis, the rest]` rows, f32 in
+    /// place or blocks the kernel widens a panel at a time.
+    pub fn with_rows<R>(&self, f: impl FnOnce(WeightRows<'_>) -> candle_core::Result<R>) -> candle_core::Result<R> {
+        match self {
+            Weight::F32(t) => {
+                let rows = t.dims().first().copied().unwrap_or(1);
+                let (storage, layout) = t.storage_and_layout();
+                let candle_core::Storage::Cpu(cpu) = &*storage else { candle_core::bail!("the CPU kernels read weights on the CPU") };
+                let values = crate::models::kernels::contiguous(cpu, layout, "weight")?;
+                f(WeightRows::f32(values, rows, values.len() / rows.max(1))?)
+            }
+            Weight::Packed(p) => {
+                let rows = p.shape.first().copied().unwrap_or(1);
+                f(WeightRows::blocks(p.ty, &p.bytes, rows, p.shape.iter().skip(1).product())?)
+            }
         }
-        w.1 += 1;
-        let tensor = w.0.clone().expect("set above");
-        Ok(Widened { tensor, from: Some(p) })
+    }
+
+    /// The weight as an f32 tensor (a packed one widened now, a copy per call: for other
+    /// devices and for checks; the CPU kernels read [`Weight::with_rows`]).
+    pub fn f32(&self) -> candle_core::Result<Tensor> {
+        match self {
+            Weight::F32(t) => Ok(t.clone()),
+            Weight::Packed(p) => {
+                let mut out = vec![0f32; p.shape.iter().product()];
+                dequantize(p.ty, &p.bytes, &mut out);
+                Tensor::from_vec(out, p.shape.as_slice(), &p.device)
+            }
+        }
     }
 
     /// Bytes held.
@@ -220,7 +203,7 @@ mod tests {
             let _g = at_rest(ty);
             let p = Weight::at_rest(w.clone()).unwrap();
             assert_eq!(p.bytes() as f64, (64 * 96 * 4) as f64 * ratio, "{ty:?}");
-            let back = p.f32().unwrap().clone();
+            let back = p.f32().unwrap();
             assert_eq!(back.dims(), w.dims());
             let err = (&back - &w).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             let peak = w.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
