@@ -91,10 +91,12 @@ impl DtypeArg {
 /// How the networks' weights are held between uses.
 #[derive(Debug, Clone, Args)]
 pub struct WeightsArgs {
-    /// Hold the networks' weights in this type between uses, widened to f32 for each product
-    /// (CPU, --dtype f32): f32, f16, bf16 (half the memory) or q8_0 (ggml's 8-bit blocks, 0.27 of
-    /// it; layers whose rows are not whole blocks in f16) [default: as the file stores them: a
-    /// GGUF file's blocks kept, anything else f32]
+    /// Hold the networks' weights in this type between uses, widened to f32 piece by piece inside
+    /// each product (CPU, --dtype f32): f32, f16, bf16 (half the memory), q8_0 (ggml's 8-bit
+    /// blocks, 0.27 of it), q4_0 or q4_k (ggml's 4-bit blocks, 0.14; q4_k fits a scale and a
+    /// minimum per 32 values); layers whose rows are not whole blocks take the nearest wider type
+    /// that fits (q8_0, else f16) [default: as the file stores them: a GGUF file's blocks kept,
+    /// anything else f32]
     #[arg(long, value_name = "TYPE", value_parser = parse_weights)]
     pub weights: Option<WeightType>,
 }

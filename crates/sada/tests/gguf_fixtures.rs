@@ -37,10 +37,10 @@ fn every_block_type_dequantises_bit_for_bit_as_gguf_py() {
 }
 
 #[test]
-fn f16_bf16_and_q8_0_quantise_byte_for_byte_as_gguf_py() {
+fn f16_bf16_q8_0_and_q4_0_quantise_byte_for_byte_as_gguf_py() {
     let file = GgufFile::open(&fixtures().join("types.gguf")).unwrap();
     let values = file.dequantize("values.F32").unwrap();
-    for ty in [GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0] {
+    for ty in [GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0] {
         let want = file.bytes(file.info(&format!("quantized.{ty:?}")).unwrap());
         let mut got = Vec::new();
         sada::models::gguf::quantize(ty, &values, &mut got).unwrap();

@@ -331,15 +331,19 @@ fn scale_min_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     (sc, mn)
 }
 
-/// Quantise `values` (whole blocks) to `ty` as the `gguf` Python package does (F16 and BF16
-/// rounded to nearest even, Q8_0 by ggml's reference: scale `amax / 127`, values rounded half
-/// away from zero), appending the blocks to `out`. `None` for the types sada does not write.
+/// Quantise `values` (whole blocks) to `ty`, appending the blocks to `out`: F16, BF16, Q8_0
+/// and Q4_0 byte for byte as the `gguf` Python package does (halves rounded to nearest even;
+/// Q8_0 scaled by `amax / 127`, values rounded half away from zero; Q4_0 scaled by the
+/// largest-magnitude value over -8), Q4_K by ggml's reference search (the package has no Q4_K
+/// quantiser). `None` for the types sada does not write.
 pub fn quantize(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> Option<()> {
     match ty {
         GgmlType::F32 => values.iter().for_each(|v| out.extend(v.to_le_bytes())),
         GgmlType::F16 => values.iter().for_each(|v| out.extend(f16::from_f32(*v).to_bits().to_le_bytes())),
         GgmlType::BF16 => values.iter().for_each(|v| out.extend(bf16_bits(*v).to_le_bytes())),
         GgmlType::Q8_0 => quantize_q8_0(values, out),
+        GgmlType::Q4_0 => quantize_q4_0(values, out),
+        GgmlType::Q4_K => quantize_q4_k(values, out),
         _ => return None,
     }
     Some(())
@@ -357,6 +361,156 @@ quantize_q8_0(values: &[f32], out: &mut Vec<u8>) -> () {
         out.extend(block.iter().map(|v| round_half_away(v * id) as i8 as u8));
     }
 });
+
+/// Q4_0 as gguf-py computes it: `d = x_max / -8` (x_max the value of largest magnitude, the
+/// first when tied), each value `trunc(x / d + 8.5)` with the sum in f64 and rounded to f32
+/// before truncating (the package's stand-in for ggml's fused multiply-add), clipped to 0..=15;
+/// value j of a block in the low nibble of byte j, value 16 + j in its high nibble.
+fn quantize_q4_0(values: &[f32], out: &mut Vec<u8>) {
+    for block in values.chunks(32) {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in block {
+            if v.abs() > amax {
+                (amax, max) = (v.abs(), v);
+            }
+        }
+        let d = max / -8.0;
+        let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+        out.extend(f16::from_f32(d).to_bits().to_le_bytes());
+        let q = |v: f32| ((v as f64 * id as f64 + 8.5) as f32).trunc().clamp(0.0, 15.0) as u8;
+        out.extend((0..16).map(|j| q(block[j]) | (q(block[16 + j]) << 4)));
+    }
+}
+
+/// ggml's `nearest_int`: round half to even through the f32 mantissa, for |x| < 2^22 (beyond
+/// that, which ggml asserts against, a saturating round: the callers clamp to a few levels).
+fn nearest_int(x: f32) -> i32 {
+    if x.abs() < 4_194_303.0 {
+        ((x + 12_582_912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+    } else {
+        x as i32
+    }
+}
+
+/// Q4_K by ggml's reference quantiser: in each 256-value super-block, every 32-value
+/// sub-block gets a scale and a minimum fitted by weighted least squares over a sweep of
+/// candidate scales ([`fit_scale_min`]); those 16 numbers are quantised to 6 bits against the
+/// super-block's f16 `d` and `dmin`, and the values requantised to 4 bits against them.
+fn quantize_q4_k(values: &[f32], out: &mut Vec<u8>) {
+    for x in values.chunks(QK_K) {
+        let mut l = [0u8; QK_K];
+        let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
+        for j in 0..8 {
+            let xs = &x[32 * j..32 * (j + 1)];
+            let av_x = (xs.iter().fold(0f32, |a, v| a + v * v) / 32.0).sqrt();
+            let weights: [f32; 32] = std::array::from_fn(|i| av_x + xs[i].abs());
+            (scales[j], mins[j]) = fit_scale_min(xs, &weights, &mut l[32 * j..32 * (j + 1)]);
+        }
+        let max_scale = scales.iter().fold(0f32, |m, &v| if v > m { v } else { m });
+        let max_min = mins.iter().fold(0f32, |m, &v| if v > m { v } else { m });
+        let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+        let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+        let mut packed = [0u8; 12];
+        for j in 0..8 {
+            let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+            let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+            if j < 4 {
+                packed[j] = ls;
+                packed[j + 4] = lm;
+            } else {
+                packed[j + 4] = (ls & 0x0F) | ((lm & 0x0F) << 4);
+                packed[j - 4] |= (ls >> 4) << 6;
+                packed[j] |= (lm >> 4) << 6;
+            }
+        }
+        let (d, dmin) = (f16::from_f32(max_scale / 63.0), f16::from_f32(max_min / 63.0));
+        let (sc, mn) = scale_min_k4(&packed);
+        for j in 0..8 {
+            let dd = d.to_f32() * sc[j] as f32;
+            if dd == 0.0 {
+                continue;
+            }
+            let dm = dmin.to_f32() * mn[j] as f32;
+            for i in 0..32 {
+                l[32 * j + i] = nearest_int((x[32 * j + i] + dm) / dd).clamp(0, 15) as u8;
+            }
+        }
+        out.extend(d.to_bits().to_le_bytes());
+        out.extend(dmin.to_bits().to_le_bytes());
+        out.extend(packed);
+        for g in (0..QK_K).step_by(64) {
+            out.extend((0..32).map(|i| l[g + i] | (l[g + 32 + i] << 4)));
+        }
+    }
+}
+
+/// A scale and a minimum for 32 values with 4-bit levels (ggml's `make_qkx2_quants` with
+/// Q4_K's settings): start from the range, then try 21 scales around it, each with the
+/// least-squares scale and minimum for its levels (weighted by `w`), keeping the best.
+/// Returns (scale, -minimum) and leaves the levels in `l`.
+fn fit_scale_min(x: &[f32], w: &[f32; 32], l: &mut [u8]) -> (f32, f32) {
+    const NMAX: i32 = 15;
+    let (rmin, rdelta, nstep) = (-1.0f32, 0.1f32, 20);
+    let (mut min, mut max) = (x[0], x[0]);
+    let (mut sum_w, mut sum_x) = (w[0], w[0] * x[0]);
+    for i in 1..32 {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        sum_w += w[i];
+        sum_x += w[i] * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        l.fill(0);
+        return (0.0, -min);
+    }
+    let iscale = NMAX as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best = 0f32;
+    for i in 0..32 {
+        l[i] = nearest_int(iscale * (x[i] - min)).clamp(0, NMAX) as u8;
+        let diff = scale * l[i] as f32 + min - x[i];
+        best += w[i] * (diff * diff);
+    }
+    let mut aux = [0u8; 32];
+    for step in 0..=nstep {
+        // as the reference does, measured from the best minimum so far
+        let iscale = (rmin + rdelta * step as f32 + NMAX as f32) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for i in 0..32 {
+            aux[i] = nearest_int(iscale * (x[i] - min)).clamp(0, NMAX) as u8;
+            let li = aux[i] as f32;
+            sum_l += w[i] * li;
+            sum_l2 += w[i] * li * li;
+            sum_xl += w[i] * li * x[i];
+        }
+        let det = sum_w * sum_l2 - sum_l * sum_l;
+        if det > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut err = 0f32;
+            for i in 0..32 {
+                let diff = this_scale * aux[i] as f32 + this_min - x[i];
+                err += w[i] * (diff * diff);
+            }
+            if err < best {
+                l.copy_from_slice(&aux);
+                (best, scale, min) = (err, this_scale, this_min);
+            }
+        }
+    }
+    (scale, -min)
+}
 
 /// ggml's f32 -> bf16: NaN kept quiet, otherwise rounded to nearest even.
 fn bf16_bits(v: f32) -> u16 {
@@ -379,5 +533,33 @@ fn round_half_away(x: f32) -> f32 {
         -b
     } else {
         0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rms_error(ty: GgmlType, values: &[f32]) -> f64 {
+        let mut bytes = Vec::new();
+        quantize(ty, values, &mut bytes).unwrap();
+        assert_eq!(Some(bytes.len()), ty.bytes_for(values.len()), "{ty:?}");
+        let mut back = vec![0f32; values.len()];
+        dequantize(ty, &bytes, &mut back);
+        (values.iter().zip(&back).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / values.len() as f64).sqrt()
+    }
+
+    #[test]
+    fn q4_k_fits_closer_than_q4_0_and_takes_flat_blocks() {
+        // 16 super-blocks of unit normal values, some offset (Q4_K's minimum earns its keep)
+        let mut values = crate::noise::normal_samples(16 * QK_K, 3);
+        values[8 * QK_K..].iter_mut().for_each(|v| *v += 2.5);
+        let (k, zero) = (rms_error(GgmlType::Q4_K, &values), rms_error(GgmlType::Q4_0, &values));
+        // a 4-bit grid over a sub-block's range: about range / 15 / sqrt(12), range ~ 4.5
+        assert!(k < 0.1 && k < 0.8 * zero, "Q4_K {k} against Q4_0 {zero}");
+        // a constant super-block and an all-zero one come back as themselves (up to d's rounding)
+        let flat: Vec<f32> = [vec![0.75f32; QK_K], vec![0.0; QK_K]].concat();
+        assert!(rms_error(GgmlType::Q4_K, &flat) < 1e-3);
+        assert!(quantize(GgmlType::Q5_K, &flat, &mut Vec::new()).is_none(), "types sada does not write are refused");
     }
 }

@@ -1,4 +1,4 @@
-//! Weights kept at rest in a smaller type (`--weights f16|bf16|q8_0`) and widened to f32 a
+//! Weights kept at rest in a smaller type (`--weights f16|bf16|q8_0|q4_0|q4_k`) and widened to f32 a
 //! panel of rows at a time inside the CPU kernels (`kernels::rows`), so a model holds about
 //! half (f16, bf16) or 0.27 (q8_0) of its f32 bytes, and the compute stays f32 on the CPU.
 //!
@@ -29,14 +29,26 @@ pub enum WeightType {
     /// ggml's Q8_0: blocks of 32 int8 values with an f16 scale (8.5 bits a value). Layers whose
     /// rows are not whole blocks are held in f16.
     Q8_0,
+    /// ggml's Q4_0: blocks of 32 4-bit values with an f16 scale (4.5 bits a value); f16 where
+    /// rows are not whole blocks.
+    Q4_0,
+    /// ggml's Q4_K: 256-value super-blocks of 4-bit values with a 6-bit scale and minimum per
+    /// 32 (4.5 bits a value); rows that are not whole super-blocks take Q8_0, or f16.
+    Q4K,
 }
 
 impl WeightType {
     /// Every type, with its name as `--weights` reads it.
-    pub const ALL: [(&'static str, WeightType); 4] =
-        [("f32", WeightType::F32), ("f16", WeightType::F16), ("bf16", WeightType::Bf16), ("q8_0", WeightType::Q8_0)];
+    pub const ALL: [(&'static str, WeightType); 6] = [
+        ("f32", WeightType::F32),
+        ("f16", WeightType::F16),
+        ("bf16", WeightType::Bf16),
+        ("q8_0", WeightType::Q8_0),
+        ("q4_0", WeightType::Q4_0),
+        ("q4_k", WeightType::Q4K),
+    ];
 
-    /// The type named `name` (f32, f16, bf16, q8_0).
+    /// The type named `name` (f32, f16, bf16, q8_0, q4_0, q4_k).
     pub fn parse(name: &str) -> Result<Self> {
         let n = name.trim().to_ascii_lowercase();
         Self::ALL.iter().find(|(k, _)| *k == n).map(|(_, t)| *t).ok_or_else(|| {
@@ -56,7 +68,10 @@ impl WeightType {
             WeightType::F16 => GgmlType::F16,
             WeightType::Bf16 => GgmlType::BF16,
             WeightType::Q8_0 if row.is_multiple_of(32) => GgmlType::Q8_0,
-            WeightType::Q8_0 => GgmlType::F16,
+            WeightType::Q4_0 if row.is_multiple_of(32) => GgmlType::Q4_0,
+            WeightType::Q4K if row.is_multiple_of(256) => GgmlType::Q4_K,
+            WeightType::Q4K if row.is_multiple_of(32) => GgmlType::Q8_0,
+            WeightType::Q8_0 | WeightType::Q4_0 | WeightType::Q4K => GgmlType::F16,
         }
     }
 }
@@ -199,7 +214,14 @@ mod tests {
         let w = Tensor::from_vec(crate::noise::normal_samples(64 * 96, 7), (64, 96), &dev).unwrap();
         let plain = Weight::at_rest(w.clone()).unwrap();
         assert!(matches!(plain, Weight::F32(_)), "f32 unless asked");
-        for (ty, bound, ratio) in [(WeightType::F16, 1e-3, 0.5), (WeightType::Bf16, 8e-3, 0.5), (WeightType::Q8_0, 1e-2, 34.0 / 128.0)] {
+        // 96-value rows: Q4_K's 256-value super-blocks do not fit, so it takes Q8_0
+        for (ty, bound, ratio) in [
+            (WeightType::F16, 1e-3, 0.5),
+            (WeightType::Bf16, 8e-3, 0.5),
+            (WeightType::Q8_0, 1e-2, 34.0 / 128.0),
+            (WeightType::Q4_0, 0.15, 18.0 / 128.0),
+            (WeightType::Q4K, 1e-2, 34.0 / 128.0),
+        ] {
             let _g = at_rest(ty);
             let p = Weight::at_rest(w.clone()).unwrap();
             assert_eq!(p.bytes() as f64, (64 * 96 * 4) as f64 * ratio, "{ty:?}");
@@ -210,7 +232,7 @@ mod tests {
             assert!(err > 0.0 && err <= bound as f32 * peak, "{ty:?}: {err} against {peak}");
         }
         assert_eq!(current(), None, "the guard restores the type");
-        assert!(WeightType::parse("Q8_0").is_ok() && WeightType::parse("q4").unwrap_err().to_string().contains("f32, f16, bf16, q8_0"));
+        assert!(WeightType::parse("Q8_0").is_ok() && WeightType::parse("q4").unwrap_err().to_string().contains("f32, f16, bf16, q8_0, q4_0, q4_k"));
     }
 
     #[test]
