@@ -383,6 +383,29 @@ def run_vae_case():
     print(f"[vae] {sum(p.numel() for p in vae.parameters())} params, folder {dir_size(case_dir)} bytes")
 
 
+@torch.no_grad()
+def run_vae_tiled_case():
+    """`enable_tiling()` on the saved tiny VAE (sample_size 16: 16-pixel image tiles, 8-latent
+    tiles, a quarter overlapped and blended): a batch of two latents [2,4,14,20] -> `decoded`
+    [2,3,28,40], and a batch of two images [2,3,28,40] -> `encoded_mean` / `encoded_std`
+    [2,4,14,20], in tiles/tiled.safetensors (the untiled outputs too, for scale)."""
+    case_dir = os.path.join(VAE_DIR, "tiny")
+    vae = AutoencoderKL.from_pretrained(os.path.join(case_dir, "vae")).eval()
+    g = torch.Generator().manual_seed(SEED + 1)
+    latents = torch.randn(2, 4, 14, 20, generator=g)
+    image = torch.rand(2, 3, 28, 40, generator=g) * 2.0 - 1.0
+    io = {"latents": latents, "image": image,
+          "untiled_decoded": vae.decode(latents / vae.config.scaling_factor).sample}
+    vae.enable_tiling()
+    assert (vae.tile_sample_min_size, vae.tile_latent_min_size) == (16, 8)
+    io["decoded"] = vae.decode(latents / vae.config.scaling_factor).sample
+    dist = vae.encode(image).latent_dist
+    io.update(encoded_mean=dist.mean, encoded_std=dist.std)
+    save_tensors(io, os.path.join(case_dir, "tiled.safetensors"))
+    for k in ("decoded", "encoded_mean", "encoded_std"):
+        print(f"[vae tiled] {k:12s} {list(io[k].shape)} {stats(io[k])}")
+
+
 def main():
     torch.set_num_threads(1)
     diffusers_logging.set_verbosity_error()
@@ -396,6 +419,7 @@ def main():
     for case in UNET_CASES:
         run_unet_case(case)
     run_vae_case()
+    run_vae_tiled_case()
 
 
 if __name__ == "__main__":

@@ -95,6 +95,11 @@ pub struct GenerateArgs {
     /// What to write
     #[arg(long, value_enum, default_value = "pil")]
     pub output_type: OutputType,
+    /// Decode in overlapping, blended tiles of the autoencoder's sample_size, as diffusers'
+    /// enable_vae_tiling: the decoder's memory is one tile's at any image size (seams differ
+    /// slightly from an untiled decode)
+    #[arg(long)]
+    pub vae_tiling: bool,
     /// Write the per-step trace as JSON
     #[arg(long, value_name = "FILE.json")]
     pub trace: Option<PathBuf>,
@@ -212,6 +217,9 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         },
     };
     pipe.validate(&opts)?;
+    if args.vae_tiling {
+        pipe.set_vae_tiling(true).with_context(|| format!("--vae-tiling: {model_name}"))?;
+    }
     let batch = inputs.prompt_embeds.as_ref().map(|p| p.dim(0)).transpose()?.unwrap_or(1);
     args.memory.check("--height/--width", &format!("{}x{}", opts.width, opts.height), pipe.estimate_memory(&opts, batch))?;
     let run_one = |pipe: &mut Box<dyn Pipeline>, opts: &GenerateOptions| -> Result<Run> {
@@ -235,6 +243,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         "options": &opts,
         "controlnets": controlnets,
         "guess_mode": args.control.guess_mode,
+        "vae_tiling": args.vae_tiling,
         // Measured cost is timing and varies run to run; only what decides the image goes in the file,
         // so the same settings give byte-identical PNGs.
         "evaluations": trace.evaluations,

@@ -144,6 +144,37 @@ fn vae_encode_matches_diffusers() {
     assert!(em <= 1e-4 && es <= 1e-4, "mean {em:e}, std {es:e}");
 }
 
+/// diffusers' `enable_tiling` (16-pixel image tiles, 8-latent tiles, a quarter overlapped and
+/// blended) on a batch of two: decode and encode give diffusers' tiled outputs within 1e-3,
+/// the tiled decode differs from the untiled one (the seams are blended, not equal), and the
+/// memory estimate is one tile's.
+#[test]
+fn vae_tiled_decode_and_encode_match_diffusers() {
+    let mut vae = AutoencoderKl::load(&dir("vae/tiny/vae"), DType::F32, &device()).unwrap();
+    let io = load(dir("vae/tiny/tiled.safetensors"));
+    let max_abs = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let untiled = vae.decode(&io["latents"]).unwrap();
+    assert!(max_abs(&untiled, &io["untiled_decoded"]) < 1e-3);
+    let untiled_bytes = vae.decode_bytes(2, 140, 200);
+    vae.set_tiling(true);
+    let decoded = vae.decode(&io["latents"]).unwrap();
+    assert_eq!(decoded.dims(), [2, 3, 28, 40]);
+    let (d, seams) = (max_abs(&decoded, &io["decoded"]), max_abs(&decoded, &untiled));
+    let (mean, std) = vae.encode(&io["image"]).unwrap();
+    let (m, s) = (max_abs(&mean, &io["encoded_mean"]), max_abs(&std, &io["encoded_std"]));
+    eprintln!("tiled vae: decode {d:e} (untiled differs by {seams:e}), encode mean {m:e}, std {s:e}");
+    assert!(d <= 1e-3 && m <= 1e-3 && s <= 1e-3, "decode {d:e}, mean {m:e}, std {s:e}");
+    assert!(seams > 1e-2, "tiling changed nothing: {seams:e}");
+    // smaller than the tile: one tile, the plain decode
+    let small = io["latents"].narrow(2, 0, 8).unwrap().narrow(3, 0, 8).unwrap();
+    vae.set_tiling(false);
+    let plain = vae.decode(&small).unwrap();
+    vae.set_tiling(true);
+    assert_eq!(max_abs(&vae.decode(&small).unwrap(), &plain), 0.0);
+    let tiled_bytes = vae.decode_bytes(2, 140, 200);
+    assert!(tiled_bytes * 4 < untiled_bytes, "{tiled_bytes} tiled against {untiled_bytes} whole");
+}
+
 /// One evaluation under `plan`, with `cache` holding the token caches of the image so far.
 fn run(model: &UNet2DConditionModel, x: &Tensor, cond: &Conditioning, plan: &TokenPlan, cache: &mut TokenCache) -> Tensor {
     model.predict(x, 377.0, cond, &mut ForwardContext::new(0, plan, cache, None)).unwrap()

@@ -337,6 +337,10 @@ impl Pipeline for Flux {
         self.scheduler_config.get("_class_name").and_then(|v| v.as_str()).map(str::to_owned)
     }
 
+    fn set_vae_tiling(&mut self, on: bool) -> Result<()> {
+        super::pipeline::tile_vae(self.vae.as_mut(), on)
+    }
+
     fn decode(&self, latents: &Tensor) -> Result<Option<Tensor>> {
         match &self.vae {
             Some(v) => Ok(Some(v.decode(latents)?)),

@@ -71,6 +71,13 @@ pub struct PromptCheck {
     pub window: usize,
 }
 
+/// [`Pipeline::set_vae_tiling`] on a pipeline's autoencoder, if it has one.
+pub(crate) fn tile_vae(vae: Option<&mut crate::models::vae::AutoencoderKl>, on: bool) -> Result<()> {
+    let vae = vae.ok_or_else(|| Error::param("vae_tiling", "this model has no autoencoder to tile"))?;
+    vae.set_tiling(on);
+    Ok(())
+}
+
 /// Prompts longer than this are refused: far beyond any text encoder's window, and cheap to
 /// refuse before tokenising.
 pub const MAX_PROMPT_CHARS: usize = 10_000;
@@ -161,6 +168,13 @@ pub trait Pipeline {
     fn scheduler_class(&self) -> Option<String>;
     /// Latents to an image tensor in [-1, 1], if the model has a decoder.
     fn decode(&self, latents: &Tensor) -> Result<Option<Tensor>>;
+    /// diffusers' `enable_vae_tiling` / `disable_vae_tiling`: decode images larger than the
+    /// autoencoder's `sample_size` in overlapping, blended tiles (the activation memory of one
+    /// tile; the seams differ from an untiled decode by the blending). An error for a model
+    /// without an autoencoder.
+    fn set_vae_tiling(&mut self, _on: bool) -> Result<()> {
+        tile_vae(None, false)
+    }
 
     /// diffusers' defaults for this model (50 steps, its guidance scale and image size, seed 0)
     /// with the solver SADA's published runs use for its family and SADA at the family's

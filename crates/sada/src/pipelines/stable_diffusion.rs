@@ -474,6 +474,10 @@ impl Pipeline for StableDiffusion {
         StableDiffusion::add_controlnet(self, model)
     }
 
+    fn set_vae_tiling(&mut self, on: bool) -> Result<()> {
+        super::pipeline::tile_vae(self.vae.as_mut(), on)
+    }
+
     fn decode(&self, latents: &Tensor) -> Result<Option<Tensor>> {
         match &self.vae {
             Some(v) => Ok(Some(v.decode(latents)?)),

@@ -55,6 +55,12 @@ impl VaeEncoder {
 
     /// Mean and standard deviation of the latent distribution (logvar clamped to [-30, 20]).
     pub fn forward(&self, image: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        mean_std(&self.moments(image)?)
+    }
+
+    /// The distribution's parameters as the network outputs them: mean and log-variance stacked
+    /// on the channel axis (what tiled encoding blends).
+    pub fn moments(&self, image: &Tensor) -> candle_core::Result<Tensor> {
         let mut h = self.conv_in.forward(image)?;
         for (resnets, down) in &self.blocks {
             for r in resnets {
@@ -66,14 +72,20 @@ impl VaeEncoder {
             }
         }
         h = self.mid.forward(&h)?;
-        let mut p = self.conv_out.forward(&self.conv_norm_out.forward_silu(&h)?)?;
-        if let Some(q) = &self.quant_conv {
-            p = q.forward(&p)?;
+        let p = self.conv_out.forward(&self.conv_norm_out.forward_silu(&h)?)?;
+        match &self.quant_conv {
+            Some(q) => q.forward(&p),
+            None => Ok(p),
         }
-        let c = p.dim(1)? / 2;
-        let mean = p.narrow(1, 0, c)?;
-        let logvar = p.narrow(1, c, c)?.clamp(-30f32, 20f32)?;
-        let std = (logvar * 0.5)?.exp()?;
-        Ok((mean, std))
     }
+}
+
+/// diffusers' `DiagonalGaussianDistribution`: mean and std from the moments (logvar clamped to
+/// [-30, 20]).
+pub fn mean_std(moments: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    let c = moments.dim(1)? / 2;
+    let mean = moments.narrow(1, 0, c)?;
+    let logvar = moments.narrow(1, c, c)?.clamp(-30f32, 20f32)?;
+    let std = (logvar * 0.5)?.exp()?;
+    Ok((mean, std))
 }

@@ -5,6 +5,7 @@
 mod blocks;
 pub mod decoder;
 pub mod encoder;
+pub mod tiling;
 
 use std::path::Path;
 
@@ -45,6 +46,9 @@ pub struct AutoencoderKlConfig {
     pub force_upcast: Option<bool>,
     /// Whether the mid blocks have attention; only true (the default) is supported.
     pub mid_block_add_attention: bool,
+    /// The image size the autoencoder was trained at: tiled decoding and encoding use tiles of
+    /// this side in pixels (default 32; a list takes its first entry, as diffusers does).
+    pub sample_size: serde_json::Value,
 }
 
 impl AutoencoderKlConfig {
@@ -75,7 +79,23 @@ impl AutoencoderKlConfig {
         if !self.mid_block_add_attention {
             return Err("`mid_block_add_attention` = false".into());
         }
+        if self.tile_sizes().is_none() {
+            return Err(format!("`sample_size` = {} must be a positive integer (or a list of them) of at least 2^(levels - 1)", self.sample_size));
+        }
         Ok(())
+    }
+
+    /// Tiled decoding's (image tile, latent tile) sides: `sample_size`, and that over the
+    /// autoencoder's downsampling factor (diffusers' `tile_sample_min_size`,
+    /// `tile_latent_min_size`).
+    pub fn tile_sizes(&self) -> Option<(usize, usize)> {
+        let first = match &self.sample_size {
+            serde_json::Value::Array(a) => a.first()?,
+            v => v,
+        };
+        let sample = usize::try_from(first.as_u64()?).ok().filter(|&s| (1..=1 << 20).contains(&s))?;
+        let latent = sample >> (self.block_out_channels.len().max(1) - 1);
+        (latent > 0).then_some((sample, latent))
     }
 }
 
@@ -95,6 +115,7 @@ impl Default for AutoencoderKlConfig {
             use_post_quant_conv: true,
             force_upcast: None,
             mid_block_add_attention: true,
+            sample_size: serde_json::Value::from(32),
         }
     }
 }
@@ -107,6 +128,8 @@ pub struct AutoencoderKl {
     encoder: encoder::VaeEncoder,
     /// The dtype the weights were loaded in (latents are cast to it).
     dtype: DType,
+    /// Whether large inputs are decoded and encoded in tiles ([`AutoencoderKl::set_tiling`]).
+    tiling: bool,
 }
 
 impl AutoencoderKl {
@@ -126,15 +149,46 @@ impl AutoencoderKl {
         let mismatch = |e: candle_core::Error| Error::file(&weights_path, format!("weights do not match config.json: {e}"));
         let encoder = encoder::VaeEncoder::new(vb.clone(), &config).map_err(mismatch)?;
         let decoder = decoder::VaeDecoder::new(vb, &config).map_err(mismatch)?;
-        Ok(Self { config, decoder, encoder, dtype })
+        Ok(Self { config, decoder, encoder, dtype, tiling: false })
+    }
+
+    /// diffusers' `enable_tiling` / `disable_tiling`: with tiling on, latents larger than the
+    /// latent tile (images larger than `sample_size`) are decoded (encoded) a tile at a time,
+    /// overlapping by a quarter and blended, which bounds the activation memory by one tile's.
+    pub fn set_tiling(&mut self, on: bool) {
+        self.tiling = on;
+    }
+
+    /// Whether tiling is on.
+    pub fn tiling(&self) -> bool {
+        self.tiling
+    }
+
+    /// (decoding's, encoding's) tiles, when tiling is on.
+    fn tiles(&self) -> Option<(tiling::Tiles, tiling::Tiles)> {
+        let (sample, latent) = self.config.tile_sizes().filter(|_| self.tiling)?;
+        Some((tiling::Tiles::new(latent, sample, 0.25), tiling::Tiles::new(sample, latent, 0.25)))
     }
 
     /// A generous estimate of decoding's activation memory in bytes for `batch` latents of
     /// `h x w`: the largest level's convolution patches, or the mid block's attention: its
     /// q, k, v and output at the latent size plus one block of scores (both attention paths take
     /// the scores a tile or a ~16 MB chunk at a time; counting the whole N x N matrix put a 512 px
-    /// image of a factor-2 VAE at 16 GiB, 35 times its measured peak).
+    /// image of a factor-2 VAE at 16 GiB, 35 times its measured peak). With tiling on and more
+    /// than one tile, one tile's, plus the image being assembled and a row of decoded tiles.
     pub fn decode_bytes(&self, batch: usize, h: usize, w: usize) -> u128 {
+        if let Some((tiles, _)) = self.tiles().filter(|(t, _)| t.applies(h, w)) {
+            // one tile's activations, the image being assembled and a row of decoded tiles
+            let scale = 1u128 << (self.config.block_out_channels.len() - 1);
+            let image = (batch as u128 * 12).saturating_mul(h as u128 * scale).saturating_mul(w as u128 * scale);
+            let tile_px = (tiles.tile as u128 * scale).pow(2);
+            let row = (batch as u128 * 12).saturating_mul(tile_px).saturating_mul(w.div_ceil(tiles.stride) as u128);
+            return self.untiled_decode_bytes(batch, tiles.tile, tiles.tile).saturating_add(image.saturating_mul(2)).saturating_add(row);
+        }
+        self.untiled_decode_bytes(batch, h, w)
+    }
+
+    fn untiled_decode_bytes(&self, batch: usize, h: usize, w: usize) -> u128 {
         let levels = self.config.block_out_channels.len();
         let lat_px = h as u128 * w as u128;
         let c_mid = self.config.block_out_channels.last().copied().unwrap_or(0) as u128;
@@ -154,12 +208,21 @@ impl AutoencoderKl {
         if let Some(shift) = self.config.shift_factor.filter(|&s| s != 0.0) {
             scaled = (scaled + shift)?;
         }
-        Ok(self.decoder.forward(&scaled)?)
+        let (_, _, h, w) = scaled.dims4()?;
+        match self.tiles().filter(|(t, _)| t.applies(h, w)) {
+            Some((tiles, _)) => Ok(tiles.run(&scaled, |t| self.decoder.forward(t))?),
+            None => Ok(self.decoder.forward(&scaled)?),
+        }
     }
 
     /// Image in [-1, 1] -> mean and std of the latent distribution (unscaled, as diffusers'
     /// `latent_dist`; a sample z becomes `(z - shift_factor) * scaling_factor` for the sampler).
     pub fn encode(&self, image: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok(self.encoder.forward(image)?)
+        let (_, _, h, w) = image.dims4()?;
+        let moments = match self.tiles().filter(|(_, t)| t.applies(h, w)) {
+            Some((_, tiles)) => tiles.run(image, |t| self.encoder.moments(t))?,
+            None => self.encoder.moments(image)?,
+        };
+        Ok(encoder::mean_std(&moments)?)
     }
 }
