@@ -6,8 +6,8 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::{DType, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
 use clap::Args;
 use sada::denoiser::token_cache::TokenCache;
 use sada::denoiser::{Conditioning, Denoiser, ForwardContext, TokenPlan, TokenSelection};
@@ -43,7 +43,7 @@ pub struct BenchFluxArgs {
     pub device: DeviceArgs,
 }
 
-fn timed(evals: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+pub(crate) fn timed(evals: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
     let mut times = Vec::new();
     for i in 0..=evals {
         let t = Instant::now();
@@ -68,13 +68,7 @@ pub fn run(args: &BenchFluxArgs) -> Result<()> {
     let profile = SpanTimes::install()?;
     let config = FluxTransformerConfig { num_layers: args.double, num_single_layers: args.single, guidance_embeds: true, ..Default::default() };
     let t0 = Instant::now();
-    // random weights from a VarMap, detached so candle records no backward graph
-    let weights: std::collections::HashMap<String, Tensor> = {
-        let varmap = VarMap::new();
-        FluxTransformer2DModel::new(config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
-        let data = varmap.data().lock().map_err(|_| anyhow::anyhow!("weight map poisoned"))?;
-        data.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().to_dtype(dtype)?))).collect::<Result<_>>()?
-    };
+    let weights = crate::bench_unet::random_weights(|vb| FluxTransformer2DModel::new(config.clone(), vb).map(drop), dtype, &dev)?;
     let model = FluxTransformer2DModel::new(config.clone(), VarBuilder::from_tensors(weights, dtype, &dev))?;
     let init_s = t0.elapsed().as_secs_f64();
     // the random f32 weights are gone: peak_rss_gib is the loaded model's while it evaluates

@@ -230,14 +230,18 @@ fn random_unet(config: UNet2DConditionConfig, dtype: DType, dev: &Device) -> Res
 }
 
 /// The weights `build` creates, random, detached from the VarMap that made them.
-fn random_weights(build: impl FnOnce(VarBuilder) -> sada::Result<()>, dtype: DType, dev: &Device) -> Result<std::collections::HashMap<String, Tensor>> {
+pub(crate) fn random_weights(
+    build: impl FnOnce(VarBuilder) -> sada::Result<()>,
+    dtype: DType,
+    dev: &Device,
+) -> Result<std::collections::HashMap<String, Tensor>> {
     let varmap = VarMap::new();
     build(VarBuilder::from_varmap(&varmap, DType::F32, dev))?;
     let data = varmap.data().lock().map_err(|_| anyhow::anyhow!("weight map poisoned"))?;
     data.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().to_dtype(dtype)?))).collect()
 }
 
-fn device_name(dev: &Device) -> &'static str {
+pub(crate) fn device_name(dev: &Device) -> &'static str {
     match dev {
         Device::Cpu => "cpu",
         Device::Cuda(_) => "cuda",

@@ -4,6 +4,7 @@ mod args;
 mod bench;
 mod bench_flux;
 mod bench_unet;
+mod bench_vae;
 mod control;
 mod generate;
 mod gmm;
@@ -39,6 +40,9 @@ enum Command {
     /// Time our Flux transformer at FLUX.1-dev's width with random weights, a few blocks deep:
     /// one forward and one token-pruned forward (compare with tools/bench_flux.sh)
     BenchFlux(bench_flux::BenchFluxArgs),
+    /// Time our autoencoder (SD, SDXL or Flux configuration, random weights): decoding, and
+    /// optionally encoding, an image of a size, plain or tiled (compare with tools/bench_vae.sh)
+    BenchVae(bench_vae::BenchVaeArgs),
 }
 
 /// Keep freed memory in the process: a UNet evaluation allocates and frees the same large
@@ -88,6 +92,7 @@ fn main() {
         Command::Bench(a) => bench::run(a),
         Command::BenchUnet(a) => bench_unet::run(a),
         Command::BenchFlux(a) => bench_flux::run(a),
+        Command::BenchVae(a) => bench_vae::run(a),
     };
     if let Err(e) = result {
         // One line: the chain of causes, outermost first (candle appends a backtrace on later

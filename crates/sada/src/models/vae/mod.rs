@@ -5,11 +5,13 @@
 mod blocks;
 pub mod decoder;
 pub mod encoder;
+pub mod presets;
 pub mod tiling;
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -146,9 +148,14 @@ impl AutoencoderKl {
         let config: AutoencoderKlConfig = source.read_json(&config_rel)?;
         config.validate().map_err(|msg| Error::file(&config_path, format!("unsupported config: {msg}")))?;
         let (vb, weights_path) = source.var_builder(component, "diffusion_pytorch_model", dtype, device)?;
-        let mismatch = |e: candle_core::Error| Error::file(&weights_path, format!("weights do not match config.json: {e}"));
-        let encoder = encoder::VaeEncoder::new(vb.clone(), &config).map_err(mismatch)?;
-        let decoder = decoder::VaeDecoder::new(vb, &config).map_err(mismatch)?;
+        Self::new(config, vb).map_err(|e| Error::file(&weights_path, format!("weights do not match config.json: {e}")))
+    }
+
+    /// Build from `vb` (diffusers' `vae/` key names) as a validated `config` shapes it.
+    pub fn new(config: AutoencoderKlConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let dtype = vb.dtype();
+        let encoder = encoder::VaeEncoder::new(vb.clone(), &config)?;
+        let decoder = decoder::VaeDecoder::new(vb, &config)?;
         Ok(Self { config, decoder, encoder, dtype, tiling: false })
     }
 
