@@ -337,6 +337,26 @@ fn scale_min_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
 /// largest-magnitude value over -8), Q4_K by ggml's reference search (the package has no Q4_K
 /// quantiser). `None` for the types sada does not write.
 pub fn quantize(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> Option<()> {
+    use rayon::prelude::*;
+    // blocks are independent: large tensors are quantised in parallel runs of whole blocks
+    // (Q4_K's search costs some 200 operations a value), joined in order
+    const RUN: usize = 1 << 16;
+    if values.len() > RUN && values.len().is_multiple_of(ty.block_size()) {
+        let run = RUN / ty.block_size() * ty.block_size();
+        let parts: Option<Vec<Vec<u8>>> = values
+            .par_chunks(run)
+            .map(|v| {
+                let mut part = Vec::with_capacity(ty.bytes_for(v.len()).unwrap_or(0));
+                quantize_serial(ty, v, &mut part).map(|()| part)
+            })
+            .collect();
+        parts?.iter().for_each(|p| out.extend_from_slice(p));
+        return Some(());
+    }
+    quantize_serial(ty, values, out)
+}
+
+fn quantize_serial(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> Option<()> {
     match ty {
         GgmlType::F32 => values.iter().for_each(|v| out.extend(v.to_le_bytes())),
         GgmlType::F16 => values.iter().for_each(|v| out.extend(f16::from_f32(*v).to_bits().to_le_bytes())),
@@ -547,6 +567,17 @@ mod tests {
         let mut back = vec![0f32; values.len()];
         dequantize(ty, &bytes, &mut back);
         (values.iter().zip(&back).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / values.len() as f64).sqrt()
+    }
+
+    #[test]
+    fn large_tensors_quantise_in_parallel_to_the_same_bytes() {
+        let values = crate::noise::normal_samples(5 * 65536 / 2, 9);
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::F16] {
+            let (mut parallel, mut serial) = (Vec::new(), Vec::new());
+            quantize(ty, &values, &mut parallel).unwrap();
+            quantize_serial(ty, &values, &mut serial).unwrap();
+            assert!(parallel == serial && Some(parallel.len()) == ty.bytes_for(values.len()), "{ty:?}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::rows::WeightRows;
-use super::{contiguous, gemm_parallelism, vmath};
+use super::{contiguous, gemm_parallelism, matmul, vmath, View};
 
 struct Dense<'a> {
     w: WeightRows<'a>,
@@ -39,75 +39,31 @@ impl CustomOp2 for Dense<'_> {
             out.par_chunks_mut(cout.max(1)).for_each(|r| r.copy_from_slice(b));
         }
         if rows > 0 && cout > 0 && cin > 0 {
+            // out (+)= x wᵀ: w (cout x cin, row-major) read as its cin x cout transpose
+            let wt = |cols: usize| View { offset: 0, rs: 1, cs: cols };
             match self.w.as_f32() {
-                // SAFETY (both arms): out is rows x cout, written by one product at a time
-                Some(w) => unsafe {
-                    product(out.as_mut_ptr(), x, w, (rows, cout, cin), (0, cout), (0, cin), self.has_bias, gemm_parallelism(rows * cout * cin))
-                },
+                Some(w) => matmul(
+                    &mut out,
+                    View::rows(0, cout),
+                    x,
+                    View::rows(0, cin),
+                    w,
+                    wt(cin),
+                    (rows, cout, cin),
+                    self.has_bias,
+                    gemm_parallelism(rows * cout * cin),
+                ),
                 // a weight held in blocks: piece by piece, each accumulated into its columns
-                None => self.w.for_each_piece(|p| unsafe {
-                    let work = rows * p.values.len();
-                    product(
-                        out.as_mut_ptr(),
-                        x,
-                        p.values,
-                        (rows, cout, cin),
-                        (p.rows.start, p.rows.len()),
-                        (p.cols.start, p.cols.len()),
-                        self.has_bias || p.cols.start > 0,
-                        gemm_parallelism(work),
-                    )
+                None => self.w.for_each_piece(|p| {
+                    let (n, kc) = (p.rows.len(), p.cols.len());
+                    let (dst, lhs) = (View::rows(p.rows.start, cout), View::rows(p.cols.start, cin));
+                    matmul(&mut out, dst, x, lhs, p.values, wt(kc), (rows, n, kc), self.has_bias || p.cols.start > 0, gemm_parallelism(rows * n * kc))
                 }),
             }
         }
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("checked above") = cout;
         Ok((CpuStorage::F32(out), Shape::from(shape)))
-    }
-}
-
-/// `out[:, first..first + n] (+)= x[:, k0..k0 + kc] wᵀ`, with `x` rows x cin and `w` n x kc,
-/// row-major.
-///
-/// # Safety
-/// `out` points to rows x cout writable f32 (row-major) that nothing else touches meanwhile.
-#[allow(clippy::too_many_arguments)] // the product's operands and sizes, as gemm takes them
-unsafe fn product(
-    out: *mut f32,
-    x: &[f32],
-    w: &[f32],
-    (rows, cout, cin): (usize, usize, usize),
-    (first, n): (usize, usize),
-    (k0, kc): (usize, usize),
-    accumulate: bool,
-    par: gemm::Parallelism,
-) {
-    assert!(x.len() == rows * cin && w.len() == n * kc && first + n <= cout && k0 + kc <= cin);
-    // SAFETY: with the caller's promise and the assert, every access is in bounds: dst starts
-    // at column `first` with row stride cout and covers n columns; x is read from column k0
-    // with row stride cin; w is read as its kc x n transpose (row stride 1, column stride kc).
-    unsafe {
-        gemm::gemm(
-            rows,
-            n,
-            kc,
-            out.add(first),
-            1,
-            cout as isize,
-            accumulate,
-            x.as_ptr().add(k0),
-            1,
-            cin as isize,
-            w.as_ptr(),
-            kc as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
     }
 }
 

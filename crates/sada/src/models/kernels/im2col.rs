@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::rows::WeightRows;
-use super::{contiguous, gemm_parallelism};
+use super::{contiguous, gemm_parallelism, matmul, View};
 
 /// Kernel size, stride and padding of a convolution.
 #[derive(Debug, Clone, Copy)]
@@ -64,81 +64,34 @@ impl CustomOp2 for Im2colConv<'_> {
             out.par_chunks_mut(n.max(1)).enumerate().for_each(|(row, o)| o.fill(bias[row % cout]));
         }
         let patches: &[f32] = if direct { x } else { &cols };
+        // each image's output (cout x n) (+)= kernel rows x its patches (kk x n)
         match self.flat.as_f32() {
             Some(wt) => {
                 for (img, o) in out.chunks_mut(cout * n).enumerate() {
-                    product(
-                        o,
-                        wt,
-                        &patches[img * kk * n..(img + 1) * kk * n],
-                        (cout, n, kk),
-                        (0, cout),
-                        (0, kk),
-                        self.has_bias,
-                        gemm_parallelism(cout * n * kk),
-                    );
+                    let rhs = View::rows(img * kk * n, n);
+                    matmul(o, View::rows(0, n), wt, View::rows(0, kk), patches, rhs, (cout, n, kk), self.has_bias, gemm_parallelism(cout * n * kk));
                 }
             }
             // a kernel held in blocks: piece by piece, each used for every image while cached
             None => self.flat.for_each_piece(|p| {
+                let (m, kc) = (p.rows.len(), p.cols.len());
                 for (img, o) in out.chunks_mut(cout * n).enumerate() {
-                    let rhs = &patches[img * kk * n..(img + 1) * kk * n];
-                    let work = p.values.len() * n;
-                    product(
+                    let rhs = View::rows((img * kk + p.cols.start) * n, n);
+                    matmul(
                         o,
+                        View::rows(p.rows.start * n, n),
                         p.values,
+                        View::rows(0, kc),
+                        patches,
                         rhs,
-                        (cout, n, kk),
-                        (p.rows.start, p.rows.len()),
-                        (p.cols.start, p.cols.len()),
+                        (m, n, kc),
                         self.has_bias || p.cols.start > 0,
-                        gemm_parallelism(work),
+                        gemm_parallelism(m * n * kc),
                     );
                 }
             }),
         }
         Ok((CpuStorage::F32(out), Shape::from((b, cout, oh, ow))))
-    }
-}
-
-/// `o[first..first + m, :] (+)= wt patches[k0..k0 + kc, :]`: `o` cout x n, `wt` m x kc,
-/// `patches` kk x n, row-major.
-#[allow(clippy::too_many_arguments)] // the product's operands and sizes, as gemm takes them
-fn product(
-    o: &mut [f32],
-    wt: &[f32],
-    patches: &[f32],
-    (cout, n, kk): (usize, usize, usize),
-    (first, m): (usize, usize),
-    (k0, kc): (usize, usize),
-    accumulate: bool,
-    par: gemm::Parallelism,
-) {
-    assert!(o.len() == cout * n && wt.len() == m * kc && patches.len() == kk * n && first + m <= cout && k0 + kc <= kk);
-    // SAFETY: the assert above keeps every operand in bounds: dst rows first..first + m of o,
-    // rows k0..k0 + kc of the patches.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            kc,
-            o.as_mut_ptr().add(first * n),
-            1,
-            n as isize,
-            accumulate,
-            wt.as_ptr(),
-            1,
-            kc as isize,
-            patches.as_ptr().add(k0 * n),
-            1,
-            n as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
     }
 }
 
