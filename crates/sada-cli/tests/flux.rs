@@ -83,7 +83,7 @@ fn generate_takes_a_gguf_transformer_as_the_model() {
     assert_eq!(std::fs::read(&base).unwrap(), std::fs::read(&f16).unwrap());
     let reference = latents(&base);
     let peak = reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
-    for (file, min_db) in [("flux_dev_q8_0.gguf", 40.0), ("flux_dev_q4_0.gguf", 20.0)] {
+    for (file, min_db) in [("flux_dev_q8_0.gguf", 40.0), ("flux_dev_q4_0.gguf", 20.0), ("flux_dev_q4_k.gguf", 20.0)] {
         let got = latents(&run(gguf.join(file), &format!("{file}.safetensors")));
         let mse = (&got - &reference).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap() as f64;
         let psnr = 10.0 * (peak * peak / mse).log10();
