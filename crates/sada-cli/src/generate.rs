@@ -250,6 +250,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         "compare": args.compare,
     });
     let mut decode_s = 0.0;
+    // the peak so far, to tell whether decoding raised it
+    let sampling_peak = peak_memory_gib();
     let mut outputs = Vec::new();
     match args.output_type {
         OutputType::Latent => {
@@ -296,7 +298,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         sample_s,
         args.output.display()
     );
-    let peak = peak_memory_gib().map(|g| format!(", peak memory {g:.2} GiB")).unwrap_or_default();
+    let peak = match (peak_memory_gib(), sampling_peak) {
+        (Some(all), Some(before)) if all > before + 0.005 => format!(", peak memory {all:.2} GiB ({before:.2} GiB before decoding)"),
+        (Some(all), _) => format!(", peak memory {all:.2} GiB"),
+        _ => String::new(),
+    };
     println!("time: loading {load_s:.2} s, text encoding {text_s:.2} s, sampling {sample_s:.2} s, decoding {decode_s:.2} s{peak}");
     Ok(())
 }

@@ -69,7 +69,7 @@ impl Store {
             return Ok(Store::Gguf(GgufFile::open(path)?));
         }
         let file = crate::models::weights::open_safetensors(path)?;
-        crate::models::weights::check_tensors(file.tensors(), path)?;
+        crate::models::weights::check_mapped(&file, path)?;
         Ok(Store::Safetensors(file))
     }
 
@@ -104,6 +104,7 @@ impl Store {
         let f = match self {
             Store::Safetensors(f) => {
                 let t = f.load(k, dev)?;
+                crate::models::weights::release_tensor(f, k);
                 return match rows {
                     Some((start, len)) => t.narrow(0, start, len)?.contiguous(),
                     None => Ok(t),

@@ -5,7 +5,9 @@
 //! `--clip-skip`) and SDXL the projected pooled output.
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{embedding, layer_norm, linear, linear_no_bias, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
+
+use crate::models::layers::linear::{linear, linear_no_bias, Linear};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
