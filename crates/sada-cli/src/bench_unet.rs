@@ -64,11 +64,7 @@ pub struct BenchUnetArgs {
 /// Return freed heap memory to the system and restart the peak-RSS count (Linux: glibc's
 /// malloc_trim, then `5` into /proc/self/clear_refs resets VmHWM).
 pub(crate) fn reset_peak_rss() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: malloc_trim only releases free heap pages.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::trim_heap();
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 

@@ -180,6 +180,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             text_s = start.elapsed().as_secs_f64();
             // one prompt per run: the text encoders' memory is free for sampling
             pipe.release_text_encoders();
+            crate::trim_heap();
             encoded
         }
         (None, Some(path)) => PipelineInputs::load(path, &device)?,
@@ -259,12 +260,15 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             outputs.push(stage(&args.output, |tmp| Ok(candle_core::safetensors::save(&latents, tmp)?))?);
         }
         OutputType::Pil => {
+            // sampling is over: only the decoder is kept, the denoiser's memory is free for it
+            let decoder = pipe.into_decoder();
+            crate::trim_heap();
             let start = Instant::now();
-            let image = run.image(pipe.as_ref())?;
+            let image = run.image_from(&decoder)?;
             decode_s = start.elapsed().as_secs_f64();
             let (out, settings) = match &baseline {
                 Some(base_run) => {
-                    let base = base_run.image(pipe.as_ref())?;
+                    let base = base_run.image_from(&decoder)?;
                     let f = Fidelity::of(&image, &base, None)?;
                     let speedup = run.speedup_over(base_run);
                     println!(

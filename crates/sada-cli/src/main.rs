@@ -57,6 +57,18 @@ fn keep_freed_memory() {
     }
 }
 
+/// Hand the heap's free pages back to the kernel (glibc's malloc_trim; the thresholds above
+/// keep them otherwise): after a large model is dropped, so that what follows does not grow
+/// beside its freed, fragmented memory (SDXL's decode at 1024 px after its q8_0 UNet was
+/// dropped: 1.9 GiB above the sampling peak without it).
+pub(crate) fn trim_heap() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// clap's message up to its usage block, as one line.
 fn one_line(text: &str) -> String {
     let lines: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:")).map(str::trim).collect();

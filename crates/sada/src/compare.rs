@@ -50,8 +50,16 @@ impl Run {
 
     /// The run's image (8-bit RGB), from a pipeline that decodes.
     pub fn image(&self, pipe: &dyn Pipeline) -> Result<RgbImage> {
-        let decoded = pipe.decode(&self.latents)?.ok_or_else(|| Error::param("output", "this model has no decoder (vae/), so no image can be made"))?;
-        to_rgb(&decoded)
+        Self::rgb(pipe.decode(&self.latents)?)
+    }
+
+    /// The run's image, from a pipeline's decoder alone ([`Pipeline::into_decoder`]).
+    pub fn image_from(&self, decoder: &crate::pipelines::Decoder) -> Result<RgbImage> {
+        Self::rgb(decoder.decode(&self.latents)?)
+    }
+
+    fn rgb(decoded: Option<Tensor>) -> Result<RgbImage> {
+        to_rgb(&decoded.ok_or_else(|| Error::param("output", "this model has no decoder (vae/), so no image can be made"))?)
     }
 
     /// How much faster than `baseline` this run sampled: wall-clock time, and network work

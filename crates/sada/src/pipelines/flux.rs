@@ -13,7 +13,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::inputs::PipelineInputs;
-use super::pipeline::{GenerateOptions, Pipeline, PromptCheck, PromptOptions};
+use super::pipeline::{Decoder, GenerateOptions, Pipeline, PromptCheck, PromptOptions};
 use crate::denoiser::{Conditioning, Denoiser, Guided};
 use crate::error::{Error, Result};
 use crate::family::Family;
@@ -346,6 +346,10 @@ impl Pipeline for Flux {
             Some(v) => Ok(Some(v.decode(latents)?)),
             None => Ok(None),
         }
+    }
+
+    fn into_decoder(self: Box<Self>) -> Decoder {
+        self.vae.map_or(Decoder::None, Decoder::Vae)
     }
 }
 

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::models::ModelSource;
 pub use flux::Flux;
 pub use inputs::{ControlInput, PipelineInputs};
-pub use pipeline::{validate_prompt, GenerateOptions, Pipeline, PromptCheck, PromptOptions, SizeConditioning, MAX_PROMPT_CHARS};
+pub use pipeline::{validate_prompt, Decoder, GenerateOptions, Pipeline, PromptCheck, PromptOptions, SizeConditioning, MAX_PROMPT_CHARS};
 pub use stable_diffusion::StableDiffusion;
 
 /// The `_class_name`s a `model_index.json` may give: diffusers' Stable Diffusion 1.x / 2.x and

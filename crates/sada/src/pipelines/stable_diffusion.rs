@@ -12,7 +12,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use super::inputs::{ControlInput, PipelineInputs};
-use super::pipeline::{GenerateOptions, Pipeline, PromptCheck, PromptOptions};
+use super::pipeline::{Decoder, GenerateOptions, Pipeline, PromptCheck, PromptOptions};
 use crate::denoiser::{Conditioning, Denoiser, Guided};
 use crate::error::{Error, Result};
 use crate::family::Family;
@@ -483,6 +483,14 @@ impl Pipeline for StableDiffusion {
             Some(v) => Ok(Some(v.decode(latents)?)),
             None if self.pixel_space => Ok(Some(latents.clone())),
             None => Ok(None),
+        }
+    }
+
+    fn into_decoder(self: Box<Self>) -> Decoder {
+        match self.vae {
+            Some(v) => Decoder::Vae(v),
+            None if self.pixel_space => Decoder::Pixels,
+            None => Decoder::None,
         }
     }
 }
