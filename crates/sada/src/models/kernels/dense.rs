@@ -16,7 +16,7 @@ struct Dense<'a> {
 
 /// `x`: [..., in]; `w`: [out, in] (diffusers' layout: the product reads it transposed through
 /// strides, so no transposed copy is made); `bias`: `[out]` (used only when `has_bias`). f32 CPU
-/// tensors; a weight held in blocks is widened a panel of output rows at a time.
+/// tensors; a weight held in blocks is widened piece by piece (`rows::WeightRows::for_each_piece`).
 pub fn dense(x: &Tensor, w: WeightRows<'_>, bias: &Tensor, has_bias: bool) -> candle_core::Result<Tensor> {
     x.apply_op2_no_bwd(bias, &Dense { w, has_bias })
 }

@@ -28,8 +28,8 @@ struct Im2colConv<'a> {
 }
 
 /// `x`: `[B, C, H, W]`; `flat`: `[c_out, C k k]` (rows in (c, kh, kw) order); `bias`: `[c_out]`
-/// (read only with `has_bias`). f32 CPU tensors; a kernel held in blocks is widened a panel of
-/// output channels at a time.
+/// (read only with `has_bias`). f32 CPU tensors; a kernel held in blocks is widened piece by
+/// piece (`rows::WeightRows::for_each_piece`).
 pub fn conv2d(x: &Tensor, flat: WeightRows<'_>, bias: &Tensor, has_bias: bool, geometry: Geometry) -> candle_core::Result<Tensor> {
     x.apply_op2_no_bwd(bias, &Im2colConv { flat, geometry, has_bias })
 }

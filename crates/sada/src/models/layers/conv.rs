@@ -101,7 +101,7 @@ mod tests {
     #[test]
     fn a_kernel_held_in_q8_0_convolves_as_its_widened_values() {
         let dev = Device::Cpu;
-        // 40 output channels: several panels, the last one partial; two images share each panel
+        // two images share each widened piece
         let (cin, cout) = (32, 40);
         let mut t = HashMap::new();
         t.insert("weight".to_string(), Tensor::from_vec(crate::noise::normal_samples(cout * cin * 9, 11), (cout, cin, 3, 3), &dev).unwrap());
@@ -119,5 +119,25 @@ mod tests {
             let mag = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(diff < 1e-5 * mag, "{h}x{w} stride {stride}: {diff} against {mag}");
         }
+        // im2col with a kernel of more pieces than one: a full panel of output channels and a
+        // partial one, 1440-value rows widened in chunks, each accumulated into the product
+        let (cin, cout) = (160, crate::models::kernels::rows::PANEL_ROWS + 6);
+        let scale = 1.0 / ((cin * 9) as f64).sqrt();
+        let mut t = HashMap::new();
+        t.insert("weight".to_string(), (Tensor::from_vec(crate::noise::normal_samples(cout * cin * 9, 14), (cout, cin, 3, 3), &dev).unwrap() * scale).unwrap());
+        t.insert("bias".to_string(), Tensor::from_vec(crate::noise::normal_samples(cout, 15), cout, &dev).unwrap());
+        let conv = conv2d(VarBuilder::from_tensors(t, DType::F32, &dev), cin, cout, 3, 1, 1).unwrap();
+        let pieces = conv.weight.with_rows(|r| {
+            let mut n = 0;
+            r.for_each_piece(|_| n += 1);
+            Ok(n)
+        });
+        assert!(pieces.unwrap() > 3, "the kernel is more than one panel and chunk");
+        let x = Tensor::from_vec(crate::noise::normal_samples(2 * cin * 9 * 10, 16), (2, cin, 9, 10), &dev).unwrap();
+        let reference = Conv2d::new(conv.weight.f32().unwrap(), conv.bias.clone(), Conv2dConfig { padding: 1, stride: 1, ..Default::default() });
+        let (ours, theirs) = (conv.forward(&x).unwrap(), reference.forward(&x).unwrap());
+        let diff = (ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let mag = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5 * mag, "{cout} channels: {diff} against {mag}");
     }
 }

@@ -124,16 +124,26 @@ mod tests {
     #[test]
     fn weights_held_packed_give_the_product_of_their_widened_values() {
         let dev = Device::Cpu;
-        // 100 output rows: panels of 64 and a partial one of 36 on two threads
-        let w = Tensor::from_vec(crate::noise::normal_samples(100 * 64, 8), (100, 64), &dev).unwrap();
-        let b = Tensor::from_vec(crate::noise::normal_samples(100, 9), 100, &dev).unwrap();
-        let x = Tensor::from_vec(crate::noise::normal_samples(5 * 64, 10), (5, 64), &dev).unwrap();
+        // a full panel of rows and a partial one, 2048 inputs: the full panel's rows are widened
+        // in four chunks along the inputs, each accumulated into the product (fan-in scaled, so
+        // the outputs stay of order one)
+        let (cout, cin) = (crate::models::kernels::rows::PANEL_ROWS + 76, 2048);
+        let scale = 1.0 / (cin as f64).sqrt();
+        let w = (Tensor::from_vec(crate::noise::normal_samples(cout * cin, 8), (cout, cin), &dev).unwrap() * scale).unwrap();
+        let b = Tensor::from_vec(crate::noise::normal_samples(cout, 9), cout, &dev).unwrap();
+        let x = Tensor::from_vec(crate::noise::normal_samples(5 * cin, 10), (5, cin), &dev).unwrap();
         let exact = Linear::new(w.clone(), Some(b.clone())).unwrap().forward(&x).unwrap();
         for ty in [crate::models::layers::weight::WeightType::F16, crate::models::layers::weight::WeightType::Q8_0] {
             let _g = crate::models::layers::weight::at_rest(ty);
             let l = Linear::new(w.clone(), Some(b.clone())).unwrap();
             let Linear::Fused { w: packed, .. } = &l else { panic!("not fused") };
             assert!(matches!(packed, Weight::Packed(_)), "{ty:?}");
+            let pieces = packed.with_rows(|r| {
+                let mut n = 0;
+                r.for_each_piece(|_| n += 1);
+                Ok(n)
+            });
+            assert_eq!(pieces.unwrap(), 5, "{ty:?}: four chunks of the full panel, one of the partial");
             // the same product as an f32 layer of the widened weight
             let widened = packed.f32().unwrap();
             let want = candle_nn::Linear::new(widened, Some(b.clone())).forward(&x).unwrap();

@@ -1,6 +1,7 @@
-//! Weights kept at rest in a smaller type (`--weights f16|bf16|q8_0|q4_0|q4_k`) and widened to f32 a
-//! panel of rows at a time inside the CPU kernels (`kernels::rows`), so a model holds about
-//! half (f16, bf16) or 0.27 (q8_0) of its f32 bytes, and the compute stays f32 on the CPU.
+//! Weights kept at rest in a smaller type (`--weights f16|bf16|q8_0|q4_0|q4_k`) and widened to
+//! f32 a piece at a time inside the CPU kernels (`kernels::rows`), so a model holds about half
+//! (f16, bf16), 0.27 (q8_0) or 0.14 (q4_0, q4_k) of its f32 bytes, and the compute stays f32 on
+//! the CPU.
 //!
 //! The type is chosen where a model is loaded, but the layers are built deep inside
 //! `VarBuilder` calls that cannot carry it; so loading runs inside [`at_rest`], which sets it
@@ -165,7 +166,7 @@ impl Weight {
     }
 
     /// Run `f` on the weight as the CPU kernels read it: `[first axis, the rest]` rows, f32 in
-    /// place or blocks the kernel widens a panel at a time.
+    /// place or blocks the kernel widens a piece at a time.
     pub fn with_rows<R>(&self, f: impl FnOnce(WeightRows<'_>) -> candle_core::Result<R>) -> candle_core::Result<R> {
         match self {
             Weight::F32(t) => {
