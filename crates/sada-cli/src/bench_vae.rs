@@ -75,7 +75,11 @@ pub fn run(args: &BenchVaeArgs) -> Result<()> {
     let (b, l) = (args.batch, args.size / 8);
     let latents = Tensor::randn(0f32, 1f32, (b, config.latent_channels, l, l), &dev)?.to_dtype(dtype)?;
     let label = format!("{name}, {}, {dtype:?}{}", crate::bench_unet::device_name(&dev), if args.tiling { ", tiled" } else { "" });
-    let (mean, min) = timed(args.evals, || vae.decode(&latents).map(drop).map_err(Into::into))?;
+    // GPU work is queued: each call is timed to completion
+    let (mean, min) = timed(args.evals, || {
+        drop(vae.decode(&latents)?);
+        Ok(dev.synchronize()?)
+    })?;
     println!(
         "{{\"impl\": \"sada (candle)\", \"config\": \"{label}\", \"op\": \"decode\", \"size\": {}, \"batch\": {b}, \"s_per_call\": {mean:.4}, \"min\": {min:.4}, \"peak_rss_gib\": {:.2}, \"init_s\": {init_s:.1}}}",
         args.size,
@@ -84,7 +88,10 @@ pub fn run(args: &BenchVaeArgs) -> Result<()> {
     if args.encode {
         reset_peak_rss();
         let image = Tensor::rand(-1f32, 1f32, (b, 3, args.size, args.size), &dev)?.to_dtype(dtype)?;
-        let (mean, min) = timed(args.evals, || vae.encode(&image).map(drop).map_err(Into::into))?;
+        let (mean, min) = timed(args.evals, || {
+            drop(vae.encode(&image)?);
+            Ok(dev.synchronize()?)
+        })?;
         println!(
             "{{\"impl\": \"sada (candle)\", \"config\": \"{label}\", \"op\": \"encode\", \"size\": {}, \"batch\": {b}, \"s_per_call\": {mean:.4}, \"min\": {min:.4}, \"peak_rss_gib\": {:.2}}}",
             args.size,

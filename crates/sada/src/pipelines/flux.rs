@@ -342,14 +342,11 @@ impl Pipeline for Flux {
     }
 
     fn decode(&self, latents: &Tensor) -> Result<Option<Tensor>> {
-        match &self.vae {
-            Some(v) => Ok(Some(v.decode(latents)?)),
-            None => Ok(None),
-        }
+        super::pipeline::decode_latents(self.vae.as_ref(), false, latents)
     }
 
     fn into_decoder(self: Box<Self>) -> Decoder {
-        self.vae.map_or(Decoder::None, Decoder::Vae)
+        Decoder { vae: self.vae, pixel_space: false }
     }
 }
 

@@ -72,23 +72,27 @@ pub struct PromptCheck {
 }
 
 /// What turns a pipeline's latents into images, on its own ([`Pipeline::into_decoder`]).
-pub enum Decoder {
-    /// The autoencoder's decoder.
-    Vae(crate::models::vae::AutoencoderKl),
+pub struct Decoder {
+    /// The autoencoder, if the model has one.
+    pub vae: Option<crate::models::vae::AutoencoderKl>,
     /// A pixel-space model: the latents are the image.
-    Pixels,
-    /// No decoder (a folder without `vae/`).
-    None,
+    pub pixel_space: bool,
 }
 
 impl Decoder {
     /// Latents to an image tensor in [-1, 1], as [`Pipeline::decode`] (None without a decoder).
     pub fn decode(&self, latents: &Tensor) -> Result<Option<Tensor>> {
-        match self {
-            Decoder::Vae(v) => Ok(Some(v.decode(latents)?)),
-            Decoder::Pixels => Ok(Some(latents.clone())),
-            Decoder::None => Ok(None),
-        }
+        decode_latents(self.vae.as_ref(), self.pixel_space, latents)
+    }
+}
+
+/// The one decoding rule of every pipeline and [`Decoder`]: through the autoencoder when there is
+/// one, the latents themselves for a pixel-space model, else nothing.
+pub(crate) fn decode_latents(vae: Option<&crate::models::vae::AutoencoderKl>, pixel_space: bool, latents: &Tensor) -> Result<Option<Tensor>> {
+    match vae {
+        Some(v) => Ok(Some(v.decode(latents)?)),
+        None if pixel_space => Ok(Some(latents.clone())),
+        None => Ok(None),
     }
 }
 

@@ -479,18 +479,10 @@ impl Pipeline for StableDiffusion {
     }
 
     fn decode(&self, latents: &Tensor) -> Result<Option<Tensor>> {
-        match &self.vae {
-            Some(v) => Ok(Some(v.decode(latents)?)),
-            None if self.pixel_space => Ok(Some(latents.clone())),
-            None => Ok(None),
-        }
+        super::pipeline::decode_latents(self.vae.as_ref(), self.pixel_space, latents)
     }
 
     fn into_decoder(self: Box<Self>) -> Decoder {
-        match self.vae {
-            Some(v) => Decoder::Vae(v),
-            None if self.pixel_space => Decoder::Pixels,
-            None => Decoder::None,
-        }
+        Decoder { vae: self.vae, pixel_space: self.pixel_space }
     }
 }
