@@ -7,7 +7,7 @@ use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use sada::models::hub::HubOptions;
 use sada::models::layers::weight::{at_rest, AtRest, WeightType};
-use sada::models::ModelRef;
+use sada::models::{ModelRef, ModelSource};
 use sada::pipelines::{default_model, load_pipeline, Pipeline, PromptOptions};
 use sada::policy::{Acceleration, SadaConfig};
 use sada::solvers::SolverKind;
@@ -147,15 +147,32 @@ pub struct ModelArgs {
 /// The model `args` names, or the embedded default model when none is given, and the name to
 /// report.
 pub fn load_model(args: &ModelArgs, dtype: DType, device: &Device) -> anyhow::Result<(Box<dyn Pipeline>, String)> {
-    let Some(model) = args.model.as_deref() else {
+    let Some((source, model)) = model_source(args)? else {
         let pipe = default_model::load_in(dtype, device).context("loading the embedded default model")?;
         return Ok((Box::new(pipe), default_model::NAME.to_string()));
     };
+    if args.model.as_deref().and_then(ModelRef::parse).is_some_and(|r| r.is_hub()) {
+        // a cached snapshot can lack files (an interrupted download): name the id, not only the path
+        let opts = args.hub_options();
+        let pipe = load_pipeline(source, dtype, device).with_context(|| format!("--model {model} (revision {})", opts.revision()))?;
+        return Ok((pipe, model));
+    }
+    Ok((load_pipeline(source, dtype, device)?, model))
+}
+
+/// Where the files of the model `args` names come from, and the name to report; None for the
+/// embedded default (no --model).
+pub fn model_source(args: &ModelArgs) -> anyhow::Result<Option<(ModelSource, String)>> {
+    let Some(model) = args.model.as_deref() else { return Ok(None) };
     let Some(model_ref) = ModelRef::parse(model) else {
         bail!("--model {model}: no such folder or file, and not a Hugging Face id (org/name)");
     };
     let opts = args.hub_options();
-    let (source, model) = match &args.denoiser {
+    if !model_ref.is_hub() && args.revision.is_some() {
+        // a local folder named like an id (org/name) is the folder: a revision cannot apply
+        bail!("--revision applies to a Hugging Face id, not to the local folder or file {model}");
+    }
+    Ok(Some(match &args.denoiser {
         Some(file) => {
             if !file.is_file() {
                 bail!("--denoiser {}: no such file", file.display());
@@ -163,18 +180,7 @@ pub fn load_model(args: &ModelArgs, dtype: DType, device: &Device) -> anyhow::Re
             (model_ref.pipeline_source_with_denoiser(&opts, file)?, format!("{model} + {}", file.display()))
         }
         None => (model_ref.pipeline_source(&opts)?, model.to_owned()),
-    };
-    let model = model.as_str();
-    if model_ref.is_hub() {
-        // a cached snapshot can lack files (an interrupted download): name the id, not only the path
-        let pipe = load_pipeline(source, dtype, device).with_context(|| format!("--model {model} (revision {})", opts.revision()))?;
-        return Ok((pipe, model.to_owned()));
-    }
-    if args.revision.is_some() {
-        // a local folder named like an id (org/name) is the folder: a revision cannot apply
-        bail!("--revision applies to a Hugging Face id, not to the local folder or file {model}");
-    }
-    Ok((load_pipeline(source, dtype, device)?, model.to_owned()))
+    }))
 }
 
 impl ModelArgs {

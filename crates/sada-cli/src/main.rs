@@ -6,6 +6,7 @@ mod bench_flux;
 mod bench_unet;
 mod bench_vae;
 mod control;
+mod convert;
 mod generate;
 mod gmm;
 mod output;
@@ -43,6 +44,11 @@ enum Command {
     /// Time our autoencoder (SD, SDXL or Flux configuration, random weights): decoding, and
     /// optionally encoding, an image of a size, plain or tiled (compare with tools/bench_vae.sh)
     BenchVae(bench_vae::BenchVaeArgs),
+    /// Write a model (folder, single file, GGUF or id) as one file in the original single-file
+    /// layout: GGUF with f16 / q8_0 / q4 weights (stable-diffusion.cpp, ComfyUI-GGUF, sada's
+    /// --denoiser), or f16 / bf16 / f32 safetensors; the denoiser alone, or with --all the whole
+    /// Stable Diffusion checkpoint
+    Convert(convert::ConvertArgs),
 }
 
 /// Keep freed memory in the process: a UNet evaluation allocates and frees the same large
@@ -105,6 +111,7 @@ fn main() {
         Command::BenchUnet(a) => bench_unet::run(a),
         Command::BenchFlux(a) => bench_flux::run(a),
         Command::BenchVae(a) => bench_vae::run(a),
+        Command::Convert(a) => convert::run(a),
     };
     if let Err(e) = result {
         // One line: the chain of causes, outermost first (candle appends a backtrace on later

@@ -5,6 +5,7 @@
 //! calling side decides what runs there (see `denoiser::ForwardContext`).
 
 pub mod controlnet;
+pub mod convert;
 pub mod flux;
 pub mod gguf;
 pub mod hub;

@@ -24,11 +24,11 @@ use serde_json::{json, Value};
 use crate::error::{Error, Result};
 use crate::family::Architecture;
 
-const UNET: &str = "model.diffusion_model.";
+pub(crate) const UNET: &str = "model.diffusion_model.";
 
 /// How a diffusers tensor is made from the file's.
 #[derive(Debug, Clone)]
-enum Source {
+pub(crate) enum Source {
     Same(String),
     /// Rows `part`/`parts` of a fused tensor (OpenCLIP's in_proj into q, k, v).
     Rows(String, usize, usize),
@@ -45,7 +45,7 @@ enum Source {
 
 impl Source {
     /// The file's tensor this one is made from.
-    fn key(&self) -> &str {
+    pub(crate) fn key(&self) -> &str {
         match self {
             Source::Same(k) | Source::Rows(k, ..) | Source::Transpose(k) | Source::Squeeze(k) | Source::Narrow(k, ..) | Source::SwapHalves(k) => k,
         }
@@ -333,115 +333,11 @@ impl Checkpoint {
         Ok(ck)
     }
 
-    /// A FLUX.1 transformer in Black Forest Labs' layout (`flux1-dev.safetensors`), keys under
-    /// `prefix`: renamed as diffusers' `convert_flux_transformer_checkpoint_to_diffusers` does
-    /// (fused projections split, the final modulation's halves swapped); the configuration is
-    /// read from the shapes instead of assumed (diffusers fixes the width at FLUX.1's 3072).
+    /// A FLUX.1 transformer in Black Forest Labs' layout (`flux1-dev.safetensors`, city96's
+    /// GGUF files), keys under `prefix` ([`flux_map`]), with its scheduler's configuration.
     fn open_flux(path: &Path, file: Store, keys: &BTreeSet<String>, shapes_of: &HashMap<String, Vec<usize>>, prefix: &str) -> Result<Self> {
-        let err = |m: String| Error::file(path, m);
-        // axis `axis` of the `rank`-d weight `k`
-        let dim_of = |k: &str, rank: usize, axis: usize| -> Result<usize> {
-            let key = format!("{prefix}{k}");
-            let shape = shapes_of.get(&key).ok_or_else(|| err(format!("no `{key}`: not a complete FLUX.1 transformer")))?;
-            axis_of(&key, shape, rank, axis).map_err(err)
-        };
-        let count =
-            |block: &str| keys.iter().filter_map(|k| k.strip_prefix(prefix)?.strip_prefix(block).and_then(index_rest).map(|(i, _)| i)).collect::<BTreeSet<_>>();
-        let (double, single) = (count("double_blocks."), count("single_blocks."));
-        for (name, set) in [("double_blocks", &double), ("single_blocks", &single)] {
-            if set.iter().enumerate().any(|(i, &b)| i != b) {
-                return Err(err(format!("{name} are not numbered 0..{}", set.len())));
-            }
-        }
-        let (dim, in_channels) = (dim_of("img_in.weight", 2, 0)?, dim_of("img_in.weight", 2, 1)?);
-        let norm = if double.is_empty() { "single_blocks.0.norm.query_norm.scale" } else { "double_blocks.0.img_attn.norm.query_norm.scale" };
-        let head_dim = dim_of(norm, 1, 0)?;
-        if head_dim == 0 || dim % head_dim != 0 || head_dim % 16 != 0 {
-            return Err(err(format!("a head dimension of {head_dim} for a width of {dim}: expected a multiple of 16 dividing the width")));
-        }
-        let guidance = keys.contains(&format!("{prefix}guidance_in.in_layer.weight"));
-        let config = json!({
-            "_class_name": "FluxTransformer2DModel",
-            "patch_size": 1,
-            "in_channels": in_channels,
-            "num_layers": double.len(),
-            "num_single_layers": single.len(),
-            "attention_head_dim": head_dim,
-            "num_attention_heads": dim / head_dim,
-            "joint_attention_dim": dim_of("txt_in.weight", 2, 1)?,
-            "pooled_projection_dim": dim_of("vector_in.in_layer.weight", 2, 1)?,
-            "guidance_embeds": guidance,
-            // FLUX.1's split of a head over (text, row, column): 16, 56, 56 of 128 (a head is a
-            // multiple of 16)
-            "axes_dims_rope": [head_dim / 8, head_dim / 16 * 7, head_dim / 16 * 7],
-        });
-        let mut map = HashMap::new();
-        let mut put = |to: String, from: &str| {
-            for t in ["weight", "bias"] {
-                let k = format!("{prefix}{from}.{t}");
-                if keys.contains(&k) {
-                    map.insert(format!("{to}.{t}"), Source::Same(k));
-                }
-            }
-        };
-        put("x_embedder".into(), "img_in");
-        put("context_embedder".into(), "txt_in");
-        for (to, from) in [("timestep_embedder", "time_in"), ("text_embedder", "vector_in"), ("guidance_embedder", "guidance_in")] {
-            put(format!("time_text_embed.{to}.linear_1"), &format!("{from}.in_layer"));
-            put(format!("time_text_embed.{to}.linear_2"), &format!("{from}.out_layer"));
-        }
-        put("proj_out".into(), "final_layer.linear");
-        for &i in &double {
-            let (d, b) = (format!("transformer_blocks.{i}"), format!("double_blocks.{i}"));
-            put(format!("{d}.norm1.linear"), &format!("{b}.img_mod.lin"));
-            put(format!("{d}.norm1_context.linear"), &format!("{b}.txt_mod.lin"));
-            put(format!("{d}.attn.to_out.0"), &format!("{b}.img_attn.proj"));
-            put(format!("{d}.attn.to_add_out"), &format!("{b}.txt_attn.proj"));
-            put(format!("{d}.ff.net.0.proj"), &format!("{b}.img_mlp.0"));
-            put(format!("{d}.ff.net.2"), &format!("{b}.img_mlp.2"));
-            put(format!("{d}.ff_context.net.0.proj"), &format!("{b}.txt_mlp.0"));
-            put(format!("{d}.ff_context.net.2"), &format!("{b}.txt_mlp.2"));
-        }
-        for &i in &single {
-            let (d, b) = (format!("single_transformer_blocks.{i}"), format!("single_blocks.{i}"));
-            put(format!("{d}.norm.linear"), &format!("{b}.modulation.lin"));
-            put(format!("{d}.proj_out"), &format!("{b}.linear2"));
-        }
-        let scale = |k: String| Source::Same(format!("{prefix}{k}"));
-        for &i in &double {
-            let (d, b) = (format!("transformer_blocks.{i}.attn"), format!("double_blocks.{i}"));
-            for (stream, names) in [("img", ["to_q", "to_k", "to_v"]), ("txt", ["add_q_proj", "add_k_proj", "add_v_proj"])] {
-                for (part, n) in names.iter().enumerate() {
-                    for t in ["weight", "bias"] {
-                        map.insert(format!("{d}.{n}.{t}"), Source::Rows(format!("{prefix}{b}.{stream}_attn.qkv.{t}"), part, 3));
-                    }
-                }
-            }
-            map.insert(format!("{d}.norm_q.weight"), scale(format!("{b}.img_attn.norm.query_norm.scale")));
-            map.insert(format!("{d}.norm_k.weight"), scale(format!("{b}.img_attn.norm.key_norm.scale")));
-            map.insert(format!("{d}.norm_added_q.weight"), scale(format!("{b}.txt_attn.norm.query_norm.scale")));
-            map.insert(format!("{d}.norm_added_k.weight"), scale(format!("{b}.txt_attn.norm.key_norm.scale")));
-        }
-        for &i in &single {
-            let (d, b) = (format!("single_transformer_blocks.{i}"), format!("single_blocks.{i}"));
-            let rows = dim_of(&format!("{b}.linear1.weight"), 2, 0)?;
-            if dim.checked_mul(7) != Some(rows) {
-                return Err(err(format!("`{b}.linear1.weight` has {rows} rows, expected q, k, v and a 4x MLP: {}", dim.saturating_mul(7))));
-            }
-            for (n, start, len) in [("attn.to_q", 0, dim), ("attn.to_k", dim, dim), ("attn.to_v", 2 * dim, dim), ("proj_mlp", 3 * dim, 4 * dim)] {
-                for t in ["weight", "bias"] {
-                    map.insert(format!("{d}.{n}.{t}"), Source::Narrow(format!("{prefix}{b}.linear1.{t}"), start, len));
-                }
-            }
-            map.insert(format!("{d}.attn.norm_q.weight"), scale(format!("{b}.norm.query_norm.scale")));
-            map.insert(format!("{d}.attn.norm_k.weight"), scale(format!("{b}.norm.key_norm.scale")));
-        }
-        for t in ["weight", "bias"] {
-            map.insert(format!("norm_out.linear.{t}"), Source::SwapHalves(format!("{prefix}final_layer.adaLN_modulation.1.{t}")));
-        }
-        if let Some((name, src)) = map.iter().find(|(_, src)| !keys.contains(src.key())) {
-            return Err(err(format!("no `{}` (for {name}): not a complete FLUX.1 transformer", src.key())));
-        }
+        let (map, config) = flux_map(keys, shapes_of, prefix).map_err(|m| Error::file(path, m))?;
+        let guidance = config["guidance_embeds"].as_bool().unwrap_or(false);
         let maps: HashMap<String, HashMap<String, Source>> = [("transformer".to_string(), map)].into_iter().collect();
         let shapes = diffusers_shapes(&maps, shapes_of);
         let scheduler = if guidance {
@@ -480,6 +376,11 @@ impl Checkpoint {
     /// The diffusers names of `component`'s tensors (the fuzz entry loads each).
     pub(crate) fn tensor_names(&self, component: &str) -> Vec<String> {
         self.maps.get(component).map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The diffusers names and shapes of `component`'s tensors.
+    pub(crate) fn tensor_shapes(&self, component: &str) -> Vec<(String, Vec<usize>)> {
+        self.shapes.get(component).map(|m| m.iter().map(|(n, d)| (n.clone(), d.shape.clone())).collect()).unwrap_or_default()
     }
 
     fn shape(&self, comp: &str, name: &str) -> std::result::Result<&Dims, String> {
@@ -588,6 +489,121 @@ impl Checkpoint {
         }
         Ok(c)
     }
+}
+
+/// A FLUX.1 transformer's tensors in Black Forest Labs' layout, keys under `prefix`: diffusers'
+/// names as `convert_flux_transformer_checkpoint_to_diffusers` makes them (fused projections
+/// split, the final modulation's halves swapped), and the config.json read from the shapes
+/// (diffusers fixes the width at FLUX.1's 3072).
+pub(crate) fn flux_map(
+    keys: &BTreeSet<String>,
+    shapes_of: &HashMap<String, Vec<usize>>,
+    prefix: &str,
+) -> std::result::Result<(HashMap<String, Source>, Value), String> {
+    // axis `axis` of the `rank`-d weight `k`
+    let dim_of = |k: &str, rank: usize, axis: usize| -> std::result::Result<usize, String> {
+        let key = format!("{prefix}{k}");
+        let shape = shapes_of.get(&key).ok_or_else(|| format!("no `{key}`: not a complete FLUX.1 transformer"))?;
+        axis_of(&key, shape, rank, axis)
+    };
+    let count =
+        |block: &str| keys.iter().filter_map(|k| k.strip_prefix(prefix)?.strip_prefix(block).and_then(index_rest).map(|(i, _)| i)).collect::<BTreeSet<_>>();
+    let (double, single) = (count("double_blocks."), count("single_blocks."));
+    for (name, set) in [("double_blocks", &double), ("single_blocks", &single)] {
+        if set.iter().enumerate().any(|(i, &b)| i != b) {
+            return Err(format!("{name} are not numbered 0..{}", set.len()));
+        }
+    }
+    let (dim, in_channels) = (dim_of("img_in.weight", 2, 0)?, dim_of("img_in.weight", 2, 1)?);
+    let norm = if double.is_empty() { "single_blocks.0.norm.query_norm.scale" } else { "double_blocks.0.img_attn.norm.query_norm.scale" };
+    let head_dim = dim_of(norm, 1, 0)?;
+    if head_dim == 0 || dim % head_dim != 0 || head_dim % 16 != 0 {
+        return Err(format!("a head dimension of {head_dim} for a width of {dim}: expected a multiple of 16 dividing the width"));
+    }
+    let guidance = keys.contains(&format!("{prefix}guidance_in.in_layer.weight"));
+    let config = json!({
+        "_class_name": "FluxTransformer2DModel",
+        "patch_size": 1,
+        "in_channels": in_channels,
+        "num_layers": double.len(),
+        "num_single_layers": single.len(),
+        "attention_head_dim": head_dim,
+        "num_attention_heads": dim / head_dim,
+        "joint_attention_dim": dim_of("txt_in.weight", 2, 1)?,
+        "pooled_projection_dim": dim_of("vector_in.in_layer.weight", 2, 1)?,
+        "guidance_embeds": guidance,
+        // FLUX.1's split of a head over (text, row, column): 16, 56, 56 of 128 (a head is a
+        // multiple of 16)
+        "axes_dims_rope": [head_dim / 8, head_dim / 16 * 7, head_dim / 16 * 7],
+    });
+    let mut map = HashMap::new();
+    let mut put = |to: String, from: &str| {
+        for t in ["weight", "bias"] {
+            let k = format!("{prefix}{from}.{t}");
+            if keys.contains(&k) {
+                map.insert(format!("{to}.{t}"), Source::Same(k));
+            }
+        }
+    };
+    put("x_embedder".into(), "img_in");
+    put("context_embedder".into(), "txt_in");
+    for (to, from) in [("timestep_embedder", "time_in"), ("text_embedder", "vector_in"), ("guidance_embedder", "guidance_in")] {
+        put(format!("time_text_embed.{to}.linear_1"), &format!("{from}.in_layer"));
+        put(format!("time_text_embed.{to}.linear_2"), &format!("{from}.out_layer"));
+    }
+    put("proj_out".into(), "final_layer.linear");
+    for &i in &double {
+        let (d, b) = (format!("transformer_blocks.{i}"), format!("double_blocks.{i}"));
+        put(format!("{d}.norm1.linear"), &format!("{b}.img_mod.lin"));
+        put(format!("{d}.norm1_context.linear"), &format!("{b}.txt_mod.lin"));
+        put(format!("{d}.attn.to_out.0"), &format!("{b}.img_attn.proj"));
+        put(format!("{d}.attn.to_add_out"), &format!("{b}.txt_attn.proj"));
+        put(format!("{d}.ff.net.0.proj"), &format!("{b}.img_mlp.0"));
+        put(format!("{d}.ff.net.2"), &format!("{b}.img_mlp.2"));
+        put(format!("{d}.ff_context.net.0.proj"), &format!("{b}.txt_mlp.0"));
+        put(format!("{d}.ff_context.net.2"), &format!("{b}.txt_mlp.2"));
+    }
+    for &i in &single {
+        let (d, b) = (format!("single_transformer_blocks.{i}"), format!("single_blocks.{i}"));
+        put(format!("{d}.norm.linear"), &format!("{b}.modulation.lin"));
+        put(format!("{d}.proj_out"), &format!("{b}.linear2"));
+    }
+    let scale = |k: String| Source::Same(format!("{prefix}{k}"));
+    for &i in &double {
+        let (d, b) = (format!("transformer_blocks.{i}.attn"), format!("double_blocks.{i}"));
+        for (stream, names) in [("img", ["to_q", "to_k", "to_v"]), ("txt", ["add_q_proj", "add_k_proj", "add_v_proj"])] {
+            for (part, n) in names.iter().enumerate() {
+                for t in ["weight", "bias"] {
+                    map.insert(format!("{d}.{n}.{t}"), Source::Rows(format!("{prefix}{b}.{stream}_attn.qkv.{t}"), part, 3));
+                }
+            }
+        }
+        map.insert(format!("{d}.norm_q.weight"), scale(format!("{b}.img_attn.norm.query_norm.scale")));
+        map.insert(format!("{d}.norm_k.weight"), scale(format!("{b}.img_attn.norm.key_norm.scale")));
+        map.insert(format!("{d}.norm_added_q.weight"), scale(format!("{b}.txt_attn.norm.query_norm.scale")));
+        map.insert(format!("{d}.norm_added_k.weight"), scale(format!("{b}.txt_attn.norm.key_norm.scale")));
+    }
+    for &i in &single {
+        let (d, b) = (format!("single_transformer_blocks.{i}"), format!("single_blocks.{i}"));
+        let rows = dim_of(&format!("{b}.linear1.weight"), 2, 0)?;
+        if dim.checked_mul(7) != Some(rows) {
+            return Err(format!("`{b}.linear1.weight` has {rows} rows, expected q, k, v and a 4x MLP: {}", dim.saturating_mul(7)));
+        }
+        for (n, start, len) in [("attn.to_q", 0, dim), ("attn.to_k", dim, dim), ("attn.to_v", 2 * dim, dim), ("proj_mlp", 3 * dim, 4 * dim)] {
+            for t in ["weight", "bias"] {
+                map.insert(format!("{d}.{n}.{t}"), Source::Narrow(format!("{prefix}{b}.linear1.{t}"), start, len));
+            }
+        }
+        map.insert(format!("{d}.attn.norm_q.weight"), scale(format!("{b}.norm.query_norm.scale")));
+        map.insert(format!("{d}.attn.norm_k.weight"), scale(format!("{b}.norm.key_norm.scale")));
+    }
+    for t in ["weight", "bias"] {
+        map.insert(format!("norm_out.linear.{t}"), Source::SwapHalves(format!("{prefix}final_layer.adaLN_modulation.1.{t}")));
+    }
+    if let Some((name, src)) = map.iter().find(|(_, src)| !keys.contains(src.key())) {
+        return Err(format!("no `{}` (for {name}): not a complete FLUX.1 transformer", src.key()));
+    }
+    Ok((map, config))
 }
 
 /// The scheduler configuration each family ships (diffusers' repos for SD-1.5, SD-2.1, SDXL).
@@ -705,7 +721,7 @@ fn unet_config(shapes: &HashMap<String, Dims>, upcast_attention: bool) -> std::r
 
 /// `model.diffusion_model.*` (or a ControlNet's `control_model.*`: `prefix`) -> diffusers' UNet
 /// names (names only; no tensor changes shape).
-fn unet_map(keys: &BTreeSet<String>, prefix: &str) -> std::result::Result<HashMap<String, Source>, String> {
+pub(crate) fn unet_map(keys: &BTreeSet<String>, prefix: &str) -> std::result::Result<HashMap<String, Source>, String> {
     let body: Vec<&str> = keys.iter().filter_map(|k| k.strip_prefix(prefix)).collect();
     let n_in = 1 + body.iter().filter_map(|k| k.strip_prefix("input_blocks.").and_then(index_rest).map(|(n, _)| n)).max().ok_or("no input_blocks")?;
     let ops: Vec<usize> =
@@ -765,7 +781,7 @@ fn unet_map(keys: &BTreeSet<String>, prefix: &str) -> std::result::Result<HashMa
 }
 
 /// `first_stage_model.*` -> diffusers' AutoencoderKL names.
-fn vae_map(keys: &BTreeSet<String>, prefix: &str, shapes: &HashMap<String, Vec<usize>>) -> std::result::Result<HashMap<String, Source>, String> {
+pub(crate) fn vae_map(keys: &BTreeSet<String>, prefix: &str, shapes: &HashMap<String, Vec<usize>>) -> std::result::Result<HashMap<String, Source>, String> {
     let body: Vec<(&String, &str)> = keys.iter().filter_map(|k| Some((k, k.strip_prefix(prefix)?))).collect();
     let levels = 1 + body.iter().filter_map(|(_, k)| k.strip_prefix("encoder.down.").and_then(index_rest).map(|(n, _)| n)).max().ok_or("no encoder.down")?;
     let mut map = HashMap::new();
@@ -826,7 +842,7 @@ fn vae_map(keys: &BTreeSet<String>, prefix: &str, shapes: &HashMap<String, Vec<u
 }
 
 /// OpenAI CLIP (already named as transformers names it): the prefix stripped.
-fn clip_map(keys: &BTreeSet<String>, prefix: &str) -> HashMap<String, Source> {
+pub(crate) fn clip_map(keys: &BTreeSet<String>, prefix: &str) -> HashMap<String, Source> {
     keys.iter()
         .filter_map(|k| Some((k, k.strip_prefix(prefix)?)))
         .filter(|(_, k)| !k.ends_with("position_ids"))
@@ -836,7 +852,7 @@ fn clip_map(keys: &BTreeSet<String>, prefix: &str) -> HashMap<String, Source> {
 
 /// OpenCLIP -> transformers' CLIP names; `drop_last`: SD-2 reads the penultimate layer, which
 /// diffusers' 23-layer text encoder gives as its last (and SD-2 has no projection).
-fn openclip_map(
+pub(crate) fn openclip_map(
     keys: &BTreeSet<String>,
     prefix: &str,
     drop_last: bool,

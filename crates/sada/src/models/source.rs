@@ -179,6 +179,36 @@ impl ModelSource {
     }
 }
 
+impl ModelSource {
+    /// The names and shapes of `component`'s tensors (stem as for [`ModelSource::var_builder`]),
+    /// read from the files' headers; nothing is loaded.
+    pub fn tensor_shapes(&self, component: &str, stem: &str) -> Result<Vec<(String, Vec<usize>)>> {
+        let from = |st: Vec<(String, safetensors::tensor::TensorView<'_>)>| st.into_iter().map(|(n, v)| (n, v.shape().to_vec())).collect::<Vec<_>>();
+        match self {
+            ModelSource::Dir(d) => {
+                let mut out = Vec::new();
+                for f in weights::weight_files(&d.join(component), stem)? {
+                    out.extend(from(weights::open_safetensors(&f)?.tensors()));
+                }
+                Ok(out)
+            }
+            ModelSource::Embedded { .. } => {
+                let rel = format!("{component}/{stem}.safetensors");
+                let path = self.path(&rel);
+                let bytes = self.embedded(&rel).ok_or_else(|| Error::file(&path, "not part of the embedded model"))?;
+                let st =
+                    candle_core::safetensors::SliceSafetensors::new(bytes).map_err(|e| Error::file(&path, format!("not a valid safetensors file: {e}")))?;
+                Ok(from(st.tensors()))
+            }
+            ModelSource::SingleFile(ck) => Ok(ck.tensor_shapes(component)),
+            ModelSource::WithDenoiser { denoiser, .. } => match self.route(component) {
+                Some(base) => base.tensor_shapes(component, stem),
+                None => Ok(denoiser.tensor_shapes(component)),
+            },
+        }
+    }
+}
+
 /// The component a checkpoint's denoiser is: FLUX.1's `transformer`, else `unet`.
 fn denoiser_component(ck: &crate::models::single_file::Checkpoint) -> &'static str {
     if ck.family == crate::family::Architecture::Flux {

@@ -8,12 +8,14 @@
 //! `general.alignment` (default 32) after the table.
 
 mod quant;
+mod write;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 pub use quant::{dequantize, dequantize_serial, quantize, GgmlType};
+pub use write::{gguf_size, write_gguf, TensorToWrite};
 
 use crate::error::{Error, Result};
 

@@ -63,7 +63,9 @@ impl WeightType {
         Self::ALL.iter().find(|(_, t)| *t == self).map(|(k, _)| *k).expect("every type is listed")
     }
 
-    fn ggml(self, row: usize) -> GgmlType {
+    /// The type a weight whose rows hold `row` values is kept in: this type, or where the rows
+    /// are not whole blocks of it the nearest wider one that fits.
+    pub fn ggml(self, row: usize) -> GgmlType {
         match self {
             WeightType::F32 => GgmlType::F32,
             WeightType::F16 => GgmlType::F16,
