@@ -119,6 +119,9 @@ impl Store {
         if offer {
             crate::models::layers::weight::offer_file_blocks(&t, ty, bytes);
         }
+        // read, widened and (where offered) copied: the mapped pages would only double the
+        // weights' resident memory (a 12 GB FLUX.1 file beside its blocks)
+        crate::models::weights::release_pages(bytes);
         Ok(t)
     }
 }

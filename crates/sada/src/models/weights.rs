@@ -78,7 +78,7 @@ pub fn check_mapped(st: &MmapedSafetensors, path: &Path) -> Result<()> {
 /// file stayed resident beside the converted weights: SDXL's f16 UNet (5.1 GB) next to its
 /// q8_0 copy (2.7 GB) was the whole run's peak. Only for file mappings: on anonymous memory
 /// the kernel would zero the pages.
-fn release_pages(data: &[u8]) {
+pub(crate) fn release_pages(data: &[u8]) {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: sysconf has no preconditions.
