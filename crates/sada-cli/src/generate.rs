@@ -186,6 +186,10 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         (None, Some(path)) => PipelineInputs::load(path, &device)?,
         (None, None) => bail!("give --prompt TEXT (or --inputs FILE.safetensors with precomputed prompt_embeds)"),
     };
+    // the denoiser's weights where they load after the prompt (Flux): load time
+    let start = Instant::now();
+    pipe.load_denoiser()?;
+    load_s += start.elapsed().as_secs_f64();
     let mut inputs = inputs;
     inputs.control = control_inputs(&controlnets, None)?;
     inputs.guess_mode = args.control.guess_mode;

@@ -14,9 +14,10 @@ use candle_core::{DType, Device, Tensor};
 
 use super::inputs::PipelineInputs;
 use super::pipeline::{Decoder, GenerateOptions, Pipeline, PromptCheck, PromptOptions};
-use crate::denoiser::{Conditioning, Denoiser, Guided};
+use crate::denoiser::{Conditioning, Guided};
 use crate::error::{Error, Result};
 use crate::family::Family;
+use crate::models::flux::FluxTransformerConfig;
 use crate::models::{AutoencoderKl, FluxTransformer2DModel, ModelSource};
 use crate::policy::Policy;
 use crate::sampling::{sample, Trace};
@@ -45,8 +46,11 @@ struct FluxText {
 pub struct Flux {
     /// Where the model's files are read from.
     pub source: ModelSource,
-    /// The denoiser.
-    pub transformer: FluxTransformer2DModel,
+    /// The denoiser's configuration.
+    pub config: FluxTransformerConfig,
+    /// The denoiser, loaded by [`Pipeline::load_denoiser`] (on the first run at the latest):
+    /// after the prompt is encoded, so that T5-XXL and the transformer are never held together.
+    pub transformer: Option<FluxTransformer2DModel>,
     /// The decoder, when the folder has `vae/`.
     pub vae: Option<AutoencoderKl>,
     scheduler_config: serde_json::Map<String, serde_json::Value>,
@@ -80,19 +84,21 @@ impl Flux {
                 return Err(Error::file(source.path("model_index.json"), format!("names {class}: only FluxPipeline (text to image) is supported for Flux")));
             }
         }
-        let transformer = FluxTransformer2DModel::load_from(&source, "transformer", dtype, device)?;
+        let config = FluxTransformer2DModel::read_config(&source, "transformer")?;
+        // the weights load later; their files are found and their headers checked now
+        source.tensor_shapes("transformer", "diffusion_pytorch_model")?;
         const SCHEDULER: &str = "scheduler/scheduler_config.json";
         let scheduler_config = scheduler_config_object(source.read_json(SCHEDULER)?, &source.path(SCHEDULER))?;
         let vae = if source.exists("vae/config.json") {
             let vae = AutoencoderKl::load_from(&source, "vae", dtype, device)?;
-            if vae.config.latent_channels != transformer.config.latent_channels() {
+            if vae.config.latent_channels != config.latent_channels() {
                 return Err(Error::file(
                     source.path("vae/config.json"),
                     format!(
                         "latent_channels is {} but the transformer's tokens hold {} (in_channels {} / 4)",
                         vae.config.latent_channels,
-                        transformer.config.latent_channels(),
-                        transformer.config.in_channels
+                        config.latent_channels(),
+                        config.in_channels
                     ),
                 ));
             }
@@ -100,8 +106,8 @@ impl Flux {
         } else {
             None
         };
-        let max_sequence_length = if transformer.guidance_embeds() { 512 } else { 256 };
-        Ok(Self { source, transformer, vae, scheduler_config, text: None, max_sequence_length, device: device.clone(), dtype })
+        let max_sequence_length = if config.guidance_embeds { 512 } else { 256 };
+        Ok(Self { source, config, transformer: None, vae, scheduler_config, text: None, max_sequence_length, device: device.clone(), dtype })
     }
 
     /// Whether the folder has both text encoders and their tokenizers.
@@ -117,7 +123,7 @@ impl Flux {
             }
             // the cheap parts first, and each encoder checked before the next (T5-XXL is 19 GB) loads
             let (clip_tokenizer, t5_tokenizer) = (Tokenizer::load_from(&self.source, "tokenizer")?, T5Tokenizer::load_from(&self.source, "tokenizer_2")?);
-            let cfg = &self.transformer.config;
+            let cfg = &self.config;
             let clip = ClipTextEncoder::load_from(&self.source, "text_encoder", DType::F32, &self.device)?;
             if clip.config.hidden_size != cfg.pooled_projection_dim {
                 return Err(Error::file(
@@ -176,8 +182,8 @@ impl Flux {
         let steps = opts.acceleration.steps(opts.steps);
         let solver = self.solver(opts.solver, steps, (h / 2) * (w / 2))?;
         opts.acceleration.check(opts.steps)?;
-        let shape = [1, self.transformer.config.latent_channels(), h, w];
-        super::pipeline::check_run(opts, false, solver.as_ref(), &shape, &self.transformer.capabilities())?;
+        let shape = [1, self.config.latent_channels(), h, w];
+        super::pipeline::check_run(opts, false, solver.as_ref(), &shape, &self.config.capabilities())?;
         Ok(solver)
     }
 
@@ -185,7 +191,7 @@ impl Flux {
         let pe = inputs.prompt_embeds.as_ref().ok_or_else(|| {
             Error::param("prompt_embeds", "required: give a prompt, or prompt_embeds (T5) and pooled_prompt_embeds (CLIP) among the precomputed inputs")
         })?;
-        let d = self.transformer.config.joint_attention_dim;
+        let d = self.config.joint_attention_dim;
         if pe.rank() != 3 || pe.dim(2)? != d || pe.dim(1)? == 0 || pe.dim(0)? == 0 {
             return Err(Error::Shape {
                 what: "prompt_embeds".into(),
@@ -211,12 +217,12 @@ impl Flux {
         }
         let batch = pe.dim(0)?;
         let pooled = inputs.pooled_prompt_embeds.as_ref().ok_or_else(|| Error::param("pooled_prompt_embeds", "required by Flux (CLIP's pooled embedding)"))?;
-        let p = self.transformer.config.pooled_projection_dim;
+        let p = self.config.pooled_projection_dim;
         if pooled.dims() != [batch, p] {
             return Err(Error::Shape { what: "pooled_prompt_embeds".into(), expected: format!("[{batch}, {p}]"), got: format!("{:?}", pooled.dims()) });
         }
         let mut cond = Conditioning::new().with("encoder_hidden_states", pe.to_dtype(self.dtype)?).with("pooled_projections", pooled.to_dtype(self.dtype)?);
-        if self.transformer.guidance_embeds() {
+        if self.config.guidance_embeds {
             cond = cond.with("guidance", Tensor::full(opts.guidance_scale as f32, batch, &self.device)?);
         }
         Ok((cond, batch))
@@ -247,6 +253,13 @@ impl Pipeline for Flux {
         self.text = None;
     }
 
+    fn load_denoiser(&mut self) -> Result<()> {
+        if self.transformer.is_none() {
+            self.transformer = Some(FluxTransformer2DModel::load_from(&self.source, "transformer", self.dtype, &self.device)?);
+        }
+        Ok(())
+    }
+
     fn has_text_encoder(&self) -> bool {
         self.has_text()
     }
@@ -266,7 +279,7 @@ impl Pipeline for Flux {
     fn estimate_memory(&self, opts: &GenerateOptions, batch: usize) -> u128 {
         let scale = self.vae_scale_factor().max(1);
         let (h, w) = (opts.height.div_ceil(scale), opts.width.div_ceil(scale));
-        let net = self.transformer.activation_bytes(batch, h, w, MAX_SEQUENCE_LENGTH);
+        let net = self.config.activation_bytes(batch, h, w, MAX_SEQUENCE_LENGTH);
         let decode = self.vae.as_ref().map(|v| v.decode_bytes(batch, h, w)).unwrap_or(0);
         net.max(decode)
     }
@@ -311,7 +324,7 @@ impl Pipeline for Flux {
         }
         let (h, w) = self.latent_size(opts)?;
         let (cond, batch) = self.conditioning(inputs, opts)?;
-        let shape = [batch, self.transformer.config.latent_channels(), h, w];
+        let shape = [batch, self.config.latent_channels(), h, w];
         if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|n| n > MAX_LATENT_ELEMENTS) {
             return Err(Error::param("height/width", format!("{}x{} makes latents of {shape:?}, more than any run can hold", opts.width, opts.height)));
         }
@@ -329,7 +342,9 @@ impl Pipeline for Flux {
         };
         let latents = noise.affine(solver.init_noise_sigma(), 0.0)?.to_dtype(self.dtype)?;
         // the guidance scale is an input of the network, not a second batch
-        let guided = Guided::new(&self.transformer, cond, None, 1.0)?;
+        self.load_denoiser()?;
+        let transformer = self.transformer.as_ref().ok_or_else(|| Error::internal("the transformer was not loaded"))?;
+        let guided = Guided::new(transformer, cond, None, 1.0)?;
         sample(&guided, solver.as_mut(), policy, latents, on_step)
     }
 

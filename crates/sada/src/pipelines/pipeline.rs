@@ -162,6 +162,12 @@ pub trait Pipeline {
     /// again on the next prompt): once a run's prompts are encoded they only hold memory (FLUX.1's
     /// T5-XXL is 19 GB in f32).
     fn release_text_encoders(&mut self) {}
+    /// Load the denoiser's weights where the pipeline defers them (Flux: its transformer loads
+    /// after the prompt is encoded and the text encoders released, so that T5-XXL and the
+    /// transformer never sit in memory together); a run loads it at the latest.
+    fn load_denoiser(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Whether [`Pipeline::decode`] gives images.
     fn can_decode(&self) -> bool;
     /// Unknown words and length of `prompt` as the tokenizer reads it with `opts`.

@@ -62,6 +62,23 @@ impl FluxTransformerConfig {
         self.in_channels / 4
     }
 
+    /// A generous estimate of one forward pass's activation memory in bytes for `batch` latents
+    /// of `h x w` with `text_len` text tokens: the token stream, the widest intermediate (the
+    /// single block's attention + MLP concatenation) twice over, and the attention's tiles.
+    pub fn activation_bytes(&self, batch: usize, h: usize, w: usize, text_len: usize) -> u128 {
+        let tokens = (h as u128 / 2) * (w as u128 / 2) + text_len as u128;
+        let dim = self.inner_dim() as u128;
+        let per_token = dim.saturating_mul(4 + 2 * 5 + 4);
+        tokens.saturating_mul(per_token).saturating_add(16 << 20).saturating_mul(batch as u128).saturating_mul(4)
+    }
+
+    /// What accelerators may do inside the network this configuration builds (the residual
+    /// sites and the input probe are in the double-stream blocks).
+    pub fn capabilities(&self) -> crate::denoiser::Capabilities {
+        let double = self.num_layers > 0;
+        crate::denoiser::Capabilities { token_pruning: true, deep_branches: 0, residual_sites: double, token_patch: 2, input_probe: double }
+    }
+
     /// What this implementation can build.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.patch_size != 1 {

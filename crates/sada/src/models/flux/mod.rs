@@ -67,14 +67,20 @@ impl FluxTransformer2DModel {
 
     /// Load the `component` folder (usually `transformer`) of a model.
     pub fn load_from(source: &ModelSource, component: &str, dtype: DType, device: &Device) -> Result<Self> {
-        let config_rel = format!("{component}/config.json");
-        let config: FluxTransformerConfig = source.read_json(&config_rel)?;
-        config.validate().map_err(|msg| Error::file(source.path(&config_rel), format!("unsupported config: {msg}")))?;
+        let config = Self::read_config(source, component)?;
         let (vb, weights_path) = source.var_builder(component, "diffusion_pytorch_model", dtype, device)?;
         Self::new(config, vb).map_err(|e| match e {
             Error::Candle(c) => Error::file(&weights_path, format!("weights do not match config.json: {c}")),
             other => other,
         })
+    }
+
+    /// The `component` folder's config.json, checked against what this implementation builds.
+    pub fn read_config(source: &ModelSource, component: &str) -> Result<FluxTransformerConfig> {
+        let config_rel = format!("{component}/config.json");
+        let config: FluxTransformerConfig = source.read_json(&config_rel)?;
+        config.validate().map_err(|msg| Error::file(source.path(&config_rel), format!("unsupported config: {msg}")))?;
+        Ok(config)
     }
 
     /// Build from a configuration and weights in diffusers' key layout.
@@ -176,16 +182,6 @@ impl FluxTransformer2DModel {
         Ok(img)
     }
 
-    /// A generous estimate of one forward pass's activation memory in bytes for `batch` latents
-    /// of `h x w` with `text_len` text tokens: the token stream, the widest intermediate (the
-    /// single block's attention + MLP concatenation) twice over, and the attention's tiles.
-    pub fn activation_bytes(&self, batch: usize, h: usize, w: usize, text_len: usize) -> u128 {
-        let tokens = (h as u128 / 2) * (w as u128 / 2) + text_len as u128;
-        let dim = self.config.inner_dim() as u128;
-        let per_token = dim.saturating_mul(4 + 2 * 5 + 4);
-        tokens.saturating_mul(per_token).saturating_add(16 << 20).saturating_mul(batch as u128).saturating_mul(4)
-    }
-
     pub(crate) fn check_inputs(&self, latents: &Tensor, cond: &Conditioning) -> Result<()> {
         let dims = latents.dims();
         let c = self.config.latent_channels();
@@ -234,7 +230,7 @@ struct Step<'a> {
 
 impl Denoiser for FluxTransformer2DModel {
     fn capabilities(&self) -> Capabilities {
-        Capabilities { token_pruning: true, deep_branches: 0, residual_sites: !self.double.is_empty(), token_patch: 2, input_probe: !self.double.is_empty() }
+        self.config.capabilities()
     }
 
     fn predict(&self, latents: &Tensor, timestep: f64, cond: &Conditioning, ctx: &mut ForwardContext) -> Result<Tensor> {
