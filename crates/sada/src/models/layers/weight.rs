@@ -98,7 +98,7 @@ impl Drop for AtRest {
 }
 
 /// Hold the weights of layers built on this thread in `ty` until the guard drops (every
-/// weight converted, a GGUF file's blocks included).
+/// weight converted; a GGUF file's blocks are kept where they already are what `ty` makes).
 pub fn at_rest(ty: WeightType) -> AtRest {
     AtRest(AT_REST.with(|c| c.replace(Some(ty))))
 }
@@ -108,8 +108,15 @@ pub fn current() -> Option<WeightType> {
     AT_REST.with(Cell::get)
 }
 
-/// `t` was just widened from `bytes`, blocks of `ty` in a GGUF file: when weights are held as
-/// stored, the layer that takes `t` keeps these blocks instead (GGUF files stay quantised).
+/// Whether a weight of shape `dims` stored in a file as blocks of `ty` is kept in them: when
+/// weights are held as stored, or when the type asked for would pack it as `ty` anyway (a Q8_0
+/// file's matrices under `--weights q8_0`: no second quantisation, and none of its time).
+fn keeps_file_blocks(ty: GgmlType, dims: &[usize]) -> bool {
+    current().is_none_or(|asked| asked.ggml(dims.iter().skip(1).product()) == ty)
+}
+
+/// `t` was just widened from `bytes`, blocks of `ty` in a GGUF file: when these blocks are what
+/// the layer would hold ([`keeps_file_blocks`]), the layer that takes `t` keeps them instead.
 pub fn offer_file_blocks(t: &Tensor, ty: GgmlType, bytes: &[u8]) {
     FILE_BLOCKS.with(|b| {
         let mut b = b.borrow_mut();
@@ -117,7 +124,7 @@ pub fn offer_file_blocks(t: &Tensor, ty: GgmlType, bytes: &[u8]) {
         // by then (a tensor sliced or reshaped first, a layer that keeps f32) is dropped here,
         // so at most one stale copy is ever held
         b.clear();
-        if current().is_none() && ty != GgmlType::F32 && t.rank() >= 2 {
+        if ty != GgmlType::F32 && t.rank() >= 2 && keeps_file_blocks(ty, t.dims()) {
             b.insert(t.id(), (ty, bytes.to_vec()));
         }
     });
@@ -148,7 +155,7 @@ impl Weight {
     /// Hold `w` (a frozen f32 CPU weight) in the current [`at_rest`] type; anything else as it is.
     pub fn at_rest(w: Tensor) -> candle_core::Result<Self> {
         if let Some((ty, bytes)) = FILE_BLOCKS.with(|b| b.borrow_mut().remove(&w.id())) {
-            if current().is_none() && w.device().is_cpu() && !w.is_variable() {
+            if keeps_file_blocks(ty, w.dims()) && w.device().is_cpu() && !w.is_variable() {
                 return Ok(Weight::packed(ty, bytes, w.dims().to_vec(), w.device()));
             }
         }
@@ -239,7 +246,7 @@ mod tests {
     }
 
     #[test]
-    fn a_gguf_file_s_blocks_are_kept_as_stored_unless_a_type_is_asked_for() {
+    fn a_gguf_file_s_blocks_are_kept_unless_another_type_is_asked_for() {
         let dev = Device::Cpu;
         let values: Vec<f32> = crate::noise::normal_samples(4 * 64, 21);
         let mut blocks = Vec::new();
@@ -259,10 +266,26 @@ mod tests {
         offer_file_blocks(&stale, GgmlType::Q8_0, &blocks);
         offer_file_blocks(&next, GgmlType::F16, &[0; 512]);
         assert!(matches!(Weight::at_rest(stale).unwrap(), Weight::F32(_)));
-        // a type asked for converts every weight, the file's included
-        let _g = at_rest(WeightType::F32);
+        // another type asked for converts every weight, the file's included
+        {
+            let _g = at_rest(WeightType::F32);
+            let t = load();
+            offer_file_blocks(&t, GgmlType::Q8_0, &blocks);
+            assert!(matches!(Weight::at_rest(t).unwrap(), Weight::F32(_)));
+            let _g = at_rest(WeightType::Q4_0);
+            let t = load();
+            offer_file_blocks(&t, GgmlType::Q8_0, &blocks);
+            assert!(matches!(Weight::at_rest(t).unwrap(), Weight::Packed(p) if p.ty == GgmlType::Q4_0));
+        }
+        // the type the file already holds keeps its blocks as they are: these, or f16 blocks
+        // for q4_k's fallback where rows are not whole super-blocks (64 values here)
+        let _g = at_rest(WeightType::Q8_0);
         let t = load();
         offer_file_blocks(&t, GgmlType::Q8_0, &blocks);
-        assert!(matches!(Weight::at_rest(t).unwrap(), Weight::F32(_)));
+        assert!(matches!(Weight::at_rest(t).unwrap(), Weight::Packed(p) if p.ty == GgmlType::Q8_0 && p.bytes == blocks));
+        let _g = at_rest(WeightType::Q4K);
+        let t = load();
+        offer_file_blocks(&t, GgmlType::Q8_0, &blocks);
+        assert!(matches!(Weight::at_rest(t).unwrap(), Weight::Packed(p) if p.bytes == blocks), "q4_k takes q8_0 for 64-value rows");
     }
 }
