@@ -16,6 +16,10 @@ use crate::output;
 
 /// `sada convert`'s flags.
 #[derive(Debug, Args)]
+#[command(mut_arg("model", |a| a.required(true).help(
+    "The model to write: a diffusers folder, a single-file checkpoint (safetensors or GGUF), or a Hugging Face id (org/name) looked up in the \
+     local Hugging Face cache and downloaded when missing unless --offline"
+)))]
 pub struct ConvertArgs {
     #[command(flatten)]
     pub model: ModelArgs,
