@@ -160,11 +160,7 @@ impl ModelSource {
                 Ok((vb, files[0].clone()))
             }
             ModelSource::Embedded { .. } => {
-                let rel = format!("{component}/{stem}.safetensors");
-                let path = self.path(&rel);
-                let bytes = self.embedded(&rel).ok_or_else(|| Error::file(&path, "not part of the embedded model"))?;
-                let st =
-                    candle_core::safetensors::SliceSafetensors::new(bytes).map_err(|e| Error::file(&path, format!("not a valid safetensors file: {e}")))?;
+                let (bytes, st, path) = self.embedded_weights(component, stem)?;
                 weights::check_tensors(st.tensors(), &path)?;
                 let vb =
                     VarBuilder::from_slice_safetensors(bytes, dtype, device).map_err(|e| Error::file(&path, format!("not a valid safetensors file: {e}")))?;
@@ -177,9 +173,16 @@ impl ModelSource {
             },
         }
     }
-}
 
-impl ModelSource {
+    /// An embedded component's weights file: its bytes, parsed, and its path for messages.
+    fn embedded_weights(&self, component: &str, stem: &str) -> Result<(&'static [u8], candle_core::safetensors::SliceSafetensors<'static>, PathBuf)> {
+        let rel = format!("{component}/{stem}.safetensors");
+        let path = self.path(&rel);
+        let bytes = self.embedded(&rel).ok_or_else(|| Error::file(&path, "not part of the embedded model"))?;
+        let st = candle_core::safetensors::SliceSafetensors::new(bytes).map_err(|e| Error::file(&path, format!("not a valid safetensors file: {e}")))?;
+        Ok((bytes, st, path))
+    }
+
     /// The names and shapes of `component`'s tensors (stem as for [`ModelSource::var_builder`]),
     /// read from the files' headers; nothing is loaded.
     pub fn tensor_shapes(&self, component: &str, stem: &str) -> Result<Vec<(String, Vec<usize>)>> {
@@ -192,14 +195,7 @@ impl ModelSource {
                 }
                 Ok(out)
             }
-            ModelSource::Embedded { .. } => {
-                let rel = format!("{component}/{stem}.safetensors");
-                let path = self.path(&rel);
-                let bytes = self.embedded(&rel).ok_or_else(|| Error::file(&path, "not part of the embedded model"))?;
-                let st =
-                    candle_core::safetensors::SliceSafetensors::new(bytes).map_err(|e| Error::file(&path, format!("not a valid safetensors file: {e}")))?;
-                Ok(from(st.tensors()))
-            }
+            ModelSource::Embedded { .. } => Ok(from(self.embedded_weights(component, stem)?.1.tensors())),
             ModelSource::SingleFile(ck) => Ok(ck.tensor_shapes(component)),
             ModelSource::WithDenoiser { denoiser, .. } => match self.route(component) {
                 Some(base) => base.tensor_shapes(component, stem),
