@@ -124,9 +124,9 @@ mod tests {
     #[test]
     fn weights_held_packed_give_the_product_of_their_widened_values() {
         let dev = Device::Cpu;
-        // a full panel of rows and a partial one, 2048 inputs: the full panel's rows are widened
-        // in four chunks along the inputs, each accumulated into the product (fan-in scaled, so
-        // the outputs stay of order one)
+        // a full panel of rows and a partial one, 2048 inputs: each panel's rows are widened in
+        // chunks along the inputs, each accumulated into the product (fan-in scaled, so the
+        // outputs stay of order one)
         let (cout, cin) = (crate::models::kernels::rows::PANEL_ROWS + 76, 2048);
         let scale = 1.0 / (cin as f64).sqrt();
         let w = (Tensor::from_vec(crate::noise::normal_samples(cout * cin, 8), (cout, cin), &dev).unwrap() * scale).unwrap();
@@ -143,7 +143,11 @@ mod tests {
                 r.for_each_piece(|_| n += 1);
                 Ok(n)
             });
-            assert_eq!(pieces.unwrap(), 5, "{ty:?}: four chunks of the full panel, one of the partial");
+            // chunks of about PIECE_BYTES of f32 in whole 32-value blocks: 16 for the full
+            // panel's 1024 rows, 2 for the partial panel's 76 (512 KB pieces)
+            let chunks = |rows: usize| cin.div_ceil((crate::models::kernels::rows::PIECE_BYTES / 4 / rows / 32 * 32).clamp(32, cin));
+            assert_eq!(pieces.unwrap(), chunks(crate::models::kernels::rows::PANEL_ROWS) + chunks(76), "{ty:?}");
+            assert!(chunks(crate::models::kernels::rows::PANEL_ROWS) > 1, "the full panel is accumulated over several chunks");
             // the same product as an f32 layer of the widened weight
             let widened = packed.f32().unwrap();
             let want = candle_nn::Linear::new(widened, Some(b.clone())).forward(&x).unwrap();
