@@ -16,6 +16,7 @@ pub mod single_file;
 pub mod source;
 pub mod unet;
 pub mod vae;
+pub mod vocoder;
 pub mod weights;
 
 pub use controlnet::ControlNetModel;
