@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import diffusers
 from diffusers import (
+    DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
@@ -41,6 +42,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_DIR = os.path.join(REPO_ROOT, "tests", "fixtures", "schedulers")
 
 CLASSES = {
+    "DDIMScheduler": DDIMScheduler,
     "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
     "EulerDiscreteScheduler": EulerDiscreteScheduler,
     "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler,
@@ -65,6 +67,7 @@ DDPM_COSINE_SAMPLE = {
 DPM = "DPMSolverMultistepScheduler"
 EULER = "EulerDiscreteScheduler"
 FLOW = "FlowMatchEulerDiscreteScheduler"
+DDIM = "DDIMScheduler"
 
 # (name, class, source_config, overrides, num_inference_steps, image_seq_len)
 # image_seq_len is set only for dynamic-shift flow cases (FluxPipeline-style set_timesteps).
@@ -100,6 +103,13 @@ CASES = [
     ("flow_flux_1024", FLOW, FLUX, {}, 50, 4096),
     ("flow_flux_512", FLOW, FLUX, {}, 28, 1024),
     ("flow_sd3_shift", FLOW, SD3, {}, 28, None),
+    # DDIM (eta 0): SD-2.1's shipped config (leading, steps_offset 1, v-prediction, no clipping),
+    # SD-1.5's betas with trailing spacing and set_alpha_to_one, diffusers' defaults (clip_sample
+    # on) with linspace, and a sample-predicting cosine schedule
+    ("ddim_sd21_v", DDIM, SD21, {}, 50, None),
+    ("ddim_sd15_trailing_alpha_one", DDIM, SD15, {"timestep_spacing": "trailing", "set_alpha_to_one": True, "clip_sample": False}, 25, None),
+    ("ddim_linear_linspace_clip", DDIM, DDPM_LINEAR, {"timestep_spacing": "linspace"}, 20, None),
+    ("ddim_cosine_sample", DDIM, DDPM_COSINE_SAMPLE, {"clip_sample": False}, 10, None),
 ]
 
 
@@ -185,7 +195,15 @@ def run_case(name, cls_name, source_config, overrides, num_inference_steps, imag
         scheduler.set_timesteps(num_inference_steps)
 
     timesteps = [float(t) for t in scheduler.timesteps.tolist()]
-    sigmas_out = [float(s) for s in torch.as_tensor(scheduler.sigmas).reshape(-1).tolist()]
+    # DDIM keeps no sigmas: its VE sigmas sqrt((1 - a) / a) at each timestep, then after the last
+    if cls_name == DDIM:
+        ac = scheduler.alphas_cumprod.double()
+        stride = scheduler.config.num_train_timesteps // num_inference_steps
+        final = 1.0 if scheduler.config.set_alpha_to_one else float(ac[0])
+        alphas = [float(ac[int(t)]) for t in scheduler.timesteps] + [float(ac[int(scheduler.timesteps[-1]) - stride]) if int(scheduler.timesteps[-1]) - stride >= 0 else final]
+        sigmas_out = [((1 - a) / a) ** 0.5 for a in alphas]
+    else:
+        sigmas_out = [float(s) for s in torch.as_tensor(scheduler.sigmas).reshape(-1).tolist()]
     # FlowMatchEulerDiscreteScheduler has no init_noise_sigma attribute; Flux/SD3 pipelines
     # use the unscaled randn latents, i.e. an effective init_noise_sigma of 1.0.
     init_noise_sigma = float(scheduler.init_noise_sigma) if cls_name != FLOW else 1.0

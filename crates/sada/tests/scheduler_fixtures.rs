@@ -141,3 +141,54 @@ fn ddim_config_becomes_linspace_dpm_solver() {
     assert_eq!(cfg.prediction_type.as_str(), "v_prediction");
     assert_eq!(cfg.steps_offset, 1);
 }
+
+/// DDIM (eta 0) against diffusers' `DDIMScheduler` (not yet a `--solver` choice: built directly).
+fn run_ddim(name: &str) {
+    use sada::solvers::ddim::{Ddim, DdimConfig};
+    use sada::solvers::Solver;
+    let f = fixture(name);
+    let mut config = f["source_config"].as_object().unwrap().clone();
+    config.extend(f["overrides"].as_object().unwrap().clone());
+    let config: DdimConfig = serde_json::from_value(serde_json::Value::Object(config)).unwrap();
+    let n = f["num_inference_steps"].as_u64().unwrap() as usize;
+    let mut solver = Ddim::new(&config, n).unwrap();
+    assert_eq!(solver.timesteps(), &floats(&f["timesteps"])[..], "{name}: timesteps");
+    assert_eq!(solver.init_noise_sigma(), f["init_noise_sigma"].as_f64().unwrap());
+    let want_sigmas = floats(&f["sigmas"]);
+    let got_sigmas: Vec<f64> = (0..=n).map(|i| solver.noise(i).sigma).collect();
+    assert_close_slice("sigmas", &got_sigmas, &want_sigmas, 1e-6);
+    let shape: Vec<usize> = f["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+    let mut sample = tensor(&f["initial_sample"], &shape);
+    let mut worst = 0f64;
+    for (i, step) in f["steps"].as_array().unwrap().iter().enumerate() {
+        let input = solver.scale_model_input(&sample, i).unwrap();
+        assert!(rel_err(&input, &tensor(&step["model_input"], &shape)) <= 1e-6, "{name}: step {i} model input");
+        let out = tensor(&step["model_output"], &shape);
+        let next = solver.step(i, &sample, Prediction::ModelOutput(out)).unwrap().prev_sample;
+        let e = rel_err(&next, &tensor(&step["prev_sample"], &shape));
+        worst = worst.max(e);
+        assert!(e <= 1e-5, "{name}: step {i} prev_sample relative error {e:e} > 1e-5");
+        sample = next;
+    }
+    eprintln!("{name}: worst step relative error {worst:e}");
+}
+
+#[test]
+fn ddim_sd21_v() {
+    run_ddim("ddim_sd21_v");
+}
+
+#[test]
+fn ddim_sd15_trailing_alpha_one() {
+    run_ddim("ddim_sd15_trailing_alpha_one");
+}
+
+#[test]
+fn ddim_linear_linspace_clip() {
+    run_ddim("ddim_linear_linspace_clip");
+}
+
+#[test]
+fn ddim_cosine_sample() {
+    run_ddim("ddim_cosine_sample");
+}

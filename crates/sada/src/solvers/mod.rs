@@ -6,6 +6,7 @@
 //! solver's ordinary update, history included, runs on it.
 
 pub mod config;
+pub mod ddim;
 pub mod dpm_solver;
 pub mod euler;
 pub mod flow_match_euler;
