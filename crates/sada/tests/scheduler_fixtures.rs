@@ -73,6 +73,12 @@ fn run(name: &str) {
         assert!((g - w).abs() <= 1e-6 * w.abs().max(1e-6), "{name}: sigma[{i}] got {g}, diffusers {w}");
     }
 
+    check_steps(name, &f, solver.as_mut());
+}
+
+/// The fixture's sampling loop through `solver`: every model input and next sample within 1e-5
+/// (relative) of diffusers'.
+fn check_steps(name: &str, f: &Value, solver: &mut dyn sada::solvers::Solver) {
     let shape: Vec<usize> = f["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
     let mut sample = tensor(&f["initial_sample"], &shape);
     let mut worst = 0f64;
@@ -157,20 +163,7 @@ fn run_ddim(name: &str) {
     let want_sigmas = floats(&f["sigmas"]);
     let got_sigmas: Vec<f64> = (0..=n).map(|i| solver.noise(i).sigma).collect();
     assert_close_slice("sigmas", &got_sigmas, &want_sigmas, 1e-6);
-    let shape: Vec<usize> = f["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
-    let mut sample = tensor(&f["initial_sample"], &shape);
-    let mut worst = 0f64;
-    for (i, step) in f["steps"].as_array().unwrap().iter().enumerate() {
-        let input = solver.scale_model_input(&sample, i).unwrap();
-        assert!(rel_err(&input, &tensor(&step["model_input"], &shape)) <= 1e-6, "{name}: step {i} model input");
-        let out = tensor(&step["model_output"], &shape);
-        let next = solver.step(i, &sample, Prediction::ModelOutput(out)).unwrap().prev_sample;
-        let e = rel_err(&next, &tensor(&step["prev_sample"], &shape));
-        worst = worst.max(e);
-        assert!(e <= 1e-5, "{name}: step {i} prev_sample relative error {e:e} > 1e-5");
-        sample = next;
-    }
-    eprintln!("{name}: worst step relative error {worst:e}");
+    check_steps(name, &f, &mut solver);
 }
 
 #[test]
