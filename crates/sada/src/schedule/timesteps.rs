@@ -62,6 +62,19 @@ pub fn euler_timesteps(spacing: TimestepSpacing, n: usize, num_train_timesteps: 
     }
 }
 
+/// Integer timesteps as `DDIMScheduler.set_timesteps` builds them: Euler's `leading` and
+/// `trailing` grids (whole numbers there too), and `linspace` rounded to integers.
+pub fn ddim_timesteps(spacing: TimestepSpacing, n: usize, num_train_timesteps: usize, steps_offset: usize) -> Vec<f64> {
+    match spacing {
+        TimestepSpacing::Linspace => {
+            let mut v: Vec<f64> = super::np_linspace(0.0, num_train_timesteps as f64 - 1.0, n).into_iter().map(round_half_even).collect();
+            v.reverse();
+            v
+        }
+        TimestepSpacing::Leading | TimestepSpacing::Trailing => euler_timesteps(spacing, n, num_train_timesteps, steps_offset),
+    }
+}
+
 /// `np.arange(start, 0, -step)`: `ceil(start / step)` values `start - i * step`.
 fn np_arange_down(start: f64, step: f64) -> Vec<f64> {
     let len = (start / step).ceil() as usize;

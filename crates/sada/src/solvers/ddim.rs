@@ -12,6 +12,7 @@ use serde::Deserialize;
 use super::config::scale;
 use super::{check_step_order, LatentScale, Prediction, PredictionType, Solver, SolverStep, StepNoise};
 use crate::error::{Error, Result};
+use crate::schedule::timesteps::ddim_timesteps;
 use crate::schedule::{NoiseSchedule, TimestepSpacing, TrainingSchedule};
 
 /// The keys of diffusers' `DDIMScheduler`, with its defaults.
@@ -64,16 +65,6 @@ pub struct Ddim {
     next_step: usize,
 }
 
-/// diffusers' `np.round`: halves to even.
-fn round_half_even(x: f64) -> f64 {
-    let r = x.round();
-    if (x - x.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
-        r - x.signum()
-    } else {
-        r
-    }
-}
-
 impl Ddim {
     /// `from_config(config).set_timesteps(num_inference_steps)`, refusing options this port does not
     /// implement.
@@ -90,19 +81,7 @@ impl Ddim {
             return Err(Error::unsupported("clip_sample_range", config.clip_sample_range, "a positive number"));
         }
         let n = num_inference_steps;
-        let timesteps: Vec<f64> = match config.timestep_spacing {
-            TimestepSpacing::Linspace => {
-                let mut v: Vec<f64> = crate::schedule::np_linspace(0.0, (num_train - 1) as f64, n).into_iter().map(round_half_even).collect();
-                v.reverse();
-                v
-            }
-            TimestepSpacing::Leading => (0..n).rev().map(|i| (i * (num_train / n) + config.steps_offset) as f64).collect(),
-            TimestepSpacing::Trailing => {
-                let ratio = num_train as f64 / n as f64;
-                let len = (num_train as f64 / ratio).ceil() as usize;
-                (0..len).map(|i| round_half_even(num_train as f64 - i as f64 * ratio) - 1.0).collect()
-            }
-        };
+        let timesteps = ddim_timesteps(config.timestep_spacing, n, num_train, config.steps_offset);
         if let Some(t) = timesteps.iter().find(|&&t| t < 0.0 || t > (num_train - 1) as f64) {
             return Err(Error::param("num_inference_steps", format!("timestep {t} falls outside the training grid 0..{num_train} with this spacing")));
         }
