@@ -10,6 +10,7 @@
 //! checkpoint's `mean` and `scale` buffers.
 
 use candle_core::{DType, Device, Tensor};
+use candle_nn::ops::leaky_relu;
 use candle_nn::{Conv1d, Conv1dConfig, ConvTranspose1d, ConvTranspose1dConfig, Module, VarBuilder};
 use serde::Deserialize;
 
@@ -108,10 +109,6 @@ impl ResBlock {
         }
         Ok(x)
     }
-}
-
-fn leaky_relu(x: &Tensor, slope: f64) -> candle_core::Result<Tensor> {
-    x.maximum(&(x * slope)?)
 }
 
 /// The vocoder, loaded.
