@@ -200,16 +200,19 @@ impl std::fmt::Debug for Checkpoint {
     }
 }
 
+/// A ResNet block's layers: (LDM name, diffusers name).
+pub(crate) const RESNET_LAYERS: [(&str, &str); 6] = [
+    ("in_layers.0", "norm1"),
+    ("in_layers.2", "conv1"),
+    ("out_layers.0", "norm2"),
+    ("out_layers.3", "conv2"),
+    ("emb_layers.1", "time_emb_proj"),
+    ("skip_connection", "conv_shortcut"),
+];
+
 fn resnet_tail(t: &str) -> String {
     let mut t = t.to_owned();
-    for (a, b) in [
-        ("in_layers.0", "norm1"),
-        ("in_layers.2", "conv1"),
-        ("out_layers.0", "norm2"),
-        ("out_layers.3", "conv2"),
-        ("emb_layers.1", "time_emb_proj"),
-        ("skip_connection", "conv_shortcut"),
-    ] {
+    for (a, b) in RESNET_LAYERS {
         if let Some(rest) = t.strip_prefix(a) {
             t = format!("{b}{rest}");
         }
@@ -222,7 +225,7 @@ fn resnet_tail(t: &str) -> String {
 const MAX_INDEX: usize = 1 << 20;
 
 /// `a.{n}.rest` -> (n, rest).
-fn index_rest(s: &str) -> Option<(usize, &str)> {
+pub(crate) fn index_rest(s: &str) -> Option<(usize, &str)> {
     let (n, rest) = s.split_once('.')?;
     let n: usize = n.parse().ok()?;
     (n <= MAX_INDEX).then_some((n, rest))

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::family::Architecture;
-use crate::models::single_file::{self, Source};
+use crate::models::single_file::{self, index_rest as index, Source};
 
 /// A tensor of the file to write and how it is made from the model's.
 #[derive(Debug, Clone)]
@@ -107,12 +107,6 @@ fn placement(family: Architecture, component: &str) -> Result<(&'static str, Kin
     })
 }
 
-/// `a.{n}.rest` -> (n, rest).
-fn index(s: &str) -> Option<(usize, &str)> {
-    let (n, rest) = s.split_once('.')?;
-    Some((n.parse().ok()?, rest))
-}
-
 fn unknown(component: &str, name: &str) -> String {
     format!("the {component}'s tensor `{name}` has no name in the single-file layout")
 }
@@ -122,18 +116,10 @@ fn count(names: &Shapes, prefix: &str) -> usize {
     names.keys().filter_map(|k| k.strip_prefix(prefix).and_then(index).map(|(n, _)| n)).collect::<BTreeSet<_>>().len()
 }
 
-const RESNET: [(&str, &str); 6] = [
-    ("norm1", "in_layers.0"),
-    ("conv1", "in_layers.2"),
-    ("norm2", "out_layers.0"),
-    ("conv2", "out_layers.3"),
-    ("time_emb_proj", "emb_layers.1"),
-    ("conv_shortcut", "skip_connection"),
-];
-
+/// A diffusers ResNet layer name -> the LDM's.
 fn resnet(rest: &str) -> Option<String> {
     let (head, tail) = rest.split_once('.')?;
-    RESNET.iter().find(|(d, _)| *d == head).map(|(_, l)| format!("{l}.{tail}"))
+    single_file::RESNET_LAYERS.iter().find(|(_, d)| *d == head).map(|(l, _)| format!("{l}.{tail}"))
 }
 
 /// A diffusers UNet name -> its LDM name (below `model.diffusion_model.`).
