@@ -59,14 +59,9 @@ fn padded(n: usize) -> usize {
     n.div_ceil(ALIGNMENT) * ALIGNMENT
 }
 
-/// Write a GGUF file to `w`: `metadata`, the table of `tensors`, then tensor i's bytes from
-/// `data(i)` (which must be exactly [`TensorToWrite::bytes`] long). Returns the bytes written.
-pub fn write_gguf<W: Write>(
-    w: &mut W,
-    metadata: &[(&str, GgufValue)],
-    tensors: &[TensorToWrite],
-    mut data: impl FnMut(usize) -> Result<Vec<u8>, String>,
-) -> Result<u64, String> {
+/// The header, metadata and tensor table, padded to where the data begins, and each tensor's
+/// size in bytes.
+fn header(metadata: &[(&str, GgufValue)], tensors: &[TensorToWrite]) -> Result<(Vec<u8>, Vec<usize>), String> {
     let io = |e: std::io::Error| format!("cannot write: {e}");
     let mut head = Vec::new();
     head.extend(b"GGUF");
@@ -92,6 +87,19 @@ pub fn write_gguf<W: Write>(
         offset = padded(offset + len);
     }
     head.resize(padded(head.len()), 0);
+    Ok((head, sizes))
+}
+
+/// Write a GGUF file to `w`: `metadata`, the table of `tensors`, then tensor i's bytes from
+/// `data(i)` (which must be exactly [`TensorToWrite::bytes`] long). Returns the bytes written.
+pub fn write_gguf<W: Write>(
+    w: &mut W,
+    metadata: &[(&str, GgufValue)],
+    tensors: &[TensorToWrite],
+    mut data: impl FnMut(usize) -> Result<Vec<u8>, String>,
+) -> Result<u64, String> {
+    let io = |e: std::io::Error| format!("cannot write: {e}");
+    let (head, sizes) = header(metadata, tensors)?;
     w.write_all(&head).map_err(io)?;
     let mut written = head.len() as u64;
     for (i, (t, &len)) in tensors.iter().zip(&sizes).enumerate() {
@@ -110,16 +118,8 @@ pub fn write_gguf<W: Write>(
 
 /// The size of the GGUF file [`write_gguf`] writes (to check the disk has room first).
 pub fn gguf_size(metadata: &[(&str, GgufValue)], tensors: &[TensorToWrite]) -> Option<u64> {
-    let mut head = 4 + 4 + 8 + 8;
-    for (k, v) in metadata {
-        head += 8 + k.len() + 4 + if let GgufValue::String(s) = v { 8 + s.len() } else { 8 };
-    }
-    let mut data = 0usize;
-    for t in tensors {
-        head += 8 + t.name.len() + 4 + 8 * t.shape.len() + 4 + 8;
-        data = data.checked_add(padded(t.bytes()?))?;
-    }
-    Some((padded(head) + data) as u64)
+    let (head, sizes) = header(metadata, tensors).ok()?;
+    Some(head.len() as u64 + sizes.iter().map(|&s| padded(s) as u64).sum::<u64>())
 }
 
 #[cfg(test)]
