@@ -405,10 +405,14 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
 pub fn progress(len: usize, label: &str) -> indicatif::ProgressBar {
+    progress_of(len, label, "steps")
+}
+
+/// [`progress`] counting `unit` (steps, tensors, ...).
+pub fn progress_of(len: usize, label: &str, unit: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} steps {elapsed_precise}").expect("static template").progress_chars("=> "),
-    );
+    let template = format!("{{msg:>10}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{elapsed_precise}}");
+    bar.set_style(indicatif::ProgressStyle::with_template(&template).expect("a fixed template").progress_chars("=> "));
     bar.set_message(label.to_owned());
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     bar

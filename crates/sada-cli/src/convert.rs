@@ -65,21 +65,14 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
     };
     // the output must not replace a file it is read from
     let inputs: Vec<PathBuf> = [args.model.model.as_ref().map(PathBuf::from), args.model.denoiser.clone()].into_iter().flatten().collect();
-    let out_key = args
-        .out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."))
-        .canonicalize()
-        .ok()
-        .map(|d| d.join(args.out.file_name().unwrap_or_default()));
-    if inputs.iter().any(|i| i.canonicalize().ok() == out_key && out_key.is_some()) {
+    // (an input named through a link counts as the file it resolves to)
+    if inputs.iter().any(|i| i.canonicalize().is_ok_and(|i| output::same_file(&i, &args.out))) {
         bail!("--out {} is the model being read; write to another file", args.out.display());
     }
     let options = ConvertOptions { format, weights: args.weights, all_components: args.all };
     let plan = Plan::new(&source, options).with_context(|| format!("--model {name}"))?;
     let size = plan.file_size();
-    let dir = args.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let dir = output::folder(&args.out);
     if let Some(free) = free_space(dir) {
         if size > free {
             bail!("--out {}: the file takes {}, and {} has {} free", args.out.display(), human_bytes(size), dir.display(), human_bytes(free));
@@ -95,12 +88,7 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
         args.weights.name()
     );
     let start = Instant::now();
-    let bar = indicatif::ProgressBar::new(plan.tensors.len() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} tensors {elapsed_precise}").expect("static template").progress_chars("=> "),
-    );
-    bar.set_message("convert");
-    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    let bar = crate::args::progress_of(plan.tensors.len(), "convert", "tensors");
     let staged = output::stage(&args.out, |tmp| {
         let file = std::fs::OpenOptions::new().write(true).truncate(true).open(tmp)?;
         let mut w = BufWriter::with_capacity(8 << 20, file);

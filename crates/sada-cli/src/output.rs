@@ -82,7 +82,7 @@ impl Drop for Pending {
 }
 
 /// The folder an output goes into (`.` for a bare file name).
-fn folder(path: &Path) -> &Path {
+pub fn folder(path: &Path) -> &Path {
     path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
@@ -106,15 +106,20 @@ pub fn check_writable(flag: &str, path: &Path) -> Result<()> {
         .with_context(|| format!("{flag} {}: cannot write into {}", path.display(), dir.display()))
 }
 
-/// Before any work: no two outputs name the same file.
-pub fn check_distinct(outputs: &[(&str, &Path)]) -> Result<()> {
+/// Whether `a` and `b` name the same file (their folders resolved; the files need not exist).
+pub fn same_file(a: &Path, b: &Path) -> bool {
     let key = |p: &Path| -> PathBuf {
         let dir = folder(p);
         dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()).join(p.file_name().unwrap_or_default())
     };
+    key(a) == key(b)
+}
+
+/// Before any work: no two outputs name the same file.
+pub fn check_distinct(outputs: &[(&str, &Path)]) -> Result<()> {
     for (i, (fa, a)) in outputs.iter().enumerate() {
         for (fb, b) in &outputs[i + 1..] {
-            if key(a) == key(b) {
+            if same_file(a, b) {
                 bail!("{fa} and {fb} both name {}; give them different files", a.display());
             }
         }
