@@ -17,7 +17,8 @@ types=("${@:-q8_0 q4_k}")
 cargo build -q --release -p sada-cli
 sada=./target/release/sada
 mkdir -p out/bench_flux
-host="$(lscpu | sed -n 's/^Model name: *//p'), $(nproc) threads, $(grep -m1 -o 'avx512f' /proc/cpuinfo || echo 'no AVX-512')"
+source tools/bench_lib.sh
+host=$(bench_host)
 {
   echo "host: $host"
   echo
@@ -31,11 +32,9 @@ for w in ${types[@]}; do
   /usr/bin/time -v $sada generate --model "$models/flux" --denoiser "$gguf" --weights "$w" \
       --prompt "a photograph of an astronaut riding a horse" --steps 1 --accel none --height 256 --width 256 \
       --output "out/bench_flux/flux_256_$w.png" > "$log" 2>&1
-  peak_kb=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$log")
-  times=$(sed -n 's/^time: //p' "$log")
-  num() { echo "$times" | sed -n "s/.*$1 \([0-9.]*\) s.*/\1/p"; }
-  printf '| FLUX.1-dev (random weights) | 256 px | %s | %s (%s) | %.2f GiB | %s | %s | %s | %s |\n' "$w" "$(basename "$gguf")" \
-      "$(du -h "$gguf" | cut -f1)" "$(echo "$peak_kb / 1048576" | bc -l)" "$(num loading)" "$(num 'text encoding')" "$(num sampling)" "$(num decoding)" \
+  printf '| FLUX.1-dev (random weights) | 256 px | %s | %s (%s) | %s | %s | %s | %s | %s |\n' "$w" "$(basename "$gguf")" \
+      "$(du -h "$gguf" | cut -f1)" "$(bench_peak "$log")" "$(bench_stage "$log" loading)" "$(bench_stage "$log" 'text encoding')" \
+      "$(bench_stage "$log" sampling)" "$(bench_stage "$log" decoding)" \
       >> out/bench_flux_memory.md
 done
 cat out/bench_flux_memory.md

@@ -16,7 +16,8 @@ types=("${@:-q8_0 f16}")
 [ -d "$models/sdxl" ] || tools/.venv/bin/python tools/make_full_config_models.py "$models" sdxl
 cargo build -q -p sada-cli
 mkdir -p out
-host="$(lscpu | sed -n 's/^Model name: *//p'), $(nproc) threads, $(grep -m1 -o 'avx512f' /proc/cpuinfo || echo 'no AVX-512')"
+source tools/bench_lib.sh
+host=$(bench_host)
 {
   echo "host: $host"
   echo
@@ -27,10 +28,7 @@ for w in ${types[@]}; do
   log=out/bench_memory_$w.log
   /usr/bin/time -v ./target/debug/sada generate --model "$models/sdxl" --prompt "a photograph of an astronaut riding a horse" \
       --steps 1 --accel none --height 1024 --width 1024 --weights "$w" --output "out/sdxl_1024_$w.png" > "$log" 2>&1
-  peak_kb=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$log")
-  times=$(sed -n 's/^time: //p' "$log")
-  num() { echo "$times" | sed -n "s/.*$1 \([0-9.]*\) s.*/\1/p"; }
-  printf '| SDXL (random weights) | 1024 px | %s | %.2f GiB | %s | %s | %s | %s |\n' "$w" "$(echo "$peak_kb / 1048576" | bc -l)" \
-      "$(num loading)" "$(num 'text encoding')" "$(num sampling)" "$(num decoding)" >> out/bench_memory.md
+  printf '| SDXL (random weights) | 1024 px | %s | %s | %s | %s | %s | %s |\n' "$w" "$(bench_peak "$log")" \
+      "$(bench_stage "$log" loading)" "$(bench_stage "$log" 'text encoding')" "$(bench_stage "$log" sampling)" "$(bench_stage "$log" decoding)" >> out/bench_memory.md
 done
 cat out/bench_memory.md

@@ -24,7 +24,8 @@ mkdir -p out/bench_sdcpp
 [ -f out/bench_sdcpp/sd21_f16.safetensors ] || $sada convert --model "$models/sd21" --all --weights f16 --out out/bench_sdcpp/sd21_f16.safetensors
 [ -f out/bench_sdcpp/sd21_q8_0.gguf ] || $sada convert --model "$models/sd21" --all --weights q8_0 --out out/bench_sdcpp/sd21_q8_0.gguf
 threads=$(nproc)
-host="$(lscpu | sed -n 's/^Model name: *//p'), $threads threads, $(grep -m1 -o 'avx512f' /proc/cpuinfo || echo 'no AVX-512')"
+source tools/bench_lib.sh
+host=$(bench_host)
 prompt="a photograph of an astronaut riding a horse"
 {
   echo "host: $host; SD-2.1 (random weights), ${size} px, $steps Euler steps, CFG 7.5"
@@ -32,7 +33,6 @@ prompt="a photograph of an astronaut riding a horse"
   echo "| runner | file | weights | peak RSS | s per guided step | VAE decode s |"
   echo "| --- | --- | --- | --- | --- | --- |"
 } > out/bench_sdcpp.md
-peak() { printf '%.2f GiB' "$(echo "$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$1") / 1048576" | bc -l)"; }
 for run in "f16 sd21_f16.safetensors" "q8_0 sd21_q8_0.gguf"; do
   set -- $run
   w=$1 file=out/bench_sdcpp/$2
@@ -42,12 +42,11 @@ for run in "f16 sd21_f16.safetensors" "q8_0 sd21_q8_0.gguf"; do
   # "sampling completed, taking 123.45s", "decode_first_stage completed, taking 12.34s"
   sampling=$(sed -n 's/.*sampling completed, taking \([0-9.]*\)s.*/\1/p' "$log" | tail -1)
   decode=$(sed -n 's/.*decode_first_stage completed, taking \([0-9.]*\)s.*/\1/p' "$log" | tail -1)
-  printf '| stable-diffusion.cpp | %s | %s | %s | %.2f | %s |\n' "$2" "$w" "$(peak "$log")" "$(echo "$sampling / $steps" | bc -l)" "$decode" >> out/bench_sdcpp.md
+  printf '| stable-diffusion.cpp | %s | %s | %s | %.2f | %s |\n' "$2" "$w" "$(bench_peak "$log")" "$(echo "$sampling / $steps" | bc -l)" "$decode" >> out/bench_sdcpp.md
   log=out/bench_sdcpp/sada_$w.log
   /usr/bin/time -v $sada generate --model "$file" --prompt "$prompt" --width "$size" --height "$size" --steps "$steps" \
       --guidance-scale 7.5 --solver euler --accel none --seed 42 --weights "$w" --output "out/bench_sdcpp/sada_$w.png" > "$log" 2>&1
-  times=$(sed -n 's/^time: //p' "$log")
-  num() { echo "$times" | sed -n "s/.*$1 \([0-9.]*\) s.*/\1/p"; }
-  printf '| sada | %s | %s | %s | %.2f | %s |\n' "$2" "$w" "$(peak "$log")" "$(echo "$(num sampling) / $steps" | bc -l)" "$(num decoding)" >> out/bench_sdcpp.md
+  printf '| sada | %s | %s | %s | %.2f | %s |\n' "$2" "$w" "$(bench_peak "$log")" "$(echo "$(bench_stage "$log" sampling) / $steps" | bc -l)" \
+      "$(bench_stage "$log" decoding)" >> out/bench_sdcpp.md
 done
 cat out/bench_sdcpp.md
